@@ -1,0 +1,1 @@
+"""Execution engines: local (vectorized) and Ray (actors)."""

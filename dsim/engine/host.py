@@ -1,0 +1,142 @@
+"""A host: the agents of one role held together by an engine, and how it runs each phase.
+
+Both engines use this class -- the local engine with one host per role holding all agents, the Ray
+engine with one host per actor (a single agent or a shard).  It contains no algorithm math: it slices
+local data and edges for its agents, calls the protocol's functions and keeps the per-edge "last value
+received" buffers that message loss needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dsim.faults import FaultModel
+from dsim.network import Network
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Measure, Message, Protocol
+
+Tensor = torch.Tensor
+
+
+def _positions(ids: Tensor, n_total: int) -> Tensor:
+    """Map global agent index -> position within ``ids`` (-1 for agents not held)."""
+    pos = torch.full((n_total,), -1, dtype=torch.int64)
+    pos[ids] = torch.arange(ids.numel())
+    return pos
+
+
+def edge_view(net: Network, name: str, src_ids: Tensor | None, dst_ids: Tensor | None) -> EdgeView:
+    """The edges of set ``name`` whose sender is in ``src_ids`` (or receiver in ``dst_ids``), by edge id.
+
+    Exactly one of ``src_ids`` / ``dst_ids`` selects the edges; the other side's local index is
+    relative to that side's ids when given, else global.
+    """
+    es = net.edges[name]
+    n_src_all, n_dst_all = net.counts[es.src_role], net.counts[es.dst_role]
+    if src_ids is not None:
+        sel = torch.isin(es.src, src_ids)
+    else:
+        sel = torch.isin(es.dst, dst_ids)
+    eid = torch.nonzero(sel).flatten()
+    src, dst = es.src[eid], es.dst[eid]
+    src_local = _positions(src_ids, n_src_all)[src] if src_ids is not None else src
+    dst_local = _positions(dst_ids, n_dst_all)[dst] if dst_ids is not None else dst
+    return EdgeView(src=src, dst=dst, src_local=src_local, dst_local=dst_local, eid=eid,
+                    mask=es.mask[:, eid], n_src=src_ids.numel() if src_ids is not None else n_src_all,
+                    n_dst=dst_ids.numel() if dst_ids is not None else n_dst_all)
+
+
+class Host:
+    """Agents ``ids`` of ``role`` running ``proto`` on ``net``'s local data."""
+
+    def __init__(self, proto: Protocol, net: Network, role: str, ids: Tensor, faults: FaultModel,
+                 device: str = "cpu") -> None:
+        self.proto, self.role, self.faults = proto, role, faults
+        self.ids = ids.to(torch.int64)
+        local = {k: v.index_select(1, self.ids) for k, v in net.local.get(role, {}).items()}
+        edges: dict[str, EdgeView] = {}
+        self.out_edges: dict[str, EdgeView] = {}
+        self.in_edges: dict[str, EdgeView] = {}
+        for name, es in net.edges.items():
+            if es.dst_role == role:
+                self.in_edges[name] = edge_view(net, name, None, self.ids)
+                edges[name] = self.in_edges[name]
+            if es.src_role == role:
+                self.out_edges[name] = edge_view(net, name, self.ids, None)
+                if es.dst_role != role:
+                    edges[name] = self.out_edges[name]
+        self.n_edges = {name: es.size for name, es in net.edges.items()}
+        self.block = AgentBlock(role=role, ids=self.ids, local=local, state={}, edges=edges, info=dict(net.info))
+        self.last: dict[str, dict[str, Tensor]] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    def init(self) -> None:
+        fn = self.proto.init.get(self.role)
+        if fn is not None:
+            fn(self.block)
+        self.last = {}
+
+    def output(self) -> tuple[Tensor, Tensor]:
+        """(global ids of the items, decision tensor (B, n_items, ...)) for the protocol's output."""
+        out = self.proto.output
+        x = self.block.state[out.key]
+        if out.index == "agents":
+            return self.ids, x
+        return self.in_edges[out.index].eid, x
+
+    # ---------------------------------------------------------------- phases
+    def transmit(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+        ph = self.proto.phases[k]
+        assert isinstance(ph, Measure)
+        sig = ph.transmit(self.block)
+        idx = self.ids if ph.index == "agents" else self.in_edges[ph.index].eid
+        return idx, sig
+
+    def measured(self, k: int, meas: dict[str, Tensor]) -> None:
+        ph = self.proto.phases[k]
+        assert isinstance(ph, Measure)
+        ph.receive(self.block, meas)
+
+    def compute(self, k: int) -> None:
+        self.proto.phases[k].compute(self.block)  # type: ignore[union-attr]
+
+    def send(self, k: int) -> tuple[EdgeView, dict[str, Tensor]]:
+        """The payload of phase ``k`` on every out-edge of this host: (edges, {field: (B, E_out, ...)})."""
+        ph = self.proto.phases[k]
+        assert isinstance(ph, Message)
+        ev = self.out_edges[ph.edges]
+        payload = ph.send(self.block, ev)
+        for f in ph.fields:
+            x = payload[f.name]
+            want = (x.shape[0], ev.size) + f.shape
+            if tuple(x.shape) != want:
+                raise ValueError(f"phase {ph.name!r}: field {f.name!r} has shape {tuple(x.shape)}, expected {want}")
+        return ev, payload
+
+    def deliver(self, k: int, rnd: int, eids: Tensor, payload: dict[str, Tensor]) -> None:
+        """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host)."""
+        ph = self.proto.phases[k]
+        assert isinstance(ph, Message)
+        ev = self.in_edges[ph.edges]
+        if eids.numel() != ev.size or not torch.equal(eids, ev.eid):
+            order = torch.argsort(eids)
+            eids = eids[order]
+            if not torch.equal(eids, ev.eid):
+                raise RuntimeError(f"phase {ph.name!r}: host got edges {eids.tolist()}, expects {ev.eid.tolist()}")
+            payload = {n: v.index_select(1, order) for n, v in payload.items()}
+        ok = self.faults.delivered(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
+        if self.faults.message_loss > 0.0:
+            last = self.last.get(ph.name)
+            if last is None:
+                last = ph.initial(self.block, ev) if ph.initial else {n: torch.zeros_like(v) for n, v in payload.items()}
+            merged = {}
+            for n, v in payload.items():
+                m = ok.reshape(ok.shape + (1,) * (v.dim() - 2))
+                merged[n] = torch.where(m, v, last[n])
+            payload = merged
+            self.last[ph.name] = payload
+        ph.receive(self.block, Inbox(payload=payload, delivered=ok & ev.mask, edges=ev))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.block.state

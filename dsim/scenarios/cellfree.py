@@ -1,0 +1,479 @@
+"""Cell-free massive MIMO scenario (ICGNN paper Sec. IV / V-B; DESIGN.md section 7 "cellfree").
+
+Geometry and large-scale fading
+    L APs with N antennas (ULA, half-wavelength spacing) and K single-antenna UEs, all uniform in an
+    ``area_m`` x ``area_m`` square with wrap-around (every AP-UE pair uses the nearest of the 9 periodic
+    images of the UE).  AP height ``ap_height_m`` above the UE: d = sqrt(h^2 + horizontal^2) [m].
+    beta_kl [dB] = pathloss_ref_db - 10 * pathloss_exponent * log10(d) (+ shadowing_db * N(0, 1), i.i.d. per
+    AP-UE pair when shadowing_db > 0).  Default: -30.5 - 36.7 log10(d).
+Small-scale fading
+    Spatially correlated Rayleigh: h_kl = R_kl^(1/2) z, z ~ CN(0, I_N), R_kl = beta_kl * R(theta_kl) with the
+    local scattering model (:func:`local_scattering_R`, Gaussian angular spread ``asd_deg`` around the
+    azimuth theta_kl from AP l to UE k).  Each of the ``batch`` topologies has ``realizations`` (= S)
+    independent draws, used for the Monte-Carlo statistics of eq. (25).
+CSI
+    'perfect': h_hat = h.  'mmse': tau_p orthogonal uplink pilots (``pilots``; default tau_p = K), UE k uses
+    pilot k mod tau_p with power rho = ``ue_power_mw``; AP l observes
+    y_tl = sqrt(tau_p rho) sum_{i: t_i = t} h_il + n_tl, n_tl ~ CN(0, sigma^2 I), and forms the MMSE estimate
+    h_hat_kl = sqrt(tau_p rho) R_kl Psi_tl^-1 y_tl, Psi_tl = tau_p rho sum_{i: t_i = t} R_il + sigma^2 I,
+    with error covariance C_kl = R_kl - tau_p rho R_kl Psi_tl^-1 R_kl (:meth:`CellfreeChannels.error_cov`).
+Units
+    Powers in W (``power_w`` per AP = 10^(ap_power_dbm/10) mW, default 20 dBm = 0.1 W; ``ue_power_w`` = rho,
+    default 10 mW), noise_w = sigma^2 = -174 dBm/Hz + 10 log10(bandwidth_hz) + noise_figure_db (default
+    -90.99 dBm), distances in m, beta and R linear (power gains).
+
+AP-local functions (an AP uses only its own slice of the channels; every function takes any leading dims,
+e.g. (B,) for one AP or (B, L') for a subset of L' APs stacked agent-major):
+
+* :func:`lmmse_precoders` -- local L-MMSE precoders of eq. (22), normalised to unit norm per realization;
+* :func:`ap_statistics` -- Monte-Carlo means E{h_kl^H w_il} and second moments E{|h_kl^H w_il|^2} over
+  the S draws, the AP's upload to the CPU (combined in ``agents.cellfree_power.combine_statistics``).
+
+Channel file (``.npz``, written by :func:`save_cellfree`, read by :func:`load_cellfree`); keys:
+
+    family       str ``'cellfree'``
+    beta         float (B, K, L)          large-scale fading (linear)
+    R            complex (B, K, L, N, N)  spatial correlation matrices, scaled by beta
+    h            complex (B, S, K, L, N)  channel draws (h[b, s, k, l] = channel from AP l to UE k)
+    h_hat        complex (B, S, K, L, N)  channel estimates (optional when csi = 'perfect': then = h)
+    noise_w      float ()                 noise power sigma^2 [W]
+    power_w      float (L,)               per-AP power budget P_t [W]
+    ue_power_w   float ()                 UE uplink (pilot) power rho [W]
+    tau_c        int ()                   coherence block length [symbols]
+    tau_d        int ()                   downlink data symbols per block
+    csi          str ``'perfect'`` | ``'mmse'``
+    tau_p        int ()                   number of orthogonal pilots (0 for perfect CSI)
+    pilot_index  int (K,)                 pilot of each UE (ignored for perfect CSI)
+    ap_xy        float (B, L, 2)          AP positions [m]
+    ue_xy        float (B, K, 2)          UE positions [m]
+    area_m       float ()                 side of the square area [m]
+
+Errors on loading name the offending key (:class:`CellfreeFileError`, a ``ValueError``; a subclass of
+``dsim.scenarios.channel_file.ChannelFileError`` when that module is available).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # the shared channel-file error type, when the channel-file module exists
+    from dsim.scenarios.channel_file import ChannelFileError as _FileErrorBase
+except ModuleNotFoundError as _exc:  # pragma: no cover - depends on which modules exist
+    if _exc.name not in ("dsim.scenarios.channel_file", "dsim.scenarios"):
+        raise
+    _FileErrorBase = ValueError  # type: ignore[misc,assignment]
+
+
+class CellfreeFileError(_FileErrorBase):  # type: ignore[misc,valid-type]
+    """A cell-free channel file is malformed; the message names the key."""
+
+
+FAMILY = "cellfree"
+CSI_MODES = ("perfect", "mmse")
+
+# keyword arguments of generate_cellfree read by cellfree_from_options
+OPTION_NAMES = (
+    "n_aps", "ap_antennas", "n_ues", "area_m", "ap_height_m", "asd_deg", "shadowing_db", "realizations",
+    "csi", "pilots", "noise_figure_db", "bandwidth_hz", "ap_power_dbm", "ue_power_mw", "tau_c", "tau_d",
+    "pathloss_ref_db", "pathloss_exponent",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# local scattering correlation
+# --------------------------------------------------------------------------------------------------
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype == torch.complex64 else torch.float64
+
+
+def local_scattering_R(
+    n_antennas: int,
+    theta_rad: torch.Tensor,
+    asd_rad: float,
+    antenna_spacing: float = 0.5,
+    dtype: torch.dtype = torch.complex128,
+) -> torch.Tensor:
+    """Normalised local-scattering correlation matrix of a ULA, Gaussian angular spread.
+
+    Björnson, Hoydis, Sanguinetti, "Massive MIMO Networks" (2017), eq. (2.23) / ``functionRlocalscattering``:
+    ``R[m, n] = E_delta{ exp(j 2 pi d (n - m) sin(theta + delta)) }``, delta ~ N(0, asd^2), d the spacing
+    in wavelengths, i.e. ``R = E{a a^H}`` with steering vector ``a[n] = exp(-j 2 pi d n sin(theta + delta))``.
+    R is Hermitian Toeplitz, PSD, with unit diagonal (trace N).
+
+    Integration: composite trapezoid rule on delta in [-20 asd, 20 asd] (the Gaussian is 1e-87 at the ends,
+    so the rule is spectrally accurate).  The integrand's bandwidth in delta is at most
+    Omega = 2 pi d (N - 1) (plus a Bessel margin); the node spacing h satisfies
+    (2 pi / h - Omega) * asd >= 9, so the aliasing error is below exp(-81 / 2) ~ 1e-18.  The Gaussian
+    weights are renormalised to sum to one so the diagonal is exactly 1.  asd = 0 gives the rank-one
+    closed form ``a(theta) a(theta)^H``.
+
+    theta_rad: (...) nominal angles [rad]; asd_rad: angular standard deviation [rad].
+    Returns (..., N, N) complex.
+    """
+    theta = torch.as_tensor(theta_rad, dtype=_real_dtype(dtype))
+    n = torch.arange(n_antennas, dtype=theta.dtype, device=theta.device)
+    phase_scale = 2.0 * math.pi * antenna_spacing
+    if asd_rad < 0:
+        raise ValueError(f"asd_rad must be >= 0, got {asd_rad}")
+    if asd_rad == 0.0:
+        a = torch.exp(-1j * phase_scale * n * torch.sin(theta)[..., None]).to(dtype)  # (..., N)
+        return a[..., :, None] * a[..., None, :].conj()
+    omega = phase_scale * (n_antennas - 1)
+    omega = omega + 6.0 * omega ** (1.0 / 3.0) + 10.0  # Jacobi-Anger (Bessel) tail margin
+    h = 2.0 * math.pi / (omega + 9.0 / asd_rad)
+    half = max(math.ceil(20.0 * asd_rad / h), 16)
+    delta = torch.linspace(-20.0 * asd_rad, 20.0 * asd_rad, 2 * half + 1, dtype=theta.dtype, device=theta.device)
+    wts = torch.exp(-0.5 * (delta / asd_rad) ** 2)
+    wts = wts / wts.sum()  # trapezoid weights (ends ~ 0), normalised: sum of the discrete pdf = 1
+    # first row c[n] = sum_j w_j exp(j 2 pi d n sin(theta + delta_j)): (..., N)
+    s = torch.sin(theta[..., None] + delta)  # (..., J)
+    c = torch.einsum("...jn,j->...n", torch.exp(1j * phase_scale * s[..., None] * n).to(dtype), wts.to(dtype))
+    # Toeplitz: R[m, n] = c[n - m] for n >= m, conj(c[m - n]) otherwise
+    idx = n[None, :] - n[:, None]  # (N, N) = n - m
+    lag = idx.abs().long()
+    full = c[..., lag]  # (..., N, N)
+    return torch.where(idx >= 0, full, full.conj())
+
+
+def _psd_sqrt(R: torch.Tensor) -> torch.Tensor:
+    """Hermitian PSD square root (eigenvalues clipped at 0) of (..., N, N)."""
+    lam, U = torch.linalg.eigh(R)
+    return (U * lam.clamp_min(0).sqrt().to(U.dtype)[..., None, :]) @ U.mH
+
+
+# --------------------------------------------------------------------------------------------------
+# channels
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class CellfreeChannels:
+    """One batch of cell-free topologies and their channel draws (shapes: B topologies, S draws).
+
+    beta (B, K, L) linear; R (B, K, L, N, N) complex, scaled by beta; h, h_hat (B, S, K, L, N) complex
+    (h[b, s, k, l] is the channel from AP l to UE k; h_hat == h for perfect CSI); noise_w sigma^2 [W];
+    power_w (L,) per-AP budget [W]; ue_power_w rho [W]; tau_c, tau_d [symbols]; csi 'perfect' | 'mmse';
+    tau_p pilots (0 for perfect CSI); pilot_index (K,); ap_xy (B, L, 2), ue_xy (B, K, 2) positions [m].
+    """
+
+    beta: torch.Tensor
+    R: torch.Tensor
+    h: torch.Tensor
+    h_hat: torch.Tensor
+    noise_w: float
+    power_w: torch.Tensor
+    ue_power_w: float
+    tau_c: int
+    tau_d: int
+    csi: str
+    tau_p: int
+    pilot_index: torch.Tensor
+    ap_xy: torch.Tensor
+    ue_xy: torch.Tensor
+    area_m: float = 1000.0
+
+    family = FAMILY
+
+    @property
+    def batch(self) -> int:
+        return self.h.shape[0]
+
+    @property
+    def realizations(self) -> int:
+        return self.h.shape[1]
+
+    @property
+    def n_ues(self) -> int:
+        return self.h.shape[2]
+
+    @property
+    def n_aps(self) -> int:
+        return self.h.shape[3]
+
+    @property
+    def ap_antennas(self) -> int:
+        return self.h.shape[4]
+
+    @property
+    def prelog(self) -> float:
+        """tau_d / tau_c of eq. (23)."""
+        return self.tau_d / self.tau_c
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.h.dtype
+
+    @property
+    def h_per_ap(self) -> torch.Tensor:
+        """True channels agent-major: (B, L, S, K, N) -- AP l's slice is [:, l]."""
+        return self.h.permute(0, 3, 1, 2, 4)
+
+    @property
+    def h_hat_per_ap(self) -> torch.Tensor:
+        """Channel estimates agent-major: (B, L, S, K, N)."""
+        return self.h_hat.permute(0, 3, 1, 2, 4)
+
+    def error_cov(self) -> torch.Tensor | None:
+        """Estimation error covariance C_kl (B, K, L, N, N) of the MMSE estimate; None for perfect CSI."""
+        if self.csi == "perfect":
+            return None
+        return _mmse_parts(self.R, self.pilot_index, self.tau_p, self.ue_power_w, self.noise_w)[1]
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CellfreeChannels:
+        """A copy with complex tensors cast to ``dtype`` (complex) and everything moved to ``device``."""
+        cdt = dtype or self.dtype
+        rdt = _real_dtype(cdt)
+        return replace(
+            self, beta=self.beta.to(device=device, dtype=rdt), R=self.R.to(device=device, dtype=cdt),
+            h=self.h.to(device=device, dtype=cdt), h_hat=self.h_hat.to(device=device, dtype=cdt),
+            power_w=self.power_w.to(device=device, dtype=rdt), pilot_index=self.pilot_index.to(device=device),
+            ap_xy=self.ap_xy.to(device=device, dtype=rdt), ue_xy=self.ue_xy.to(device=device, dtype=rdt),
+        )
+
+
+def wrapped_displacement(ap_xy: torch.Tensor, ue_xy: torch.Tensor, area_m: float) -> torch.Tensor:
+    """Horizontal displacement AP -> UE on the torus of side ``area_m``: (B, K, L, 2) [m].
+
+    ap_xy (B, L, 2), ue_xy (B, K, 2).  Each pair uses the nearest of the 9 periodic images of the UE.
+    """
+    d = ue_xy[:, :, None, :] - ap_xy[:, None, :, :]  # (B, K, L, 2)
+    return torch.remainder(d + 0.5 * area_m, area_m) - 0.5 * area_m
+
+
+def pathloss_db(distance_m: torch.Tensor, pathloss_ref_db: float = -30.5,
+                pathloss_exponent: float = 3.67) -> torch.Tensor:
+    """Large-scale fading in dB: pathloss_ref_db - 10 * pathloss_exponent * log10(d) (d in m)."""
+    return pathloss_ref_db - 10.0 * pathloss_exponent * torch.log10(distance_m)
+
+
+def noise_power_w(bandwidth_hz: float = 2e7, noise_figure_db: float = 10.0) -> float:
+    """Receiver noise power sigma^2 [W]: -174 dBm/Hz + 10 log10(bandwidth) + noise figure."""
+    dbm = -174.0 + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
+    return 10.0 ** ((dbm - 30.0) / 10.0)
+
+
+def _mmse_parts(R: torch.Tensor, pilot_index: torch.Tensor, tau_p: int, rho: float, noise_w: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_kl Psi_{t_k l}^-1 (B, K, L, N, N), error covariance C_kl (B, K, L, N, N)) for MMSE estimation."""
+    n = R.shape[-1]
+    eye = torch.eye(n, dtype=R.dtype, device=R.device)
+    onehot = torch.nn.functional.one_hot(pilot_index.long(), tau_p).to(R.dtype)  # (K, T)
+    psi = tau_p * rho * torch.einsum("kt,bklmn->btlmn", onehot, R) + noise_w * eye  # (B, T, L, N, N)
+    psi_k = psi[:, pilot_index.long()]  # (B, K, L, N, N)
+    r_psi_inv = torch.linalg.solve(psi_k, R, left=False)  # R Psi^-1 (Psi, R Hermitian)
+    C = R - tau_p * rho * r_psi_inv @ R
+    return r_psi_inv, 0.5 * (C + C.mH)
+
+
+def generate_cellfree(
+    batch: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.complex128,
+    *,
+    n_aps: int = 7,
+    ap_antennas: int = 2,
+    n_ues: int = 5,
+    area_m: float = 1000.0,
+    ap_height_m: float = 10.0,
+    asd_deg: float = 15.0,
+    shadowing_db: float = 0.0,
+    realizations: int = 100,
+    csi: str = "perfect",
+    pilots: int | None = None,
+    noise_figure_db: float = 10.0,
+    bandwidth_hz: float = 2e7,
+    ap_power_dbm: float = 20.0,
+    ue_power_mw: float = 10.0,
+    tau_c: int = 20,
+    tau_d: int = 19,
+    pathloss_ref_db: float = -30.5,
+    pathloss_exponent: float = 3.67,
+) -> CellfreeChannels:
+    """Draw ``batch`` cell-free topologies with ``realizations`` channel draws each (module docstring).
+
+    Random draws, in this order from ``generator``: AP positions (B, L, 2), UE positions (B, K, 2),
+    shadowing N(0, 1) (B, K, L) (always drawn, used when shadowing_db > 0), fading z (B, S, K, L, N),
+    and for csi='mmse' the pilot noise (B, S, tau_p, L, N).  Tensors live on the generator's device.
+    """
+    if csi not in CSI_MODES:
+        raise ValueError(f"csi must be one of {CSI_MODES}, got {csi!r}")
+    if dtype not in (torch.complex64, torch.complex128):
+        raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+    if not 0 < tau_d <= tau_c:
+        raise ValueError(f"need 0 < tau_d <= tau_c, got tau_d={tau_d}, tau_c={tau_c}")
+    B, L, K, N, S = batch, n_aps, n_ues, ap_antennas, realizations
+    dev = generator.device
+    f64 = torch.float64  # geometry and statistics generated in double, then cast
+    ap_xy = area_m * torch.rand(B, L, 2, generator=generator, dtype=f64, device=dev)
+    ue_xy = area_m * torch.rand(B, K, 2, generator=generator, dtype=f64, device=dev)
+    shadow = torch.randn(B, K, L, generator=generator, dtype=f64, device=dev)
+    disp = wrapped_displacement(ap_xy, ue_xy, area_m)  # (B, K, L, 2)
+    dist = torch.sqrt(ap_height_m ** 2 + (disp ** 2).sum(-1))
+    beta_db = pathloss_db(dist, pathloss_ref_db, pathloss_exponent)
+    if shadowing_db > 0:
+        beta_db = beta_db + shadowing_db * shadow
+    beta = 10.0 ** (beta_db / 10.0)
+    theta = torch.atan2(disp[..., 1], disp[..., 0])  # azimuth AP -> UE
+    R = beta[..., None, None].to(torch.complex128) * local_scattering_R(N, theta, math.radians(asd_deg))
+    z = torch.randn(B, S, K, L, N, generator=generator, dtype=torch.complex128, device=dev)
+    h = torch.einsum("bklmn,bskln->bsklm", _psd_sqrt(R), z)
+    noise_w = noise_power_w(bandwidth_hz, noise_figure_db)
+    rho = ue_power_mw * 1e-3
+    if csi == "perfect":
+        tau_p = 0
+        pilot_index = torch.zeros(K, dtype=torch.long, device=dev)
+        h_hat = h
+    else:
+        tau_p = K if pilots is None else int(pilots)
+        if tau_p < 1:
+            raise ValueError(f"pilots must be >= 1, got {pilots}")
+        pilot_index = torch.arange(K, device=dev) % tau_p
+        onehot = torch.nn.functional.one_hot(pilot_index, tau_p).to(h.dtype)  # (K, T)
+        noise = torch.randn(B, S, tau_p, L, N, generator=generator, dtype=torch.complex128, device=dev)
+        y = math.sqrt(tau_p * rho) * torch.einsum("kt,bskln->bstln", onehot, h) + math.sqrt(noise_w) * noise
+        r_psi_inv = _mmse_parts(R, pilot_index, tau_p, rho, noise_w)[0]
+        h_hat = math.sqrt(tau_p * rho) * torch.einsum("bklmn,bskln->bsklm", r_psi_inv, y[:, :, pilot_index])
+    power = torch.full((L,), 10.0 ** ((ap_power_dbm - 30.0) / 10.0), dtype=f64, device=dev)
+    ch = CellfreeChannels(beta=beta, R=R, h=h, h_hat=h_hat, noise_w=noise_w, power_w=power, ue_power_w=rho,
+                          tau_c=int(tau_c), tau_d=int(tau_d), csi=csi, tau_p=tau_p, pilot_index=pilot_index,
+                          ap_xy=ap_xy, ue_xy=ue_xy, area_m=float(area_m))
+    return ch if dtype == torch.complex128 else ch.to(dtype)
+
+
+def cellfree_from_options(opts: Any, batch: int, generator: torch.Generator,
+                          dtype: torch.dtype = torch.complex128) -> CellfreeChannels:
+    """:func:`generate_cellfree` with keyword arguments read from ``opts`` by name (OPTION_NAMES).
+
+    ``opts`` is an object with those attributes (e.g. a pydantic model) or a mapping; names it lacks
+    (or sets to None, except ``pilots``) take the defaults of :func:`generate_cellfree`.
+    """
+    kwargs: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        if isinstance(opts, Mapping):
+            present, value = name in opts, opts.get(name)
+        else:
+            present, value = hasattr(opts, name), getattr(opts, name, None)
+        if present and (value is not None or name == "pilots"):
+            kwargs[name] = value
+    return generate_cellfree(batch, generator, dtype, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# AP-local computations
+# --------------------------------------------------------------------------------------------------
+def lmmse_precoders(
+    h_hat_l: torch.Tensor,
+    ue_power_w: float | torch.Tensor,
+    noise_w: float,
+    error_cov_l: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Local L-MMSE precoders of eq. (22), one AP (or a stack of APs), unit norm per realization.
+
+    w_kl = (sum_i rho_i (h_il h_il^H + C_il) + sigma^2 I)^-1 rho_k h_kl, then w_bar_kl = w_kl / ||w_kl||
+    (eq. (22) normalises every realization, so sum_k p_kl ||w_bar_kl||^2 = sum_k p_kl is AP l's transmit
+    power).  C_il (estimation error covariance) is 0 for perfect CSI, as in eq. (22).
+
+    h_hat_l: (..., S, K, N) the AP's channel estimates to the K UEs (e.g. (B, S, K, N) for one AP or
+    (B, L', S, K, N) for a stack); ue_power_w: rho [W], scalar or (K,); noise_w: sigma^2 [W];
+    error_cov_l: (..., K, N, N) or None.  Returns w_bar (..., S, K, N).
+    """
+    K, N = h_hat_l.shape[-2], h_hat_l.shape[-1]
+    rho = torch.as_tensor(ue_power_w, dtype=h_hat_l.real.dtype, device=h_hat_l.device).expand(K)
+    g = h_hat_l * (rho / noise_w).sqrt().to(h_hat_l.dtype)[:, None]  # sqrt(rho_i / sigma^2) h_i
+    G = g.transpose(-1, -2)  # (..., S, N, K)
+    M = G @ G.mH + torch.eye(N, dtype=h_hat_l.dtype, device=h_hat_l.device)
+    if error_cov_l is not None:
+        M = M + torch.einsum("k,...kmn->...mn", (rho / noise_w).to(h_hat_l.dtype), error_cov_l)[..., None, :, :]
+    W = torch.linalg.solve(M, h_hat_l.transpose(-1, -2))  # (..., S, N, K); the factor rho_k cancels
+    norm = torch.linalg.vector_norm(W, dim=-2, keepdim=True)
+    W = W / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return W.transpose(-1, -2)
+
+
+def ap_statistics(h_l: torch.Tensor, w_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo statistics one AP uploads to the CPU (eq. (25) ingredients), over its S draws.
+
+    h_l: (..., S, K, N) true channels of the AP, w_l: (..., S, K, N) its precoders (same draws).
+    Returns ``mean`` (..., K, K) complex with mean[..., k, i] = E{h_kl^H w_il}, and ``second``
+    (..., K, K) real with second[..., k, i] = E{|h_kl^H w_il|^2} (sample means over S).
+    """
+    g = torch.einsum("...skn,...sin->...ski", h_l.conj(), w_l)  # h_kl^H w_il per draw
+    return g.mean(dim=-3), (g.real ** 2 + g.imag ** 2).mean(dim=-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# file I/O
+# --------------------------------------------------------------------------------------------------
+_REQUIRED = ("family", "beta", "R", "h", "noise_w", "power_w", "ue_power_w", "tau_c", "tau_d", "csi", "tau_p",
+             "pilot_index", "ap_xy", "ue_xy", "area_m")
+
+
+def save_cellfree(path: str | Path, ch: CellfreeChannels) -> None:
+    """Write ``ch`` to an ``.npz`` file with the keys listed in the module docstring."""
+    arrays: dict[str, Any] = {
+        "family": np.array(FAMILY), "beta": ch.beta.cpu().numpy(), "R": ch.R.cpu().numpy(),
+        "h": ch.h.cpu().numpy(), "noise_w": np.array(float(ch.noise_w)), "power_w": ch.power_w.cpu().numpy(),
+        "ue_power_w": np.array(float(ch.ue_power_w)), "tau_c": np.array(int(ch.tau_c)),
+        "tau_d": np.array(int(ch.tau_d)), "csi": np.array(ch.csi), "tau_p": np.array(int(ch.tau_p)),
+        "pilot_index": ch.pilot_index.cpu().numpy(), "ap_xy": ch.ap_xy.cpu().numpy(),
+        "ue_xy": ch.ue_xy.cpu().numpy(), "area_m": np.array(float(ch.area_m)),
+    }
+    if ch.csi != "perfect":
+        arrays["h_hat"] = ch.h_hat.cpu().numpy()
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _shape_check(key: str, arr: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    if tuple(arr.shape) != shape:
+        raise CellfreeFileError(f"{path}: key {key!r} has shape {tuple(arr.shape)}, expected {shape}")
+
+
+def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> CellfreeChannels:
+    """Read a channel file written by :func:`save_cellfree`; errors name the offending key."""
+    path = Path(path)
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise CellfreeFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
+    for key in _REQUIRED:
+        if key not in data:
+            raise CellfreeFileError(f"{path}: missing key {key!r} (cellfree files need {', '.join(_REQUIRED)})")
+    family = str(data["family"])
+    if family != FAMILY:
+        raise CellfreeFileError(f"{path}: key 'family' is {family!r}, expected {FAMILY!r}")
+    csi = str(data["csi"])
+    if csi not in CSI_MODES:
+        raise CellfreeFileError(f"{path}: key 'csi' is {csi!r}, allowed: {', '.join(CSI_MODES)}")
+    h = data["h"]
+    if h.ndim != 5 or not np.iscomplexobj(h):
+        raise CellfreeFileError(f"{path}: key 'h' must be complex (B, S, K, L, N), got {h.dtype} {h.shape}")
+    B, S, K, L, N = h.shape
+    h_hat = data.get("h_hat", h if csi == "perfect" else None)
+    if h_hat is None:
+        raise CellfreeFileError(f"{path}: missing key 'h_hat' (required when csi = 'mmse')")
+    for key, shape in (("beta", (B, K, L)), ("R", (B, K, L, N, N)), ("h_hat", (B, S, K, L, N)),
+                       ("power_w", (L,)), ("pilot_index", (K,)), ("ap_xy", (B, L, 2)), ("ue_xy", (B, K, 2)),
+                       ("noise_w", ()), ("ue_power_w", ()), ("tau_c", ()), ("tau_d", ()), ("tau_p", ()),
+                       ("area_m", ())):
+        _shape_check(key, h_hat if key == "h_hat" else data[key], shape, path)
+    tau_c, tau_d, tau_p = int(data["tau_c"]), int(data["tau_d"]), int(data["tau_p"])
+    if not 0 < tau_d <= tau_c:
+        raise CellfreeFileError(f"{path}: keys 'tau_d'/'tau_c' need 0 < tau_d <= tau_c, got {tau_d}/{tau_c}")
+    pilot_index = torch.as_tensor(data["pilot_index"], dtype=torch.long)
+    if csi == "mmse" and (tau_p < 1 or int(pilot_index.min()) < 0 or int(pilot_index.max()) >= tau_p):
+        raise CellfreeFileError(f"{path}: key 'pilot_index' must lie in [0, tau_p) with tau_p >= 1")
+    ch = CellfreeChannels(
+        beta=torch.as_tensor(data["beta"], dtype=torch.float64), R=torch.as_tensor(data["R"]),
+        h=torch.as_tensor(h), h_hat=torch.as_tensor(h_hat), noise_w=float(data["noise_w"]),
+        power_w=torch.as_tensor(data["power_w"], dtype=torch.float64), ue_power_w=float(data["ue_power_w"]),
+        tau_c=tau_c, tau_d=tau_d, csi=csi, tau_p=tau_p, pilot_index=pilot_index,
+        ap_xy=torch.as_tensor(data["ap_xy"], dtype=torch.float64),
+        ue_xy=torch.as_tensor(data["ue_xy"], dtype=torch.float64), area_m=float(data["area_m"]),
+    )
+    return ch.to(dtype)

@@ -1,0 +1,201 @@
+"""The wire: how message payloads become bytes (msgpack) and what the receiver sees (DESIGN.md §4).
+
+Wire policies: ``float64`` | ``float32`` (default) | ``float16`` | ``q<b>`` (uniform b-bit quantization,
+2 <= b <= 16, of each message's reals between that message's min and max, which travel as two float32).
+
+Every field travels as its reals (:meth:`dsim.protocol.Field.reals`): real tensors as they are, complex as
+(re, im) pairs, Hermitian ``n x n`` matrices as ``n`` diagonal reals plus the ``n(n-1)`` reals of the
+strict upper triangle.  One message (one edge, one realization) is encoded as a msgpack array with one
+``bin`` per field; the ledger's ``bytes`` is the size of that encoding, which depends only on the fields'
+shapes and the policy (:func:`message_nbytes`).  The Ray engine really ships the bytes (a bundle of many
+messages per destination, :func:`encode_bundle`); the local engine applies the same numeric round trip
+(:func:`roundtrip`), so both engines see identical numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import msgpack
+import numpy as np
+import torch
+
+from dsim.protocol import Field
+
+Tensor = torch.Tensor
+
+_FLOAT = {"float64": np.float64, "float32": np.float32, "float16": np.float16}
+_QUANT = re.compile(r"^q([2-9]|1[0-6])$")
+
+
+def check_policy(policy: str) -> str:
+    """Return ``policy`` if valid, else ``ValueError`` listing the allowed policies."""
+    if policy in _FLOAT or _QUANT.match(policy):
+        return policy
+    raise ValueError(f"wire dtype {policy!r} not allowed; allowed: float64, float32, float16, q2 … q16")
+
+
+def _qbits(policy: str) -> int | None:
+    m = _QUANT.match(policy)
+    return int(m.group(1)) if m else None
+
+
+# ----------------------------------------------------------------------------- reals <-> tensors
+def to_reals(x: Tensor, f: Field) -> Tensor:
+    """Tensor ``(..., *f.shape)`` -> its reals ``(..., f.reals)`` (real dtype)."""
+    lead = x.shape[: x.dim() - len(f.shape)]
+    if f.kind == "real":
+        return x.reshape(*lead, -1)
+    if f.kind == "complex":
+        return torch.view_as_real(x.contiguous()).reshape(*lead, -1)
+    n = f.shape[0]
+    iu = torch.triu_indices(n, n, offset=1)
+    diag = torch.diagonal(x, dim1=-2, dim2=-1).real
+    up = x[..., iu[0], iu[1]]
+    return torch.cat([diag, up.real, up.imag], dim=-1)
+
+
+def from_reals(r: Tensor, f: Field, complex_dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`to_reals`: reals ``(..., f.reals)`` -> tensor ``(..., *f.shape)``."""
+    lead = r.shape[:-1]
+    if f.kind == "real":
+        return r.reshape(*lead, *f.shape)
+    if f.kind == "complex":
+        c = torch.complex(r[..., 0::2], r[..., 1::2]).to(complex_dtype)
+        return c.reshape(*lead, *f.shape)
+    n = f.shape[0]
+    m = n * (n - 1) // 2
+    iu = torch.triu_indices(n, n, offset=1)
+    out = torch.zeros(*lead, n, n, dtype=complex_dtype)
+    idx = torch.arange(n)
+    out[..., idx, idx] = r[..., :n].to(complex_dtype)
+    up = torch.complex(r[..., n : n + m], r[..., n + m :]).to(complex_dtype)
+    out[..., iu[0], iu[1]] = up
+    out[..., iu[1], iu[0]] = up.conj()
+    return out
+
+
+# ----------------------------------------------------------------------------- numeric round trip
+def _quantize(r: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-message uniform quantization of reals ``(..., R)`` -> (codes int64, lo f32, hi f32)."""
+    lo = r.amin(dim=-1, keepdim=True).to(torch.float32)
+    hi = r.amax(dim=-1, keepdim=True).to(torch.float32)
+    levels = (1 << bits) - 1
+    span = (hi - lo).to(r.dtype)
+    scale = torch.where(span > 0, levels / span, torch.zeros_like(span))
+    codes = torch.round((r - lo.to(r.dtype)) * scale).clamp_(0, levels).to(torch.int64)
+    return codes, lo, hi
+
+
+def _dequantize(codes: Tensor, lo: Tensor, hi: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
+    levels = (1 << bits) - 1
+    return lo.to(dtype) + codes.to(dtype) * ((hi - lo).to(dtype) / levels)
+
+
+def roundtrip_reals(r: Tensor, policy: str) -> Tensor:
+    """What the receiver sees of reals ``(..., R)`` (one message per leading index) under ``policy``."""
+    bits = _qbits(policy)
+    if bits is not None:
+        codes, lo, hi = _quantize(r, bits)
+        return _dequantize(codes, lo, hi, bits, r.dtype)
+    if policy == "float64" and r.dtype == torch.float64:
+        return r
+    return torch.from_numpy(r.numpy().astype(_FLOAT[policy])).to(r.dtype)
+
+
+def roundtrip(payload: dict[str, Tensor], fields: tuple[Field, ...], policy: str) -> dict[str, Tensor]:
+    """Payload ``{field: (B, E, *shape)}`` as the receiver sees it after the wire (local engine)."""
+    out = {}
+    for f in fields:
+        x = payload[f.name]
+        if policy == "float64" and f.kind != "hermitian" and x.dtype in (torch.float64, torch.complex128):
+            out[f.name] = x
+            continue
+        r = to_reals(x, f)
+        out[f.name] = from_reals(roundtrip_reals(r, policy), f, x.dtype if x.is_complex() else _cplx(x.dtype))
+        if not x.is_complex():
+            out[f.name] = out[f.name].to(x.dtype)
+    return out
+
+
+def _cplx(real: torch.dtype) -> torch.dtype:
+    return torch.complex128 if real == torch.float64 else torch.complex64
+
+
+# ----------------------------------------------------------------------------- bytes
+def _field_bytes(r: np.ndarray, policy: str) -> bytes:
+    """Bytes of one field of one message: reals (R,) as the wire dtype, or q<b>: lo, hi, packed codes."""
+    bits = _qbits(policy)
+    if bits is None:
+        return np.ascontiguousarray(r, dtype=_FLOAT[policy]).tobytes()
+    rt = torch.from_numpy(np.asarray(r, dtype=np.float64))
+    codes, lo, hi = _quantize(rt, bits)
+    b = ((codes.numpy()[:, None] >> np.arange(bits)[None, :]) & 1).astype(np.uint8).reshape(-1)
+    return np.array([lo.item(), hi.item()], dtype=np.float32).tobytes() + np.packbits(b).tobytes()
+
+
+def encode_message(reals: list[np.ndarray], policy: str) -> bytes:
+    """msgpack encoding of one message: an array with one ``bin`` per field."""
+    return msgpack.packb([_field_bytes(r, policy) for r in reals], use_bin_type=True)
+
+
+@lru_cache(maxsize=256)
+def message_nbytes(fields: tuple[Field, ...], policy: str) -> int:
+    """Size in bytes of one message with these fields under ``policy`` (the ledger's unit).
+
+    Computed by encoding a message (its size depends only on shapes and policy).
+    """
+    return len(encode_message([np.zeros(f.reals) for f in fields], policy))
+
+
+def encode_bundle(eids: Tensor, payload: dict[str, Tensor], fields: tuple[Field, ...], policy: str) -> bytes:
+    """All messages one host sends to one destination host in a phase, as one msgpack blob.
+
+    eids: (E,) global edge ids; payload: {field: (B, E, *shape)}.  The numbers are what the receiver
+    will see (:func:`roundtrip_reals` applied before packing), so decoding is exact.
+    """
+    body: dict[str, object] = {"eids": eids.numpy().astype(np.int64).tobytes(), "n": int(eids.numel())}
+    bits = _qbits(policy)
+    for f in fields:
+        x = payload[f.name]
+        r = to_reals(x, f)
+        if bits is not None:
+            codes, lo, hi = _quantize(r, bits)
+            dtype = np.uint16 if bits > 8 else np.uint8
+            body[f.name] = {
+                "q": codes.numpy().astype(dtype).tobytes(),
+                "lo": lo.numpy().tobytes(),
+                "hi": hi.numpy().tobytes(),
+                "shape": list(r.shape),
+                "dt": str(r.dtype).removeprefix("torch."),
+            }
+        else:
+            arr = r.numpy().astype(_FLOAT[policy])
+            body[f.name] = {"x": arr.tobytes(), "shape": list(r.shape), "dt": str(r.dtype).removeprefix("torch.")}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_bundle(blob: bytes, fields: tuple[Field, ...], policy: str, complex_dtype: torch.dtype
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Inverse of :func:`encode_bundle` -> (eids (E,), {field: (B, E, *shape)})."""
+    body = msgpack.unpackb(blob, raw=False)
+    eids = torch.from_numpy(np.frombuffer(body["eids"], dtype=np.int64).copy())
+    bits = _qbits(policy)
+    out = {}
+    for f in fields:
+        d = body[f.name]
+        shape = tuple(d["shape"])
+        real_dtype = getattr(torch, d["dt"])
+        if bits is not None:
+            dtype = np.uint16 if bits > 8 else np.uint8
+            codes = torch.from_numpy(np.frombuffer(d["q"], dtype=dtype).astype(np.int64).reshape(shape))
+            lo = torch.from_numpy(np.frombuffer(d["lo"], dtype=np.float32).reshape(*shape[:-1], 1).copy())
+            hi = torch.from_numpy(np.frombuffer(d["hi"], dtype=np.float32).reshape(*shape[:-1], 1).copy())
+            r = _dequantize(codes, lo, hi, bits, real_dtype)
+        else:
+            arr = np.frombuffer(d["x"], dtype=_FLOAT[policy]).reshape(shape)
+            r = torch.from_numpy(arr.astype(np.float64 if real_dtype == torch.float64 else np.float32))
+        x = from_reals(r, f, complex_dtype)
+        out[f.name] = x if f.kind != "real" else x.to(real_dtype)
+    return eids, out
