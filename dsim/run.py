@@ -1,0 +1,224 @@
+"""``dsim run``: a scenario's algorithms on an engine, the clock, and the run directory.
+
+For each algorithm entry: build its protocol on the scenario's network, run it round by round on the
+engine (evaluating the decision on the air after every round), turn the ledger into simulated time with
+the SimPy clock, and write the result before moving to the next algorithm (a later failure keeps what
+was computed).  Ledger and signaling in the outputs are per realization (batch totals / B).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import registry
+from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
+from dsim.engine.base import Engine, LedgerRow
+from dsim.network import Network
+from dsim.protocol import Local, Measure, Message, Protocol
+from dsim.results import AlgorithmResult, RunWriter
+from dsim.scenarios.build import Scenario, scenario_from_config
+from dsim.wire import message_nbytes
+
+
+def make_engine(cfg) -> Engine:
+    """Engine of a RunConfig (``engine.kind`` local | ray)."""
+    from dsim.scenarios.build import fault_model
+
+    faults = fault_model(cfg)
+    e = cfg.engine
+    if e.kind == "local":
+        from dsim.engine.local import LocalEngine
+
+        return LocalEngine(cfg.wire.dtype, faults)
+    from dsim.engine.ray import RayEngine
+
+    return RayEngine(cfg.wire.dtype, faults, shards=e.shards, address=e.address, gpus=e.gpus,
+                     num_cpus=e.num_cpus)
+
+
+def clock_config(cfg) -> ClockConfig:
+    c = cfg.clock
+    links = {name: LinkSpec(latency_s=s.latency_s, bandwidth_bps=s.bandwidth_bps, shared=s.shared)
+             for name, s in c.links.items()}
+    return ClockConfig(links=links, compute_s=dict(c.compute_s), air_symbol_s=c.air_symbol_s,
+                       air_latency_s=c.air_latency_s)
+
+
+# ------------------------------------------------------------------------------------------ clock traces
+def round_traces(proto: Protocol, net: Network, wire: str) -> tuple[list[list[PhaseTrace]], np.ndarray]:
+    """The phase traces of one round for each distinct realization structure.
+
+    Returns (traces per structure, structure index per realization (B,)).  A realization's structure
+    is which edges of the protocol's message phases exist in it (lost messages are still sent, so loss
+    does not change it).
+    """
+    sets = sorted({ph.edges for ph in proto.phases if isinstance(ph, Message)})
+    if sets:
+        key = torch.cat([net.edges[s].mask for s in sets], dim=1).numpy()
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    else:
+        uniq, inv = np.zeros((1, 0), dtype=bool), np.zeros(net.batch, dtype=np.int64)
+    ids = {role: net.agent_ids(role) for role in net.counts}
+    traces = []
+    for u in uniq:
+        offset, mask_of = 0, {}
+        for s in sets:
+            n = net.edges[s].size
+            mask_of[s] = u[offset: offset + n]
+            offset += n
+        phases = []
+        for ph in proto.phases:
+            if isinstance(ph, Measure):
+                sym = int(ph.pilots(net.info))
+                pil = tuple((t, r, sym) for t in ids[ph.transmitter] for r in ids[ph.receiver])
+                phases.append(PhaseTrace(ph.name, "measure", tuple(ids[ph.transmitter] + ids[ph.receiver]),
+                                         pilots=pil))
+            elif isinstance(ph, Message):
+                es = net.edges[ph.edges]
+                nb = message_nbytes(ph.fields, wire)
+                on = np.nonzero(mask_of[ph.edges])[0]
+                src, dst = es.src[on].tolist(), es.dst[on].tolist()
+                msgs = tuple(MessageTrace(ids[es.src_role][a], ids[es.dst_role][b], es.link, nb)
+                             for a, b in zip(src, dst))
+                agents = tuple(dict.fromkeys([m.src for m in msgs] + [m.dst for m in msgs]))
+                phases.append(PhaseTrace(ph.name, "message", agents, messages=msgs))
+            elif isinstance(ph, Local):
+                phases.append(PhaseTrace(ph.name, "local", tuple(ids[ph.role])))
+        traces.append(phases)
+    return traces, inv.reshape(-1)
+
+
+def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock) -> float:
+    """Mean simulated time of one round over the realizations (s)."""
+    traces, inv = round_traces(proto, net, wire)
+    per = np.array([clock.round_time(t).total_s for t in traces])
+    return float(per[inv].mean()) if len(inv) else 0.0
+
+
+# ------------------------------------------------------------------------------------------ one algorithm
+@dataclass
+class AlgorithmRun:
+    result: AlgorithmResult
+    ledger: list[LedgerRow]
+    max_power_ratio: float
+
+
+def ledger_per_realization(ledger: list[LedgerRow], batch: int) -> list[dict[str, Any]]:
+    rows = []
+    for r in ledger:
+        d = r.as_dict()
+        for k in ("messages", "reals", "bytes"):
+            v = d[k] / batch
+            d[k] = int(v) if float(v).is_integer() else v
+        rows.append(d)
+    return rows
+
+
+def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
+                  progress: bool = True) -> AlgorithmRun:
+    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.options``) on a built scenario."""
+    from tqdm.auto import tqdm
+
+    spec = registry.get(alg.name)
+    if scn.family not in spec.families:
+        raise ValueError(f"algorithm {alg.name!r} does not run on family {scn.family!r}; "
+                         f"allowed there: {', '.join(registry.names(scn.family))}")
+    base = scn.net.batch
+    proto0 = spec.build(alg.options, scn.net)
+    restarts = int(proto0.meta.get("restarts", 1))
+    net, air = (scn.net.repeat(restarts), scn.air.repeat(restarts)) if restarts > 1 else (scn.net, scn.air)
+    proto = spec.build(alg.options, net) if restarts > 1 else proto0
+    wsr_rounds: list[np.ndarray] = []
+    last: dict[str, Any] = {}
+    power_ratio = [0.0]
+    bar = tqdm(total=proto.rounds, desc=alg.label, unit="round", delay=2.0, disable=not progress, leave=False)
+
+    def on_round(r: int, decision: torch.Tensor) -> None:
+        with torch.no_grad():
+            wsr, per_user = air.evaluate(decision)
+            if hasattr(air, "power_ratio"):
+                power_ratio[0] = max(power_ratio[0], float(air.power_ratio(decision).max()))
+            elif hasattr(air, "power"):
+                p = air.power(decision) / air.power_w.reshape(1, -1)
+                power_ratio[0] = max(power_ratio[0], float(p.max()))
+        wsr_rounds.append(wsr.detach().double().numpy())
+        last["per_user"] = per_user.detach().double().numpy()
+        if r:
+            bar.update(1)
+
+    t0 = time.perf_counter()
+    trace = engine.run(proto, net, air, on_round=on_round)
+    wall = time.perf_counter() - t0
+    bar.close()
+    W = np.stack(wsr_rounds)  # (R+1, restarts*B)
+    per_user = last["per_user"]
+    extra: dict[str, Any] = {"max_power_ratio": power_ratio[0],
+                             "phase_wall_s": {k: round(v, 6) for k, v in trace.phase_wall_s.items()}}
+    if restarts > 1:
+        Wr = W.reshape(W.shape[0], restarts, base)
+        best = Wr[-1].argmax(axis=0)
+        final = Wr[-1, best, np.arange(base)]
+        extra.update(restarts=restarts, final_mean_over_inits=float(Wr[-1].mean()),
+                     final_best_of_inits=float(final.mean()))
+        per_user = per_user.reshape(restarts, base, -1)[best, np.arange(base)]
+        W = Wr.mean(axis=1)  # per-round WSR: mean over inits
+    else:
+        final = W[-1]
+    rows = ledger_per_realization(trace.ledger, net.batch)
+    R = proto.rounds
+    reals = np.zeros(R + 1)
+    nbytes = np.zeros(R + 1)
+    for row in rows:
+        if row["link"] != "air":
+            reals[row["round"]] += row["reals"]
+            nbytes[row["round"]] += row["bytes"]
+    t_round = round_time_s(proto, net, wire, clock)
+    result = AlgorithmResult(label=alg.label, name=alg.name, wsr=W, sim_time_s=t_round * np.arange(R + 1),
+                             cum_reals=np.cumsum(reals), cum_bytes=np.cumsum(nbytes), ledger=rows, final=final,
+                             wall_time_s=wall, per_user=per_user, extra=extra)
+    return AlgorithmRun(result, trace.ledger, power_ratio[0])
+
+
+# ------------------------------------------------------------------------------------------ a whole run
+def run(cfg, *, progress: bool = True, echo=print) -> Path:
+    """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed."""
+    from dsim.config import resolved_dict
+
+    torch.manual_seed(cfg.seed)
+    scn = scenario_from_config(cfg)
+    out = Path(cfg.output)
+    writer = RunWriter(out, resolved_dict(cfg), unit=scn.unit, seed=cfg.seed, engine=cfg.engine.kind,
+                       family=scn.family)
+    engine = make_engine(cfg)
+    clock = RoundClock(clock_config(cfg))
+    failures: dict[str, str] = defaultdict(str)
+    try:
+        for alg in cfg.algorithms:
+            try:
+                res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress)
+            except KeyboardInterrupt:
+                writer.fail(alg.label, "interrupted")
+                raise
+            except Exception as exc:  # keep what was computed, record the failure, go on
+                msg = f"{type(exc).__name__}: {exc}"
+                failures[alg.label] = msg
+                writer.fail(alg.label, msg)
+                (out / f"error-{alg.label}.txt").write_text(traceback.format_exc())
+                continue
+            writer.add(res.result)
+    finally:
+        engine.close()
+    writer.plots()
+    echo(writer.summary_table())
+    echo(f"run directory: {out}")
+    if failures:
+        raise RuntimeError("; ".join(f"{k}: {v}" for k, v in failures.items()))
+    return out
