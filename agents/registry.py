@@ -71,7 +71,7 @@ _MODULES = (
     "agents.baselines",
     "agents.wmmse",
     "agents.gcn_wmmse",
-    "agents.cellfree_power",
+    "agents.cellfree_alloc",
     "agents.wmmse_admm",
     "agents.icgnn",
 )

@@ -54,3 +54,47 @@ class MulticellAir:
         if n == 1:
             return self
         return MulticellAir(self.H.repeat(n, 1, 1, 1, 1), self.assign, self.noise_w, self.weights, self.power_w)
+
+
+class CellfreeAir:
+    """Cell-free downlink with local L-MMSE precoding (ICGNN paper Sec. IV, eq. (22)–(25)).
+
+    The ground truth computes a_kl and B_ki of eq. (25) from every AP's true channels and precoders
+    (same Monte-Carlo draws the APs use) and evaluates power allocations p (B, L, K) (AP-major, the
+    decision layout of the cell-free protocols) by the SE bound (23)–(24), in bit/s/Hz.
+    """
+
+    unit = "bit/s/Hz"
+
+    def __init__(self, ch) -> None:
+        from agents.cellfree_power import combine_statistics
+        from dsim.scenarios.cellfree import ap_statistics, lmmse_precoders
+
+        self.ch = ch
+        C = ch.error_cov()
+        w = lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w,
+                            None if C is None else C.permute(0, 2, 1, 3, 4))
+        mean, second = ap_statistics(ch.h_per_ap, w)
+        self.a, self.Bmat = combine_statistics(mean, second)
+        self.power_w = ch.power_w.to(self.a.dtype)
+        self.noise_w = float(ch.noise_w)
+
+    def measure(self, name: str, signals: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise KeyError(f"cellfree air has no measurement {name!r}")
+
+    def evaluate(self, p_ap: Tensor) -> tuple[Tensor, Tensor]:
+        """(sum-SE (B,), per-UE SE (B, K)) [bit/s/Hz] of powers p_ap (B, L, K) [W]."""
+        from agents.cellfree_power import sum_se
+
+        se = sum_se(self.a, self.Bmat, p_ap.transpose(1, 2).to(self.a.dtype), self.noise_w,
+                    self.ch.tau_c, self.ch.tau_d)
+        return se.sum(-1), se
+
+    def power_ratio(self, p_ap: Tensor) -> Tensor:
+        """Per-AP used power over budget (B, L)."""
+        return p_ap.sum(-1) / self.power_w.reshape(1, -1)
+
+    def repeat(self, n: int) -> CellfreeAir:
+        if n != 1:
+            raise ValueError("restarts are not defined for cell-free power allocation")
+        return self

@@ -208,6 +208,7 @@ class Message:
 
     send(block, out_edges) -> {field: (B, E_out, *field.shape)}: one message per outgoing edge.
     receive(block, inbox):    update the receivers' state from the inbox.
+    when:                     'every' round (default), only the 'first' or only the 'last' round.
     initial(block, in_edges) -> {field: (B, E_in, ...)}: what a receiver holds before any message arrived
                               (default zeros); kept when messages are lost.
     """
@@ -218,6 +219,7 @@ class Message:
     send: Send
     receive: Receive
     initial: Callable[[AgentBlock, EdgeView], dict[str, Tensor]] | None = None
+    when: str = "every"
     kind: str = field(default="message", init=False)
 
 
@@ -228,10 +230,26 @@ class Local:
     name: str
     role: str
     compute: Callable[[AgentBlock], None]
+    when: str = "every"
     kind: str = field(default="local", init=False)
 
 
 Phase = Measure | Message | Local
+
+#: when a phase runs: every round, only in the first, only in the last round
+WHEN = ("every", "first", "last")
+
+
+def runs_in(phase: Phase, rnd: int, rounds: int) -> bool:
+    """Whether ``phase`` runs in round ``rnd`` (1-based) of ``rounds`` (``when``: every | first | last)."""
+    when = getattr(phase, "when", "every")
+    if when == "every":
+        return True
+    if when == "first":
+        return rnd == 1
+    if when == "last":
+        return rnd == rounds
+    raise ValueError(f"phase {phase.name!r}: when={when!r} not in {WHEN}")
 
 
 @dataclass

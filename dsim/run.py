@@ -22,7 +22,7 @@ from agents import registry
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
 from dsim.engine.base import Engine, LedgerRow
 from dsim.network import Network
-from dsim.protocol import Local, Measure, Message, Protocol
+from dsim.protocol import Local, Measure, Message, Protocol, runs_in
 from dsim.results import AlgorithmResult, RunWriter
 from dsim.scenarios.build import Scenario, scenario_from_config
 from dsim.wire import message_nbytes
@@ -53,8 +53,9 @@ def clock_config(cfg) -> ClockConfig:
 
 
 # ------------------------------------------------------------------------------------------ clock traces
-def round_traces(proto: Protocol, net: Network, wire: str) -> tuple[list[list[PhaseTrace]], np.ndarray]:
-    """The phase traces of one round for each distinct realization structure.
+def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1
+                 ) -> tuple[list[list[PhaseTrace]], np.ndarray]:
+    """The phase traces of round ``rnd`` for each distinct realization structure.
 
     Returns (traces per structure, structure index per realization (B,)).  A realization's structure
     is which edges of the protocol's message phases exist in it (lost messages are still sent, so loss
@@ -76,6 +77,8 @@ def round_traces(proto: Protocol, net: Network, wire: str) -> tuple[list[list[Ph
             offset += n
         phases = []
         for ph in proto.phases:
+            if not runs_in(ph, rnd, proto.rounds):
+                continue
             if isinstance(ph, Measure):
                 sym = int(ph.pilots(net.info))
                 pil = tuple((t, r, sym) for t in ids[ph.transmitter] for r in ids[ph.receiver])
@@ -96,11 +99,27 @@ def round_traces(proto: Protocol, net: Network, wire: str) -> tuple[list[list[Ph
     return traces, inv.reshape(-1)
 
 
-def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock) -> float:
-    """Mean simulated time of one round over the realizations (s)."""
-    traces, inv = round_traces(proto, net, wire)
+def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock, rnd: int = 1) -> float:
+    """Mean simulated time of round ``rnd`` over the realizations (s)."""
+    traces, inv = round_traces(proto, net, wire, rnd)
     per = np.array([clock.round_time(t).total_s for t in traces])
     return float(per[inv].mean()) if len(inv) else 0.0
+
+
+def cumulative_sim_time(proto: Protocol, net: Network, wire: str, clock: RoundClock) -> np.ndarray:
+    """(R+1,) cumulative simulated time after each round (0 at the initialisation).
+
+    Rounds differ only through phases that run in the first or last round only, so at most three
+    distinct rounds are simulated."""
+    R = proto.rounds
+    t = np.zeros(R + 1)
+    cache: dict[tuple[bool, ...], float] = {}
+    for r in range(1, R + 1):
+        key = tuple(runs_in(ph, r, R) for ph in proto.phases)
+        if key not in cache:
+            cache[key] = round_time_s(proto, net, wire, clock, r)
+        t[r] = cache[key]
+    return np.cumsum(t)
 
 
 # ------------------------------------------------------------------------------------------ one algorithm
@@ -180,8 +199,8 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
         if row["link"] != "air":
             reals[row["round"]] += row["reals"]
             nbytes[row["round"]] += row["bytes"]
-    t_round = round_time_s(proto, net, wire, clock)
-    result = AlgorithmResult(label=alg.label, name=alg.name, wsr=W, sim_time_s=t_round * np.arange(R + 1),
+    result = AlgorithmResult(label=alg.label, name=alg.name, wsr=W,
+                             sim_time_s=cumulative_sim_time(proto, net, wire, clock),
                              cum_reals=np.cumsum(reals), cum_bytes=np.cumsum(nbytes), ledger=rows, final=final,
                              wall_time_s=wall, per_user=per_user, extra=extra)
     return AlgorithmRun(result, trace.ledger, power_ratio[0])

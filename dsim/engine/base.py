@@ -14,7 +14,7 @@ import torch
 
 from dsim.faults import FaultModel
 from dsim.network import Network
-from dsim.protocol import Local, Measure, Message, Protocol
+from dsim.protocol import Local, Measure, Message, Protocol, runs_in
 from dsim.wire import message_nbytes
 
 Tensor = torch.Tensor
@@ -95,6 +95,8 @@ class Engine:
         wall: dict[str, float] = {ph.name: 0.0 for ph in proto.phases}
         for r in range(1, rounds + 1):
             for k, ph in enumerate(proto.phases):
+                if not runs_in(ph, r, rounds):
+                    continue
                 tp = time.perf_counter()
                 if isinstance(ph, Measure):
                     parts = self._transmit(k, ph.transmitter)

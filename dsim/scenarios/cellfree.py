@@ -129,7 +129,8 @@ def local_scattering_R(
     omega = omega + 6.0 * omega ** (1.0 / 3.0) + 10.0  # Jacobi-Anger (Bessel) tail margin
     h = 2.0 * math.pi / (omega + 9.0 / asd_rad)
     half = max(math.ceil(20.0 * asd_rad / h), 16)
-    delta = torch.linspace(-20.0 * asd_rad, 20.0 * asd_rad, 2 * half + 1, dtype=theta.dtype, device=theta.device)
+    delta = torch.linspace(-20.0 * asd_rad, 20.0 * asd_rad, 2 * half + 1, dtype=theta.dtype,
+                           device=theta.device)
     wts = torch.exp(-0.5 * (delta / asd_rad) ** 2)
     wts = wts / wts.sum()  # trapezoid weights (ends ~ 0), normalised: sum of the discrete pdf = 1
     # first row c[n] = sum_j w_j exp(j 2 pi d n sin(theta + delta_j)): (..., N)
@@ -224,7 +225,8 @@ class CellfreeChannels:
             return None
         return _mmse_parts(self.R, self.pilot_index, self.tau_p, self.ue_power_w, self.noise_w)[1]
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CellfreeChannels:
+    def to(self, dtype: torch.dtype | None = None,
+           device: torch.device | str | None = None) -> CellfreeChannels:
         """A copy with complex tensors cast to ``dtype`` (complex) and everything moved to ``device``."""
         cdt = dtype or self.dtype
         rdt = _real_dtype(cdt)
@@ -388,7 +390,8 @@ def lmmse_precoders(
     G = g.transpose(-1, -2)  # (..., S, N, K)
     M = G @ G.mH + torch.eye(N, dtype=h_hat_l.dtype, device=h_hat_l.device)
     if error_cov_l is not None:
-        M = M + torch.einsum("k,...kmn->...mn", (rho / noise_w).to(h_hat_l.dtype), error_cov_l)[..., None, :, :]
+        scaled_c = torch.einsum("k,...kmn->...mn", (rho / noise_w).to(h_hat_l.dtype), error_cov_l)
+        M = M + scaled_c[..., None, :, :]
     W = torch.linalg.solve(M, h_hat_l.transpose(-1, -2))  # (..., S, N, K); the factor rho_k cancels
     norm = torch.linalg.vector_norm(W, dim=-2, keepdim=True)
     W = W / torch.where(norm > 0, norm, torch.ones_like(norm))
@@ -443,7 +446,8 @@ def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> Ce
         raise CellfreeFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
     for key in _REQUIRED:
         if key not in data:
-            raise CellfreeFileError(f"{path}: missing key {key!r} (cellfree files need {', '.join(_REQUIRED)})")
+            need = ", ".join(_REQUIRED)
+            raise CellfreeFileError(f"{path}: missing key {key!r} (cellfree files need {need})")
     family = str(data["family"])
     if family != FAMILY:
         raise CellfreeFileError(f"{path}: key 'family' is {family!r}, expected {FAMILY!r}")
