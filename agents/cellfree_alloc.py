@@ -70,7 +70,8 @@ class WmmseAdmmOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(100, ge=1, description="outer WMMSE iterations = rounds")
-    inner_tol: float = Field(1e-9, gt=0, description="relative primal/dual residual tolerance of the inner ADMM")
+    inner_tol: float | None = Field(None, gt=0, description="relative primal/dual residual tolerance of the "
+                                    "inner ADMM; default 1e-9 in double, 1e-5 in single precision")
     max_inner: int = Field(5000, ge=1)
     rho: float | None = Field(None, gt=0, description="ADMM penalty; default relative to the scale of A_k")
 

@@ -43,3 +43,30 @@ def test_local_equals_ray_sharded_with_faults_float32(ray_session):
     b, lb = _run(RayEngine("float32", f, shards=2), "wmmse", net, air, rounds=4)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
     assert la == lb
+
+
+def _cellfree(batch=2, seed=0, **kw):
+    from dsim.scenarios.cellfree import generate_cellfree
+    from dsim.scenarios.network_cellfree import cellfree_network
+
+    g = torch.Generator().manual_seed(seed)
+    kw = {"n_aps": 4, "ap_antennas": 2, "n_ues": 3, "realizations": 20} | kw
+    return cellfree_network(generate_cellfree(batch, g, torch.complex128, **kw))
+
+
+CELLFREE_OPTS = {"wmmse_admm": {"rounds": 3}, "icgnn": {}}
+
+
+@pytest.mark.parametrize("name", [n for n in names("cellfree")])
+def test_local_equals_ray_cellfree(ray_session, name):
+    net, air = _cellfree()
+    opts = CELLFREE_OPTS.get(name, {})
+    a, la = _run(LocalEngine("float64"), name, net, air, **opts)
+    b, lb = _run(RayEngine("float64", shards=2), name, net, air, **opts)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+    assert la == lb
+    fh = [r for r in la if r.link == "fh"]
+    if name in ("equal", "lsf"):
+        assert not fh
+    else:
+        assert fh and all(r.bytes > 0 for r in fh)

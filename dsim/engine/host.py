@@ -51,10 +51,12 @@ class Host:
     """Agents ``ids`` of ``role`` running ``proto`` on ``net``'s local data."""
 
     def __init__(self, proto: Protocol, net: Network, role: str, ids: Tensor, faults: FaultModel,
-                 device: str = "cpu") -> None:
+                 presliced: bool = False) -> None:
+        """``presliced``: ``net.local[role]`` already holds only these agents (Ray actors get just theirs)."""
         self.proto, self.role, self.faults = proto, role, faults
         self.ids = ids.to(torch.int64)
-        local = {k: v.index_select(1, self.ids) for k, v in net.local.get(role, {}).items()}
+        src = net.local.get(role, {})
+        local = dict(src) if presliced else {k: v.index_select(1, self.ids) for k, v in src.items()}
         edges: dict[str, EdgeView] = {}
         self.out_edges: dict[str, EdgeView] = {}
         self.in_edges: dict[str, EdgeView] = {}

@@ -60,7 +60,7 @@ class HostActorImpl:
         if device != "cpu":
             torch.set_default_device(device)
             net = _to_device(net, device)
-        self.host = Host(proto, net, role, ids, faults)
+        self.host = Host(proto, net, role, ids, faults, presliced=True)
         self.wire, self.owners, self.proto = wire, owners, proto
         self.cdtype = net.info.get("dtype", torch.complex128)
 
@@ -157,11 +157,15 @@ class RayEngine(Engine):
         Actor = ray.remote(HostActorImpl).options(num_cpus=0, num_gpus=self.gpus if use_gpu else 0)
         info = dict(net.info, _edge_roles=net.edge_roles())
         self.actors = {}
+        proto_ref = ray.put(proto)
         for role, parts in self.layout.items():
-            lite = Network(net.family, net.batch, net.counts, net.edges, {role: net.local.get(role, {})}, info)
-            lite_ref = ray.put(lite)
-            self.actors[role] = [Actor.remote(proto, lite_ref, role, ids, self.faults, self.wire, owners,
-                                              "cuda" if use_gpu else "cpu") for ids in parts]
+            acts = []
+            for ids in parts:  # each actor receives only its own agents' local data
+                mine = {k: v.index_select(1, ids) for k, v in net.local.get(role, {}).items()}
+                lite = Network(net.family, net.batch, net.counts, net.edges, {role: mine}, info)
+                acts.append(Actor.remote(proto_ref, lite, role, ids, self.faults, self.wire, owners,
+                                         "cuda" if use_gpu else "cpu"))
+            self.actors[role] = acts
         ray.get([a.pid.remote() for acts in self.actors.values() for a in acts])
 
     def _init(self) -> None:

@@ -225,6 +225,11 @@ class CellfreeChannels:
             return None
         return _mmse_parts(self.R, self.pilot_index, self.tau_p, self.ue_power_w, self.noise_w)[1]
 
+    def error_cov_per_ap(self) -> torch.Tensor | None:
+        """:meth:`error_cov` agent-major, (B, L, K, N, N) (AP l's slice [:, l]); None for perfect CSI."""
+        C = self.error_cov()
+        return None if C is None else C.permute(0, 2, 1, 3, 4)
+
     def to(self, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None) -> CellfreeChannels:
         """A copy with complex tensors cast to ``dtype`` (complex) and everything moved to ``device``."""
@@ -301,6 +306,7 @@ def generate_cellfree(
     Random draws, in this order from ``generator``: AP positions (B, L, 2), UE positions (B, K, 2),
     shadowing N(0, 1) (B, K, L) (always drawn, used when shadowing_db > 0), fading z (B, S, K, L, N),
     and for csi='mmse' the pilot noise (B, S, tau_p, L, N).  Tensors live on the generator's device.
+    ``pilots`` (tau_p, default K) is used only with csi='mmse'.
     """
     if csi not in CSI_MODES:
         raise ValueError(f"csi must be one of {CSI_MODES}, got {csi!r}")

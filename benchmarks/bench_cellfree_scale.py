@@ -1,0 +1,71 @@
+"""Cell-free at scale on the Ray engine (sharded): L = 100 APs, K = 40 UEs, N = 4, end to end.
+
+Reports wall time of scenario generation, actor start-up, every phase (per round) and the total, for
+equal, lsf and wmmse_admm (and icgnn when registered), side by side in one run, plus the fronthaul
+ledger.  Defaults are the issue's; shrink with flags on a busy machine.
+
+    python benchmarks/bench_cellfree_scale.py [--aps 100 --ues 40 --antennas 4 --batch 2 --draws 50
+                                              --rounds 10 --shards 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agents.registry import get, names  # noqa: E402
+from dsim.engine.ray import RayEngine, ensure_ray  # noqa: E402
+from dsim.scenarios.cellfree import generate_cellfree  # noqa: E402
+from dsim.scenarios.network_cellfree import cellfree_network  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--aps", type=int, default=100)
+    ap.add_argument("--ues", type=int, default=40)
+    ap.add_argument("--antennas", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--draws", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--shards", type=int, default=4)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    out: dict = {"config": vars(a)}
+    t = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    ch = generate_cellfree(a.batch, g, torch.complex128, n_aps=a.aps, ap_antennas=a.antennas, n_ues=a.ues,
+                           realizations=a.draws)
+    net, air = cellfree_network(ch)
+    out["generate_and_air_s"] = time.perf_counter() - t
+    ensure_ray(num_cpus=2)
+    for name in names("cellfree"):
+        spec = get(name)
+        opts = {"rounds": a.rounds} if "rounds" in spec.options.model_fields else {}
+        proto = spec.build(spec.options(**opts), net)
+        eng = RayEngine("float32", shards=a.shards)
+        t = time.perf_counter()
+        eng._setup(proto, net)
+        setup = time.perf_counter() - t
+        eng.close()
+        se = []
+        trace = eng.run(proto, net, air, on_round=lambda r, p: se.append(float(air.evaluate(p)[0].mean())))
+        eng.close()
+        fh = {}
+        for r in trace.ledger:
+            if r.link == "fh":
+                fh[r.phase] = fh.get(r.phase, 0) + r.bytes / net.batch
+        out[name] = {"actor_setup_s": setup, "total_s": trace.wall_s, "phase_s": trace.phase_wall_s,
+                     "rounds": proto.rounds, "sum_se_final": se[-1], "fh_bytes_per_realization": fh}
+        print(name, json.dumps(out[name]), flush=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""GCN-WMMSE (agents/gcn_wmmse.py): Prop. 1 gradient, reduction to WMMSE, equivariance, parameter count."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import agents.gcn_wmmse as G
+import agents.wmmse as W
+from dsim.engine.local import LocalEngine
+from dsim.linalg import solve_mu
+from dsim.scenarios.network_multicell import multicell_network
+from tests.conftest import base_channels
+
+
+def _run(proto, net, air):
+    wsr, dec = [], []
+
+    def on_round(r, V):
+        wsr.append(air.evaluate(V)[0])
+        dec.append(V)
+
+    trace = LocalEngine("float64").run(proto, net, air, on_round=on_round)
+    return torch.stack(wsr), dec, trace.ledger
+
+
+def _random_params(seed: int = 3) -> G.GCNWMMSEParams:
+    """Untrained parameters with non-zero biases (so modReLU's threshold is active)."""
+    p = G.GCNWMMSEParams(seed=seed)
+    g = torch.Generator()
+    g.manual_seed(seed + 1)
+    with torch.no_grad():
+        p.b.copy_(0.3 * torch.randn(p.b.shape, generator=g, dtype=torch.float64))
+        p.a_w.copy_(torch.rand(p.a_w.shape, generator=g, dtype=torch.float64))
+        p.bias_scale_sum.fill_(1.0)
+        p.bias_scale_count.fill_(2.0)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ Prop. 1
+def _mu_problem(seed: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    lam = torch.rand(3, 6, generator=g, dtype=torch.float64) * 2.0 + 0.05
+    phi = (torch.rand(3, 6, generator=g, dtype=torch.float64) + 0.1) * scale
+    return phi, lam
+
+
+def test_implicit_mu_gradient_matches_finite_differences():
+    phi, lam = _mu_problem(0, scale=5.0)
+    assert bool((solve_mu(phi, lam) > 0).all())  # budget active: eq. (17)
+
+    def f(ph, la):
+        return G.mu_implicit(ph, la, solve_mu(ph.detach(), la.detach()))
+
+    assert torch.autograd.gradcheck(f, (phi.requires_grad_(), lam.requires_grad_()), eps=1e-6, atol=1e-7,
+                                    rtol=1e-5)
+
+
+def test_implicit_mu_gradient_closed_form_and_zero_when_inactive():
+    phi, lam = _mu_problem(1, scale=5.0)
+    mu = solve_mu(phi, lam)
+    ph, la = phi.clone().requires_grad_(), lam.clone().requires_grad_()
+    G.mu_implicit(ph, la, mu).sum().backward()
+    d = lam + mu.unsqueeze(-1)
+    s = (phi / d**3).sum(-1, keepdim=True)
+    torch.testing.assert_close(ph.grad, d**-2 / (2 * s), rtol=1e-12, atol=0)
+    torch.testing.assert_close(la.grad, -phi * d**-3 / s, rtol=1e-12, atol=0)
+    # eq. (18): mu = 0 (budget not binding) -> zero gradient, and finite differences agree
+    phi0 = phi * 1e-4
+    assert bool((solve_mu(phi0, lam) == 0).all())
+    assert torch.autograd.gradcheck(lambda a, b: G.mu_implicit(a, b, solve_mu(a.detach(), b.detach())),
+                                    (phi0.requires_grad_(), lam.clone().requires_grad_()), eps=1e-9,
+                                    atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ pieces
+@pytest.mark.parametrize("L,Gd,F", [(7, 2, 4), (3, 1, 2), (1, 3, 5)])
+def test_parameter_count(L, Gd, F):
+    p = G.GCNWMMSEParams(L, Gd, F)
+    assert p.n_trainable() == L * (4 * F + Gd + 1) + (L - 1) * F**2
+    assert G.GCNWMMSEParams().n_trainable() == 229  # the paper's count (Sec. IV-A5)
+
+
+def test_weight_filter_acts_on_eigenvalues():
+    g = torch.Generator()
+    g.manual_seed(5)
+    A = torch.complex(torch.randn(4, 3, 3, generator=g, dtype=torch.float64),
+                      torch.randn(4, 3, 3, generator=g, dtype=torch.float64))
+    What = A @ A.mH + torch.eye(3, dtype=torch.complex128)
+    taps = torch.tensor([0.2, 0.7, 0.4, 0.1], dtype=torch.float64)
+    Wf = G.weight_filter(What, taps)
+    lam, U = torch.linalg.eigh(What)
+    m = lam.mean(-1, keepdim=True)
+    want = taps[0] + taps[1] * lam + taps[2] * lam**2 / m + taps[3] * lam**3 / m**2
+    torch.testing.assert_close(Wf, U @ torch.diag_embed(want.to(U.dtype)) @ U.mH, rtol=1e-10, atol=1e-12)
+
+
+def test_modrelu_definition():
+    x = torch.tensor([3 + 4j, -0.6 + 0.8j, 1j], dtype=torch.complex128)
+    b = torch.tensor([-1.0, -2.0, 0.5], dtype=torch.float64)
+    want = torch.tensor([4 * (3 + 4j) / 5, 0, 1.5j], dtype=torch.complex128)
+    torch.testing.assert_close(G.modrelu(x, b), want, rtol=0, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def test_wmmse_taps_reproduce_wmmse_and_its_ledger():
+    net, air = multicell_network(base_channels(batch=3, seed=4))
+    p = G.GCNWMMSEParams(layers=6).reduce_to_wmmse()
+    a, Va, la = _run(G.gcn_wmmse_protocol(p, net, mu_steps=None), net, air)
+    b, Vb, lb = _run(W.build(W.WMMSEOptions(init="mrc", rounds=6), net), net, air)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    torch.testing.assert_close(Va[-1], Vb[-1], rtol=1e-9, atol=1e-9 * float(Vb[-1].abs().max()))
+    assert la == lb
+    # the paper's P = 8 sub-steps from mu = 1e-12 reach the same beamformers here
+    c, _, _ = _run(G.gcn_wmmse_protocol(p, net), net, air)
+    torch.testing.assert_close(c, b, rtol=1e-9, atol=0)
+
+
+def test_messages_per_round_are_wmmse_messages():
+    net, air = multicell_network(base_channels(batch=2, seed=5))
+    _, _, la = _run(G.gcn_wmmse_protocol(_random_params(), net), net, air)
+    _, _, lb = _run(W.build(W.WMMSEOptions(init="mrc", rounds=7), net), net, air)
+    assert la == lb
+    ul = [r for r in la if r.round == 1 and r.link == "ul"]
+    assert sum(r.reals for r in ul) == 240 * 2  # DESIGN §4: 240 reals per round and realization
+
+
+def test_power_constraint_met():
+    net, air = multicell_network(base_channels(batch=4, seed=6))
+    _, V, _ = _run(G.gcn_wmmse_protocol(_random_params(), net), net, air)
+    for v in V:
+        assert bool((air.power(v) <= net.local["bs"]["power"] * (1 + 1e-12)).all())
+
+
+def _relabel(ch, ue_perm, bs_perm, ant_perm):
+    """Channels with UE i' = ue_perm[i'], BS k' = bs_perm[k'] and BS antenna m' = ant_perm[m']."""
+    inv_bs = torch.argsort(bs_perm)
+    H = ch.H[:, ue_perm][:, :, bs_perm][..., ant_perm]
+    return SimpleNamespace(H=H, assign=inv_bs[ch.assign[ue_perm]], power_w=ch.power_w[bs_perm],
+                           noise_w=ch.noise_w[ue_perm], weights=ch.weights[ue_perm],
+                           inrange=ch.inrange[:, ue_perm][:, :, bs_perm])
+
+
+def test_permutation_equivariance():
+    ch = base_channels(batch=3, seed=7)
+    I, K, M = ch.H.shape[1], ch.H.shape[2], ch.H.shape[-1]
+    g = torch.Generator()
+    g.manual_seed(8)
+    ue_perm, bs_perm, ant_perm = (torch.randperm(n, generator=g) for n in (I, K, M))
+    p = _random_params()
+    net, air = multicell_network(ch)
+    w, V, _ = _run(G.gcn_wmmse_protocol(p, net), net, air)
+    ch2 = _relabel(ch, ue_perm, bs_perm, ant_perm)
+    net2, air2 = multicell_network(ch2)
+    w2, V2, _ = _run(G.gcn_wmmse_protocol(p, net2), net2, air2)
+    torch.testing.assert_close(w2, w, rtol=1e-9, atol=0)
+    want = V[-1][:, ue_perm][:, :, ant_perm]
+    torch.testing.assert_close(V2[-1], want, rtol=0, atol=1e-9 * float(want.abs().max()))
+
+
+def test_bias_scale_is_running_mean_of_power_per_ue():
+    p = G.GCNWMMSEParams()
+    assert float(p.b_s) == 1.0
+    n1, _ = multicell_network(base_channels(batch=2, seed=1))
+    n2, _ = multicell_network(base_channels(batch=3, seed=2, p_bs_dbm=40.0))
+    p.observe(n1)
+    p.observe(n2)
+    # 30 dBm = 1 W, 40 dBm = 10 W, 4 UEs per BS: sqrt(P/4) for 2*3 and 3*3 (realization, BS) pairs
+    want = (6 * 0.5 + 9 * (10 / 4) ** 0.5) / 15
+    assert abs(float(p.b_s) - want) < 1e-12
+
+
+def test_registry_options_and_shipped_model():
+    from agents.registry import get
+
+    spec = get("gcn_wmmse")
+    with pytest.raises(ValidationError):
+        spec.options(bogus=1)
+    net, air = multicell_network(base_channels(batch=2, seed=9))
+    proto = spec.build(spec.options(checkpoint="untrained", layers=3), net)
+    assert proto.rounds == 3 and proto.meta["trainable_parameters"] == 3 * 19 + 2 * 16
+    if G.SHIPPED.exists():
+        shipped = G.load_params(G.SHIPPED)
+        assert shipped.n_trainable() == 229 and shipped.layers == 7
+        assert abs(float(shipped.b_s) - 0.5) < 1e-12  # trained on the base scenario: sqrt(1 W / 4)
+        with pytest.raises(ValueError, match="layers"):
+            spec.build(spec.options(layers=5), net)
