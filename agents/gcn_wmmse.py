@@ -158,7 +158,7 @@ class GCNWMMSEParams(nn.Module):
 
     def n_trainable(self) -> int:
         """Trainable parameters, a complex one counted once (the paper's count L(4F+G+1)+(L-1)F^2)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return sum(p.numel() for p in self.parameters())
 
     def reduce_to_wmmse(self) -> GCNWMMSEParams:
         """Set the taps that make every layer a plain WMMSE iteration: W = W^, V = (R+mu I)^dagger V~."""

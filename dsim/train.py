@@ -194,10 +194,16 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
             bad = [r for r in rounds if not 1 <= r <= proto.rounds]
             if bad:
                 raise ValueError(f"train.layers_in_loss: rounds {bad} outside 1..{proto.rounds}")
-            wsr = wsr_per_round(proto, net, air, rounds)
-            loss = normalized_loss(wsr)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                wsr = wsr_per_round(proto, net, air, rounds)
+                loss = normalized_loss(wsr)
+                loss.backward()
+            except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
+                save_checkpoint(ck_path, learn, opt, sched, step - 1, log, meta)
+                msg = (f"linear-algebra failure (non-finite values?) at training step {step}: {exc}; "
+                       f"last good state (step {step - 1}) saved to {ck_path}")
+                raise TrainingDiverged(msg) from exc
             grads = [p.grad for p in module.parameters() if p.grad is not None]
             gnorm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip))
             lval = float(loss.detach())

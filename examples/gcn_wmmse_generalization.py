@@ -31,7 +31,7 @@ from dsim.scenarios.network_multicell import multicell_network  # noqa: E402
 
 # (title, keyword of generate_multicell, values, other keywords held fixed, pivot = training value)
 SWEEPS = [
-    ("BS power P_BS [dBm]", "power_dbm", [15, 20, 25, 30, 35, 40, 45], {}, 30),
+    ("BS power P_BS [dBm]", "bs_power_dbm", [15, 20, 25, 30, 35, 40, 45], {}, 30),
     ("UE noise power [dBm]", "noise_dbm", [-120, -110, -100, -90, -80], {}, -100),
     ("BS distance d_BS [m]", "bs_distance_m", [50, 100, 200, 400, 800], {}, 200),
     ("UEs per BS (I = 3 x)", "ues_per_bs", [1, 2, 3, 4, 5, 6], {}, 4),
@@ -48,7 +48,8 @@ def mean_wsr(name: str, opts: dict, ch, seed: int = 0) -> np.ndarray:
     proto = spec.build(spec.options(**opts), net)
     out = []
     with torch.no_grad():
-        LocalEngine("float64").run(proto, net, air, on_round=lambda r, V: out.append(float(air.evaluate(V)[0].mean())))
+        LocalEngine("float64").run(proto, net, air,
+                                   on_round=lambda r, V: out.append(float(air.evaluate(V)[0].mean())))
     return np.array(out)
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for j, (title, key, values, fixed, _) in enumerate(SWEEPS):
+    for j, (_, key, values, fixed, _) in enumerate(SWEEPS):
         for v in values:
             g = torch.Generator().manual_seed(SEED + 100 * j)
             ch = generate_multicell(a.batch, g, torch.complex128, **(fixed | {key: v}))
@@ -75,11 +76,13 @@ def main() -> None:
                           for s in range(a.inits)], axis=0)
             rows.append({"parameter": key, "value": v, "gcn_wmmse": gcn[-1], "wmmse_ri": ri[-1],
                          "wmmse_ri_tr": ri[L]})
-            print(f"{key}={v}: GCN-WMMSE {gcn[-1]:.2f}  WMMSE RI {ri[-1]:.2f}  RI TR({L}) {ri[L]:.2f}", flush=True)
+            print(f"{key}={v}: GCN-WMMSE {gcn[-1]:.2f}  WMMSE RI {ri[-1]:.2f}  RI TR({L}) {ri[L]:.2f}",
+                  flush=True)
     with (out / "gcn_wmmse_generalization.csv").open("w") as f:
         f.write("parameter,value,gcn_wmmse,wmmse_ri,wmmse_ri_tr\n")
         for r in rows:
-            f.write(f"{r['parameter']},{r['value']},{r['gcn_wmmse']:.6f},{r['wmmse_ri']:.6f},{r['wmmse_ri_tr']:.6f}\n")
+            f.write(f"{r['parameter']},{r['value']},{r['gcn_wmmse']:.6f},{r['wmmse_ri']:.6f},"
+                    f"{r['wmmse_ri_tr']:.6f}\n")
 
     import matplotlib
 
@@ -87,12 +90,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 2, figsize=(10, 11))
-    for ax, (title, key, values, _, pivot) in zip(axes.flat, SWEEPS):
+    for ax, (title, key, _, _, pivot) in zip(axes.flat, SWEEPS):
         sel = [r for r in rows if r["parameter"] == key]
         x = [r["value"] for r in sel]
         ax.plot(x, [r["wmmse_ri"] for r in sel], "s-", label=f"WMMSE RI ({a.rounds} rounds)")
         ax.plot(x, [r["wmmse_ri_tr"] for r in sel], "v--", label="WMMSE RI TR (7 rounds)")
-        ax.plot(x, [r["gcn_wmmse"] for r in sel], "o-", label="GCN-WMMSE (shipped, 7 layers)")
+        ax.plot(x, [r["gcn_wmmse"] for r in sel], "o-", label=f"GCN-WMMSE ({a.checkpoint}, 7 layers)")
         ax.axvline(pivot, color="0.6", ls=":", lw=1)
         ax.annotate("trained", (pivot, ax.get_ylim()[0]), fontsize=7, color="0.4")
         ax.set_xlabel(title)

@@ -23,7 +23,8 @@ def _run(proto, net, air):
         wsr.append(air.evaluate(V)[0])
         dec.append(V)
 
-    trace = LocalEngine("float64").run(proto, net, air, on_round=on_round)
+    with torch.no_grad():
+        trace = LocalEngine("float64").run(proto, net, air, on_round=on_round)
     return torch.stack(wsr), dec, trace.ledger
 
 
@@ -166,7 +167,7 @@ def test_bias_scale_is_running_mean_of_power_per_ue():
     p = G.GCNWMMSEParams()
     assert float(p.b_s) == 1.0
     n1, _ = multicell_network(base_channels(batch=2, seed=1))
-    n2, _ = multicell_network(base_channels(batch=3, seed=2, p_bs_dbm=40.0))
+    n2, _ = multicell_network(base_channels(batch=3, seed=2, bs_power_dbm=40.0))
     p.observe(n1)
     p.observe(n2)
     # 30 dBm = 1 W, 40 dBm = 10 W, 4 UEs per BS: sqrt(P/4) for 2*3 and 3*3 (realization, BS) pairs

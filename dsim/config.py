@@ -1,0 +1,828 @@
+"""Scenario YAML (+ command-line overrides) -> validated config objects (DESIGN.md section 5).
+
+Every user error becomes one :class:`ConfigError` whose message names the file, the key path and what
+is allowed, one line per problem, e.g.::
+
+    scenarios/x.yaml: algorithms[1].rounds: must be an integer >= 1 (got -3)
+    scenarios/x.yaml: engine.kind: 'rayy' is not allowed; allowed: local, ray
+
+Validation uses pydantic v2 in strict JSON mode: a YAML document is JSON-like data, so integers are
+accepted where numbers are expected and lists where tuples are, but a string is never accepted where a
+number (or a bool) is.  YAML is read with YAML 1.2 number rules (``1e6``, ``1e-3`` and ``inf`` are
+floats; PyYAML's YAML 1.1 rules would make them strings) and duplicate keys are errors.
+
+Pipeline: read the YAML -> apply ``--set key.path=value`` overrides (checked against the schema) and
+``--out`` / ``--engine`` -> validate the top level, the scenario (dispatched on ``file`` / ``family``),
+then every algorithm entry through :mod:`agents.registry` -> :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+FAMILIES = ("multicell", "cellfree")
+LINK_CLASSES = ("ul", "dl", "bh", "fh", "d2d")
+ROLES = ("bs", "ue", "ap", "cpu")
+WIRE_DTYPES = ("float64", "float32", "float16")
+_QUANT = re.compile(r"^q([2-9]|1[0-6])$")
+
+LinkClass = Literal["ul", "dl", "bh", "fh", "d2d"]
+Role = Literal["bs", "ue", "ap", "cpu"]
+
+DEFAULT_LINKS: dict[str, dict[str, float]] = {
+    "ul": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
+    "dl": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
+    "bh": {"latency_s": 1e-4, "bandwidth_bps": 1e9},
+    "fh": {"latency_s": 1e-4, "bandwidth_bps": 1e9},
+    "d2d": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
+}
+"""Per-link-class defaults (latency in s, bandwidth in bit/s); fields a YAML link entry omits take these."""
+
+
+class ConfigError(Exception):
+    """A user error in a scenario config; ``str(e)`` is the message (one line per problem).
+
+    ``lines``: the problems, each ``'<file>: <key.path>: <what is wrong; what is allowed>'``.
+    """
+
+    def __init__(self, lines: str | Sequence[str]):
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+_CFG = ConfigDict(extra="forbid")
+
+
+class _CrossChecked(BaseModel):
+    """A model with checks across its fields (:meth:`cross_errors`).
+
+    Validation raises the first of them (a ``cross_field`` error naming the field in its ``ctx``);
+    with ``context={'defer_cross': True}`` it does not, so that :mod:`dsim.config` can report all.
+    """
+
+    def cross_errors(self) -> list[tuple[str, str]]:
+        """[(field name, message)] of the violated cross-field rules."""
+        return []
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get("defer_cross"):
+            for field, msg in self.cross_errors()[:1]:
+                raise PydanticCustomError("cross_field", "{message}", {"field": field, "message": msg})
+        return self
+
+
+# ==================================================================================== scenario models
+class MulticellScenario(_CrossChecked):
+    """Multicell MU-MIMO family (DESIGN §7; read by name by :mod:`dsim.scenarios.multicell`).
+
+    Distances in m, powers in dBm, path loss in dB; ``range_m`` None = every BS hears every UE.
+    """
+
+    model_config = _CFG
+    family: Literal["multicell"] = "multicell"
+    layout: Literal["triangle", "hex"] = "triangle"
+    bs_distance_m: float = Field(200.0, gt=0)
+    n_bs: int = Field(3, ge=1)
+    ues_per_bs: int = Field(4, ge=1)
+    bs_antennas: int = Field(12, ge=1)
+    ue_antennas: int = Field(2, ge=1)
+    bs_power_dbm: float = 30.0
+    noise_dbm: float = -100.0
+    pathloss: Literal["pico", "macro", "exponent"] = "pico"
+    pathloss_exponent: float = Field(3.0, gt=0)
+    pathloss_ref_db: float = 30.0
+    min_distance_m: float = Field(10.0, ge=0)
+    range_m: float | None = Field(None, gt=0)
+    ue_weight: float = Field(1.0, gt=0)
+
+    def cross_errors(self) -> list[tuple[str, str]]:
+        if self.layout == "triangle" and self.n_bs != 3:
+            return [("n_bs", f"layout 'triangle' has exactly 3 BSs (got {self.n_bs}); allowed: 3 "
+                             "(use layout: hex for other counts)")]
+        return []
+
+
+class CellfreeScenario(_CrossChecked):
+    """Cell-free massive MIMO family (ICGNN Sec. IV; read by name by :mod:`dsim.scenarios.cellfree`).
+
+    Area in m (square side), heights in m, ASD in degrees, powers in dBm (UE: mW), bandwidth in Hz,
+    ``tau_c`` / ``tau_d`` coherence / downlink symbols, ``pilots`` tau_p (needed with ``csi: mmse``).
+    """
+
+    model_config = _CFG
+    family: Literal["cellfree"] = "cellfree"
+    n_aps: int = Field(7, ge=1)
+    ap_antennas: int = Field(2, ge=1)
+    n_ues: int = Field(5, ge=1)
+    area_m: float = Field(1000.0, gt=0)
+    ap_height_m: float = Field(10.0, ge=0)
+    asd_deg: float = Field(15.0, ge=0)
+    shadowing_db: float = Field(0.0, ge=0)
+    realizations: int = Field(100, ge=1)
+    csi: Literal["perfect", "mmse"] = "perfect"
+    pilots: int | None = Field(None, ge=1)
+    noise_figure_db: float = 10.0
+    bandwidth_hz: float = Field(2e7, gt=0)
+    ap_power_dbm: float = 20.0
+    ue_power_mw: float = Field(10.0, gt=0)
+    tau_c: int = Field(20, ge=1)
+    tau_d: int = Field(19, ge=1)
+    pathloss_ref_db: float = -30.5
+    pathloss_exponent: float = Field(3.67, gt=0)
+
+    def cross_errors(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.csi == "mmse" and self.pilots is None:
+            errs.append(("pilots", "required when csi is 'mmse'; allowed: an integer >= 1 "
+                                   "(orthogonal pilots tau_p)"))
+        if self.tau_d > self.tau_c:
+            errs.append(("tau_d", f"must be <= tau_c (= {self.tau_c}) (got {self.tau_d})"))
+        return errs
+
+
+class FileScenario(BaseModel):
+    """A channel file (``.npz``, DESIGN §5); ``file`` is resolved against the YAML file's directory."""
+
+    model_config = _CFG
+    file: str = Field(min_length=1)
+
+
+SCENARIO_MODELS: dict[str, type[BaseModel]] = {"multicell": MulticellScenario, "cellfree": CellfreeScenario}
+
+
+# ==================================================================================== runtime models
+class AlgorithmConfig(BaseModel):
+    """One ``algorithms:`` entry: registry ``name``, unique ``label`` and the validated ``options``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    label: str
+    options: SerializeAsAny[BaseModel]
+
+
+class EngineConfig(BaseModel):
+    """``engine``: kind, Ray shards (None = one actor per agent), cluster address, GPUs / CPUs per actor."""
+
+    model_config = _CFG
+    kind: Literal["local", "ray"] = "ray"
+    shards: int | None = Field(None, ge=1)
+    address: str | None = None
+    gpus: float = Field(0.0, ge=0)
+    num_cpus: int | None = Field(None, ge=1)
+
+
+def _check_wire_dtype(value: str) -> str:
+    if value in WIRE_DTYPES or _QUANT.match(value):
+        return value
+    allowed = ", ".join(WIRE_DTYPES) + ", q2 ... q16 (q<b>, 2<=b<=16)"
+    raise PydanticCustomError("value_not_allowed", "{value} is not allowed; allowed: {allowed}",
+                              {"value": repr(value), "allowed": allowed})
+
+
+class WireConfig(BaseModel):
+    """``wire.dtype``: float64 | float32 | float16 | q<b> (uniform b-bit quantization, 2 <= b <= 16)."""
+
+    model_config = _CFG
+    dtype: Annotated[str, AfterValidator(_check_wire_dtype)] = "float32"
+
+
+class LinkConfig(BaseModel):
+    """One link class of the clock: latency (s), bandwidth (bit/s, may be inf), shared medium or not."""
+
+    model_config = _CFG
+    latency_s: float = Field(0.0, ge=0)
+    bandwidth_bps: float = Field(1e6, gt=0)
+    shared: bool = False
+
+
+def _default_links() -> dict[str, LinkConfig]:
+    return {k: LinkConfig(**v) for k, v in DEFAULT_LINKS.items()}
+
+
+class ClockSettings(BaseModel):
+    """``clock``: link classes (all of :data:`LINK_CLASSES`, defaults :data:`DEFAULT_LINKS`), compute
+    time (s) of one local phase per role, pilot symbol duration (s, default one LTE OFDM symbol) and
+    air latency (s)."""
+
+    model_config = _CFG
+    links: dict[LinkClass, LinkConfig] = Field(default_factory=_default_links)
+    compute_s: dict[Role, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    air_symbol_s: float = Field(71.4e-6, ge=0)
+    air_latency_s: float = Field(0.0, ge=0)
+
+    @field_validator("links", mode="before")
+    @classmethod
+    def _fill_defaults(cls, v: Any) -> Any:
+        """Every link class is present; fields a given class omits take that class's defaults."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[Any, Any] = {}
+        for name, default in DEFAULT_LINKS.items():
+            given = v.get(name, {})
+            out[name] = {**default, **given} if isinstance(given, dict) else given
+        return out | {k: x for k, x in v.items() if k not in out}
+
+
+class FaultsConfig(BaseModel):
+    """``faults``: message loss and missing-link probabilities, their seed (None = the run's seed)."""
+
+    model_config = _CFG
+    message_loss: float = Field(0.0, ge=0, lt=1)
+    missing_links: float = Field(0.0, ge=0, lt=1)
+    seed: int | None = Field(None, ge=0)
+
+
+class RunConfig(BaseModel):
+    """A validated run configuration (what ``dsim run`` / ``sample`` / ``train`` consume)."""
+
+    model_config = _CFG
+    seed: int = Field(0, ge=0)
+    precision: Literal["double", "single"] = "double"
+    batch: int = Field(20, ge=1)
+    scenario: MulticellScenario | CellfreeScenario | FileScenario
+    algorithms: list[AlgorithmConfig] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    wire: WireConfig = Field(default_factory=WireConfig)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    output: str
+    train: dict[str, Any] | None = None
+    source: str = "<dict>"
+
+
+class _TopLevel(BaseModel):
+    """The top level before the scenario / algorithm entries are dispatched (raw mappings there)."""
+
+    model_config = _CFG
+    seed: int = Field(0, ge=0)
+    precision: Literal["double", "single"] = "double"
+    batch: int = Field(20, ge=1)
+    scenario: dict[str, Any]
+    algorithms: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    wire: WireConfig = Field(default_factory=WireConfig)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    output: str | None = None
+    train: dict[str, Any] | None = None
+
+
+class _AlgorithmHead(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1)
+    label: str | None = Field(None, min_length=1)
+
+
+# ==================================================================================== schema walking
+def _unwrap(tp: Any, meta: list[Any]) -> tuple[Any, list[Any], bool]:
+    """Strip Annotated / Optional: (bare type, constraint metadata, nullable)."""
+    nullable = False
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            args = get_args(tp)
+            for m in args[1:]:
+                meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+            tp = args[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            nullable = nullable or len(args) < len(get_args(tp))
+            if len(args) != 1:
+                return tp, meta, nullable
+            tp = args[0]
+        else:
+            return tp, meta, nullable
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _schema_at(root: Any, loc: Sequence[Any]) -> tuple[Any, list[Any], bool] | None:
+    """(type, metadata, nullable) of the schema node at ``loc`` below ``root``; None if not known.
+
+    pydantic's ``(key, '[key]')`` (a bad mapping key) addresses the mapping's key type."""
+    tp, meta, nullable = _unwrap(root, [])
+    loc = [p for i, p in enumerate(loc) if not (i + 1 < len(loc) and loc[i + 1] == "[key]")]
+    for part in loc:
+        if _is_model(tp):
+            field = tp.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            tp, meta, nullable = _unwrap(field.annotation, list(field.metadata))
+            continue
+        origin, args = get_origin(tp), get_args(tp)
+        if origin in (list, tuple) and args:
+            tp, meta, nullable = _unwrap(args[0], [])
+        elif origin is dict and args:
+            tp, meta, nullable = _unwrap(args[0] if part == "[key]" else args[1], [])
+        else:
+            return None
+    return tp, meta, nullable
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _describe(node: tuple[Any, list[Any], bool] | None) -> str | None:
+    """'an integer >= 1', 'a number in [0, 1)', 'a number > 0 or null', ... for a scalar schema node."""
+    if node is None:
+        return None
+    tp, meta, nullable = node
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp)
+    if kind is None:
+        return None
+    lo = hi = None
+    for m in meta:
+        for attr, sym in (("ge", ">="), ("gt", ">")):
+            if getattr(m, attr, None) is not None:
+                lo = (sym, getattr(m, attr))
+        for attr, sym in (("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                hi = (sym, getattr(m, attr))
+    if lo and hi:
+        left, right = "[" if lo[0] == ">=" else "(", "]" if hi[0] == "<=" else ")"
+        kind += f" in {left}{_fmt_num(lo[1])}, {_fmt_num(hi[1])}{right}"
+    elif lo or hi:
+        sym, val = lo or hi
+        kind += f" {sym} {_fmt_num(val)}"
+    return kind + (" or null" if nullable else "")
+
+
+def _allowed_keys(tp: Any) -> list[str]:
+    if _is_model(tp):
+        return [k for k in tp.model_fields if not (tp is RunConfig and k == "source")]
+    return []
+
+
+def _show(v: Any) -> str:
+    s = repr(v) if isinstance(v, str) else ("a mapping" if isinstance(v, dict) else
+                                           "a list" if isinstance(v, list) else
+                                           ("true" if v else "false") if isinstance(v, bool) else
+                                           "null" if v is None else str(v))
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _path(loc: Sequence[Any]) -> str:
+    """('algorithms', 2, 'rounds') -> 'algorithms[2].rounds' (pydantic's '[key]' markers dropped)."""
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_key_msg(key: Any, allowed: Sequence[str]) -> str:
+    msg = f"unknown key; allowed: {', '.join(sorted(allowed))}" if allowed else "unknown key"
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    return msg + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "dict_type": "a mapping",
+    "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
+    "tuple_type": "a list",
+}
+_BOUND_TYPES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _error_lines(exc: ValidationError, root: Any, prefix: Sequence[Any] = (),
+                 extra_allowed: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """pydantic errors -> [(key path, message)], with allowed values / keys / ranges from ``root``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc, typ, ctx, got = tuple(err["loc"]), err["type"], err.get("ctx") or {}, err.get("input")
+        if typ == "cross_field":
+            loc = loc + (ctx["field"],)
+            msg = err["msg"]
+        elif typ == "extra_forbidden":
+            parent = _schema_at(root, loc[:-1])
+            msg = _unknown_key_msg(loc[-1], [*extra_allowed, *_allowed_keys(parent[0] if parent else None)])
+        elif typ == "missing":
+            desc = _describe(_schema_at(root, loc))
+            msg = "required key missing" + (f"; allowed: {desc}" if desc else "")
+        elif typ == "literal_error":
+            node = _schema_at(root, loc)
+            choices = get_args(node[0]) if node and get_origin(node[0]) is Literal else None
+            allowed = ", ".join(map(str, choices)) if choices else ctx.get("expected", "")
+            what = "key " if loc and loc[-1] == "[key]" else ""
+            msg = f"{what}{_show(got)} is not allowed; allowed: {allowed}"
+        elif typ in _TYPE_WORDS or typ in _BOUND_TYPES:
+            desc = _describe(_schema_at(root, loc))
+            msg = f"must be {desc or _TYPE_WORDS.get(typ) or err['msg']} (got {_show(got)})"
+            if desc is None and typ in _BOUND_TYPES:
+                msg = f"{err['msg']} (got {_show(got)})"
+        elif typ == "too_short":
+            n, got_n = ctx.get("min_length", 1), ctx.get("actual_length", 0)
+            msg = "must not be empty" if n == 1 else f"must have at least {n} entries (got {got_n})"
+        elif typ == "string_too_short":
+            msg = "must not be empty"
+        elif typ == "value_not_allowed":
+            msg = err["msg"]
+        else:
+            msg = f"{err['msg']} (got {_show(got)})"
+        lines.append((_path((*prefix, *loc)), msg))
+    return lines
+
+
+# ==================================================================================== YAML reading
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (1e6, 1e-3, inf) and duplicate keys as errors."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: the base class reports it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:float"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |[-+]?\.?(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789.iI"),
+)
+
+
+def _yaml_error(where: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    pos = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return f"{where}: {pos}invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def _read_yaml(path: Path) -> Any:
+    src = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{src}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{src}: is a directory, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{src}: not a text (UTF-8) file") from None
+    except OSError as exc:
+        raise ConfigError(f"{src}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(src, exc)) from None
+
+
+# ==================================================================================== overrides
+def _split_key(key: str) -> list[str | int]:
+    """'algorithms.0.rounds' or 'algorithms[0].rounds' -> ['algorithms', 0, 'rounds']."""
+    key = re.sub(r"\[(\d+)\]", r".\1", key.strip())
+    parts: list[str | int] = []
+    for p in key.split("."):
+        parts.append(int(p) if p.isdigit() else p)
+    return parts
+
+
+def _check_override(parts: list[str | int], data: dict[str, Any]) -> str | None:
+    """None if ``parts`` names a key of the schema (given the data so far), else what is wrong."""
+    from agents import registry
+
+    tp: Any = RunConfig
+    node: Any = data
+    done: list[str | int] = []
+    for part in parts:
+        where = _path(done + [part]) if done else str(part)
+        here = _path(done) if done else "the top level"
+        if tp is Any:
+            return None
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        child = node.get(part) if isinstance(node, dict) else (node[part] if in_list else None)
+        if done == ["scenario"]:  # the scenario model depends on the data (file / family)
+            scn = node if isinstance(node, dict) else {}
+            if "file" in scn or part == "file":
+                tp = FileScenario
+            elif isinstance(scn.get("family"), str) and scn["family"] in SCENARIO_MODELS:
+                tp = SCENARIO_MODELS[scn["family"]]
+            else:
+                keys = set(FileScenario.model_fields)
+                keys = keys.union(*(m.model_fields for m in SCENARIO_MODELS.values()))
+                if part not in keys:
+                    return f"{where}: unknown key; allowed: {', '.join(sorted(keys))}"
+                return None
+        if len(done) == 2 and done[0] == "algorithms":  # an algorithm entry: name, label + its options
+            name = node.get("name") if isinstance(node, dict) else None
+            try:
+                opts = registry.get(name).options if isinstance(name, str) else None
+            except KeyError:
+                opts = None
+            if opts is None:
+                return None  # the entry's name is checked when validating
+            allowed = ["name", "label", *opts.model_fields]
+            if part not in allowed:
+                return f"{where}: unknown key; allowed: {', '.join(sorted(allowed))}"
+            sub = _schema_at(opts, [part]) if part not in ("name", "label") else (str, [], False)
+            tp = sub[0] if sub else Any
+        elif _is_model(tp):
+            allowed = _allowed_keys(tp)
+            if part not in allowed:
+                return f"{where}: {_unknown_key_msg(part, allowed)}"
+            tp = _schema_at(tp, [part])[0]
+        elif get_origin(tp) is list:
+            if not isinstance(part, int):
+                return f"{where}: {here} is a list; use an index (e.g. {_path(done)}.0)"
+            n = len(node) if isinstance(node, list) else 0
+            if part >= n:
+                return f"{where}: index out of range; {here} has {n} entries (allowed: 0 ... {n - 1})"
+            tp = _unwrap(get_args(tp)[0], [])[0]
+        elif get_origin(tp) is dict:
+            ktp, vtp = get_args(tp)
+            ktp = _unwrap(ktp, [])[0]
+            if get_origin(ktp) is Literal and part not in get_args(ktp):
+                return f"{where}: {part!r} is not allowed; allowed: {', '.join(get_args(ktp))}"
+            tp = _unwrap(vtp, [])[0]
+        else:
+            return f"{where}: {here} is a value, not a mapping"
+        done.append(part)
+        node = child
+    return None
+
+
+def _apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> str | None:
+    """Set ``data[parts...] = value`` creating mappings on the way; None on success, else the problem."""
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[part]  # index checked by _check_override
+            continue
+        cur = node.get(part)
+        if cur is None:
+            node[part] = cur = {}
+        if not isinstance(cur, (dict, list)) or (isinstance(cur, list) and not isinstance(nxt, int)):
+            return f"{_path(parts[: i + 1])} is {_show(cur)} in the file, not a mapping"
+        node = cur
+    node[parts[-1]] = value
+    return None
+
+
+def _parse_override(item: str) -> tuple[list[str | int], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE (e.g. --set algorithms.0.rounds=10)")
+    key, raw = item.split("=", 1)
+    parts = _split_key(key)
+    if not key.strip() or any(p == "" for p in parts):
+        raise ConfigError(f"--set {item}: empty key path; expected KEY.PATH=VALUE")
+    try:
+        value = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(f"--set {item}", exc)) from None
+    return parts, value
+
+
+# ==================================================================================== validation
+def _jsonable(obj: Any) -> Any:
+    """YAML data -> JSON-encodable data (mapping keys as strings, other scalars as strings)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, BaseModel):
+        return _jsonable(obj.model_dump())
+    return str(obj)
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: Sequence[Any], errors: list[tuple[str, str]],
+              extra_allowed: Sequence[str] = ()) -> BaseModel | None:
+    """Strict JSON-mode validation of ``data`` by ``model``; errors appended with the key path prefix."""
+    try:
+        obj = model.model_validate_json(json.dumps(_jsonable(data), allow_nan=True), strict=True,
+                                        context={"defer_cross": True})
+    except ValidationError as exc:
+        errors.extend(_error_lines(exc, model, prefix, extra_allowed))
+        return None
+    cross = obj.cross_errors() if isinstance(obj, _CrossChecked) else []
+    errors.extend((_path((*prefix, field)), msg) for field, msg in cross)
+    return None if cross else obj
+
+
+def _scenario(raw: dict[str, Any], base_dir: Path, errors: list[tuple[str, str]]) -> BaseModel | None:
+    if "file" in raw:
+        scn = _validate(FileScenario, raw, ["scenario"], errors)
+        if scn is None:
+            return None
+        path = Path(os.path.expanduser(scn.file))
+        path = Path(os.path.abspath(path if path.is_absolute() else base_dir / path))
+        if not path.is_file():
+            rel = not Path(scn.file).is_absolute()
+            where = " (a relative path is read from the YAML file's directory)" if rel else ""
+            errors.append(("scenario.file", f"no such channel file {scn.file!r}: {path}{where}"))
+            return None
+        return FileScenario(file=str(path))
+    family = raw.get("family")
+    if family is None:
+        errors.append(("scenario.family", f"required key missing; allowed: {', '.join(FAMILIES)} "
+                                          "(or give scenario.file: a channel file)"))
+        return None
+    if not isinstance(family, str) or family not in SCENARIO_MODELS:
+        errors.append(("scenario.family", f"{_show(family)} is not allowed; allowed: {', '.join(FAMILIES)}"))
+        return None
+    return _validate(SCENARIO_MODELS[family], raw, ["scenario"], errors)
+
+
+def _algorithms(raw: list[dict[str, Any]], family: str | None,
+                errors: list[tuple[str, str]]) -> list[AlgorithmConfig]:
+    from agents import registry
+
+    out: list[AlgorithmConfig] = []
+    first_of: dict[str, int] = {}
+    all_names = ", ".join(registry.names())
+    for i, entry in enumerate(raw):
+        pre = ["algorithms", i]
+        if "name" not in entry:
+            errors.append((f"algorithms[{i}].name", f"required key missing; allowed: {all_names}"))
+            continue
+        head = _validate(_AlgorithmHead, entry, pre, errors)
+        if head is None:
+            continue
+        try:
+            spec = registry.get(head.name)
+        except KeyError:
+            errors.append((f"algorithms[{i}].name", f"unknown algorithm {head.name!r}; allowed: {all_names}"))
+            continue
+        if family is not None and family not in spec.families:
+            fam_names = ", ".join(registry.names(family))
+            errors.append((f"algorithms[{i}].name", f"{head.name!r} does not run on family {family!r}; "
+                                                    f"allowed for {family}: {fam_names}"))
+        opts = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        options = _validate(spec.options, opts, pre, errors, extra_allowed=("name", "label"))
+        label = head.label if head.label is not None else head.name
+        if label in first_of:
+            why = "" if head.label else ", the label defaults to the name"
+            errors.append((f"algorithms[{i}].label",
+                           f"duplicate label {label!r} (also algorithms[{first_of[label]}]{why}); "
+                           "labels must be unique: give each entry its own label"))
+        first_of.setdefault(label, i)
+        if options is not None:
+            out.append(AlgorithmConfig(name=head.name, label=label, options=options))
+    return out
+
+
+def _default_output(source: str) -> str:
+    stem = Path(source).stem if not source.startswith("<") else "run"
+    return f"runs/{stem or 'run'}"
+
+
+def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> RunConfig:
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; expected a mapping with at least "
+                          "`scenario` and `algorithms`")
+    if not isinstance(data, dict):
+        keys = ", ".join(_allowed_keys(RunConfig))
+        got = _show(data) if isinstance(data, list) else f"{type(data).__name__} {_show(data)}"
+        raise ConfigError(f"{source}: the top level must be a mapping of keys ({keys}), got {got}")
+    errors: list[tuple[str, str]] = []
+    top = _validate(_TopLevel, data, [], errors)
+    scn = None
+    if isinstance(data.get("scenario"), dict):
+        scn = _scenario(data["scenario"], base_dir, errors)
+    algs: list[AlgorithmConfig] = []
+    raw_algs = data.get("algorithms")
+    if isinstance(raw_algs, list) and raw_algs and all(isinstance(a, dict) for a in raw_algs):
+        family = data["scenario"].get("family") if isinstance(data.get("scenario"), dict) else None
+        in_file = isinstance(data.get("scenario"), dict) and "file" in data["scenario"]
+        algs = _algorithms(raw_algs, family if family in FAMILIES and not in_file else None, errors)
+    elif isinstance(raw_algs, list) and not raw_algs:
+        from agents import registry
+
+        errors = [(p, m + f"; allowed names: {', '.join(registry.names())}" if p == "algorithms" else m)
+                  for p, m in errors]
+    if errors:
+        lines = []
+        for path, msg in dict.fromkeys(errors):
+            origin = next((o for k, o in origins.items()
+                           if path == k or path.startswith(k + ".") or path.startswith(k + "[")), None)
+            lines.append(f"{source}: {path}: {msg}" + (f" (from {origin})" if origin else ""))
+        raise ConfigError(lines)
+    assert top is not None and scn is not None
+    return RunConfig(seed=top.seed, precision=top.precision, batch=top.batch, scenario=scn, algorithms=algs,
+                     engine=top.engine, wire=top.wire, clock=top.clock, faults=top.faults,
+                     output=top.output if top.output is not None else _default_output(source),
+                     train=top.train, source=source)
+
+
+# ==================================================================================== public API
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", *, base_dir: str | Path | None = None
+                     ) -> RunConfig:
+    """Validate a config mapping (as read from YAML) -> :class:`RunConfig`; :class:`ConfigError` if invalid.
+
+    ``source`` names the config in messages and gives the default output ``runs/<stem>``;
+    ``base_dir``: directory a relative ``scenario.file`` is resolved against (default: the directory of
+    ``source`` when it is a file path, else the current directory).
+    """
+    if base_dir is None:
+        base_dir = Path(source).parent if not source.startswith("<") else Path.cwd()
+    return _build(data, source, Path(base_dir), {})
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), *, out: str | None = None,
+                engine: str | None = None) -> RunConfig:
+    """Read a scenario YAML, apply overrides, validate -> :class:`RunConfig`.
+
+    overrides: ``'key.path=value'`` strings (``--set``); the value is parsed as a YAML scalar / flow
+    value ('3', '1e-3', 'true', '[1, 2]', '{a: 1}'); list entries by index ('algorithms.0.rounds=5').
+    ``out`` replaces ``output``; ``engine`` replaces ``engine.kind``.  Every user error (missing or
+    unreadable file, YAML syntax, unknown override path, schema violation) raises :class:`ConfigError`.
+    """
+    path = Path(path)
+    source = str(path)
+    data = _read_yaml(path)
+    origins: dict[str, str] = {}
+    if isinstance(data, dict):
+        for item in overrides:
+            parts, value = _parse_override(item)
+            problem = _check_override(parts, data) or _apply_override(data, parts, value)
+            if problem:
+                raise ConfigError(f"--set {item}: {problem}")
+            origins[_path(parts)] = f"--set {item}"
+        if out is not None:
+            data["output"] = out
+            origins["output"] = f"--out {out}"
+        if engine is not None:
+            if data.get("engine") is None:
+                data["engine"] = {}
+            if isinstance(data["engine"], dict):
+                data["engine"]["kind"] = engine
+                origins["engine.kind"] = f"--engine {engine}"
+    return _build(data, source, path.parent, origins)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return _plain(obj.model_dump())
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The fully resolved config (defaults filled) as plain Python data, YAML-dumpable and valid input
+    of :func:`config_from_dict` (the ``source`` is not included)."""
+    algs = [{"name": a.name, "label": a.label, **_plain(a.options)} for a in cfg.algorithms]
+    return {
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+        "batch": cfg.batch,
+        "scenario": _plain(cfg.scenario),
+        "algorithms": algs,
+        "engine": _plain(cfg.engine),
+        "wire": _plain(cfg.wire),
+        "clock": _plain(cfg.clock),
+        "faults": _plain(cfg.faults),
+        "output": cfg.output,
+        "train": _plain(cfg.train),
+    }

@@ -1,0 +1,425 @@
+"""dsim.config: scenario YAML + overrides -> RunConfig; every user error is one clear ConfigError line.
+
+The algorithm entries use a fake algorithm registered by a fixture (the real protocol modules are
+written concurrently; only their names, read from the registry at test time, appear in assertions).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents import registry
+from dsim.config import (
+    DEFAULT_LINKS,
+    LINK_CLASSES,
+    ROLES,
+    CellfreeScenario,
+    ConfigError,
+    FileScenario,
+    MulticellScenario,
+    RunConfig,
+    config_from_dict,
+    load_config,
+    resolved_dict,
+)
+
+FAKE = "_cfgtest_fake"
+FAKE_CF = "_cfgtest_fake_cf"
+
+
+class FakeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rounds: int = Field(10, ge=1)
+    init: Literal["random", "mrc"] = "random"
+    step: float = Field(0.5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@pytest.fixture
+def fake_alg():
+    """Two fake algorithms: FAKE (multicell only) and FAKE_CF (cellfree only); removed afterwards."""
+    registry.load_all()
+    saved = {n: registry.REGISTRY.get(n) for n in (FAKE, FAKE_CF)}
+    registry.register(registry.AlgorithmSpec(FAKE, ("multicell",), FakeOptions, lambda o, n: None, "test"))
+    registry.register(registry.AlgorithmSpec(FAKE_CF, ("cellfree",), FakeOptions, lambda o, n: None, "test"))
+    yield FAKE
+    for n, spec in saved.items():
+        if spec is None:
+            registry.REGISTRY.pop(n, None)
+        else:
+            registry.REGISTRY[n] = spec
+
+
+def base() -> dict:
+    return {"scenario": {"family": "multicell"}, "algorithms": [{"name": FAKE}]}
+
+
+def write(tmp_path: Path, data, name: str = "bad.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def error_of(tmp_path: Path, data, overrides=(), **kw) -> str:
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, data), overrides, **kw)
+    return str(ei.value)
+
+
+def line_for(msg: str, path: str) -> str:
+    """The one line of ``msg`` about key ``path``; each line starts with the file name."""
+    lines = msg.splitlines()
+    for line in lines:
+        assert line.split(": ")[0].endswith("bad.yaml"), line
+    hits = [ln for ln in lines if ln.split(": ")[1] == path]
+    assert len(hits) == 1, f"no single line for {path!r} in:\n{msg}"
+    return hits[0]
+
+
+# ============================================================================== valid configs
+FULL_YAML = """\
+seed: 7
+precision: single
+batch: 5
+scenario: {family: multicell, layout: hex, n_bs: 7, bs_distance_m: 500, pathloss: macro}
+algorithms:
+  - {name: _cfgtest_fake, rounds: 3, label: a}
+  - {name: _cfgtest_fake, init: mrc, betas: [0.1, 0.2]}
+engine: {kind: local}
+wire: {dtype: q8}
+clock:
+  links: {ul: {latency_s: 2e-3}, bh: {bandwidth_bps: inf, shared: true}}
+  compute_s: {bs: 1e-4}
+faults: {message_loss: 0.25}
+train: {steps: 3, lr: 1e-2}
+"""
+
+
+def test_full_yaml_loads_with_defaults_filled(tmp_path, fake_alg):
+    cfg = load_config(write(tmp_path, FULL_YAML, "full.yaml"))
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.seed, cfg.precision, cfg.batch) == (7, "single", 5)
+    s = cfg.scenario
+    assert isinstance(s, MulticellScenario)
+    assert (s.layout, s.n_bs, s.bs_distance_m, s.pathloss) == ("hex", 7, 500.0, "macro")
+    assert (s.ues_per_bs, s.bs_antennas, s.ue_antennas, s.noise_dbm, s.range_m) == (4, 12, 2, -100.0, None)
+    a0, a1 = cfg.algorithms
+    assert (a0.name, a0.label, a0.options.rounds, a0.options.init) == (FAKE, "a", 3, "random")
+    assert (a1.label, a1.options.init, a1.options.betas, a1.options.rounds) == (FAKE, "mrc", (0.1, 0.2), 10)
+    assert isinstance(a0.options, FakeOptions)
+    e = cfg.engine
+    assert (e.kind, e.shards, e.address, e.gpus) == ("local", None, None, 0.0)
+    assert cfg.wire.dtype == "q8"
+    links = cfg.clock.links
+    assert set(links) == set(LINK_CLASSES)
+    # a given field wins, an omitted one takes its class's default (YAML 1.2 floats: 2e-3, inf)
+    assert (links["ul"].latency_s, links["ul"].bandwidth_bps) == (2e-3, DEFAULT_LINKS["ul"]["bandwidth_bps"])
+    assert links["bh"].latency_s == DEFAULT_LINKS["bh"]["latency_s"] and math.isinf(links["bh"].bandwidth_bps)
+    assert links["bh"].shared and not links["fh"].shared
+    assert (links["fh"].latency_s, links["fh"].bandwidth_bps) == (1e-4, 1e9)
+    assert (links["dl"].latency_s, links["d2d"].bandwidth_bps) == (1e-3, 1e6)
+    assert cfg.clock.compute_s == {"bs": 1e-4} and cfg.clock.air_symbol_s == 71.4e-6
+    assert (cfg.faults.message_loss, cfg.faults.missing_links, cfg.faults.seed) == (0.25, 0.0, None)
+    assert cfg.output == "runs/full" and cfg.source.endswith("full.yaml")
+    assert cfg.train == {"steps": 3, "lr": 0.01}
+
+
+def test_minimal_config_defaults(fake_alg):
+    cfg = config_from_dict(base())
+    got = (cfg.seed, cfg.precision, cfg.batch, cfg.engine.kind, cfg.wire.dtype)
+    assert got == (0, "double", 20, "ray", "float32")
+    assert cfg.scenario == MulticellScenario()
+    assert cfg.clock.compute_s == {} and cfg.clock.air_latency_s == 0.0
+    assert {k: (v.latency_s, v.bandwidth_bps) for k, v in cfg.clock.links.items()} == \
+        {k: (v["latency_s"], v["bandwidth_bps"]) for k, v in DEFAULT_LINKS.items()}
+    assert cfg.train is None and cfg.output == "runs/run"
+
+
+def test_cellfree_defaults_and_mmse_with_pilots(fake_alg):
+    cfg = config_from_dict({"scenario": {"family": "cellfree", "csi": "mmse", "pilots": 3, "tau_d": 20},
+                            "algorithms": [{"name": FAKE_CF}]})
+    s = cfg.scenario
+    assert isinstance(s, CellfreeScenario)
+    assert (s.csi, s.pilots, s.tau_c, s.tau_d, s.n_aps, s.bandwidth_hz) == ("mmse", 3, 20, 20, 7, 2e7)
+
+
+def test_scenario_models_match_the_generators():
+    """The scenario models carry exactly the keyword arguments the generators read, with their defaults."""
+    from dsim.scenarios import cellfree, multicell
+
+    for model, gen, names in [(MulticellScenario, multicell.generate_multicell, multicell.OPTION_NAMES),
+                              (CellfreeScenario, cellfree.generate_cellfree, cellfree.OPTION_NAMES)]:
+        assert set(model.model_fields) == {"family", *names}
+        sig = inspect.signature(gen)
+        defaults = {n: model.model_fields[n].default for n in names}
+        assert defaults == {n: sig.parameters[n].default for n in names}
+
+
+def test_resolved_dict_round_trips(tmp_path, fake_alg):
+    cfg = load_config(write(tmp_path, FULL_YAML, "full.yaml"))
+    d = resolved_dict(cfg)
+    text = yaml.safe_dump(d, sort_keys=False)  # YAML-dumpable (inf, tuples, nested models)
+    again = load_config(write(tmp_path, text, "again.yaml"))
+    assert resolved_dict(again) == d
+    assert d["algorithms"][1] == {"name": FAKE, "label": FAKE, "rounds": 10, "init": "mrc", "step": 0.5,
+                                  "betas": [0.1, 0.2]}
+    assert d["scenario"]["ue_weight"] == 1.0 and d["clock"]["links"]["fh"]["bandwidth_bps"] == 1e9
+    assert "source" not in d and d["output"] == "runs/full"
+
+
+def test_direct_construction_runs_cross_field_checks():
+    with pytest.raises(ValidationError, match="exactly 3 BSs"):
+        MulticellScenario(n_bs=4)
+    assert MulticellScenario(layout="hex", n_bs=4).n_bs == 4
+    with pytest.raises(ValidationError, match="tau_c"):
+        CellfreeScenario(tau_c=10, tau_d=11)
+
+
+# ============================================================================== schema errors
+def _set(d: dict, path: str, value) -> dict:
+    keys = path.split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+    return d
+
+
+TOP = "algorithms, batch, clock, engine, faults, output, precision, scenario, seed, train, wire"
+WIRE = "is not allowed; allowed: float64, float32, float16, q2 ... q16"
+# (key to set, value, key path in the message, fragments the line must contain)
+CASES = [
+    ("colck", {}, "colck", [f"unknown key; allowed: {TOP}", "did you mean 'clock'"]),
+    ("scenario.bs_antenas", 4, "scenario.bs_antenas",
+     ["unknown key; allowed:", "bs_antennas", "bs_distance_m", "ues_per_bs"]),
+    ("engine.shard", 2, "engine.shard", ["unknown key; allowed: address, gpus, kind, num_cpus, shards"]),
+    ("faults.loss", 0.1, "faults.loss", ["allowed: message_loss, missing_links, seed"]),
+    ("clock.links.ul.delay", 1, "clock.links.ul.delay", ["allowed: bandwidth_bps, latency_s, shared"]),
+    ("batch", "20", "batch", ["must be an integer >= 1 (got '20')"]),
+    ("batch", 2.5, "batch", ["must be an integer >= 1 (got 2.5)"]),
+    ("scenario.bs_distance_m", "far", "scenario.bs_distance_m", ["must be a number > 0 (got 'far')"]),
+    ("clock.links.ul.shared", "maybe", "clock.links.ul.shared", ["must be true or false (got 'maybe')"]),
+    ("engine", 3, "engine", ["must be a mapping (got 3)"]),
+    ("algorithms.0.rounds", -3, "algorithms[0].rounds", ["must be an integer >= 1 (got -3)"]),
+    ("algorithms.0.rounds", "5", "algorithms[0].rounds", ["must be an integer >= 1 (got '5')"]),
+    ("seed", -1, "seed", ["must be an integer >= 0 (got -1)"]),
+    ("scenario.range_m", 0, "scenario.range_m", ["must be a number > 0 or null (got 0)"]),
+    ("faults.message_loss", 1.0, "faults.message_loss", ["must be a number in [0, 1) (got 1.0)"]),
+    ("faults.missing_links", -0.1, "faults.missing_links", ["must be a number in [0, 1) (got -0.1)"]),
+    ("engine.gpus", -1, "engine.gpus", ["must be a number >= 0"]),
+    ("clock.compute_s.bs", -1, "clock.compute_s.bs", ["must be a number >= 0 (got -1)"]),
+    ("precision", "quad", "precision", ["'quad' is not allowed; allowed: double, single"]),
+    ("engine.kind", "rayy", "engine.kind", ["'rayy' is not allowed; allowed: local, ray"]),
+    ("wire.dtype", "q1", "wire.dtype", [f"'q1' {WIRE}"]),
+    ("wire.dtype", "q17", "wire.dtype", [f"'q17' {WIRE}"]),
+    ("wire.dtype", "int8", "wire.dtype", [f"'int8' {WIRE}"]),
+    ("clock.links.xx", {}, "clock.links.xx", ["'xx' is not allowed; allowed: " + ", ".join(LINK_CLASSES)]),
+    ("clock.compute_s.gpu", 1.0, "clock.compute_s.gpu",
+     ["'gpu' is not allowed; allowed: " + ", ".join(ROLES)]),
+    ("scenario.layout", "square", "scenario.layout", ["'square' is not allowed; allowed: triangle, hex"]),
+    ("scenario.pathloss", "umi", "scenario.pathloss", ["allowed: pico, macro, exponent"]),
+    ("scenario", {"n_bs": 3}, "scenario.family", ["required key missing; allowed: multicell, cellfree"]),
+    ("scenario", {"family": "femto"}, "scenario.family",
+     ["'femto' is not allowed; allowed: multicell, cellfree"]),
+    ("scenario", {"family": ["multicell"]}, "scenario.family",
+     ["a list is not allowed; allowed: multicell, cellfree"]),
+    ("scenario.n_bs", 4, "scenario.n_bs", ["layout 'triangle' has exactly 3 BSs (got 4); allowed: 3"]),
+    ("scenario", {"family": "cellfree", "csi": "mmse"}, "scenario.pilots",
+     ["required when csi is 'mmse'; allowed: an integer >= 1"]),
+    ("scenario", {"family": "cellfree", "tau_c": 20, "tau_d": 21}, "scenario.tau_d",
+     ["must be <= tau_c (= 20) (got 21)"]),
+    ("algorithms.0.roundz", 3, "algorithms[0].roundz",
+     ["unknown key; allowed: betas, init, label, name, rounds, step", "did you mean 'rounds'"]),
+    ("algorithms.0.init", "zero", "algorithms[0].init", ["'zero' is not allowed; allowed: random, mrc"]),
+    ("algorithms.0.label", 3, "algorithms[0].label", ["must be a string"]),
+    ("algorithms.0", {"rounds": 3}, "algorithms[0].name", ["required key missing; allowed:", FAKE]),
+    ("algorithms.0", "wmmse", "algorithms[0]", ["must be a mapping (got 'wmmse')"]),
+    ("algorithms", {"name": FAKE}, "algorithms", ["must be a list"]),
+    ("output", 3, "output", ["must be a string or null (got 3)"]),
+    ("train", [1], "train", ["must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize("key,value,path,fragments", CASES, ids=[f"{c[0]}={c[1]}" for c in CASES])
+def test_error_names_file_key_and_allowed(tmp_path, fake_alg, key, value, path, fragments):
+    msg = error_of(tmp_path, _set(base(), key, value))
+    line = line_for(msg, path)
+    for f in fragments:
+        assert f in line, f"{f!r} not in {line!r}"
+
+
+def test_missing_scenario_and_algorithms(tmp_path, fake_alg):
+    msg = error_of(tmp_path, {"seed": 1})
+    assert "required key missing" in line_for(msg, "scenario")
+    assert "required key missing" in line_for(msg, "algorithms")
+
+
+def test_empty_algorithms_lists_the_names(tmp_path, fake_alg):
+    line = line_for(error_of(tmp_path, {**base(), "algorithms": []}), "algorithms")
+    assert "must not be empty; allowed names:" in line
+    for name in registry.names():
+        assert name in line
+
+
+def test_unknown_algorithm(tmp_path, fake_alg):
+    line = line_for(error_of(tmp_path, {**base(), "algorithms": [{"name": "nope"}]}), "algorithms[0].name")
+    assert "unknown algorithm 'nope'; allowed: " + ", ".join(registry.names()) in line
+    assert FAKE in line
+
+
+def test_algorithm_not_for_the_family(tmp_path, fake_alg):
+    data = {"scenario": {"family": "cellfree"}, "algorithms": [{"name": FAKE_CF}, {"name": FAKE}]}
+    msg = error_of(tmp_path, data)
+    line = line_for(msg, "algorithms[1].name")
+    assert f"'{FAKE}' does not run on family 'cellfree'; allowed for cellfree: " in line
+    assert line.endswith(", ".join(registry.names("cellfree")))
+    assert FAKE_CF in line and "algorithms[0]" not in msg
+    # a channel file's family is known only once loaded: no family check then
+    (tmp_path / "ch.npz").write_bytes(b"")
+    cfg = load_config(write(tmp_path, {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE_CF}]}))
+    assert cfg.algorithms[0].name == FAKE_CF
+
+
+def test_duplicate_labels(tmp_path, fake_alg):
+    msg = error_of(tmp_path, {**base(), "algorithms": [{"name": FAKE}, {"name": FAKE, "init": "mrc"}]})
+    assert f"duplicate label '{FAKE}' (also algorithms[0], the label defaults to the name)" in \
+        line_for(msg, "algorithms[1].label")
+    algs = [{"name": FAKE, "label": "x"}, {"name": FAKE, "label": "y"}, {"name": FAKE, "label": "x"}]
+    line = line_for(error_of(tmp_path, {**base(), "algorithms": algs}), "algorithms[2].label")
+    assert "duplicate label 'x' (also algorithms[0])" in line
+
+
+def test_several_errors_one_message_one_line_each(tmp_path, fake_alg):
+    data = _set(_set(_set(base(), "engine.kind", "rayy"), "batch", 0), "algorithms.0.rounds", 0)
+    data["scenario"]["n_bs"] = 4
+    msg = error_of(tmp_path, data)
+    paths = [ln.split(": ")[1] for ln in msg.splitlines()]
+    assert sorted(paths) == sorted(["batch", "engine.kind", "scenario.n_bs", "algorithms[0].rounds"])
+
+
+def test_cross_field_errors_reported_together(tmp_path, fake_alg):
+    msg = error_of(tmp_path, {"scenario": {"family": "cellfree", "csi": "mmse", "tau_d": 30},
+                              "algorithms": [{"name": FAKE_CF}]})
+    assert "csi is 'mmse'" in line_for(msg, "scenario.pilots") and "tau_c" in line_for(msg, "scenario.tau_d")
+
+
+# ============================================================================== file errors
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_has_line_number(tmp_path):
+    msg = error_of(tmp_path, "seed: 1\nbatch: 2\nscenario: {family: multicell\nalgorithms: []\n")
+    assert msg.startswith(str(tmp_path / "bad.yaml") + ": line 4") and "invalid YAML" in msg
+    msg = error_of(tmp_path, "seed: 1\nengine:\n  kind: local\n   shards: 2\n")
+    assert "bad.yaml: line 4" in msg
+
+
+def test_duplicate_yaml_key(tmp_path):
+    msg = error_of(tmp_path, "seed: 1\nbatch: 2\nseed: 3\n")
+    assert "bad.yaml: line 3" in msg and "duplicate key 'seed' (first given on line 1)" in msg
+
+
+@pytest.mark.parametrize("text,fragment", [("- a\n- b\n", "got a list"), ("42\n", "got int 42"),
+                                           ("", "the file is empty")])
+def test_non_mapping_top_level(tmp_path, text, fragment):
+    msg = error_of(tmp_path, text)
+    assert msg.startswith(str(tmp_path / "bad.yaml") + ": ") and fragment in msg
+    assert "\n" not in msg
+
+
+def test_scenario_file_resolved_relative_to_yaml(tmp_path, monkeypatch, fake_alg):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ch.npz").write_bytes(b"")
+    data = {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE}]}
+    cfg_path = write(tmp_path / "sub", data, "c.yaml")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("sub/c.yaml")
+    assert isinstance(cfg.scenario, FileScenario)
+    assert Path(cfg.scenario.file) == tmp_path / "sub" / "ch.npz" and Path(cfg.scenario.file).is_absolute()
+    other = tmp_path / "elsewhere.npz"
+    other.write_bytes(b"")
+    cfg = load_config(cfg_path, [f"scenario.file={other}"])
+    assert cfg.scenario.file == str(other)
+
+
+def test_scenario_file_that_does_not_exist(tmp_path, fake_alg):
+    line = line_for(error_of(tmp_path, {"scenario": {"file": "none.npz"}, "algorithms": [{"name": FAKE}]}),
+                    "scenario.file")
+    assert "no such channel file 'none.npz'" in line and str(tmp_path / "none.npz") in line
+    line = line_for(error_of(tmp_path, {"scenario": {"file": "c.npz", "family": "multicell"},
+                                        "algorithms": [{"name": FAKE}]}), "scenario.family")
+    assert "unknown key; allowed: file" in line
+
+
+# ============================================================================== overrides
+def test_overrides_nested_list_index_and_types(tmp_path, fake_alg):
+    p = write(tmp_path, {**base(), "algorithms": [{"name": FAKE}, {"name": FAKE, "label": "b"}]}, "o.yaml")
+    cfg = load_config(p, ["engine.shards=4", "clock.links.bh.latency_s=1e-3", "batch=7", "seed=3",
+                          "clock.links.ul.shared=true", "algorithms.0.rounds=5", "algorithms[1].init=mrc",
+                          "algorithms.1.betas=[0.5, 0.6]", "train={steps: 3}", "train.lr=1e-2",
+                          "scenario.range_m=150.5", "engine.address=", "clock.compute_s.ue=2e-4"])
+    assert cfg.engine.shards == 4 and cfg.engine.address is None
+    assert cfg.clock.links["bh"].latency_s == 1e-3 and cfg.clock.links["bh"].bandwidth_bps == 1e9
+    assert (cfg.batch, cfg.seed) == (7, 3) and cfg.clock.links["ul"].shared is True
+    assert cfg.algorithms[0].options.rounds == 5 and cfg.algorithms[1].options.init == "mrc"
+    assert cfg.algorithms[1].options.betas == (0.5, 0.6)
+    assert cfg.train == {"steps": 3, "lr": 0.01} and cfg.scenario.range_m == 150.5
+    assert cfg.clock.compute_s == {"ue": 2e-4}
+    # the family may be switched from the command line
+    cfg = load_config(p, ["scenario={family: cellfree, n_ues: 3}", "algorithms.0.name=" + FAKE_CF,
+                          "algorithms.1.name=" + FAKE_CF])
+    assert isinstance(cfg.scenario, CellfreeScenario) and cfg.scenario.n_ues == 3
+
+
+@pytest.mark.parametrize("item,fragments", [
+    ("engine.shardz=4", ["engine.shardz: unknown key; allowed: address, gpus, kind, num_cpus, shards"]),
+    ("sed=4", ["sed: unknown key; allowed:", "did you mean 'seed'"]),
+    ("scenario.bs_antenas=3", ["scenario.bs_antenas: unknown key; allowed:", "bs_antennas"]),
+    ("algorithms.0.roundz=3",
+     ["algorithms[0].roundz: unknown key; allowed: betas, init, label, name, rounds, step"]),
+    ("algorithms.5.rounds=1", ["algorithms[5]: index out of range; algorithms has 1 entries"]),
+    ("algorithms.rounds=1", ["algorithms is a list; use an index"]),
+    ("clock.links.xx.latency_s=1", ["clock.links.xx: 'xx' is not allowed; allowed: ul, dl, bh, fh, d2d"]),
+    ("clock.compute_s.gpu=1", ["'gpu' is not allowed; allowed: bs, ue, ap, cpu"]),
+    ("batch.x=1", ["batch.x: batch is a value, not a mapping"]),
+    ("batch", ["expected KEY.PATH=VALUE"]),
+    ("batch=[1,", ["invalid YAML"]),
+])
+def test_override_errors(tmp_path, fake_alg, item, fragments):
+    msg = error_of(tmp_path, base(), [item])
+    assert msg.startswith(f"--set {item}: ") and "\n" not in msg
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+
+
+def test_override_value_errors_name_the_override(tmp_path, fake_alg):
+    msg = error_of(tmp_path, base(), ["batch=0", "algorithms.0.rounds=abc"])
+    assert "(from --set batch=0)" in line_for(msg, "batch") and "must be an integer >= 1 (got 0)" in msg
+    assert "(got 'abc') (from --set algorithms.0.rounds=abc)" in line_for(msg, "algorithms[0].rounds")
+
+
+def test_override_over_scalar_in_file(tmp_path, fake_alg):
+    msg = error_of(tmp_path, {**base(), "engine": "ray"}, ["engine.kind=local"])
+    assert msg == "--set engine.kind=local: engine is 'ray' in the file, not a mapping"
+
+
+def test_out_and_engine_overrides(tmp_path, fake_alg):
+    p = write(tmp_path, {**base(), "engine": {"kind": "ray", "shards": 2}, "output": "runs/a"}, "oe.yaml")
+    cfg = load_config(p, out="elsewhere/b", engine="local")
+    assert cfg.output == "elsewhere/b" and cfg.engine.kind == "local" and cfg.engine.shards == 2
+    cfg = load_config(write(tmp_path, base(), "noengine.yaml"), engine="local")
+    assert cfg.engine.kind == "local" and cfg.output == "runs/noengine"
+    msg = error_of(tmp_path, base(), engine="rayy")
+    assert "'rayy' is not allowed; allowed: local, ray (from --engine rayy)" in line_for(msg, "engine.kind")
