@@ -17,10 +17,16 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.cellfree_power import (WmmseAdmmState, combine_statistics, lsf_power, wmmse_admm_init,
-                                   wmmse_admm_step)
+from agents.cellfree_power import (
+    WmmseAdmmState,
+    combine_statistics,
+    lsf_power,
+    wmmse_admm_init,
+    wmmse_admm_step,
+)
 from agents.registry import AlgorithmSpec, register
-from dsim.protocol import AgentBlock, EdgeView, Field as MsgField, Inbox, Local, Message, Output, Protocol
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
+from dsim.protocol import Field as MsgField
 from dsim.scenarios.cellfree import ap_statistics, lmmse_precoders
 
 Tensor = torch.Tensor

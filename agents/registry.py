@@ -72,6 +72,5 @@ _MODULES = (
     "agents.wmmse",
     "agents.gcn_wmmse",
     "agents.cellfree_alloc",
-    "agents.wmmse_admm",
     "agents.icgnn",
 )

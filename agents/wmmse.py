@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.registry import AlgorithmSpec, register
 from dsim.linalg import hermitian_part, inv_shifted, solve_mu
-from dsim.protocol import AgentBlock, EdgeView, Field as MsgField, Inbox, Local, Measure, Message, Output, Protocol
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Measure, Message, Output, Protocol
+from dsim.protocol import Field as MsgField
 
 Tensor = torch.Tensor
 
@@ -61,8 +62,8 @@ def uplink_covariance(H_e: Tensor, X_e: Tensor, alpha_e: Tensor, ev: EdgeView) -
 
     H_e: (B, E, N, M), X_e = U W U^H: (B, E, N, N), alpha_e: (B, E) -> R: (B, n_bs, M, M).
     """
-    terms = alpha_e[..., None, None].to(H_e.dtype) * (H_e.mH @ X_e @ H_e)
-    return hermitian_part(ev.sum_dst(terms))
+    weighted = alpha_e[..., None, None].to(H_e.dtype) * (X_e @ H_e)       # alpha_j X_j H_jk, (B, E, N, M)
+    return hermitian_part(ev.sum_dst_gram(H_e, weighted))
 
 
 def candidate_beamformers(H_s: Tensor, Y_s: Tensor, alpha_s: Tensor) -> Tensor:

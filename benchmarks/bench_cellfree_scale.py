@@ -54,8 +54,12 @@ def main() -> None:
         eng._setup(proto, net)
         setup = time.perf_counter() - t
         eng.close()
-        se = []
-        trace = eng.run(proto, net, air, on_round=lambda r, p: se.append(float(air.evaluate(p)[0].mean())))
+        se: list[float] = []
+
+        def on_round(r: int, p: torch.Tensor, se: list[float] = se) -> None:
+            se.append(float(air.evaluate(p)[0].mean()))
+
+        trace = eng.run(proto, net, air, on_round=on_round)
         eng.close()
         fh = {}
         for r in trace.ledger:

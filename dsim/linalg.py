@@ -79,8 +79,10 @@ def solve_mu(phi: Tensor, lam: Tensor, max_steps: int = 200, mu0: Tensor | None 
     for _ in range(max_steps):
         v, dv = power_value(phi, lam, torch.where(mu > 0, mu, torch.ones_like(mu)))
         step = 2.0 * v / dv * (1.0 - torch.sqrt(v))
-        new = torch.where(need & (mu > 0), (mu + step).clamp_min(0.0), mu)
-        done = (new - mu).abs() <= 4 * torch.finfo(mu.dtype).eps * new.abs()
+        # monotone from below: an update that does not increase mu is rounding noise -> converged
+        cand = (mu + step).clamp_min(0.0)
+        new = torch.where(need & (mu > 0) & (cand > mu), cand, mu)
+        done = (new - mu) <= 4 * torch.finfo(mu.dtype).eps * new
         mu = new
         if bool(done.all()):
             break

@@ -17,8 +17,19 @@ def effective_channels(H: Tensor, assign: Tensor, V: Tensor) -> Tensor:
     H: (B, I, K, N, M) channel BS k -> UE i; assign: (I,) serving BS; V: (B, I, M, N) beamformer of UE j.
     Returns (B, I, I, N, N) indexed [b, i (receiver), j (owner of the beamformer)].
     """
-    Hg = H.index_select(2, assign)  # (B, I, I, N, M): channel from the BS serving j to UE i
-    return Hg @ V.unsqueeze(1)
+    B, I, K, N, M = H.shape
+    # group the beamformers by serving BS (zero-padded to the largest cell) so that each BS needs one
+    # GEMM (I*N x M) @ (M x S*N) instead of I*S tiny (N x M) @ (M x N) products
+    order = torch.argsort(assign, stable=True)
+    counts = torch.bincount(assign, minlength=K)
+    S = int(counts.max())
+    slot = torch.empty(I, dtype=torch.int64)
+    slot[order] = torch.arange(I) - (torch.cumsum(counts, 0) - counts)[assign[order]]
+    Vp = torch.zeros(B, K * S, M, N, dtype=V.dtype).index_copy(1, assign * S + slot, V)
+    Vp = Vp.reshape(B, K, S, M, N).permute(0, 1, 3, 2, 4).reshape(B, K, M, S * N)
+    G = H.permute(0, 2, 1, 3, 4).reshape(B, K, I * N, M)
+    X = (G @ Vp).reshape(B, K, I, N, S, N)                 # [b, k, i, :, s, :] = H_ik V_(k, s)
+    return X[:, assign, :, :, slot, :].permute(1, 2, 0, 3, 4)  # (B, I(i), I(j), N, N)
 
 
 def received_covariance(HV: Tensor, noise_w: Tensor) -> Tensor:

@@ -110,8 +110,37 @@ class EdgeView:
         out = torch.zeros((x.shape[0], self.n_src) + tuple(x.shape[2:]), dtype=x.dtype)
         return out.index_add_(1, self.src_local, self.masked(x))
 
+    def sum_dst_gram(self, a: Tensor, b: Tensor) -> Tensor:
+        """sum over each receiver's in-edges of ``a_e^H b_e``: per-edge ``(B, E, r, c)`` pairs -> ``(B, n_dst, c, c)``.
+
+        Absent edges are masked.  One batched matmul per receiver instead of E outer products and a
+        scatter: the edges of a receiver are stacked along the inner (r) dimension, zero-padded to the
+        largest in-degree.
+        """
+        slot, deg = self._dst_slots()
+        B, _, r, c = a.shape
+        flat = self.dst_local * deg + slot
+        shape = (B, self.n_dst * deg, r, c)
+        pa = torch.zeros(shape, dtype=a.dtype).index_copy(1, flat, self.masked(a))
+        pb = torch.zeros(shape, dtype=b.dtype).index_copy(1, flat, b)
+        return pa.reshape(B, self.n_dst, deg * r, c).mH @ pb.reshape(B, self.n_dst, deg * r, c)
+
+    def _dst_slots(self) -> tuple[Tensor, int]:
+        """(E,) position of each edge among its receiver's in-edges, and the largest in-degree (cached)."""
+        cached = self.__dict__.get("_slots")
+        if cached is None:
+            E = self.size
+            order = torch.argsort(self.dst_local, stable=True)
+            counts = torch.bincount(self.dst_local, minlength=self.n_dst)
+            start = torch.cumsum(counts, 0) - counts
+            slot = torch.empty(E, dtype=torch.int64)
+            slot[order] = torch.arange(E) - start[self.dst_local[order]]
+            cached = (slot, int(counts.max()) if E else 0)
+            self.__dict__["_slots"] = cached
+        return cached
+
     def max_dst(self, x: Tensor, empty: float = 0.0) -> Tensor:
-        """Scatter-max of a real per-edge tensor ``(B, E, ...)`` onto receivers; receivers with no edge get ``empty``."""
+        """Scatter-max of a real per-edge tensor ``(B, E, ...)`` onto receivers (no edge: ``empty``)."""
         fill = torch.finfo(x.dtype).min
         m = self.mask.reshape(self.mask.shape + (1,) * (x.dim() - 2))
         xm = torch.where(m, x, torch.full((), fill, dtype=x.dtype))

@@ -284,6 +284,8 @@ class RunWriter:
         self.seed = int(seed)
         self.engine = str(engine)
         self.family = str(family)
+        # what the plots call the objective: sum-SE for cell-free (ICGNN paper), WSR otherwise
+        self.metric = "sum-SE" if self.family == "cellfree" else "WSR"
         self.results: list[AlgorithmResult] = []
         self.errors: dict[str, str] = {}
         self._order: list[str] = []  # labels of results and failures in the order they came
@@ -339,7 +341,8 @@ class RunWriter:
     def summary_table(self) -> str:
         """One-screen text table: label, final WSR mean±std [unit], rounds, reals/round, bytes/round,
         simulated time (s), wall time (s); failed algorithms with their error."""
-        head = (f"{'algorithm':<22} {'final WSR [' + self.unit + ']':>22} {'rounds':>6} {'reals/rnd':>10} "
+        final = 'final ' + self.metric + ' [' + self.unit + ']'
+        head = (f"{'algorithm':<22} {final:>22} {'rounds':>6} {'reals/rnd':>10} "
                 f"{'bytes/rnd':>10} {'sim time s':>11} {'wall s':>9}")
         lines = [head, "-" * len(head)]
         by_label = {r.label: r for r in self.results}
@@ -355,7 +358,11 @@ class RunWriter:
             lines.append(f"{lab[:22]:<22} {wsr:>22} {r.rounds:>6d} {sig['reals_per_round']:>10.6g} "
                          f"{sig['bytes_per_round']:>10.6g} {float(r.sim_time_s[-1]):>11.4g} "
                          f"{r.wall_time_s:>9.3g}")
-        return "\n".join(lines)
+        notes = [f"{r.label}: adapted with {r.extra['protocol_adapt_steps']} gradient steps on "
+                 f"{r.extra.get('protocol_adapt_samples', '?')} target samples in "
+                 f"{float(r.extra.get('protocol_adapt_s', float('nan'))):.3g} s (not in wall s)"
+                 for r in self.results if r.extra.get("protocol_adapt_steps")]
+        return "\n".join(lines + notes)
 
     # -- plots -------------------------------------------------------------------------------------
     def plots(self) -> list[Path]:
@@ -392,9 +399,11 @@ class RunWriter:
     def _plot_curves(self, xkind: str, name: str, xlabel: str) -> Path:
         """Mean WSR over realizations with a ±std band against round, cumulative bytes or simulated time.
         A result with 0 rounds, or whose x never leaves 0 (no signaling / no simulated time), is a dashed
-        horizontal line at its final mean WSR, its label saying why.  Bytes and time use a log x axis when their positive values span >= 2 decades
+        horizontal line at its final mean WSR, its label saying why.  Bytes and time use a log x axis when
+        their positive values span >= 2 decades
         (then x = 0 points, e.g. the initialisation, are not drawn)."""
-        title = {"round": "WSR vs round", "bytes": "WSR vs cumulative signaling", "time": "WSR vs simulated time"}
+        title = {"round": f"{self.metric} vs round", "bytes": f"{self.metric} vs cumulative signaling",
+                 "time": f"{self.metric} vs simulated time"}
         fig, ax = self._new_axes(title[xkind])
         colors = self._colors()
         xs = {r.label: (np.arange(r.wsr.shape[0], dtype=np.float64) if xkind == "round"
@@ -419,12 +428,12 @@ class RunWriter:
             if any(np.any(xs[r.label] <= 0) and r.rounds > 0 and np.any(xs[r.label] > 0) for r in self.results):
                 xlabel += "; points at 0 not shown"
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"WSR [{self.unit}] (mean ± std)")
+        ax.set_ylabel(f"{self.metric} [{self.unit}] (mean ± std)")
         return self._save(fig, ax, name)
 
     def _plot_final(self) -> Path:
         """Box plot of the final WSR per realization, one box per algorithm, mean as a marker."""
-        fig, ax = self._new_axes("final WSR per realization")
+        fig, ax = self._new_axes(f"final {self.metric} per realization")
         colors = self._colors()
         data = [r.final for r in self.results]
         pos = np.arange(1, len(data) + 1)
@@ -438,19 +447,19 @@ class RunWriter:
         ax.set_xticklabels([r.label for r in self.results], rotation=30 if len(data) > 4 else 0,
                            ha="right" if len(data) > 4 else "center")
         ax.set_xlabel("algorithm")
-        ax.set_ylabel(f"final WSR [{self.unit}]")
+        ax.set_ylabel(f"final {self.metric} [{self.unit}]")
         return self._save(fig, ax, "final_wsr.png")
 
     def _plot_cdf(self) -> Path:
         """Empirical CDF of the final per-UE rate, pooled over realizations and UEs, per algorithm."""
-        fig, ax = self._new_axes("CDF of per-UE rate")
+        fig, ax = self._new_axes("CDF of per-UE " + ("SE" if self.family == "cellfree" else "rate"))
         colors = self._colors()
         for r in self.results:
             if r.per_user is None:
                 continue
             v = np.sort(r.per_user.ravel())
             ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=colors[r.label], label=r.label)
-        ax.set_xlabel(f"per-UE rate [{self.unit}]")
+        ax.set_xlabel(("per-UE SE" if self.family == "cellfree" else "per-UE rate") + f" [{self.unit}]")
         ax.set_ylabel("CDF")
         ax.set_ylim(0.0, 1.0)
         return self._save(fig, ax, "per_user_cdf.png")

@@ -151,7 +151,9 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
         raise ValueError(f"algorithm {alg.name!r} does not run on family {scn.family!r}; "
                          f"allowed there: {', '.join(registry.names(scn.family))}")
     base = scn.net.batch
+    t_build = time.perf_counter()
     proto0 = spec.build(alg.options, scn.net)
+    build_s = time.perf_counter() - t_build  # e.g. loading a model, adaptation steps of a learned one
     restarts = int(proto0.meta.get("restarts", 1))
     net, air = (scn.net.repeat(restarts), scn.air.repeat(restarts)) if restarts > 1 else (scn.net, scn.air)
     proto = spec.build(alg.options, net) if restarts > 1 else proto0
@@ -179,8 +181,11 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
     bar.close()
     W = np.stack(wsr_rounds)  # (R+1, restarts*B)
     per_user = last["per_user"]
-    extra: dict[str, Any] = {"max_power_ratio": power_ratio[0],
+    extra: dict[str, Any] = {"max_power_ratio": power_ratio[0], "build_s": round(build_s, 6),
                              "phase_wall_s": {k: round(v, 6) for k, v in trace.phase_wall_s.items()}}
+    # the protocol's own facts (trainable parameters, adaptation steps/time/samples, ...)
+    extra.update({f"protocol_{k}": v for k, v in proto0.meta.items()
+                  if isinstance(v, (bool, int, float, str)) and k != "restarts"})
     if restarts > 1:
         Wr = W.reshape(W.shape[0], restarts, base)
         best = Wr[-1].argmax(axis=0)

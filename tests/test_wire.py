@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from dsim.protocol import Field
-from dsim.wire import (check_policy, decode_bundle, encode_bundle, encode_message, from_reals, message_nbytes,
-                       roundtrip, to_reals)
+from dsim.wire import (
+    check_policy,
+    decode_bundle,
+    encode_bundle,
+    encode_message,
+    from_reals,
+    message_nbytes,
+    roundtrip,
+    to_reals,
+)
 
 FIELDS = (Field("X", "hermitian", (3, 3)), Field("Y", "complex", (2, 3)), Field("z", "real", (4,)))
 

@@ -131,7 +131,8 @@ class Host:
         if self.faults.message_loss > 0.0:
             last = self.last.get(ph.name)
             if last is None:
-                last = ph.initial(self.block, ev) if ph.initial else {n: torch.zeros_like(v) for n, v in payload.items()}
+                last = (ph.initial(self.block, ev) if ph.initial
+                        else {n: torch.zeros_like(v) for n, v in payload.items()})
             merged = {}
             for n, v in payload.items():
                 m = ok.reshape(ok.shape + (1,) * (v.dim() - 2))
