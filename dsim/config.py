@@ -222,14 +222,23 @@ def _default_links() -> dict[str, LinkConfig]:
     return {k: LinkConfig(**v) for k, v in DEFAULT_LINKS.items()}
 
 
+def _compute_value(v: float | str) -> float | str:
+    """A compute time: seconds >= 0, or 'measured'."""
+    if (isinstance(v, str) and v != "measured") or (not isinstance(v, str) and not v >= 0):
+        raise PydanticCustomError("compute_s", "must be a number of seconds >= 0 or 'measured'")
+    return v if isinstance(v, str) else float(v)
+
+
 class ClockSettings(BaseModel):
     """``clock``: link classes (all of :data:`LINK_CLASSES`, defaults :data:`DEFAULT_LINKS`), compute
-    time (s) of one local phase per role, pilot symbol duration (s, default one LTE OFDM symbol) and
-    air latency (s)."""
+    time (s) of one local phase per role (a constant, or ``measured``), pilot symbol duration (s,
+    default one LTE OFDM symbol) and air latency (s)."""
 
     model_config = _CFG
     links: dict[LinkClass, LinkConfig] = Field(default_factory=_default_links)
-    compute_s: dict[Role, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    compute_s: dict[Role, Annotated[float | str, AfterValidator(_compute_value)]] = Field(
+        default_factory=dict, description="seconds per local phase, or 'measured': the engine's wall time of "
+        "the phase per round divided by realizations x agents of the role (amortized per agent)")
     air_symbol_s: float = Field(71.4e-6, ge=0)
     air_latency_s: float = Field(0.0, ge=0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,17 @@ def clock_config(cfg) -> ClockConfig:
     c = cfg.clock
     links = {name: LinkSpec(latency_s=s.latency_s, bandwidth_bps=s.bandwidth_bps, shared=s.shared)
              for name, s in c.links.items()}
-    return ClockConfig(links=links, compute_s=dict(c.compute_s), air_symbol_s=c.air_symbol_s,
+    fixed = {role: float(v) for role, v in c.compute_s.items() if v != "measured"}
+    return ClockConfig(links=links, compute_s=fixed, air_symbol_s=c.air_symbol_s,
                        air_latency_s=c.air_latency_s)
 
 
 # ------------------------------------------------------------------------------------------ clock traces
-def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1
+def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measured: dict[str, float] | None = None
                  ) -> tuple[list[list[PhaseTrace]], np.ndarray]:
     """The phase traces of round ``rnd`` for each distinct realization structure.
+
+    ``measured``: local phase name -> compute time per agent (s) replacing the role's configured constant.
 
     Returns (traces per structure, structure index per realization (B,)).  A realization's structure
     is which edges of the protocol's message phases exist in it (lost messages are still sent, so loss
@@ -94,19 +98,23 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1
                 agents = tuple(dict.fromkeys([m.src for m in msgs] + [m.dst for m in msgs]))
                 phases.append(PhaseTrace(ph.name, "message", agents, messages=msgs))
             elif isinstance(ph, Local):
-                phases.append(PhaseTrace(ph.name, "local", tuple(ids[ph.role])))
+                agents = tuple(ids[ph.role])
+                comp = {a: measured[ph.name] for a in agents} if measured and ph.name in measured else None
+                phases.append(PhaseTrace(ph.name, "local", agents, compute_s=comp))
         traces.append(phases)
     return traces, inv.reshape(-1)
 
 
-def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock, rnd: int = 1) -> float:
+def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock, rnd: int = 1,
+                 measured: dict[str, float] | None = None) -> float:
     """Mean simulated time of round ``rnd`` over the realizations (s)."""
-    traces, inv = round_traces(proto, net, wire, rnd)
+    traces, inv = round_traces(proto, net, wire, rnd, measured)
     per = np.array([clock.round_time(t).total_s for t in traces])
     return float(per[inv].mean()) if len(inv) else 0.0
 
 
-def cumulative_sim_time(proto: Protocol, net: Network, wire: str, clock: RoundClock) -> np.ndarray:
+def cumulative_sim_time(proto: Protocol, net: Network, wire: str, clock: RoundClock,
+                        measured: dict[str, float] | None = None) -> np.ndarray:
     """(R+1,) cumulative simulated time after each round (0 at the initialisation).
 
     Rounds differ only through phases that run in the first or last round only, so at most three
@@ -117,7 +125,7 @@ def cumulative_sim_time(proto: Protocol, net: Network, wire: str, clock: RoundCl
     for r in range(1, R + 1):
         key = tuple(runs_in(ph, r, R) for ph in proto.phases)
         if key not in cache:
-            cache[key] = round_time_s(proto, net, wire, clock, r)
+            cache[key] = round_time_s(proto, net, wire, clock, r, measured)
         t[r] = cache[key]
     return np.cumsum(t)
 
@@ -141,9 +149,27 @@ def ledger_per_realization(ledger: list[LedgerRow], batch: int) -> list[dict[str
     return rows
 
 
+def measured_compute(proto: Protocol, net: Network, phase_wall_s: dict[str, float],
+                     roles: Iterable[str]) -> dict[str, float]:
+    """Local phase -> measured compute time per agent and round (s) for the phases of ``roles``: the
+    engine's wall time of the phase divided by the rounds it ran in and by realizations x agents of
+    its role (the amortized cost of one agent's step; the engines batch agents and realizations)."""
+    roles = set(roles)
+    out = {}
+    for ph in proto.phases:
+        if isinstance(ph, Local) and ph.role in roles and ph.name in phase_wall_s:
+            runs = sum(runs_in(ph, r, proto.rounds) for r in range(1, proto.rounds + 1))
+            per = phase_wall_s[ph.name] / max(runs, 1) / (net.batch * net.counts[ph.role])
+            out[ph.name] = float(per)
+    return out
+
+
 def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
-                  progress: bool = True) -> AlgorithmRun:
-    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.options``) on a built scenario."""
+                  progress: bool = True, measured_roles: Iterable[str] = ()) -> AlgorithmRun:
+    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.options``) on a built scenario.
+
+    ``measured_roles``: roles whose local-phase compute time in the simulated clock is the measured one
+    (:func:`measured_compute`) instead of the configured constant."""
     from tqdm.auto import tqdm
 
     spec = registry.get(alg.name)
@@ -197,6 +223,9 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
     else:
         final = W[-1]
     rows = ledger_per_realization(trace.ledger, net.batch)
+    measured = measured_compute(proto, net, trace.phase_wall_s, measured_roles)
+    if measured:
+        extra["measured_compute_s_per_agent"] = dict(measured)
     R = proto.rounds
     reals = np.zeros(R + 1)
     nbytes = np.zeros(R + 1)
@@ -205,7 +234,7 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
             reals[row["round"]] += row["reals"]
             nbytes[row["round"]] += row["bytes"]
     result = AlgorithmResult(label=alg.label, name=alg.name, wsr=W,
-                             sim_time_s=cumulative_sim_time(proto, net, wire, clock),
+                             sim_time_s=cumulative_sim_time(proto, net, wire, clock, measured or None),
                              cum_reals=np.cumsum(reals), cum_bytes=np.cumsum(nbytes), ledger=rows, final=final,
                              wall_time_s=wall, per_user=per_user, extra=extra)
     return AlgorithmRun(result, trace.ledger, power_ratio[0])
@@ -227,7 +256,8 @@ def run(cfg, *, progress: bool = True, echo=print) -> Path:
     try:
         for alg in cfg.algorithms:
             try:
-                res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress)
+                res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
+                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"])
             except KeyboardInterrupt:
                 writer.fail(alg.label, "interrupted")
                 raise

@@ -217,7 +217,7 @@ CASES = [
     ("faults.message_loss", 1.0, "faults.message_loss", ["must be a number in [0, 1) (got 1.0)"]),
     ("faults.missing_links", -0.1, "faults.missing_links", ["must be a number in [0, 1) (got -0.1)"]),
     ("engine.gpus", -1, "engine.gpus", ["must be a number >= 0"]),
-    ("clock.compute_s.bs", -1, "clock.compute_s.bs", ["must be a number >= 0 (got -1)"]),
+    ("clock.compute_s.bs", -1, "clock.compute_s.bs", ["must be a number of seconds >= 0 or 'measured' (got -1)"]),
     ("precision", "quad", "precision", ["'quad' is not allowed; allowed: double, single"]),
     ("engine.kind", "rayy", "engine.kind", ["'rayy' is not allowed; allowed: local, ray"]),
     ("wire.dtype", "q1", "wire.dtype", [f"'q1' {WIRE}"]),
