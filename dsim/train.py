@@ -12,12 +12,17 @@ Per step t (all defaults from the paper's Tab. I):
   every round in ``layers_in_loss`` (default {L}, the last) is evaluated on the air;
 * loss (16): J = -1/(|T||L|) sum_n sum_l R_n^(l) / |R_n^(l)|, the magnitude detached (per-sample
   normalization).  Its value is always -1; the log reports ``loss`` = -mean WSR over the loss layers
-  (nat/Hz), the quantity being maximized;
+  (nat/Hz), the quantity being maximized.  A learnable may bring its own loss (``Learnable.loss``, e.g.
+  ICGNN's (28) = -mean sum-SE in bit/s/Hz);
 * AdamW (betas, weight decay), gradient-norm clipping, lr divided by 10 every ``lr_decay_every`` steps.
 A non-finite loss or gradient raises :class:`TrainingDiverged` naming the step, after saving the last
 good state to ``checkpoint.pt`` (never a silent skip).  Validation on a fixed set (seed
 ``seed * 1_000_003 - 1``) every ``val_every`` steps.  Outputs in ``out_dir``: ``checkpoint.pt`` (resumes
-exactly), ``train_log.csv``, ``train_curve.png``.
+exactly), ``train_log.csv``, ``train_curve.png``.  Validation runs the module in eval mode, after the
+learnable's optional ``calibrate(sample, seed)`` (e.g. re-estimating running statistics at the current
+weights; the last step always validates, so the final checkpoint is calibrated).
+:func:`fine_tune` reuses the same forward/loss (:func:`forward_loss`) for a few plain Adam steps without
+checkpoints (adaptation of a trained model to a new configuration).
 """
 
 from __future__ import annotations
@@ -102,11 +107,76 @@ def _batch_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def loss_of(learn) -> Callable[[dict[int, Tensor]], Tensor]:
+    """The training loss of ``learn``: its own ``loss`` attribute when it has one (e.g. ICGNN's (28), -mean
+    sum-SE), else the normalized loss (16)."""
+    return getattr(learn, "loss", None) or normalized_loss
+
+
+def forward_loss(learn, net, air, layers_in_loss: list[int] | None = None) -> tuple[Tensor, dict[int, Tensor]]:
+    """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).
+
+    Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last).
+    """
+    learn.observe(net)
+    proto = learn.protocol(net)
+    rounds = layers_in_loss or [proto.rounds]
+    bad = [r for r in rounds if not 1 <= r <= proto.rounds]
+    if bad:
+        raise ValueError(f"train.layers_in_loss: rounds {bad} outside 1..{proto.rounds}")
+    wsr = wsr_per_round(proto, net, air, rounds)
+    return loss_of(learn)(wsr), wsr
+
+
+def fine_tune(learn, sample: Sampler, steps: int, *, batch: int, seed: int, lr: float = 1e-3,
+              betas: tuple[float, float] = (0.9, 0.999), clip: float | None = None,
+              layers_in_loss: list[int] | None = None) -> dict[str, float]:
+    """``steps`` plain Adam steps of ``learn``'s loss on fresh minibatches ``sample(batch, seed*1_000_003+t)``
+    (t = 1..steps), no checkpoints or logs: the adaptation of a trained model to a new configuration
+    (ICGNN Sec. V-B, "four gradient descents").  The module is left in the mode it was in.
+
+    Returns {"steps", "samples" (realizations drawn), "wall_s" (sampling included), "loss_first",
+    "loss_last"}.  A non-finite loss or gradient raises :class:`TrainingDiverged`.
+    """
+    t0 = time.perf_counter()
+    module = learn.module
+    opt = torch.optim.Adam(module.parameters(), lr=lr, betas=betas)
+    losses = []
+    for step in range(1, steps + 1):
+        net, air = sample(batch, _batch_seed(seed, step))
+        opt.zero_grad(set_to_none=True)
+        loss, _ = forward_loss(learn, net, air, layers_in_loss)
+        loss.backward()
+        params = [p for p in module.parameters() if p.grad is not None]
+        gnorm = (float(torch.nn.utils.clip_grad_norm_(params, clip)) if clip is not None
+                 else float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params
+                 else 0.0)
+        lval = float(loss.detach())
+        if not (math.isfinite(lval) and math.isfinite(gnorm)):
+            raise TrainingDiverged(f"non-finite loss/gradient at fine-tuning step {step} (loss {lval}, "
+                                   f"grad norm {gnorm})")
+        opt.step()
+        losses.append(lval)
+    return {"steps": steps, "samples": steps * batch, "wall_s": time.perf_counter() - t0,
+            "loss_first": losses[0] if losses else float("nan"), "loss_last": losses[-1] if losses else float("nan")}
+
+
 def validate(learn, net, air) -> float:
-    """Mean WSR (nat/Hz) at the last round of ``learn``'s protocol on a fixed validation set (net, air)."""
-    with torch.no_grad():
-        proto = learn.protocol(net)
-        return float(wsr_per_round(proto, net, air, [proto.rounds])[proto.rounds].mean())
+    """Mean WSR at the last round of ``learn``'s protocol on a fixed validation set (net, air).
+
+    Runs the module in eval mode (running statistics of normalization layers, none updated), then
+    restores its mode."""
+    module = getattr(learn, "module", None)
+    was = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            proto = learn.protocol(net)
+            return float(wsr_per_round(proto, net, air, [proto.rounds])[proto.rounds].mean())
+    finally:
+        if module is not None:
+            module.train(was)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -188,16 +258,9 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
         for step in range(start + 1, opts.steps + 1):
             t0 = time.perf_counter()
             net, air = sample(opts.batch, _batch_seed(seed, step))
-            learn.observe(net)
-            proto = learn.protocol(net)
-            rounds = opts.layers_in_loss or [proto.rounds]
-            bad = [r for r in rounds if not 1 <= r <= proto.rounds]
-            if bad:
-                raise ValueError(f"train.layers_in_loss: rounds {bad} outside 1..{proto.rounds}")
             opt.zero_grad(set_to_none=True)
             try:
-                wsr = wsr_per_round(proto, net, air, rounds)
-                loss = normalized_loss(wsr)
+                loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss)
                 loss.backward()
             except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
                 save_checkpoint(ck_path, learn, opt, sched, step - 1, log, meta)
@@ -219,6 +282,8 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
             row = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": -float(mean_wsr),
                    "train_wsr": float(wsr[max(wsr)].detach().mean()), "grad_norm": gnorm}
             if step % opts.val_every == 0 or step == opts.steps:
+                if getattr(learn, "calibrate", None) is not None:  # e.g. re-estimate batch-norm statistics
+                    learn.calibrate(sample, seed)
                 row["val_wsr"] = validate(learn, val_net, val_air)
             row["step_s"] = time.perf_counter() - t0
             log.append(row)
@@ -233,7 +298,7 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
             bar.close()
         if log:
             _write_log(out_dir / "train_log.csv", log)
-            plot_curve(out_dir / "train_curve.png", log)
+            plot_curve(out_dir / "train_curve.png", log, getattr(val_air, "unit", "nat/Hz"))
     if not ck_path.exists() or step == start:
         save_checkpoint(ck_path, learn, opt, sched, step, log, meta)
     return ck_path

@@ -92,13 +92,21 @@ def build_scenario(family: str, channels, faults: FaultModel | None, seed: int) 
 
 
 def scenario_from_config(cfg) -> Scenario:
-    """The scenario of a :class:`dsim.config.RunConfig` (family draw or channel file)."""
+    """The scenario of a :class:`dsim.config.RunConfig` (family draw or channel file).
+
+    A drawn (family) scenario also puts its configuration into ``net.info``: ``scenario_config`` (the
+    scenario mapping, JSON types) and ``precision``, so that a protocol can draw fresh samples of the
+    same configuration (e.g. ICGNN's ``adapt_steps``), with a seed of its own.
+    """
     scn = cfg.scenario
     if getattr(scn, "file", None) is not None:
         family, ch = load_channels_file(scn.file, cfg.precision)
-    else:
-        family, ch = generate_channels(scn, cfg.batch, cfg.seed, cfg.precision)
-    return build_scenario(family, ch, fault_model(cfg), cfg.seed)
+        return build_scenario(family, ch, fault_model(cfg), cfg.seed)
+    family, ch = generate_channels(scn, cfg.batch, cfg.seed, cfg.precision)
+    s = build_scenario(family, ch, fault_model(cfg), cfg.seed)
+    s.net.info["scenario_config"] = scn.model_dump(mode="json") if hasattr(scn, "model_dump") else dict(vars(scn))
+    s.net.info["precision"] = cfg.precision
+    return s
 
 
 def fault_model(cfg) -> FaultModel:
