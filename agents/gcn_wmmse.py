@@ -267,11 +267,9 @@ def checkpoint_path(name: str) -> Path:
 
 def load_params(path: str | Path) -> GCNWMMSEParams:
     """A :class:`GCNWMMSEParams` from a ``dsim train`` checkpoint (or a bare {hparams, model} file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"gcn_wmmse checkpoint {path} not found (train one: python -m dsim train "
-                                "scenarios/train_gcn_wmmse.yaml)")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    from dsim.train import read_checkpoint
+
+    ck = read_checkpoint(path, SHIPPED, "gcn_wmmse", "scenarios/train_gcn_wmmse.yaml")
     hp = ck["hparams"]
     params = GCNWMMSEParams(hp["layers"], hp["degree"], hp["features"])
     params.load_state_dict(ck["model"])

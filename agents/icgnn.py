@@ -266,11 +266,9 @@ def checkpoint_path(name: str) -> Path:
 
 def load_params(path: str | Path) -> ICGNNParams:
     """An :class:`ICGNNParams` from a ``dsim train`` checkpoint (or an exported {hparams, model} file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"icgnn checkpoint {path} not found (train one: python -m dsim train "
-                                "scenarios/train_icgnn.yaml)")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    from dsim.train import read_checkpoint
+
+    ck = read_checkpoint(path, SHIPPED, "icgnn", "scenarios/train_icgnn.yaml")
     params = ICGNNParams(int(ck["hparams"]["layers"]))
     params.load_state_dict(ck["model"])
     return params

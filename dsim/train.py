@@ -189,6 +189,18 @@ def save_checkpoint(path: Path, learn, opt, sched, step: int, log: list[dict], m
     tmp.replace(path)
 
 
+def read_checkpoint(path: str | Path, shipped: Path, algorithm: str, train_config: str) -> dict[str, Any]:
+    """A checkpoint file as a dict (``hparams``, ``model``, ...); ``path`` 'shipped' means ``shipped``.
+
+    A missing file is a ``FileNotFoundError`` that says how to produce one.
+    """
+    path = shipped if str(path) == "shipped" else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{algorithm} checkpoint {path} not found (train one: python -m dsim train "
+                                f"{train_config})")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _write_log(path: Path, log: list[dict]) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
