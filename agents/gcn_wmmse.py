@@ -260,13 +260,8 @@ class GCNWMMSEOptions(BaseModel):
     init_seed: int = 0
 
 
-def checkpoint_path(name: str) -> Path:
-    """'shipped' -> the packaged model; anything else is a file path."""
-    return SHIPPED if name == "shipped" else Path(name)
-
-
 def load_params(path: str | Path) -> GCNWMMSEParams:
-    """A :class:`GCNWMMSEParams` from a ``dsim train`` checkpoint (or a bare {hparams, model} file)."""
+    """A :class:`GCNWMMSEParams` from a ``dsim train`` checkpoint, a bare {hparams, model} file or 'shipped'."""
     from dsim.train import read_checkpoint
 
     ck = read_checkpoint(path, SHIPPED, "gcn_wmmse", "scenarios/train_gcn_wmmse.yaml")
@@ -282,7 +277,7 @@ def make_params(opts: GCNWMMSEOptions) -> GCNWMMSEParams:
     if opts.checkpoint == "untrained":
         hp = {"layers": 7, "degree": 2, "features": 4} | {k: v for k, v in want.items() if v is not None}
         return GCNWMMSEParams(hp["layers"], hp["degree"], hp["features"], seed=opts.init_seed)
-    params = load_params(checkpoint_path(opts.checkpoint))
+    params = load_params(opts.checkpoint)
     for k, v in want.items():
         if v is not None and getattr(params, k) != v:
             raise ValueError(f"gcn_wmmse: {k}={v} but checkpoint {opts.checkpoint!r} has "

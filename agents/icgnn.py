@@ -259,13 +259,8 @@ class ICGNNOptions(BaseModel):
     bn_batch: int = Field(100, ge=1, description="training: topologies per calibration minibatch")
 
 
-def checkpoint_path(name: str) -> Path:
-    """'shipped' -> the packaged model; anything else is a file path."""
-    return SHIPPED if name == "shipped" else Path(name)
-
-
 def load_params(path: str | Path) -> ICGNNParams:
-    """An :class:`ICGNNParams` from a ``dsim train`` checkpoint (or an exported {hparams, model} file)."""
+    """An :class:`ICGNNParams` from a ``dsim train`` checkpoint, an exported file or 'shipped'."""
     from dsim.train import read_checkpoint
 
     ck = read_checkpoint(path, SHIPPED, "icgnn", "scenarios/train_icgnn.yaml")
@@ -336,7 +331,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, recalibrate: bool = Fals
 def make_params(opts: ICGNNOptions) -> ICGNNParams:
     if opts.checkpoint == "untrained":
         return ICGNNParams(opts.layers or 2, seed=opts.init_seed)
-    params = load_params(checkpoint_path(opts.checkpoint))
+    params = load_params(opts.checkpoint)
     if opts.layers is not None and opts.layers != params.layers:
         raise ValueError(f"icgnn: layers={opts.layers} but checkpoint {opts.checkpoint!r} has {params.layers}")
     return params

@@ -806,32 +806,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, out: str | N
     return _build(data, source, path.parent, origins)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, BaseModel):
-        return _plain(obj.model_dump())
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
 def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
     """The fully resolved config (defaults filled) as plain Python data, YAML-dumpable and valid input
     of :func:`config_from_dict` (the ``source`` is not included)."""
-    algs = [{"name": a.name, "label": a.label, **_plain(a.options)} for a in cfg.algorithms]
+    algs = [{"name": a.name, "label": a.label, **_jsonable(a.options)} for a in cfg.algorithms]
     return {
         "seed": cfg.seed,
         "precision": cfg.precision,
         "batch": cfg.batch,
-        "scenario": _plain(cfg.scenario),
+        "scenario": _jsonable(cfg.scenario),
         "algorithms": algs,
-        "engine": _plain(cfg.engine),
-        "wire": _plain(cfg.wire),
-        "clock": _plain(cfg.clock),
-        "faults": _plain(cfg.faults),
+        "engine": _jsonable(cfg.engine),
+        "wire": _jsonable(cfg.wire),
+        "clock": _jsonable(cfg.clock),
+        "faults": _jsonable(cfg.faults),
         "output": cfg.output,
-        "train": _plain(cfg.train),
+        "train": _jsonable(cfg.train),
     }
