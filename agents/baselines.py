@@ -17,22 +17,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from agents.registry import AlgorithmSpec, register
-from agents.wmmse import SERVE, edge_channels, mrc_init, scale_to_budget
+from agents.wmmse import SERVE, edge_channels, mrc_init, scale_to_budget, served_counts
 from dsim.protocol import AgentBlock, EdgeView, Local, Output, Protocol
+from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
-
-
-def served_slots(sv: EdgeView) -> tuple[Tensor, int]:
-    """Slot of each served-UE edge within its BS: (S,) slot index and the max number served per BS."""
-    order = torch.argsort(sv.dst_local * (sv.size + 1) + torch.arange(sv.size), stable=True)
-    slot = torch.empty(sv.size, dtype=torch.int64)
-    counts = torch.bincount(sv.dst_local, minlength=sv.n_dst)
-    starts = torch.cumsum(counts, 0) - counts
-    ranks = torch.arange(sv.size) - starts[sv.dst_local[order]]
-    slot[order] = ranks
-    return slot, int(counts.max()) if sv.size else 0
 
 
 def zf_precoders(H_s: Tensor, sv: EdgeView, delta: Tensor | None) -> Tensor:
@@ -42,7 +31,7 @@ def zf_precoders(H_s: Tensor, sv: EdgeView, delta: Tensor | None) -> Tensor:
     identity rows in the Gram matrix, which leaves their real UEs' precoders unchanged.
     """
     B, S, N, M = H_s.shape
-    slot, U = served_slots(sv)
+    slot, U = sv.dst_slots()
     Hk = torch.zeros(B, sv.n_dst, U, N, M, dtype=H_s.dtype)
     Hk[:, sv.dst_local, slot] = H_s
     Hk = Hk.reshape(B, sv.n_dst, U * N, M)
@@ -72,7 +61,7 @@ def _builder(kind: Literal["mrc", "zf", "rzf"]):
         else:
             delta = None
             if kind == "rzf":
-                n_served = sv.sum_dst(torch.ones(H_s.shape[:2], dtype=power.dtype))
+                n_served = served_counts(sv, power.dtype)
                 noise = block.local["noise"][:, sv.dst_local, sv.src]  # (B, S) noise of each served UE
                 mean_noise = sv.sum_dst(noise) / n_served.clamp_min(1.0)
                 delta = n_served * H_s.shape[-2] * mean_noise / power
@@ -94,4 +83,4 @@ def _builder(kind: Literal["mrc", "zf", "rzf"]):
 
 for _k, _txt in (("mrc", "maximum ratio transmission per BS"), ("zf", "intra-cell zero forcing per BS"),
                  ("rzf", "regularized zero forcing per BS")):
-    register(AlgorithmSpec(_k, ("multicell",), BaselineOptions, _builder(_k), _txt))
+    register_algorithm(AlgorithmSpec(_k, ("multicell",), BaselineOptions, _builder(_k), _txt))

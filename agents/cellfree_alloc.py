@@ -1,8 +1,9 @@
 """Cell-free power allocation protocols: ``equal``, ``lsf`` (AP-local) and ``wmmse_admm`` (at the CPU).
 
 Decision: powers p (B, L, K) [W] held by the APs (AP l's row: p_kl for every UE k), evaluated by the
-SE bound (23)–(24) of the ICGNN paper (bit/s/Hz).  The math lives in ``agents.cellfree_power`` and
-``dsim.scenarios.cellfree``; this module only says who computes what and what travels.
+SE bound (23)–(24) of the ICGNN paper (bit/s/Hz).  The math lives in ``agents.cellfree_power`` (the
+allocations) and ``dsim.scenarios.cellfree`` (precoders, statistics, SE); this module only says who
+computes what and what travels.
 
 * ``equal`` / ``lsf``: one local round at every AP, no fronthaul (DESIGN §7 formulas).
 * ``wmmse_admm`` (Chakraborty et al. 2021): round 1 -- every AP uploads its statistics over ``fh``
@@ -17,17 +18,11 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.cellfree_power import (
-    WmmseAdmmState,
-    combine_statistics,
-    lsf_power,
-    wmmse_admm_init,
-    wmmse_admm_step,
-)
-from agents.registry import AlgorithmSpec, register
+from agents.cellfree_power import WmmseAdmmState, equal_power, lsf_power, wmmse_admm_init, wmmse_admm_step
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
 from dsim.protocol import Field as MsgField
-from dsim.scenarios.cellfree import ap_statistics, lmmse_precoders
+from dsim.registry import AlgorithmSpec, register_algorithm
+from dsim.scenarios.cellfree import ap_statistics, combine_statistics, lmmse_precoders
 
 Tensor = torch.Tensor
 
@@ -41,9 +36,9 @@ def ap_local_statistics(block: AgentBlock) -> tuple[Tensor, Tensor]:
 
 
 def equal_ap(block: AgentBlock) -> Tensor:
-    """p_kl = P_t / K for the block's APs -> (B, n, K)."""
-    K = block.info["n_ues"]
-    return (block.local["power"] / K).unsqueeze(-1).expand(-1, -1, K).clone()
+    """Equal power (:func:`agents.cellfree_power.equal_power`) for the block's APs, AP-major -> (B, n, K)."""
+    P = block.local["power"]  # (B, n)
+    return equal_power(block.batch, block.info["n_ues"], P).transpose(1, 2).contiguous()
 
 
 class NoOptions(BaseModel):
@@ -51,7 +46,8 @@ class NoOptions(BaseModel):
 
 
 def _zero_init(block: AgentBlock) -> None:
-    block.state["p"] = torch.zeros(block.batch, block.n, block.info["n_ues"], dtype=block.info["real_dtype"])
+    block.state["p"] = torch.zeros(block.batch, block.n, block.info["n_ues"], dtype=block.info["real_dtype"],
+                                   device=block.local["power"].device)
 
 
 def build_equal(opts: NoOptions, net) -> Protocol:
@@ -101,7 +97,7 @@ def build_wmmse_admm(opts: WmmseAdmmOptions, net) -> Protocol:
         if "admm" not in block.state:
             a, Bm = combine_statistics(block.state["mean_in"], block.state["second_in"])
             block.state["a"], block.state["Bmat"] = a, Bm
-            block.state["admm"] = wmmse_admm_init(a, Bm, noise, power, None, tau_c, tau_d)
+            block.state["admm"] = wmmse_admm_init(a, Bm, noise, power, None, tau_c=tau_c, tau_d=tau_d)
         st: WmmseAdmmState = block.state["admm"]
         block.state["admm"] = wmmse_admm_step(st, block.state["a"], block.state["Bmat"], noise, power, None,
                                               inner_tol=opts.inner_tol, max_inner=opts.max_inner, rho=opts.rho,
@@ -112,20 +108,21 @@ def build_wmmse_admm(opts: WmmseAdmmOptions, net) -> Protocol:
         return {"p": p.transpose(1, 2).index_select(1, ev.dst)}
 
     def recv_powers(block: AgentBlock, inbox: Inbox) -> None:
-        block.state["p"] = inbox["p"].index_select(1, torch.argsort(inbox.edges.dst_local))
+        block.state["p"] = inbox["p"]  # aggr="sum" over each AP's single in-edge: (B, n, K) in agent order
 
     phases = [
         Message("fh_stats", "ap>cpu", (MsgField("mean", "complex", (K, K)), MsgField("second", "real", (K, K))),
                 send_stats, recv_stats, when="first"),
         Local("cpu_wmmse_admm", "cpu", cpu_step),
-        Message("fh_powers", "cpu>ap", (MsgField("p", "real", (K,)),), send_powers, recv_powers),
+        Message("fh_powers", "cpu>ap", (MsgField("p", "real", (K,)),), send_powers, recv_powers, aggr="sum"),
     ]
     return Protocol("wmmse_admm", ("ap", "cpu"), {"ap": init_ap}, phases, opts.rounds, Output("ap", "p"),
                     unit="bit/s/Hz")
 
 
-register(AlgorithmSpec("equal", ("cellfree",), NoOptions, build_equal, "equal power p_kl = P_t/K at every AP"))
-register(AlgorithmSpec("lsf", ("cellfree",), NoOptions, build_lsf,
-                       "large-scale-fading power p_kl = P_t sqrt(beta_kl) / sum_i sqrt(beta_il)"))
-register(AlgorithmSpec("wmmse_admm", ("cellfree",), WmmseAdmmOptions, build_wmmse_admm,
-                       "WMMSE-ADMM (Chakraborty et al. 2021) at the CPU from the APs' fronthaul statistics"))
+register_algorithm(AlgorithmSpec("equal", ("cellfree",), NoOptions, build_equal,
+                                 "equal power p_kl = P_t/K at every AP"))
+register_algorithm(AlgorithmSpec("lsf", ("cellfree",), NoOptions, build_lsf,
+                                 "large-scale-fading power p_kl = P_t sqrt(beta_kl) / sum_i sqrt(beta_il)"))
+register_algorithm(AlgorithmSpec("wmmse_admm", ("cellfree",), WmmseAdmmOptions, build_wmmse_admm,
+                                 "WMMSE-ADMM (Chakraborty et al. 2021) at the CPU from the APs' fronthaul statistics"))

@@ -1,16 +1,17 @@
-"""Cell-free downlink power allocation: the CPU-side math (ICGNN paper Sec. IV, eq. (23)-(26)).
+"""Cell-free downlink power allocation: the CPU-side algorithms (ICGNN paper Sec. IV, eq. (26)).
 
 Who computes what: every AP computes its local L-MMSE precoders and Monte-Carlo statistics
 (``dsim.scenarios.cellfree.lmmse_precoders`` / ``ap_statistics``) and uploads them; the CPU combines them
-into a_k and B_ki of eq. (25) (:func:`combine_statistics`) and allocates the powers (:func:`equal_power`,
-:func:`lsf_power`, :func:`wmmse_admm` / :func:`wmmse_admm_step`).  Pure batched functions, no protocol.
+into a_k and B_ki of eq. (25) (``dsim.scenarios.cellfree.combine_statistics``) and allocates the powers
+(:func:`equal_power`, :func:`lsf_power`, :func:`wmmse_admm` / :func:`wmmse_admm_step`).  The SE of
+eq. (23)-(24) these maximise is the scenario's physics (``dsim.scenarios.cellfree.downlink_se``).
+Pure batched functions, no protocol.
 
 Conventions (B topologies, K UEs, L APs):
 
 * ``p`` (B, K, L): power p_kl [W] that AP l spends on UE k; per-AP constraint sum_k p_kl <= P_t,l.
   ``mu`` = sqrt(p) (the paper's mu_kl, in sqrt(W)).  WMMSE-ADMM keeps mu >= 0, so p <-> mu is one-to-one.
-* ``a`` (B, K, L): a_kl = E{h_kl^H w_kl} (real, >= 0 for L-MMSE); ``Bmat`` (B, K, K, L, L):
-  Bmat[:, k, i] = B_ki with [B_ki]_lm = Re E{h_kl^H w_il w_im^H h_km}.
+* ``a`` (B, K, L), ``Bmat`` (B, K, K, L, L): eq. (25), as in ``dsim.scenarios.cellfree``.
 * ``noise``: sigma^2 [W], float or (B,); ``power``: P_t [W], float, (L,) or (B, L);
   ``weights``: alpha_k, None (all ones), (K,) or (B, K).
 * SE in bit/s/Hz (log2), including the pre-log factor tau_d / tau_c of eq. (23).
@@ -22,34 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-# --------------------------------------------------------------------------------------------------
-# CPU: statistics -> a, B (eq. (25))
-# --------------------------------------------------------------------------------------------------
-def combine_statistics(mean: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. (25) at the CPU from the APs' uploads.
-
-    mean (B, L, K, K) complex, mean[:, l, k, i] = E{h_kl^H w_il}; second (B, L, K, K) real,
-    second[:, l, k, i] = E{|h_kl^H w_il|^2} (the stacked outputs of ``ap_statistics``, AP-major).
-    Returns a (B, K, L) with a_kl = Re E{h_kl^H w_kl}, and Bmat (B, K, K, L, L) with
-    [B_ki]_ll = E{|h_kl^H w_il|^2} and, for l != m, [B_ki]_lm = Re(E{h_kl^H w_il} E{h_km^H w_im}^*)
-    (different APs' channels are independent, so the cross moment is the product of the means).
-    """
-    m = mean.permute(0, 2, 3, 1)  # (B, K, K, L): [k, i, l]
-    Bmat = (m[..., :, None] * m[..., None, :].conj()).real  # (B, K, K, L, L)
-    Bmat = Bmat.clone()
-    Bmat.diagonal(dim1=-2, dim2=-1).copy_(second.permute(0, 2, 3, 1))
-    a = m.diagonal(dim1=1, dim2=2).real.transpose(1, 2)  # (B, L, K) diag over (k, i) -> (B, K, L)
-    return a.contiguous(), Bmat
-
-
-# --------------------------------------------------------------------------------------------------
-# SE of eq. (23)-(24)
-# --------------------------------------------------------------------------------------------------
-def _col(x: float | torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Scalar or (B,) -> (B or 1, 1) tensor like ``ref``."""
-    t = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
-    return t.reshape(-1, 1)
+from dsim.scenarios.cellfree import downlink_se, per_batch, sinr_terms
 
 
 def _power(power: float | torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -67,38 +41,18 @@ def _weights(weights: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=ref.dtype, device=ref.device).reshape(-1, ref.shape[1])
 
 
-def sinr_terms(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a_k^T mu_k (B, K), sum_i mu_i^T B_ki mu_i (B, K)) for amplitudes mu (B, K, L)."""
-    signal = (a * mu).sum(-1)
-    total = torch.einsum("bil,bkilm,bim->bk", mu, Bmat, mu)
-    return signal, total
-
-
-def sinr(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor, noise: float | torch.Tensor) -> torch.Tensor:
-    """Effective SINR of eq. (24) (B, K) for amplitudes mu = sqrt(p) (B, K, L) [sqrt(W)], noise [W]."""
-    signal, total = sinr_terms(a, Bmat, mu)
-    s2 = signal ** 2
-    return s2 / (total - s2 + _col(noise, a))
-
-
-def sum_se(a: torch.Tensor, Bmat: torch.Tensor, p: torch.Tensor, noise: float | torch.Tensor,
-           tau_c: int = 20, tau_d: int = 19) -> torch.Tensor:
-    """Per-UE downlink SE [bit/s/Hz] of eq. (23)-(24), (B, K), for powers p (B, K, L) [W] (mu = sqrt(p)).
-
-    SE_k = tau_d / tau_c * log2(1 + SINR_k); sum over k (weighted by alpha_k) for the sum-SE.
-    """
-    return (tau_d / tau_c) * torch.log2(1.0 + sinr(a, Bmat, p.clamp_min(0).sqrt(), noise))
-
-
 # --------------------------------------------------------------------------------------------------
 # heuristics
 # --------------------------------------------------------------------------------------------------
 def equal_power(batch: int, n_ues: int, power: float | torch.Tensor, n_aps: int | None = None, *,
-                dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Equal power (DESIGN section 7): p_kl = P_t,l / K.  Returns (B, K, L) [W].
 
-    power [W]: (L,) or (B, L), or a float together with ``n_aps`` = L.
+    power [W]: (L,) or (B, L), or a float together with ``n_aps`` = L.  dtype: default the dtype of a
+    tensor ``power``, float64 for a float.
     """
+    if dtype is None:
+        dtype = power.dtype if isinstance(power, torch.Tensor) else torch.float64
     P = torch.as_tensor(power, dtype=dtype, device=device)
     if P.ndim == 0:
         if n_aps is None:
@@ -143,10 +97,9 @@ class WmmseAdmmState:
 
 
 def weighted_sum_se(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor, noise: float | torch.Tensor,
-                    weights: torch.Tensor | None = None, tau_c: int = 20, tau_d: int = 19) -> torch.Tensor:
+                    weights: torch.Tensor | None = None, *, tau_c: int, tau_d: int) -> torch.Tensor:
     """Objective of P5 (eq. (26)): sum_k alpha_k SE_k [bit/s/Hz], (B,), for amplitudes mu (B, K, L)."""
-    se = (tau_d / tau_c) * torch.log2(1.0 + sinr(a, Bmat, mu, noise))
-    return (_weights(weights, a) * se).sum(-1)
+    return (_weights(weights, a) * downlink_se(a, Bmat, mu, noise, tau_c, tau_d)).sum(-1)
 
 
 def project_power(x: torch.Tensor, power: float | torch.Tensor) -> torch.Tensor:
@@ -163,12 +116,12 @@ def project_power(x: torch.Tensor, power: float | torch.Tensor) -> torch.Tensor:
 
 
 def wmmse_admm_init(a: torch.Tensor, Bmat: torch.Tensor, noise: float | torch.Tensor,
-                    power: float | torch.Tensor, weights: torch.Tensor | None = None,
-                    tau_c: int = 20, tau_d: int = 19) -> WmmseAdmmState:
+                    power: float | torch.Tensor, weights: torch.Tensor | None = None, *,
+                    tau_c: int, tau_d: int) -> WmmseAdmmState:
     """Initial state: equal power p_kl = P_t,l / K (as in the ICGNN paper's benchmark), zero multipliers."""
     B, K, L = a.shape
-    mu = (_power(power, a) / K).sqrt().expand(B, K, L).clone()
-    se = weighted_sum_se(a, Bmat, mu, noise, weights, tau_c, tau_d)
+    mu = equal_power(B, K, power, L, dtype=a.dtype, device=a.device).sqrt()
+    se = weighted_sum_se(a, Bmat, mu, noise, weights, tau_c=tau_c, tau_d=tau_d)
     zeros = torch.zeros(B, dtype=torch.long, device=a.device)
     return WmmseAdmmState(mu=mu, lam=torch.zeros_like(mu), se=se, inner_iters=zeros, iteration=0)
 
@@ -183,7 +136,7 @@ def wmmse_quadratic(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor, noise
     b_i = alpha_i u_i v_i a_i.  Returns (A (B, K, L, L), b (B, K, L)).
     """
     signal, total = sinr_terms(a, Bmat, mu)
-    T = total + _col(noise, a)
+    T = total + per_batch(noise, a)
     v = signal / T
     u = 1.0 / (1.0 - signal * v)  # 1 / e_k, e_k = 1 - s^2 / T >= sigma^2 / T > 0
     alpha = _weights(weights, a)
@@ -211,7 +164,7 @@ def admm_penalty(A: torch.Tensor, rho: float | None = None) -> torch.Tensor:
 
 
 def admm_qp(A: torch.Tensor, b: torch.Tensor, power: float | torch.Tensor, z0: torch.Tensor,
-            lam0: torch.Tensor, *, rho: float | None = None, tol: float | None = None, max_iter: int = 5000
+            lam0: torch.Tensor, *, max_iter: int, rho: float | None = None, tol: float | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inner ADMM: min sum_i mu_i^T A_i mu_i - 2 b_i^T mu_i  s.t. mu >= 0, sum_k mu_kl^2 <= P_t,l.
 
@@ -258,27 +211,27 @@ def admm_qp(A: torch.Tensor, b: torch.Tensor, power: float | torch.Tensor, z0: t
 
 def wmmse_admm_step(state: WmmseAdmmState, a: torch.Tensor, Bmat: torch.Tensor, noise: float | torch.Tensor,
                     power: float | torch.Tensor, weights: torch.Tensor | None = None, *,
-                    inner_tol: float | None = None, max_inner: int = 5000, rho: float | None = None,
-                    tau_c: int = 20, tau_d: int = 19) -> WmmseAdmmState:
+                    max_inner: int, tau_c: int, tau_d: int, inner_tol: float | None = None,
+                    rho: float | None = None) -> WmmseAdmmState:
     """One outer WMMSE iteration: closed-form v, u (:func:`wmmse_quadratic`), then the mu-QP by ADMM
     (:func:`admm_qp`, warm-started from the previous mu and multipliers).  Returns the new state (new mu
     feasible; its weighted sum-SE in ``se``)."""
     A, b = wmmse_quadratic(a, Bmat, state.mu, noise, weights)
     mu, lam, iters = admm_qp(A, b, power, state.mu, state.lam, rho=rho, tol=inner_tol, max_iter=max_inner)
-    se = weighted_sum_se(a, Bmat, mu, noise, weights, tau_c, tau_d)
+    se = weighted_sum_se(a, Bmat, mu, noise, weights, tau_c=tau_c, tau_d=tau_d)
     return WmmseAdmmState(mu=mu, lam=lam, se=se, inner_iters=iters, iteration=state.iteration + 1)
 
 
 def wmmse_admm(a: torch.Tensor, Bmat: torch.Tensor, noise: float | torch.Tensor, power: float | torch.Tensor,
-               weights: torch.Tensor | None = None, outer: int = 100, inner_tol: float | None = None,
-               max_inner: int = 5000, rho: float | None = None, *, tau_c: int = 20, tau_d: int = 19
+               weights: torch.Tensor | None = None, *, outer: int, max_inner: int, tau_c: int, tau_d: int,
+               inner_tol: float | None = None, rho: float | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """WMMSE-ADMM power allocation for P5 (eq. (26)), ``outer`` outer iterations from equal power.
 
     a (B, K, L), Bmat (B, K, K, L, L), noise [W], power P_t [W], weights alpha (K,) / (B, K) / None.
     Returns (p (B, K, L) [W], sum-SE history (B, outer + 1) [bit/s/Hz], entry 0 = equal power).
     """
-    state = wmmse_admm_init(a, Bmat, noise, power, weights, tau_c, tau_d)
+    state = wmmse_admm_init(a, Bmat, noise, power, weights, tau_c=tau_c, tau_d=tau_d)
     hist = [state.se]
     for _ in range(outer):
         state = wmmse_admm_step(state, a, Bmat, noise, power, weights, inner_tol=inner_tol,
@@ -288,7 +241,6 @@ def wmmse_admm(a: torch.Tensor, Bmat: torch.Tensor, noise: float | torch.Tensor,
 
 
 __all__ = [
-    "WmmseAdmmState", "admm_penalty", "admm_qp", "combine_statistics", "equal_power", "lsf_power",
-    "project_power", "sinr", "sinr_terms", "sum_se", "weighted_sum_se", "wmmse_admm", "wmmse_admm_init",
-    "wmmse_admm_step", "wmmse_quadratic",
+    "WmmseAdmmState", "admm_penalty", "admm_qp", "equal_power", "lsf_power", "project_power", "weighted_sum_se",
+    "wmmse_admm", "wmmse_admm_init", "wmmse_admm_step", "wmmse_quadratic",
 ]

@@ -19,6 +19,8 @@ Trainable parameters (complex ones counted once, as the paper does): L(4F + G + 
 (229 for L=7, G=2, F=4).  b_S is a buffer: the running mean of sqrt(P_k/|I_k|) over the training
 scenarios (updated by :meth:`GCNWMMSEParams.observe`).  Rates in nat/Hz, powers in W.
 
+Learned-protocol machinery (options checkpoint shipped|untrained|PATH, checkpoints, training with the
+loss (16) and the Tab. I defaults :data:`TRAIN_DEFAULTS`) is :mod:`dsim.learn`'s, declared by :data:`MODEL`.
 The shipped model ``agents/models/gcn_wmmse_L7.pt`` is produced by
 ``python -m dsim train scenarios/train_gcn_wmmse.yaml`` (see that file's header).
 """
@@ -26,22 +28,36 @@ The shipped model ``agents/models/gcn_wmmse_L7.pt`` is produced by
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from agents.registry import AlgorithmSpec, register
-from agents.wmmse import SERVE, _fix_fields, edge_channels, mrc_init, v_step, wmmse_phases
+from agents.wmmse import (
+    SERVE,
+    _fix_fields,
+    edge_channels,
+    mrc_init,
+    power_share,
+    scale_to_budget,
+    served_counts,
+    v_step,
+    wmmse_phases,
+)
+from dsim.engine.host import edge_view
+from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions, current_layer
+from dsim.network import Network
 from dsim.protocol import AgentBlock, Output, Protocol
+from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHIPPED = MODELS_DIR / "gcn_wmmse_L7.pt"
+SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
+#: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
+TRAIN_DEFAULTS = {"steps": 10_000, "batch": 100, "lr": 0.01, "lr_decay_every": 2500, "lr_decay": 0.1,
+                  "betas": (0.9, 0.99), "weight_decay": 1e-3, "clip": 1.0}
 
 
 # =============================================================================== mu-block gradient
@@ -86,7 +102,7 @@ def weight_filter(What: Tensor, taps: Tensor) -> Tensor:
     What: (..., N, N) Hermitian PD, taps: (G+1,) real >= 0 -> (..., N, N).
     """
     N = What.shape[-1]
-    eye = torch.eye(N, dtype=What.dtype)
+    eye = torch.eye(N, dtype=What.dtype, device=What.device)
     norm = (What.diagonal(dim1=-2, dim2=-1).real.sum(-1) / N)[..., None, None].to(What.dtype)
     t = taps.to(What.dtype)
     out = t[0] * eye + t[1] * What
@@ -103,24 +119,17 @@ def modrelu(x: Tensor, bias: Tensor) -> Tensor:
     return torch.relu(mag + bias).to(x.dtype) * torch.sgn(x)
 
 
-def power_projection(Vh: Tensor, power: Tensor, sv) -> Tensor:
-    """(15) V_i = sqrt(P_k) V^_i / sqrt(max(sum_{j in I_k} ||V^_j||_F^2, P_k)).
-
-    Vh (B, S, M, N) per served UE, power (B, n_bs) W -> (B, S, M, N).
-    """
-    used = sv.sum_dst((Vh.abs() ** 2).sum(dim=(-1, -2)))
-    factor = torch.sqrt(power / torch.maximum(used, power))
-    return sv.gather_dst(factor)[..., None, None].to(Vh.dtype) * Vh
-
-
 # =============================================================================== parameters
-class GCNWMMSEParams(nn.Module):
+class GCNWMMSEParams(LearnedModule):
     """Trainable set Gamma of an L-layer GCN-WMMSE (Sec. III-B5) plus the buffer b_S (Sec. III-C).
 
     a_W (L, G+1) real (used as |a_W|, non-negative), a_V1, a_V0, c (L, F) complex, b (L, F) real,
     D (L-1, F, F) complex (skip connections of layers 2..L).  Initialization as the paper / its code:
-    complex taps CN(0, 1/(F+1)), D ~ CN(0, 1/(2F)), biases 0, weight taps 1/(G+1).
+    complex taps CN(0, 1/(F+1)), D ~ CN(0, 1/(2F)), biases 0, weight taps 1/(G+1).  Untrained defaults:
+    L = 7, G = 2, F = 4 (Tab. I).
     """
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features")
 
     def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, seed: int = 0) -> None:
         super().__init__()
@@ -147,18 +156,14 @@ class GCNWMMSEParams(nn.Module):
     def b_s(self) -> Tensor:
         """b_S: running mean of sqrt(P_k/|I_k|) (W^1/2) over the training scenarios seen; 1 before any."""
         if float(self.bias_scale_count) == 0.0:
-            return torch.ones((), dtype=torch.float64)
+            return torch.ones_like(self.bias_scale_sum)
         return self.bias_scale_sum / self.bias_scale_count
 
     @torch.no_grad()
-    def observe(self, net) -> None:
+    def observe(self, net: Network) -> None:
         """Add a training batch to the running mean b_S over (realization, BS) pairs of sqrt(P_k/|I_k|)."""
         self.bias_scale_sum += bias_scale(net).sum()
         self.bias_scale_count += float(net.batch * net.counts["bs"])
-
-    def n_trainable(self) -> int:
-        """Trainable parameters, a complex one counted once (the paper's count L(4F+G+1)+(L-1)F^2)."""
-        return sum(p.numel() for p in self.parameters())
 
     def reduce_to_wmmse(self) -> GCNWMMSEParams:
         """Set the taps that make every layer a plain WMMSE iteration: W = W^, V = (R+mu I)^dagger V~."""
@@ -173,29 +178,20 @@ class GCNWMMSEParams(nn.Module):
         return self
 
 
-def bias_scale(net) -> Tensor:
-    """sqrt(P_k / |I_k|) per realization and BS (B, K), W^1/2."""
-    serve = net.edges[SERVE]
-    n_served = torch.zeros(net.counts["bs"], dtype=torch.float64).index_add_(
-        0, serve.dst, torch.ones(serve.size, dtype=torch.float64))
-    return torch.sqrt(net.local["bs"]["power"].to(torch.float64) / n_served.clamp_min(1.0))
+def bias_scale(net: Network) -> Tensor:
+    """sqrt(P_k / |I_k|) per realization and BS (B, K), W^1/2 (float64)."""
+    sv = edge_view(net, SERVE, None, torch.arange(net.counts["bs"]))
+    return power_share(net.local["bs"]["power"].to(torch.float64), served_counts(sv))
 
 
 # =============================================================================== protocol
 def _hooks(params: GCNWMMSEParams) -> tuple[Callable, Callable]:
-    def layer_of(block: AgentBlock) -> int:
-        layer = int(block.state.get("layer", 0)) + 1
-        if layer > params.layers:
-            raise RuntimeError(f"gcn_wmmse has {params.layers} layers; round {layer} asked for")
-        block.state["layer"] = layer
-        return layer
-
     def weight_hook(block: AgentBlock, What: Tensor, U: Tensor) -> Tensor:
-        ell = layer_of(block)
+        ell = current_layer(block, params.layers, "gcn_wmmse")
         return weight_filter(What, params.a_w[ell - 1].abs())
 
     def v_hook(block: AgentBlock, pieces: dict[str, Tensor]) -> Tensor:
-        ell = layer_of(block)
+        ell = current_layer(block, params.layers, "gcn_wmmse")
         cdt = block.info["dtype"]
         rdt = block.info["real_dtype"]
         sv = block.edges[SERVE]
@@ -209,11 +205,10 @@ def _hooks(params: GCNWMMSEParams) -> tuple[Callable, Callable]:
             P = P + block.state["P"] @ params.d[ell - 2].to(cdt)
         block.state["P"] = P
         power = block.local["power"]
-        n_served = sv.sum_dst(torch.ones(Vt.shape[:2], dtype=power.dtype))
-        scale = sv.gather_dst(torch.sqrt(power / n_served.clamp_min(1.0))) / params.b_s.to(rdt)  # (B, S)
+        scale = sv.gather_dst(power_share(power, served_counts(sv, power.dtype))) / params.b_s.to(rdt)  # (B, S)
         bias = scale[..., None, None, None] * params.b[ell - 1].to(rdt)
         Vh = modrelu(P, bias) @ params.c[ell - 1].to(cdt)              # (B, S, M, N)
-        return power_projection(Vh, power, sv)
+        return scale_to_budget(Vh, power, sv, cap=True)                # (15)
 
     return weight_hook, v_hook
 
@@ -231,95 +226,34 @@ def gcn_wmmse_protocol(params: GCNWMMSEParams, net, mu_steps: int | None = 8, mu
     def init_bs(block: AgentBlock) -> None:
         sv = block.edges[SERVE]
         block.state["V"] = mrc_init(edge_channels(block.local["H"], sv), block.local["power"], sv)
-        block.state["layer"] = 0
 
-    def init_ue(block: AgentBlock) -> None:
-        block.state["layer"] = 0
-
-    return Protocol(name="gcn_wmmse", roles=("bs", "ue"), init={"bs": init_bs, "ue": init_ue}, phases=phases,
+    return Protocol(name="gcn_wmmse", roles=("bs", "ue"), init={"bs": init_bs}, phases=phases,
                     rounds=params.layers, output=Output("bs", "V", SERVE), unit="nat/Hz",
                     meta={"layers": params.layers, "trainable_parameters": params.n_trainable()})
 
 
-# =============================================================================== options, checkpoints
-class GCNWMMSEOptions(BaseModel):
-    """YAML options of ``name: gcn_wmmse``.
+# =============================================================================== options, declaration
+class GCNWMMSEOptions(LearnedOptions):
+    """YAML options of ``name: gcn_wmmse`` (checkpoint, init_seed: :class:`dsim.learn.LearnedOptions`;
+    'shipped' is the model trained on the Tab. II base scenario).
 
-    checkpoint: 'shipped' (the packaged model, trained on the Tab. II base scenario), 'untrained'
-    (the paper's initialization, seeded by ``init_seed``) or a path to a ``dsim train`` checkpoint.
     layers/degree/features (L, G, F of Tab. I) must match the checkpoint's when one is loaded.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    checkpoint: str = "shipped"
     layers: int | None = Field(None, ge=1, description="L; default: the checkpoint's (7 untrained)")
     degree: int | None = Field(None, ge=1, description="G; default: the checkpoint's (2 untrained)")
     features: int | None = Field(None, ge=1, description="F; default: the checkpoint's (4 untrained)")
     mu_steps: int | None = Field(8, ge=1, description="P rational sub-steps (9); null: to convergence")
     mu0: float = Field(1e-12, ge=0.0, description="mu^(l,0)")
-    init_seed: int = 0
 
 
-def load_params(path: str | Path) -> GCNWMMSEParams:
-    """A :class:`GCNWMMSEParams` from a ``dsim train`` checkpoint, a bare {hparams, model} file or 'shipped'."""
-    from dsim.train import read_checkpoint
-
-    ck = read_checkpoint(path, SHIPPED, "gcn_wmmse", "scenarios/train_gcn_wmmse.yaml")
-    hp = ck["hparams"]
-    params = GCNWMMSEParams(hp["layers"], hp["degree"], hp["features"])
-    params.load_state_dict(ck["model"])
-    return params
-
-
-def make_params(opts: GCNWMMSEOptions) -> GCNWMMSEParams:
-    """Parameters per the options: untrained (seeded) or loaded, with hyper-parameter checks."""
-    want = {"layers": opts.layers, "degree": opts.degree, "features": opts.features}
-    if opts.checkpoint == "untrained":
-        hp = {"layers": 7, "degree": 2, "features": 4} | {k: v for k, v in want.items() if v is not None}
-        return GCNWMMSEParams(hp["layers"], hp["degree"], hp["features"], seed=opts.init_seed)
-    params = load_params(opts.checkpoint)
-    for k, v in want.items():
-        if v is not None and getattr(params, k) != v:
-            raise ValueError(f"gcn_wmmse: {k}={v} but checkpoint {opts.checkpoint!r} has "
-                             f"{k}={getattr(params, k)}")
-    return params
-
-
-def build(opts: GCNWMMSEOptions, net) -> Protocol:
-    """Registry builder: the GCN-WMMSE protocol with the options' (inference-only) parameters."""
-    params = make_params(opts)
-    params.requires_grad_(False)
+def _protocol(params: GCNWMMSEParams, net: Network, opts: GCNWMMSEOptions) -> Protocol:
     return gcn_wmmse_protocol(params, net, opts.mu_steps, opts.mu0)
 
 
-# =============================================================================== training interface
-@dataclass
-class Learnable:
-    """What ``dsim.train`` needs of a learnable protocol.
+MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, SHIPPED,
+                      "scenarios/train_gcn_wmmse.yaml", TRAIN_DEFAULTS)
 
-    module:   the trainable parameters (and buffers such as running statistics).
-    protocol: net -> Protocol using ``module``'s current parameters (differentiable on the local engine).
-    observe:  net -> None, update running statistics from a training batch (called before its forward).
-    hparams:  what is needed to rebuild ``module`` from a checkpoint.
-    """
-
-    module: nn.Module
-    protocol: Callable[[Any], Protocol]
-    observe: Callable[[Any], None]
-    hparams: dict[str, Any]
-
-
-def learnable(options: dict[str, Any]) -> Learnable:
-    """The trainable GCN-WMMSE for ``dsim.train`` (options as the YAML entry; default: untrained Tab. I)."""
-    opts = GCNWMMSEOptions(**({"checkpoint": "untrained"} | dict(options)))
-    params = make_params(opts)
-    hp = {"layers": params.layers, "degree": params.degree, "features": params.features}
-
-    def protocol(net) -> Protocol:
-        return gcn_wmmse_protocol(params, net, opts.mu_steps, opts.mu0)
-
-    return Learnable(module=params, protocol=protocol, observe=params.observe, hparams=hp)
-
-
-register(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, build,
-                       "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped|untrained|PATH"))
+register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
+                                 "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped|untrained|PATH",
+                                 learnable=MODEL.learnable))

@@ -42,46 +42,48 @@ nodes of the minibatch (every AP's rows are in one block there; the distinct mes
 graph's edges each repeated L times, so mean and variance are the same); at inference ``module.eval()``
 (the registry build always uses eval mode): running statistics, so every AP computes alone and the
 local and Ray engines agree exactly.  The running statistics are re-estimated at the current weights
-before every validation of a training run (``Learnable.calibrate``, :func:`recalibrate_bn`, "precise
-BN"): with momentum 0.1 they lag behind the weights that Adam keeps moving, which alone cost ~10 % of
-the sum-SE at inference.
+before every validation of a training run (``dsim.learn.Learnable.calibrate``,
+:func:`dsim.learn.recalibrate_bn`, "precise BN"): with momentum 0.1 they lag behind the weights that Adam
+keeps moving, which alone cost ~10 % of the sum-SE at inference.
 
 Training (``python -m dsim train scenarios/train_icgnn.yaml``): loss (28) = -mean sum-SE (bit/s/Hz) at
-the last layer, Adam lr 1e-3, batch 100 (Sec. V).  ``adapt_steps: n`` (:func:`adapt`): before inference,
-n Adam steps of (28) on fresh samples of the run's own scenario configuration (``net.info
-["scenario_config"]``, seed ``adapt_seed``, different from the evaluated topologies) with
-``dsim.train.fine_tune`` ("four gradient descents", Sec. V-B), batch norm in training mode, then the
+the last layer, Adam lr 1e-3, batch 100 (Sec. V; :data:`TRAIN_DEFAULTS`).  ``adapt_steps: n``
+(:func:`dsim.learn.adapt`): before inference, n Adam steps of (28) on fresh samples of the run's own
+scenario configuration (``net.info["scenario_config"]``, seed ``adapt_seed``, different from the
+evaluated topologies) ("four gradient descents", Sec. V-B), batch norm in training mode, then the
 running statistics re-estimated on the same samples; wall time and samples go to the protocol's ``meta``
-(``adapt_s``, ``adapt_samples``; ``dsim run`` reports them as ``protocol_adapt_s`` ...).
+(``adapt_s``, ``adapt_samples``; ``dsim run`` reports them as ``protocol_adapt_s`` ...).  Options,
+checkpoints, adaptation and calibration are :mod:`dsim.learn`'s, declared by :data:`MODEL`.
 
 Shipped model ``agents/models/icgnn_L7K5N2.pt``: see ``scenarios/train_icgnn.yaml``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from agents.cellfree_alloc import ap_local_statistics, equal_ap
-from agents.gcn_wmmse import Learnable
-from agents.registry import AlgorithmSpec, register
-from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
+from dsim.learn import AdaptOptions, BatchNormOptions, LearnableSpec, LearnedModule, current_layer
+from dsim.network import Network
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol, segment_reduce
 from dsim.protocol import Field as MsgField
+from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHIPPED = MODELS_DIR / "icgnn_L7K5N2.pt"
+SHIPPED = Path(__file__).resolve().parent / "models" / "icgnn_L7K5N2.pt"
 MSG_UNITS = (3, 32, 128, 64)
 UPD_UNITS = (66, 128, 32, 1)
+#: training defaults (Sec. V): Adam lr 1e-3 without decay (AdamW, weight decay 0), batch 100; clipping at
+#: 100 only as a safety net (norms stay < 10)
+TRAIN_DEFAULTS = {"steps": 2500, "batch": 100, "lr": 1e-3, "lr_decay_every": 1_000_000, "lr_decay": 0.1,
+                  "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0}
 
 
 # =============================================================================== networks
@@ -120,9 +122,11 @@ class MLP(nn.Module):
         return h.to(dtype).reshape(lead + (h.shape[-1],))
 
 
-class ICGNNParams(nn.Module):
+class ICGNNParams(LearnedModule):
     """The trainable set Theta: per layer t a message net M_t {3,32,128,64} and an update net U_t
     {66,128,32,1} (Sec. IV-B).  Initialization: PyTorch's default (Kaiming-uniform) from seed ``seed``."""
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers",)
 
     def __init__(self, layers: int = 2, seed: int = 0) -> None:
         super().__init__()
@@ -131,12 +135,6 @@ class ICGNNParams(nn.Module):
             torch.manual_seed(seed)
             self.msg = nn.ModuleList(MLP(MSG_UNITS, "tanh") for _ in range(layers))
             self.upd = nn.ModuleList(MLP(UPD_UNITS, "sigmoid") for _ in range(layers))
-
-    def n_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def observe(self, net) -> None:  # no running statistics besides batch norm's
-        return None
 
 
 # =============================================================================== the layer maths
@@ -167,16 +165,10 @@ def premax_messages(msg: MLP, a: Tensor, p_rel: Tensor, interf: Tensor) -> Tenso
 
     a, p_rel (B, n, K); interf (B, n, K, K) [k, m].  Returns (B, n, K, 64) (0 for K = 1: no in-edges).
     """
-    B, n, K = a.shape
-    ks, ms = _pairs(K)
+    K = a.shape[-1]
+    ks, ms = (t.to(a.device) for t in _pairs(K))
     x = torch.stack([a.index_select(2, ks), p_rel.index_select(2, ks), interf[:, :, ks, ms]], dim=-1)
-    out = msg(x)  # (B, n, K(K-1), 64)
-    d = out.shape[-1]
-    if K == 1:
-        return torch.zeros(B, n, K, d, dtype=a.dtype, device=a.device)
-    idx = ms.to(a.device).reshape(1, 1, -1, 1).expand(B, n, -1, d)
-    init = torch.full((B, n, K, d), -2.0, dtype=out.dtype, device=out.device)  # below tanh's range
-    return init.scatter_reduce(2, idx, out, reduce="amax", include_self=False)
+    return segment_reduce(msg(x), ms, K, "max", dim=2)  # msg: (B, n, K(K-1), 64)
 
 
 def update_powers(upd: MLP, agg: Tensor, a: Tensor, p_rel: Tensor, power: Tensor) -> Tensor:
@@ -189,8 +181,10 @@ def update_powers(upd: MLP, agg: Tensor, a: Tensor, p_rel: Tensor, power: Tensor
 
 
 # =============================================================================== protocol
-def icgnn_protocol(params: ICGNNParams, net, meta: dict[str, Any] | None = None) -> Protocol:
-    """The ``params.layers``-round ICGNN protocol (autograd flows into ``params`` on the local engine)."""
+def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
+    """The ``params.layers``-round ICGNN protocol (autograd flows into ``params`` on the local engine).
+
+    Layer t = ``block.round`` (1-based) uses (M_t, U_t)."""
     K = int(net.info["n_ues"])
     d = MSG_UNITS[-1]
     noise_w = float(net.info["noise_w"])
@@ -200,227 +194,60 @@ def icgnn_protocol(params: ICGNNParams, net, meta: dict[str, Any] | None = None)
         power = block.local["power"]
         block.state["a_feat"], block.state["i_feat"] = channel_features(mean, second, power, noise_w)
         block.state["p"] = equal_ap(block)
-        block.state["layer"] = 0
+
+    def layer_of(block: AgentBlock) -> int:
+        """0-based index of the layer (round - 1)."""
+        return current_layer(block, params.layers, "icgnn") - 1
 
     def send_msg(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
-        t = int(block.state["layer"])
-        if t >= params.layers:
-            raise RuntimeError(f"icgnn has {params.layers} layers; round {t + 1} asked for")
         p_rel = block.state["p"] / block.local["power"][..., None]
-        pre = premax_messages(params.msg[t], block.state["a_feat"], p_rel, block.state["i_feat"])
+        pre = premax_messages(params.msg[layer_of(block)], block.state["a_feat"], p_rel, block.state["i_feat"])
         return {"m": ev.gather_src(pre)}
 
-    def recv_msg(block: AgentBlock, inbox: Inbox) -> None:  # CPU: elementwise max over the APs
-        block.state["agg"] = inbox.edges.max_dst(inbox["m"])
+    def store_agg(block: AgentBlock, inbox: Inbox) -> None:
+        """CPU: the elementwise max over the APs (aggr='max'); AP: the CPU's message (aggr='sum' over its
+        single in-edge)."""
+        block.state["agg"] = inbox["m"]
 
     def send_agg(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         return {"m": ev.gather_src(block.state["agg"])}
 
-    def recv_agg(block: AgentBlock, inbox: Inbox) -> None:  # AP: its single in-edge from the CPU
-        block.state["agg"] = inbox["m"].index_select(1, torch.argsort(inbox.edges.dst_local))
-
     def ap_update(block: AgentBlock) -> None:
-        t = int(block.state["layer"])
         power = block.local["power"]
         p_rel = block.state["p"] / power[..., None]
-        block.state["p"] = update_powers(params.upd[t], block.state["agg"], block.state["a_feat"], p_rel, power)
-        block.state["layer"] = t + 1
+        block.state["p"] = update_powers(params.upd[layer_of(block)], block.state["agg"], block.state["a_feat"],
+                                         p_rel, power)
 
     phases = [
-        Message("fh_msg", "ap>cpu", (MsgField("m", "real", (K, d)),), send_msg, recv_msg),
-        Message("fh_agg", "cpu>ap", (MsgField("m", "real", (K, d)),), send_agg, recv_agg),
+        Message("fh_msg", "ap>cpu", (MsgField("m", "real", (K, d)),), send_msg, store_agg, aggr="max"),
+        Message("fh_agg", "cpu>ap", (MsgField("m", "real", (K, d)),), send_agg, store_agg, aggr="sum"),
         Local("ap_update", "ap", ap_update),
     ]
-    info = {"layers": params.layers, "trainable_parameters": params.n_trainable()} | dict(meta or {})
     return Protocol("icgnn", ("ap", "cpu"), {"ap": init_ap}, phases, params.layers, Output("ap", "p"),
-                    unit="bit/s/Hz", meta=info)
+                    unit="bit/s/Hz", meta={"layers": params.layers, "trainable_parameters": params.n_trainable()})
 
 
-# =============================================================================== options, checkpoints
-class ICGNNOptions(BaseModel):
-    """YAML options of ``name: icgnn``.
+# =============================================================================== options, declaration
+class ICGNNOptions(AdaptOptions, BatchNormOptions):
+    """YAML options of ``name: icgnn``: checkpoint, init_seed (:class:`dsim.learn.LearnedOptions`; 'shipped'
+    is the model trained on L = 7, N = 2, K = 5), adapt_* (:class:`dsim.learn.AdaptOptions`), bn_*
+    (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's)."""
 
-    checkpoint: 'shipped' (the packaged model, trained on L = 7, N = 2, K = 5), 'untrained' (seeded by
-    ``init_seed``) or a path to a ``dsim train`` checkpoint.  adapt_steps: Adam steps of loss (28) on
-    fresh samples of the run's own scenario configuration before inference (batch ``adapt_batch``,
-    lr ``adapt_lr``, seed ``adapt_seed``; default: derived from the run seed, distinct from it).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    checkpoint: str = "shipped"
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained)")
-    init_seed: int = 0
-    adapt_steps: int = Field(0, ge=0, description="gradient steps of (28) on the target configuration")
-    adapt_batch: int = Field(100, ge=1, description="topologies per adaptation step")
-    adapt_lr: float = Field(1e-3, gt=0)
-    adapt_seed: int | None = Field(None, description="seed of the adaptation samples; default from the run's")
-    bn_batches: int = Field(10, ge=0, description="training: minibatches of the batch-norm calibration before "
-                            "each validation (and so of the final checkpoint); 0: none")
-    bn_batch: int = Field(100, ge=1, description="training: topologies per calibration minibatch")
 
 
-def load_params(path: str | Path) -> ICGNNParams:
-    """An :class:`ICGNNParams` from a ``dsim train`` checkpoint, an exported file or 'shipped'."""
-    from dsim.train import read_checkpoint
-
-    ck = read_checkpoint(path, SHIPPED, "icgnn", "scenarios/train_icgnn.yaml")
-    params = ICGNNParams(int(ck["hparams"]["layers"]))
-    params.load_state_dict(ck["model"])
-    return params
-
-
-def recalibrate_bn(params: ICGNNParams, sample: Callable[[int, int], tuple[Any, Any]], seeds: list[int],
-                   batch: int) -> None:
-    """"Precise BN": set every batch-norm layer's running statistics to the plain average of its batch
-    statistics over the minibatches ``sample(batch, seed)`` for ``seeds``, at fixed weights (train-mode
-    forward passes without gradient; the module's mode is restored).
-
-    Why: during training the running statistics (momentum 0.1) lag behind the weights, which Adam keeps
-    moving at lr 1e-3; the update net's first batch norm sees features of small variance, so the lag alone
-    cost ~0.7 bit/s/Hz at inference (eval mode) against the same weights with batch statistics.
-    """
-    from dsim.train import wsr_per_round
-
-    norms = [m for m in params.modules() if isinstance(m, nn.BatchNorm1d)]
-    saved, was = [m.momentum for m in norms], params.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    params.train()
-    try:
-        with torch.no_grad():
-            for seed in seeds:
-                net, air = sample(batch, seed)
-                proto = icgnn_protocol(params, net)
-                wsr_per_round(proto, net, air, [proto.rounds])
-    finally:
-        for m, mom in zip(norms, saved):
-            m.momentum = mom
-        params.train(was)
-
-
-def calibration_seeds(seed: int, n: int) -> list[int]:
-    """Minibatch seeds of the batch-norm calibration of a training run with seed ``seed``: s * 1_000_003
-    - 1000 - i, never a training (s * 1_000_003 + t, t >= 1) or validation (s * 1_000_003 - 1) minibatch."""
-    return [seed * 1_000_003 - 1000 - i for i in range(n)]
-
-
-def export_checkpoint(src: str | Path, dst: str | Path, recalibrate: bool = False, bn_batches: int = 10,
-                      bn_batch: int = 100) -> Path:
-    """The shipped-model file from a ``dsim train`` checkpoint: model (with its batch-norm statistics), hparams,
-    step and meta; no optimizer state or log.  ``recalibrate``: re-estimate the batch-norm statistics as the
-    training run's final ``calibrate`` does (same seeds, :func:`calibration_seeds`), for checkpoints written
-    without it."""
-    from dsim.train import scenario_sampler
-
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    out = {k: ck[k] for k in ("step", "model", "hparams", "meta") if k in ck}
-    if recalibrate:
-        params = ICGNNParams(int(ck["hparams"]["layers"]))
-        params.load_state_dict(ck["model"])
-        meta = ck["meta"]
-        sample = scenario_sampler(dict(meta["scenario"]), meta.get("precision", "double"))
-        recalibrate_bn(params, sample, calibration_seeds(int(meta.get("seed", 0)), bn_batches), bn_batch)
-        out["model"] = params.state_dict()
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, dst)
-    return dst
-
-
-def make_params(opts: ICGNNOptions) -> ICGNNParams:
-    if opts.checkpoint == "untrained":
-        return ICGNNParams(opts.layers or 2, seed=opts.init_seed)
-    params = load_params(opts.checkpoint)
-    if opts.layers is not None and opts.layers != params.layers:
-        raise ValueError(f"icgnn: layers={opts.layers} but checkpoint {opts.checkpoint!r} has {params.layers}")
-    return params
-
-
-# =============================================================================== training interface
 def sum_se_loss(wsr: dict[int, Tensor]) -> Tensor:
     """Loss (28): -mean over samples (and loss layers) of the sum-SE [bit/s/Hz]."""
     return -torch.stack([w.mean() for w in wsr.values()]).mean()
 
 
-@dataclass
-class ICGNNLearnable(Learnable):
-    """:class:`agents.gcn_wmmse.Learnable` plus the loss (28) (``dsim.train`` uses ``loss`` when set)."""
-
-    loss: Callable[[dict[int, Tensor]], Tensor] | None = None
-    calibrate: Callable[[Any, int], None] | None = None
+def _protocol(params: ICGNNParams, net: Network, opts: ICGNNOptions) -> Protocol:
+    return icgnn_protocol(params, net)
 
 
-def _learnable_of(params: ICGNNParams, bn_batches: int = 10, bn_batch: int = 100) -> ICGNNLearnable:
-    def calibrate(sample, seed: int) -> None:
-        recalibrate_bn(params, sample, calibration_seeds(seed, bn_batches), bn_batch)
+MODEL = LearnableSpec("icgnn", ICGNNParams, ICGNNOptions, _protocol, SHIPPED, "scenarios/train_icgnn.yaml",
+                      TRAIN_DEFAULTS, loss=sum_se_loss)
 
-    return ICGNNLearnable(module=params, protocol=lambda net: icgnn_protocol(params, net),
-                          observe=params.observe, hparams={"layers": params.layers}, loss=sum_se_loss,
-                          calibrate=calibrate if bn_batches > 0 else None)
-
-
-def learnable(options: dict[str, Any]) -> ICGNNLearnable:
-    """The trainable ICGNN for ``dsim.train`` (options as the YAML entry; default: untrained, 2 layers)."""
-    opts = ICGNNOptions(**({"checkpoint": "untrained"} | dict(options)))
-    return _learnable_of(make_params(opts), opts.bn_batches, opts.bn_batch)
-
-
-def adapt(params: ICGNNParams, net, opts: ICGNNOptions) -> dict[str, Any]:
-    """``opts.adapt_steps`` Adam steps of (28) on fresh samples of ``net``'s scenario configuration.
-
-    The samples: ``dsim.train.scenario_sampler`` on ``net.info["scenario_config"]`` (set by
-    ``dsim.scenarios.build.scenario_from_config``), seed ``adapt_seed`` (default: run seed * 1_000_003 +
-    999_983; minibatch t uses adapt_seed * 1_000_003 + t), so never the evaluated topologies.  The steps
-    run as in training (``dsim.train.fine_tune``, batch-norm in training mode: batch statistics); then the
-    batch-norm running statistics are re-estimated at the adapted weights on the same minibatches
-    (:func:`recalibrate_bn`, no further samples).  Like training, this is an offline, central computation
-    on simulated samples of the target configuration; the APs then run the adapted model.
-    Returns the meta entries adapt_steps, adapt_samples (topologies drawn), adapt_s (wall time, sampling
-    included), adapt_seed, adapt_loss_first/last (loss (28) of the first/last minibatch, bit/s/Hz).
-    """
-    from dsim.train import fine_tune, scenario_sampler
-
-    scn = net.info.get("scenario_config")
-    if scn is None:
-        raise ValueError("icgnn: adapt_steps needs a drawn scenario (scenario.family ...), not a channel file: "
-                         "the adaptation samples fresh topologies of the same configuration")
-    seed = opts.adapt_seed if opts.adapt_seed is not None else int(net.info.get("seed", 0)) * 1_000_003 + 999_983
-    sample = scenario_sampler(dict(scn), net.info.get("precision", "double"))
-    drawn: dict[int, tuple[Any, Any]] = {}
-
-    def sample_once(batch: int, s: int):
-        if s not in drawn:
-            drawn[s] = sample(batch, s)
-        return drawn[s]
-
-    t0 = time.perf_counter()
-    params.train()
-    params.requires_grad_(True)
-    try:
-        res = fine_tune(_learnable_of(params, 0), sample_once, opts.adapt_steps, batch=opts.adapt_batch,
-                        seed=seed, lr=opts.adapt_lr)
-    finally:
-        params.requires_grad_(False)
-    recalibrate_bn(params, sample_once, list(drawn), opts.adapt_batch)
-    params.eval()
-    return {"adapt_steps": opts.adapt_steps, "adapt_samples": int(res["samples"]),
-            "adapt_s": round(time.perf_counter() - t0, 6), "adapt_seed": seed,
-            "adapt_loss_first": res["loss_first"], "adapt_loss_last": res["loss_last"]}
-
-
-def build(opts: ICGNNOptions, net) -> Protocol:
-    """Registry builder: the ICGNN protocol in eval mode, after ``adapt_steps`` adaptation steps if asked."""
-    params = make_params(opts)
-    params.eval()
-    params.requires_grad_(False)
-    meta: dict[str, Any] = {"adapt_steps": 0, "adapt_samples": 0, "adapt_s": 0.0}
-    if opts.adapt_steps > 0:
-        meta |= adapt(params, net, opts)
-    params.eval()
-    return icgnn_protocol(params, net, meta)
-
-
-register(AlgorithmSpec("icgnn", ("cellfree",), ICGNNOptions, build,
-                       "ICGNN power allocation, eq. (4), (27)-(28); MAX pre-aggregated over fh; "
-                       "checkpoint shipped|untrained|PATH, adapt_steps"))
+register_algorithm(AlgorithmSpec("icgnn", ("cellfree",), ICGNNOptions, MODEL.build,
+                                 "ICGNN power allocation, eq. (4), (27)-(28); MAX pre-aggregated over fh; "
+                                 "checkpoint shipped|untrained|PATH, adapt_steps", learnable=MODEL.learnable))

@@ -24,10 +24,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.registry import AlgorithmSpec, register
 from dsim.linalg import hermitian_part, inv_shifted, solve_mu
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Measure, Message, Output, Protocol
 from dsim.protocol import Field as MsgField
+from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
 
@@ -90,19 +90,35 @@ def v_step(D_s: Tensor, proj: Tensor, lam_s: Tensor, mu_s: Tensor) -> Tensor:
     return D_s @ (inv_shifted(lam_s, mu_s).unsqueeze(-1).to(proj.dtype) * proj)
 
 
+def served_counts(sv: EdgeView, dtype: torch.dtype = torch.float64) -> Tensor:
+    """|I_k|: number of UEs each BS serves (present serving edges), (B, n_bs) in ``dtype``."""
+    return sv.sum_dst(sv.mask.to(dtype))
+
+
+def power_share(power: Tensor, n_served: Tensor) -> Tensor:
+    """sqrt(P_k / |I_k|) (W^1/2), a BS's power split equally over its UEs; power, n_served (B, n_bs).
+
+    A BS serving no UE counts as serving one.  Computed in ``power``'s dtype."""
+    return torch.sqrt(power / n_served.to(power.dtype).clamp_min(1.0))
+
+
 def mrc_init(H_s: Tensor, power: Tensor, sv: EdgeView) -> Tensor:
     """MRC/MRT initialisation V_i = sqrt(P_k/|I_k|) H_ik^H / ||H_ik||_F.  H_s (B, S, N, M) -> (B, S, M, N)."""
-    n_served = sv.sum_dst(torch.ones(H_s.shape[:2], dtype=power.dtype))
-    scale = torch.sqrt(sv.gather_dst(power / n_served.clamp_min(1.0)))
+    scale = sv.gather_dst(power_share(power, served_counts(sv, power.dtype)))
     nrm = torch.linalg.matrix_norm(H_s).clamp_min(torch.finfo(power.dtype).tiny)
     return (scale / nrm)[..., None, None].to(H_s.dtype) * H_s.mH
 
 
-def scale_to_budget(V: Tensor, power: Tensor, sv: EdgeView) -> Tensor:
-    """Scale each BS's beamformers to use exactly its budget.  V (B, S, M, N), power (B, n_bs)."""
+def scale_to_budget(V: Tensor, power: Tensor, sv: EdgeView, cap: bool = False) -> Tensor:
+    """Scale each BS's beamformers to its budget P_k.  V (B, S, M, N) per served UE, power (B, n_bs) W.
+
+    cap=False: V_i sqrt(P_k / u_k), every BS uses exactly P_k, where u_k = sum_{j in I_k} ||V_j||_F^2.
+    cap=True:  the GCN-WMMSE projection (15), V_i sqrt(P_k) / sqrt(max(u_k, P_k)): only BSs above budget
+               are scaled down.
+    """
     used = sv.sum_dst((V.abs() ** 2).sum(dim=(-1, -2)))
-    s = torch.sqrt(power / used.clamp_min(torch.finfo(power.dtype).tiny))
-    return sv.gather_dst(s)[..., None, None].to(V.dtype) * V
+    denom = torch.maximum(used, power) if cap else used.clamp_min(torch.finfo(power.dtype).tiny)
+    return sv.gather_dst(torch.sqrt(power / denom))[..., None, None].to(V.dtype) * V
 
 
 def random_init(block: AgentBlock, sv: EdgeView, salt: int = 17) -> Tensor:
@@ -207,7 +223,6 @@ class WMMSEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     init: Literal["random", "mrc"] = "random"
     rounds: int = Field(100, ge=0, description="WMMSE iterations = communication rounds")
-    restarts: int = Field(1, ge=1, description="best of n random initialisations per realization (WMMSE50: 50)")
 
 
 def init_bs(kind: str) -> Callable[[AgentBlock], None]:
@@ -223,9 +238,9 @@ def init_bs(kind: str) -> Callable[[AgentBlock], None]:
 def build(opts: WMMSEOptions, net) -> Protocol:
     phases = _fix_fields(wmmse_phases(), int(net.info["ue_antennas"]))
     return Protocol(name="wmmse", roles=("bs", "ue"), init={"bs": init_bs(opts.init)}, phases=phases,
-                    rounds=opts.rounds, output=Output("bs", "V", SERVE), unit="nat/Hz",
-                    meta={"restarts": opts.restarts})
+                    rounds=opts.rounds, output=Output("bs", "V", SERVE), unit="nat/Hz")
 
 
-register(AlgorithmSpec("wmmse", ("multicell",), WMMSEOptions, build,
-                       "distributed WMMSE, GCN-WMMSE paper eq. (3)-(9); init random|mrc, restarts"))
+register_algorithm(AlgorithmSpec("wmmse", ("multicell",), WMMSEOptions, build,
+                                 "distributed WMMSE, GCN-WMMSE paper eq. (3)-(9); init random|mrc",
+                                 random_init=True))

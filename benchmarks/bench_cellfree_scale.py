@@ -20,10 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.registry import get, names  # noqa: E402
 from dsim.engine.ray import RayEngine, ensure_ray  # noqa: E402
-from dsim.scenarios.cellfree import generate_cellfree  # noqa: E402
-from dsim.scenarios.network_cellfree import cellfree_network  # noqa: E402
+from dsim.registry import algorithm, algorithm_names  # noqa: E402
+from dsim.scenarios.build import build_scenario, generate_channels  # noqa: E402
 
 
 def main() -> None:
@@ -39,14 +38,14 @@ def main() -> None:
     torch.set_num_threads(1)
     out: dict = {"config": vars(a)}
     t = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    ch = generate_cellfree(a.batch, g, torch.complex128, n_aps=a.aps, ap_antennas=a.antennas, n_ues=a.ues,
-                           realizations=a.draws)
-    net, air = cellfree_network(ch)
+    _, ch = generate_channels({"family": "cellfree", "n_aps": a.aps, "ap_antennas": a.antennas, "n_ues": a.ues,
+                               "realizations": a.draws}, a.batch, 0, "double")
+    s = build_scenario("cellfree", ch, None, 0)
+    net, air = s.net, s.air
     out["generate_and_air_s"] = time.perf_counter() - t
     ensure_ray(num_cpus=2)
-    for name in names("cellfree"):
-        spec = get(name)
+    for name in algorithm_names("cellfree"):
+        spec = algorithm(name)
         opts = {"rounds": a.rounds} if "rounds" in spec.options.model_fields else {}
         proto = spec.build(spec.options(**opts), net)
         eng = RayEngine("float32", shards=a.shards)
@@ -54,19 +53,15 @@ def main() -> None:
         eng._setup(proto, net)
         setup = time.perf_counter() - t
         eng.close()
-        se: list[float] = []
-
-        def on_round(r: int, p: torch.Tensor, se: list[float] = se) -> None:
-            se.append(float(air.evaluate(p)[0].mean()))
-
-        trace = eng.run(proto, net, air, on_round=on_round)
+        trace = eng.run(proto, net, air)
+        sum_se_final = float(air.evaluate(eng.decision())[0].mean())  # the decision after the last round
         eng.close()
         fh = {}
         for r in trace.ledger:
             if r.link == "fh":
                 fh[r.phase] = fh.get(r.phase, 0) + r.bytes / net.batch
         out[name] = {"actor_setup_s": setup, "total_s": trace.wall_s, "phase_s": trace.phase_wall_s,
-                     "rounds": proto.rounds, "sum_se_final": se[-1], "fh_bytes_per_realization": fh}
+                     "rounds": proto.rounds, "sum_se_final": sum_se_final, "fh_bytes_per_realization": fh}
         print(name, json.dumps(out[name]), flush=True)
     print(json.dumps(out, indent=2))
 

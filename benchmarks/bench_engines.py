@@ -20,27 +20,29 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.registry import get  # noqa: E402
 from benchmarks.loop_wmmse import loop_wmmse_iteration  # noqa: E402
 from dsim.engine.local import LocalEngine  # noqa: E402
-from dsim.scenarios.multicell import generate_multicell  # noqa: E402
-from dsim.scenarios.network_multicell import multicell_network  # noqa: E402
+from dsim.registry import algorithm  # noqa: E402
+from dsim.scenarios.build import build_scenario, generate_channels  # noqa: E402
+
+
+def base_scenario(batch: int, precision: str = "double"):
+    """(channels, net, air) of ``batch`` Tab. II base-scenario realizations, seed 0."""
+    _, ch = generate_channels({"family": "multicell"}, batch, 0, precision)
+    s = build_scenario("multicell", ch, None, 0)
+    return ch, s.net, s.air
 
 
 def local_rate(batch, iters, dtype):
-    g = torch.Generator().manual_seed(0)
-    ch = generate_multicell(batch, g, dtype)
-    net, air = multicell_network(ch)
-    spec = get("wmmse")
+    ch, net, air = base_scenario(batch, "double" if dtype == torch.complex128 else "single")
+    spec = algorithm("wmmse")
     proto = spec.build(spec.options(init="mrc", rounds=iters), net)
     eng = LocalEngine("float64" if dtype == torch.complex128 else "float32")
     t = time.perf_counter()
     eng.run(proto, net, air)
     dt = time.perf_counter() - t
     V = eng.decision()
-    # loop implementation from the same start point, same number of iterations
-    from agents.wmmse import mrc_init  # noqa: F401  (same init through the protocol's round 0)
-
+    # loop implementation from the same start point (the protocol's round 0), same number of iterations
     eng0 = LocalEngine("float64")
     proto0 = spec.build(spec.options(init="mrc", rounds=0), net)
     eng0.run(proto0, net, air)
@@ -62,9 +64,8 @@ def ray_times(rounds, shards):
     from dsim.engine.ray import RayEngine, ensure_ray
 
     ensure_ray(num_cpus=2)
-    g = torch.Generator().manual_seed(0)
-    net, air = multicell_network(generate_multicell(20, g, torch.complex128))
-    spec = get("wmmse")
+    _, net, air = base_scenario(20)
+    spec = algorithm("wmmse")
     proto = spec.build(spec.options(rounds=rounds), net)
     eng = RayEngine("float32", shards=shards)
     t = time.perf_counter()

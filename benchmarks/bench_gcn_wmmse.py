@@ -19,32 +19,26 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.registry import get  # noqa: E402
 from dsim.engine.local import LocalEngine  # noqa: E402
-from dsim.scenarios.multicell import generate_multicell  # noqa: E402
-from dsim.scenarios.network_multicell import multicell_network  # noqa: E402
-from dsim.train import get_learnable, normalized_loss, wsr_per_round  # noqa: E402
+from dsim.learn import forward_loss, get_learnable, scenario_sampler  # noqa: E402
+from dsim.registry import algorithm  # noqa: E402
 
-
-def sample(batch: int, seed: int, dtype=torch.complex128):
-    g = torch.Generator().manual_seed(seed)
-    return multicell_network(generate_multicell(batch, g, dtype))
+sample = scenario_sampler({"family": "multicell"})  # Tab. II base scenario, complex128
 
 
 def training_step_time(batch: int, steps: int) -> dict:
     learn = get_learnable("gcn_wmmse", {"checkpoint": "untrained"})
-    opt = torch.optim.AdamW(learn.module.parameters(), lr=0.01, betas=(0.9, 0.99), weight_decay=1e-3)
+    hp = learn.train_defaults  # Tab. I
+    opt = torch.optim.AdamW(learn.module.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=hp["weight_decay"])
     times, fwd = [], []
     for t in range(steps + 1):  # step 0 is a warm-up
         net, air = sample(batch, 1000 + t)
         t0 = time.perf_counter()
-        learn.observe(net)
-        proto = learn.protocol(net)
-        loss = normalized_loss(wsr_per_round(proto, net, air, [proto.rounds]))
+        loss, _ = forward_loss(learn, net, air)
         t1 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(learn.module.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(learn.module.parameters(), hp["clip"])
         opt.step()
         if t:
             times.append(time.perf_counter() - t0)
@@ -57,7 +51,7 @@ def inference_per_round(batch: int, reps: int) -> dict:
     net, air = sample(batch, 7)
     out = {}
     for name, opts in (("gcn_wmmse", {}), ("wmmse", {"init": "mrc", "rounds": 7})):
-        spec = get(name)
+        spec = algorithm(name)
         proto = spec.build(spec.options(**opts), net)
         best = float("inf")
         for _ in range(reps):

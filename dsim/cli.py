@@ -1,7 +1,8 @@
 """Command line: ``python -m dsim run|sample|train CONFIG.yaml [--set key=value ...] [--out DIR] [--engine KIND]``.
 
-User errors (bad YAML keys, bad channel files) print one clear message and exit with status 2, no
-traceback; a run in which an algorithm failed exits with status 1 after writing everything computed.
+User errors (bad YAML keys, bad channel files, an unknown or unimportable family / algorithm module)
+print one clear message and exit with status 2, no traceback; a run in which an algorithm failed exits
+with status 1 after writing everything computed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dsim.config import ConfigError, load_config
+    from dsim.registry import RegistryError, algorithm_names
+    from dsim.scenarios.build import FileScenario, generate_channels, save_channels_file
     from dsim.scenarios.channel_file import ChannelFileError
 
     try:
@@ -51,23 +54,24 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return 0
         if args.cmd == "sample":
-            from dsim.scenarios.build import generate_channels, save_channels_file
-
-            scn = cfg.scenario
-            if getattr(scn, "file", None) is not None:
+            if isinstance(cfg.scenario, FileScenario):
                 raise ConfigError(f"{args.config}: scenario.file: `sample` draws a family scenario; "
                                   "give scenario.family instead of a file")
-            family, ch = generate_channels(scn, cfg.batch, cfg.seed, cfg.precision)
+            family, ch = generate_channels(cfg.scenario, cfg.batch, cfg.seed, cfg.precision)
             path = save_channels_file(family, ch, Path(args.output_file))
             print(f"wrote {path} ({family}, batch {cfg.batch})")
             return 0
         if args.cmd == "train":
             from dsim.train import train_main
 
+            if cfg.train is None:
+                raise ConfigError(f"{args.config}: train: required key missing for `dsim train`; allowed: a "
+                                  f"mapping with `algorithm` (one of: {', '.join(algorithm_names(learnable=True))}) "
+                                  "and its training options")
             ckpt = train_main(cfg, Path(cfg.output), resume=args.resume)
             print(f"checkpoint: {ckpt}")
             return 0
-    except (ConfigError, ChannelFileError) as exc:
+    except (ConfigError, ChannelFileError, RegistryError) as exc:
         print(f"dsim: error: {exc}", file=sys.stderr)
         return 2
     return 2

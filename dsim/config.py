@@ -12,8 +12,11 @@ number (or a bool) is.  YAML is read with YAML 1.2 number rules (``1e6``, ``1e-3
 floats; PyYAML's YAML 1.1 rules would make them strings) and duplicate keys are errors.
 
 Pipeline: read the YAML -> apply ``--set key.path=value`` overrides (checked against the schema) and
-``--out`` / ``--engine`` -> validate the top level, the scenario (dispatched on ``file`` / ``family``),
-then every algorithm entry through :mod:`agents.registry` -> :class:`RunConfig`.
+``--out`` / ``--engine`` -> validate the top level, the scenario (``file``, or the options model of the
+registered family ``family``), every algorithm entry (the runner keys ``name``, ``label``, ``restarts``
+plus the registered algorithm's options model) and the ``train:`` section -> :class:`RunConfig`.
+Nothing here names a family or an algorithm: families, algorithms, roles and link classes (with their
+clock defaults) come from :mod:`dsim.registry`.
 """
 
 from __future__ import annotations
@@ -35,30 +38,21 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
-    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-FAMILIES = ("multicell", "cellfree")
-LINK_CLASSES = ("ul", "dl", "bh", "fh", "d2d")
-ROLES = ("bs", "ue", "ap", "cpu")
+from dsim import registry
+from dsim.registry import CrossChecked
+from dsim.results import jsonable
+from dsim.scenarios.build import FileScenario
+from dsim.train import TrainOptions
+
 WIRE_DTYPES = ("float64", "float32", "float16")
 _QUANT = re.compile(r"^q([2-9]|1[0-6])$")
-
-LinkClass = Literal["ul", "dl", "bh", "fh", "d2d"]
-Role = Literal["bs", "ue", "ap", "cpu"]
-
-DEFAULT_LINKS: dict[str, dict[str, float]] = {
-    "ul": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
-    "dl": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
-    "bh": {"latency_s": 1e-4, "bandwidth_bps": 1e9},
-    "fh": {"latency_s": 1e-4, "bandwidth_bps": 1e9},
-    "d2d": {"latency_s": 1e-3, "bandwidth_bps": 1e6},
-}
-"""Per-link-class defaults (latency in s, bandwidth in bit/s); fields a YAML link entry omits take these."""
+#: keys of an ``algorithms:`` entry the runner reads itself (the rest are the algorithm's options)
+RUNNER_KEYS = ("name", "label", "restarts")
 
 
 class ConfigError(Exception):
@@ -75,116 +69,44 @@ class ConfigError(Exception):
 _CFG = ConfigDict(extra="forbid")
 
 
-class _CrossChecked(BaseModel):
-    """A model with checks across its fields (:meth:`cross_errors`).
-
-    Validation raises the first of them (a ``cross_field`` error naming the field in its ``ctx``);
-    with ``context={'defer_cross': True}`` it does not, so that :mod:`dsim.config` can report all.
-    """
-
-    def cross_errors(self) -> list[tuple[str, str]]:
-        """[(field name, message)] of the violated cross-field rules."""
-        return []
-
-    @model_validator(mode="after")
-    def _cross_checks(self, info: ValidationInfo) -> Any:
-        if not (info.context or {}).get("defer_cross"):
-            for field, msg in self.cross_errors()[:1]:
-                raise PydanticCustomError("cross_field", "{message}", {"field": field, "message": msg})
-        return self
+def _one_of(value: str, allowed: Sequence[str]) -> str:
+    """``value`` when it is one of ``allowed``, else a ``value_not_allowed`` error listing them."""
+    if value in allowed:
+        return value
+    raise PydanticCustomError("value_not_allowed", "{value} is not allowed; allowed: {allowed}",
+                              {"value": repr(value), "allowed": ", ".join(allowed)})
 
 
-# ==================================================================================== scenario models
-class MulticellScenario(_CrossChecked):
-    """Multicell MU-MIMO family (DESIGN §7; read by name by :mod:`dsim.scenarios.multicell`).
-
-    Distances in m, powers in dBm, path loss in dB; ``range_m`` None = every BS hears every UE.
-    """
-
-    model_config = _CFG
-    family: Literal["multicell"] = "multicell"
-    layout: Literal["triangle", "hex"] = "triangle"
-    bs_distance_m: float = Field(200.0, gt=0)
-    n_bs: int = Field(3, ge=1)
-    ues_per_bs: int = Field(4, ge=1)
-    bs_antennas: int = Field(12, ge=1)
-    ue_antennas: int = Field(2, ge=1)
-    bs_power_dbm: float = 30.0
-    noise_dbm: float = -100.0
-    pathloss: Literal["pico", "macro", "exponent"] = "pico"
-    pathloss_exponent: float = Field(3.0, gt=0)
-    pathloss_ref_db: float = 30.0
-    min_distance_m: float = Field(10.0, ge=0)
-    range_m: float | None = Field(None, gt=0)
-    ue_weight: float = Field(1.0, gt=0)
-
-    def cross_errors(self) -> list[tuple[str, str]]:
-        if self.layout == "triangle" and self.n_bs != 3:
-            return [("n_bs", f"layout 'triangle' has exactly 3 BSs (got {self.n_bs}); allowed: 3 "
-                             "(use layout: hex for other counts)")]
-        return []
+def _link_name(value: str) -> str:
+    """A registered link class (:func:`dsim.registry.link_classes`)."""
+    return _one_of(value, list(registry.link_classes()))
 
 
-class CellfreeScenario(_CrossChecked):
-    """Cell-free massive MIMO family (ICGNN Sec. IV; read by name by :mod:`dsim.scenarios.cellfree`).
-
-    Area in m (square side), heights in m, ASD in degrees, powers in dBm (UE: mW), bandwidth in Hz,
-    ``tau_c`` / ``tau_d`` coherence / downlink symbols, ``pilots`` tau_p (needed with ``csi: mmse``).
-    """
-
-    model_config = _CFG
-    family: Literal["cellfree"] = "cellfree"
-    n_aps: int = Field(7, ge=1)
-    ap_antennas: int = Field(2, ge=1)
-    n_ues: int = Field(5, ge=1)
-    area_m: float = Field(1000.0, gt=0)
-    ap_height_m: float = Field(10.0, ge=0)
-    asd_deg: float = Field(15.0, ge=0)
-    shadowing_db: float = Field(0.0, ge=0)
-    realizations: int = Field(100, ge=1)
-    csi: Literal["perfect", "mmse"] = "perfect"
-    pilots: int | None = Field(None, ge=1)
-    noise_figure_db: float = 10.0
-    bandwidth_hz: float = Field(2e7, gt=0)
-    ap_power_dbm: float = 20.0
-    ue_power_mw: float = Field(10.0, gt=0)
-    tau_c: int = Field(20, ge=1)
-    tau_d: int = Field(19, ge=1)
-    pathloss_ref_db: float = -30.5
-    pathloss_exponent: float = Field(3.67, gt=0)
-
-    def cross_errors(self) -> list[tuple[str, str]]:
-        errs = []
-        if self.csi == "mmse" and self.pilots is None:
-            errs.append(("pilots", "required when csi is 'mmse'; allowed: an integer >= 1 "
-                                   "(orthogonal pilots tau_p)"))
-        if self.tau_d > self.tau_c:
-            errs.append(("tau_d", f"must be <= tau_c (= {self.tau_c}) (got {self.tau_d})"))
-        return errs
+def _role_name(value: str) -> str:
+    """A registered agent role (:func:`dsim.registry.roles`)."""
+    return _one_of(value, registry.roles())
 
 
-class FileScenario(BaseModel):
-    """A channel file (``.npz``, DESIGN §5); ``file`` is resolved against the YAML file's directory."""
-
-    model_config = _CFG
-    file: str = Field(min_length=1)
-
-
-SCENARIO_MODELS: dict[str, type[BaseModel]] = {"multicell": MulticellScenario, "cellfree": CellfreeScenario}
+LinkName = Annotated[str, AfterValidator(_link_name)]
+RoleName = Annotated[str, AfterValidator(_role_name)]
 
 
 # ==================================================================================== runtime models
 class AlgorithmConfig(BaseModel):
-    """One ``algorithms:`` entry: registry ``name``, unique ``label`` and the validated ``options``."""
+    """One ``algorithms:`` entry: registry ``name``, unique ``label``, the runner's ``restarts`` (best of n
+    random initialisations per realization; > 1 only for an algorithm whose spec has ``random_init``)
+    and the validated ``options``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     label: str
+    restarts: int = Field(1, ge=1)
     options: SerializeAsAny[BaseModel]
 
 
 class EngineConfig(BaseModel):
-    """``engine``: kind, Ray shards (None = one actor per agent), cluster address, GPUs / CPUs per actor."""
+    """``engine``: kind, Ray shards (None = one actor per agent), cluster address, GPUs per actor, CPUs of
+    an embedded Ray instance, actor placement over a cluster's nodes (``pack``: Ray's default; ``spread``)."""
 
     model_config = _CFG
     kind: Literal["local", "ray"] = "ray"
@@ -192,14 +114,13 @@ class EngineConfig(BaseModel):
     address: str | None = None
     gpus: float = Field(0.0, ge=0)
     num_cpus: int | None = Field(None, ge=1)
+    placement: Literal["pack", "spread"] = "pack"
 
 
 def _check_wire_dtype(value: str) -> str:
-    if value in WIRE_DTYPES or _QUANT.match(value):
+    if _QUANT.match(value):
         return value
-    allowed = ", ".join(WIRE_DTYPES) + ", q2 ... q16 (q<b>, 2<=b<=16)"
-    raise PydanticCustomError("value_not_allowed", "{value} is not allowed; allowed: {allowed}",
-                              {"value": repr(value), "allowed": allowed})
+    return _one_of(value, [*WIRE_DTYPES, "q2 ... q16 (q<b>, 2<=b<=16)"])
 
 
 class WireConfig(BaseModel):
@@ -218,8 +139,15 @@ class LinkConfig(BaseModel):
     shared: bool = False
 
 
+def default_links() -> dict[str, dict[str, float]]:
+    """Link class -> its clock defaults {latency_s (s), bandwidth_bps (bit/s)}, as the registered
+    families declare them (:func:`dsim.registry.link_classes`)."""
+    return {name: {"latency_s": lc.latency_s, "bandwidth_bps": lc.bandwidth_bps}
+            for name, lc in registry.link_classes().items()}
+
+
 def _default_links() -> dict[str, LinkConfig]:
-    return {k: LinkConfig(**v) for k, v in DEFAULT_LINKS.items()}
+    return {k: LinkConfig(**v) for k, v in default_links().items()}
 
 
 def _compute_value(v: float | str) -> float | str:
@@ -230,13 +158,13 @@ def _compute_value(v: float | str) -> float | str:
 
 
 class ClockSettings(BaseModel):
-    """``clock``: link classes (all of :data:`LINK_CLASSES`, defaults :data:`DEFAULT_LINKS`), compute
-    time (s) of one local phase per role (a constant, or ``measured``), pilot symbol duration (s,
+    """``clock``: link classes (every registered one, with its family's defaults, :func:`default_links`),
+    compute time (s) of one local phase per role (a constant, or ``measured``), pilot symbol duration (s,
     default one LTE OFDM symbol) and air latency (s)."""
 
     model_config = _CFG
-    links: dict[LinkClass, LinkConfig] = Field(default_factory=_default_links)
-    compute_s: dict[Role, Annotated[float | str, AfterValidator(_compute_value)]] = Field(
+    links: dict[LinkName, LinkConfig] = Field(default_factory=_default_links)
+    compute_s: dict[RoleName, Annotated[float | str, AfterValidator(_compute_value)]] = Field(
         default_factory=dict, description="seconds per local phase, or 'measured': the engine's wall time of "
         "the phase per round divided by realizations x agents of the role (amortized per agent)")
     air_symbol_s: float = Field(71.4e-6, ge=0)
@@ -249,7 +177,7 @@ class ClockSettings(BaseModel):
         if not isinstance(v, dict):
             return v
         out: dict[Any, Any] = {}
-        for name, default in DEFAULT_LINKS.items():
+        for name, default in default_links().items():
             given = v.get(name, {})
             out[name] = {**default, **given} if isinstance(given, dict) else given
         return out | {k: x for k, x in v.items() if k not in out}
@@ -265,25 +193,29 @@ class FaultsConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """A validated run configuration (what ``dsim run`` / ``sample`` / ``train`` consume)."""
+    """A validated run configuration (what ``dsim run`` / ``sample`` / ``train`` consume).
+
+    ``scenario``: the registered family's options model (``dsim.registry.family(name).options``) or a
+    :class:`FileScenario`; ``train``: the validated ``train:`` section (its ``options`` kept as the raw
+    mapping, checked against the learnable algorithm's options model)."""
 
     model_config = _CFG
     seed: int = Field(0, ge=0)
     precision: Literal["double", "single"] = "double"
     batch: int = Field(20, ge=1)
-    scenario: MulticellScenario | CellfreeScenario | FileScenario
+    scenario: SerializeAsAny[BaseModel]
     algorithms: list[AlgorithmConfig] = Field(min_length=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     wire: WireConfig = Field(default_factory=WireConfig)
     clock: ClockSettings = Field(default_factory=ClockSettings)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     output: str
-    train: dict[str, Any] | None = None
+    train: TrainOptions | None = None
     source: str = "<dict>"
 
 
 class _TopLevel(BaseModel):
-    """The top level before the scenario / algorithm entries are dispatched (raw mappings there)."""
+    """The top level before the scenario / algorithm / train entries are dispatched (raw mappings there)."""
 
     model_config = _CFG
     seed: int = Field(0, ge=0)
@@ -300,9 +232,12 @@ class _TopLevel(BaseModel):
 
 
 class _AlgorithmHead(BaseModel):
+    """The runner's keys of an ``algorithms:`` entry (:data:`RUNNER_KEYS`)."""
+
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1)
     label: str | None = Field(None, min_length=1)
+    restarts: int = Field(1, ge=1)
 
 
 # ==================================================================================== schema walking
@@ -454,7 +389,7 @@ def _error_lines(exc: ValidationError, root: Any, prefix: Sequence[Any] = (),
         elif typ == "string_too_short":
             msg = "must not be empty"
         elif typ == "value_not_allowed":
-            msg = err["msg"]
+            msg = ("key " if loc and loc[-1] == "[key]" else "") + err["msg"]
         else:
             msg = f"{err['msg']} (got {_show(got)})"
         lines.append((_path((*prefix, *loc)), msg))
@@ -531,10 +466,29 @@ def _split_key(key: str) -> list[str | int]:
     return parts
 
 
-def _check_override(parts: list[str | int], data: dict[str, Any]) -> str | None:
-    """None if ``parts`` names a key of the schema (given the data so far), else what is wrong."""
-    from agents import registry
+def _registered_algorithm(name: Any) -> registry.AlgorithmSpec | None:
+    """The registered algorithm ``name``; None when ``name`` names none (validation reports that)."""
+    return registry.algorithm(name) if isinstance(name, str) and name in registry.algorithm_names() else None
 
+
+def _runner_keys(spec: registry.AlgorithmSpec) -> tuple[str, ...]:
+    """The runner keys an entry of ``spec`` may hold (``restarts`` only with a random initialisation)."""
+    return RUNNER_KEYS if spec.random_init else tuple(k for k in RUNNER_KEYS if k != "restarts")
+
+
+def _restarts_problem(name: str, family: str | None) -> str:
+    """Why ``restarts`` is not allowed in an entry of algorithm ``name`` (no random initialisation)."""
+    allow = [n for n in registry.algorithm_names(family) if registry.algorithm(n).random_init]
+    return (f"not allowed for {name!r} (its initialisation is not random); "
+            f"allowed for: {', '.join(allow) or 'no registered algorithm'}")
+
+
+def _check_override(parts: list[str | int], data: dict[str, Any]) -> str | None:
+    """None if ``parts`` names a key of the schema (given the data so far), else what is wrong.
+
+    Three places have a schema that depends on the data: ``scenario`` (the channel file, or the options
+    model of the registered family it names), an ``algorithms`` entry (the runner keys plus the options
+    model of the algorithm it names) and ``train.options`` (the options model of ``train.algorithm``)."""
     tp: Any = RunConfig
     node: Any = data
     done: list[str | int] = []
@@ -547,28 +501,31 @@ def _check_override(parts: list[str | int], data: dict[str, Any]) -> str | None:
         child = node.get(part) if isinstance(node, dict) else (node[part] if in_list else None)
         if done == ["scenario"]:  # the scenario model depends on the data (file / family)
             scn = node if isinstance(node, dict) else {}
+            family = scn.get("family")
             if "file" in scn or part == "file":
                 tp = FileScenario
-            elif isinstance(scn.get("family"), str) and scn["family"] in SCENARIO_MODELS:
-                tp = SCENARIO_MODELS[scn["family"]]
+            elif isinstance(family, str) and family in registry.family_names():
+                tp = registry.family(family).options
             else:
-                keys = set(FileScenario.model_fields)
-                keys = keys.union(*(m.model_fields for m in SCENARIO_MODELS.values()))
+                keys = set(FileScenario.model_fields).union(
+                    *(registry.family(f).options.model_fields for f in registry.family_names()))
                 if part not in keys:
                     return f"{where}: unknown key; allowed: {', '.join(sorted(keys))}"
                 return None
-        if len(done) == 2 and done[0] == "algorithms":  # an algorithm entry: name, label + its options
-            name = node.get("name") if isinstance(node, dict) else None
-            try:
-                opts = registry.get(name).options if isinstance(name, str) else None
-            except KeyError:
-                opts = None
-            if opts is None:
-                return None  # the entry's name is checked when validating
-            allowed = ["name", "label", *opts.model_fields]
+        entry = len(done) == 2 and done[0] == "algorithms"
+        if entry or done == ["train", "options"]:  # the named algorithm's options (+ the runner keys)
+            name = node.get("name") if entry and isinstance(node, dict) else (
+                data["train"].get("algorithm") if not entry and isinstance(data.get("train"), dict) else None)
+            spec = _registered_algorithm(name)
+            if spec is None:
+                return None  # the name is checked when validating
+            runner = _runner_keys(spec) if entry else ()
+            if entry and part == "restarts" and part not in runner:
+                return f"{where}: {_restarts_problem(name, None)}"
+            allowed = [*runner, *spec.options.model_fields]
             if part not in allowed:
                 return f"{where}: unknown key; allowed: {', '.join(sorted(allowed))}"
-            sub = _schema_at(opts, [part]) if part not in ("name", "label") else (str, [], False)
+            sub = _schema_at(_AlgorithmHead if part in runner else spec.options, [part])
             tp = sub[0] if sub else Any
         elif _is_model(tp):
             allowed = _allowed_keys(tp)
@@ -584,14 +541,28 @@ def _check_override(parts: list[str | int], data: dict[str, Any]) -> str | None:
             tp = _unwrap(get_args(tp)[0], [])[0]
         elif get_origin(tp) is dict:
             ktp, vtp = get_args(tp)
-            ktp = _unwrap(ktp, [])[0]
+            ktp, kmeta, _ = _unwrap(ktp, [])
             if get_origin(ktp) is Literal and part not in get_args(ktp):
                 return f"{where}: {part!r} is not allowed; allowed: {', '.join(get_args(ktp))}"
+            problem = _key_problem(kmeta, part)
+            if problem:
+                return f"{where}: {problem}"
             tp = _unwrap(vtp, [])[0]
         else:
             return f"{where}: {here} is a value, not a mapping"
         done.append(part)
         node = child
+    return None
+
+
+def _key_problem(meta: Sequence[Any], key: Any) -> str | None:
+    """What the after-validators of a mapping's key type (e.g. :data:`LinkName`) say about ``key``."""
+    for m in meta:
+        if isinstance(m, AfterValidator):
+            try:
+                m.func(key)
+            except PydanticCustomError as exc:
+                return exc.message()
     return None
 
 
@@ -628,34 +599,22 @@ def _parse_override(item: str) -> tuple[list[str | int], Any]:
 
 
 # ==================================================================================== validation
-def _jsonable(obj: Any) -> Any:
-    """YAML data -> JSON-encodable data (mapping keys as strings, other scalars as strings)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, BaseModel):
-        return _jsonable(obj.model_dump())
-    return str(obj)
-
-
 def _validate(model: type[BaseModel], data: Any, prefix: Sequence[Any], errors: list[tuple[str, str]],
               extra_allowed: Sequence[str] = ()) -> BaseModel | None:
     """Strict JSON-mode validation of ``data`` by ``model``; errors appended with the key path prefix."""
     try:
-        obj = model.model_validate_json(json.dumps(_jsonable(data), allow_nan=True), strict=True,
+        obj = model.model_validate_json(json.dumps(jsonable(data, finite=False), allow_nan=True), strict=True,
                                         context={"defer_cross": True})
     except ValidationError as exc:
         errors.extend(_error_lines(exc, model, prefix, extra_allowed))
         return None
-    cross = obj.cross_errors() if isinstance(obj, _CrossChecked) else []
+    cross = obj.cross_errors() if isinstance(obj, CrossChecked) else []
     errors.extend((_path((*prefix, field)), msg) for field, msg in cross)
     return None if cross else obj
 
 
 def _scenario(raw: dict[str, Any], base_dir: Path, errors: list[tuple[str, str]]) -> BaseModel | None:
+    """``scenario:``: a channel file (resolved against ``base_dir``) or the options of a registered family."""
     if "file" in raw:
         scn = _validate(FileScenario, raw, ["scenario"], errors)
         if scn is None:
@@ -669,23 +628,32 @@ def _scenario(raw: dict[str, Any], base_dir: Path, errors: list[tuple[str, str]]
             return None
         return FileScenario(file=str(path))
     family = raw.get("family")
+    families = registry.family_names()
     if family is None:
-        errors.append(("scenario.family", f"required key missing; allowed: {', '.join(FAMILIES)} "
+        errors.append(("scenario.family", f"required key missing; allowed: {', '.join(families)} "
                                           "(or give scenario.file: a channel file)"))
         return None
-    if not isinstance(family, str) or family not in SCENARIO_MODELS:
-        errors.append(("scenario.family", f"{_show(family)} is not allowed; allowed: {', '.join(FAMILIES)}"))
+    if not isinstance(family, str) or family not in families:
+        errors.append(("scenario.family", f"{_show(family)} is not allowed; allowed: {', '.join(families)}"))
         return None
-    return _validate(SCENARIO_MODELS[family], raw, ["scenario"], errors)
+    return _validate(registry.family(family).options, raw, ["scenario"], errors)
+
+
+def _family_check(where: str, name: str, spec: registry.AlgorithmSpec, family: str | None,
+                  errors: list[tuple[str, str]], *, learnable: bool = False) -> None:
+    """An error at ``where`` when algorithm ``name`` does not run on the scenario's ``family`` (if known)."""
+    if family is not None and family not in spec.families:
+        names = ", ".join(registry.algorithm_names(family, learnable=learnable))
+        kind = "learnable ones" if learnable else "allowed"
+        errors.append((where, f"{name!r} does not run on family {family!r}; {kind} for {family}: {names}"))
 
 
 def _algorithms(raw: list[dict[str, Any]], family: str | None,
                 errors: list[tuple[str, str]]) -> list[AlgorithmConfig]:
-    from agents import registry
-
+    """``algorithms:`` entries: the runner keys (:data:`RUNNER_KEYS`) + the registered algorithm's options."""
     out: list[AlgorithmConfig] = []
     first_of: dict[str, int] = {}
-    all_names = ", ".join(registry.names())
+    all_names = ", ".join(registry.algorithm_names())
     for i, entry in enumerate(raw):
         pre = ["algorithms", i]
         if "name" not in entry:
@@ -694,17 +662,16 @@ def _algorithms(raw: list[dict[str, Any]], family: str | None,
         head = _validate(_AlgorithmHead, entry, pre, errors)
         if head is None:
             continue
-        try:
-            spec = registry.get(head.name)
-        except KeyError:
+        spec = _registered_algorithm(head.name)
+        if spec is None:
             errors.append((f"algorithms[{i}].name", f"unknown algorithm {head.name!r}; allowed: {all_names}"))
             continue
-        if family is not None and family not in spec.families:
-            fam_names = ", ".join(registry.names(family))
-            errors.append((f"algorithms[{i}].name", f"{head.name!r} does not run on family {family!r}; "
-                                                    f"allowed for {family}: {fam_names}"))
-        opts = {k: v for k, v in entry.items() if k not in ("name", "label")}
-        options = _validate(spec.options, opts, pre, errors, extra_allowed=("name", "label"))
+        _family_check(f"algorithms[{i}].name", head.name, spec, family, errors)
+        runner = _runner_keys(spec)
+        if "restarts" in entry and "restarts" not in runner:
+            errors.append((f"algorithms[{i}].restarts", _restarts_problem(head.name, family)))
+        opts = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
+        options = _validate(spec.options, opts, pre, errors, extra_allowed=runner)
         label = head.label if head.label is not None else head.name
         if label in first_of:
             why = "" if head.label else ", the label defaults to the name"
@@ -713,8 +680,32 @@ def _algorithms(raw: list[dict[str, Any]], family: str | None,
                            "labels must be unique: give each entry its own label"))
         first_of.setdefault(label, i)
         if options is not None:
-            out.append(AlgorithmConfig(name=head.name, label=label, options=options))
+            out.append(AlgorithmConfig(name=head.name, label=label, restarts=head.restarts, options=options))
     return out
+
+
+def _train(raw: dict[str, Any], family: str | None, errors: list[tuple[str, str]]) -> TrainOptions | None:
+    """``train:``: :class:`dsim.train.TrainOptions`, ``algorithm`` a registered learnable algorithm (running
+    on ``family`` when known) and ``options`` valid for its options model (kept as the raw mapping)."""
+    own: list[tuple[str, str]] = []
+    head = _validate(TrainOptions, raw, ["train"], own)
+    # the algorithm is checked against the registry below (with the allowed names), not by pydantic
+    errors.extend(e for e in own if e[0] != "train.algorithm")
+    learnable = registry.algorithm_names(learnable=True)
+    name = raw.get("algorithm")
+    if "algorithm" not in raw:
+        errors.append(("train.algorithm", f"required key missing; allowed: {', '.join(learnable)}"))
+        return None
+    if not isinstance(name, str) or name not in learnable:
+        errors.append(("train.algorithm", f"{_show(name)} is not allowed; allowed (learnable algorithms): "
+                                          f"{', '.join(learnable)}"))
+        return None
+    spec = registry.algorithm(name)
+    _family_check("train.algorithm", name, spec, family, errors, learnable=True)
+    options = raw.get("options", {})
+    if isinstance(options, dict) and _validate(spec.options, options, ["train", "options"], errors) is None:
+        return None
+    return head if isinstance(head, TrainOptions) else None
 
 
 def _default_output(source: str) -> str:
@@ -735,17 +726,17 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
     scn = None
     if isinstance(data.get("scenario"), dict):
         scn = _scenario(data["scenario"], base_dir, errors)
+    raw_scn = data.get("scenario") if isinstance(data.get("scenario"), dict) else {}
+    family = raw_scn.get("family") if "file" not in raw_scn else None  # a file's family: known once loaded
+    family = family if isinstance(family, str) and family in registry.family_names() else None
     algs: list[AlgorithmConfig] = []
     raw_algs = data.get("algorithms")
     if isinstance(raw_algs, list) and raw_algs and all(isinstance(a, dict) for a in raw_algs):
-        family = data["scenario"].get("family") if isinstance(data.get("scenario"), dict) else None
-        in_file = isinstance(data.get("scenario"), dict) and "file" in data["scenario"]
-        algs = _algorithms(raw_algs, family if family in FAMILIES and not in_file else None, errors)
+        algs = _algorithms(raw_algs, family, errors)
     elif isinstance(raw_algs, list) and not raw_algs:
-        from agents import registry
-
-        errors = [(p, m + f"; allowed names: {', '.join(registry.names())}" if p == "algorithms" else m)
+        errors = [(p, m + f"; allowed names: {', '.join(registry.algorithm_names())}" if p == "algorithms" else m)
                   for p, m in errors]
+    train = _train(data["train"], family, errors) if isinstance(data.get("train"), dict) else None
     if errors:
         lines = []
         for path, msg in dict.fromkeys(errors):
@@ -757,7 +748,7 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
     return RunConfig(seed=top.seed, precision=top.precision, batch=top.batch, scenario=scn, algorithms=algs,
                      engine=top.engine, wire=top.wire, clock=top.clock, faults=top.faults,
                      output=top.output if top.output is not None else _default_output(source),
-                     train=top.train, source=source)
+                     train=train, source=source)
 
 
 # ==================================================================================== public API
@@ -808,18 +799,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, out: str | N
 
 def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
     """The fully resolved config (defaults filled) as plain Python data, YAML-dumpable and valid input
-    of :func:`config_from_dict` (the ``source`` is not included)."""
-    algs = [{"name": a.name, "label": a.label, **_jsonable(a.options)} for a in cfg.algorithms]
+    of :func:`config_from_dict` (the ``source`` is not included; ``restarts`` only where it is not 1)."""
+    algs = [{"name": a.name, "label": a.label, **({"restarts": a.restarts} if a.restarts != 1 else {}),
+             **jsonable(a.options, finite=False)} for a in cfg.algorithms]
     return {
         "seed": cfg.seed,
         "precision": cfg.precision,
         "batch": cfg.batch,
-        "scenario": _jsonable(cfg.scenario),
+        "scenario": jsonable(cfg.scenario, finite=False),
         "algorithms": algs,
-        "engine": _jsonable(cfg.engine),
-        "wire": _jsonable(cfg.wire),
-        "clock": _jsonable(cfg.clock),
-        "faults": _jsonable(cfg.faults),
+        "engine": jsonable(cfg.engine, finite=False),
+        "wire": jsonable(cfg.wire, finite=False),
+        "clock": jsonable(cfg.clock, finite=False),
+        "faults": jsonable(cfg.faults, finite=False),
         "output": cfg.output,
-        "train": _jsonable(cfg.train),
+        "train": jsonable(cfg.train, finite=False),
     }

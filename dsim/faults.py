@@ -1,9 +1,9 @@
 """Faults at the message layer, seeded and identical on every engine (DESIGN.md §1, §6).
 
-* ``missing_links`` -- each *interfering* BS–UE pair (not a UE's serving link, without which the UE
-  could not be served at all) is absent with this probability for the whole run, independently per
-  realization: the BS has no CSI of that UE and no signaling flows on it.  Physics is unaffected (the
-  UE still receives the BS's interference).
+* ``missing_links`` -- each link a family marks as optional (e.g. a non-serving transmitter–receiver
+  pair; a serving link, without which the receiver could not be served at all, is always kept) is
+  absent with this probability for the whole run, independently per realization: no CSI of it is held
+  and no signaling flows on it.  Physics is unaffected (the air still carries that link's signal).
 * ``message_loss`` -- each message (one edge, one realization, one phase, one round) is lost with this
   probability.  The receiver keeps the last value it got on that edge (or the phase's initial value).
 

@@ -10,19 +10,9 @@ import torch
 Tensor = torch.Tensor
 
 
-def herm(x: Tensor) -> Tensor:
-    """Conjugate transpose of the last two dims."""
-    return x.mH
-
-
 def hermitian_part(x: Tensor) -> Tensor:
     """(X + X^H) / 2."""
     return 0.5 * (x + x.mH)
-
-
-def eye_like(x: Tensor) -> Tensor:
-    """Identity of x's last dim, broadcastable against ``x`` (..., n, n)."""
-    return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
 
 
 def pinv_tol(lam: Tensor) -> Tensor:

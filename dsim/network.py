@@ -43,6 +43,7 @@ class Network:
     edges:  edge-set name -> EdgeSet.
     local:  role -> {name: (B, n_role, ...)} what each agent knows.
     info:   static facts every agent knows (dims, seed, family, unit, dtype).
+    origin: for a network made by :meth:`repeat`, the network repeated (else None); ``times``: how often.
     """
 
     family: str
@@ -51,6 +52,8 @@ class Network:
     edges: dict[str, EdgeSet]
     local: dict[str, dict[str, Tensor]]
     info: dict[str, Any] = field(default_factory=dict)
+    origin: Network | None = None
+    times: int = 1
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -74,4 +77,5 @@ class Network:
                  for k, e in self.edges.items()}
         local = {r: {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in d.items()} for r, d in self.local.items()}
         info = dict(self.info, batch=self.batch * n)
-        return Network(self.family, self.batch * n, dict(self.counts), edges, local, info)
+        base = self.origin or self
+        return Network(self.family, self.batch * n, dict(self.counts), edges, local, info, base, self.times * n)

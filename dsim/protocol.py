@@ -62,6 +62,57 @@ class Field:
         return self.shape[0] * self.shape[0]
 
 
+#: how a message phase's inbox is aggregated over each receiver's in-edges
+AGGREGATIONS = ("none", "sum", "mean", "max")
+
+
+def group_slots(index: Tensor, n: int) -> tuple[Tensor, int]:
+    """Position of each item among the items with the same ``index`` (stable order), and the largest group.
+
+    index: (E,) int64 in [0, n).  Returns (slot (E,) int64, max group size (0 when E = 0)).  E.g. the
+    slot of each in-edge among its receiver's in-edges, or of each served UE among its BS's UEs.
+    """
+    E = int(index.numel())
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=n)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty(E, dtype=torch.int64, device=index.device)
+    slot[order] = torch.arange(E, device=index.device) - start[index[order]]
+    return slot, int(counts.max()) if E else 0
+
+
+def segment_reduce(x: Tensor, index: Tensor, n: int, how: str, dim: int = 1, mask: Tensor | None = None) -> Tensor:
+    """Scatter-reduce ``x`` along ``dim`` onto ``n`` slots: out[.., j, ..] = how_{e: index[e] = j} x[.., e, ..].
+
+    x:     (..., E, ...) with the items along ``dim``; index: (E,) int64 in [0, n).
+    how:   'sum' | 'mean' | 'max' (max: real x only).
+    mask:  bool, broadcastable to x's leading dims up to and including ``dim`` (e.g. (B, E) for dim 1):
+           items where it is False are left out.  A slot with no item gets 0.
+    Returns x's shape with dim ``dim`` of size n.
+    """
+    if how not in AGGREGATIONS[1:]:
+        raise ValueError(f"aggregation {how!r} not in {AGGREGATIONS[1:]}")
+    dim = dim % x.dim()
+    shape = x.shape[:dim] + (n,) + x.shape[dim + 1:]
+    m = None if mask is None else mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
+    if how == "max":
+        # left-out items go to an extra slot n, dropped afterwards; include_self=False keeps 0 in empty slots
+        idx = index.reshape((-1,) + (1,) * (x.dim() - dim - 1)).expand(x.shape[dim:])
+        idx = idx.expand(x.shape).clone() if m is None else torch.where(m, idx, n).expand(x.shape)
+        out = torch.zeros(x.shape[:dim] + (n + 1,) + x.shape[dim + 1:], dtype=x.dtype, device=x.device)
+        out = out.scatter_reduce(dim, idx, x, reduce="amax", include_self=False)
+        return out.narrow(dim, 0, n)
+    xm = x if m is None else torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    out = torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, index, xm)
+    if how == "mean":
+        ones = torch.ones(x.shape[: dim + 1], dtype=x.real.dtype, device=x.device)
+        if m is not None:
+            ones = m.reshape(m.shape[: dim + 1]).expand(ones.shape).to(ones.dtype)
+        cnt = torch.zeros(shape[: dim + 1], dtype=ones.dtype, device=x.device).index_add_(dim, index, ones)
+        out = out / cnt.clamp_min(1.0).reshape(cnt.shape + (1,) * (x.dim() - dim - 1))
+    return out
+
+
 @dataclass
 class EdgeView:
     """The edges of one edge set that touch one host, in increasing global edge id.
@@ -98,17 +149,28 @@ class EdgeView:
     def masked(self, x: Tensor) -> Tensor:
         """Zero the entries of a per-edge tensor ``(B, E, ...)`` on edges absent in a realization."""
         m = self.mask.reshape(self.mask.shape + (1,) * (x.dim() - 2))
-        return torch.where(m, x, torch.zeros((), dtype=x.dtype))
+        return torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def reduce_dst(self, x: Tensor, how: str) -> Tensor:
+        """Aggregate a per-edge tensor ``(B, E, ...)`` onto receivers -> ``(B, n_dst, ...)``:
+        ``how`` = sum | mean | max over each receiver's present in-edges (absent edges left out, no edge: 0)."""
+        return segment_reduce(x, self.dst_local, self.n_dst, how, mask=self.mask)
 
     def sum_dst(self, x: Tensor) -> Tensor:
         """Scatter-sum a per-edge tensor ``(B, E, ...)`` onto receivers -> ``(B, n_dst, ...)`` (absent edges masked)."""
-        out = torch.zeros((x.shape[0], self.n_dst) + tuple(x.shape[2:]), dtype=x.dtype)
-        return out.index_add_(1, self.dst_local, self.masked(x))
+        return self.reduce_dst(x, "sum")
+
+    def mean_dst(self, x: Tensor) -> Tensor:
+        """Mean of a per-edge tensor over each receiver's present in-edges -> ``(B, n_dst, ...)`` (no edge: 0)."""
+        return self.reduce_dst(x, "mean")
+
+    def max_dst(self, x: Tensor) -> Tensor:
+        """Max of a real per-edge tensor over each receiver's present in-edges -> ``(B, n_dst, ...)`` (no edge: 0)."""
+        return self.reduce_dst(x, "max")
 
     def sum_src(self, x: Tensor) -> Tensor:
         """Scatter-sum a per-edge tensor ``(B, E, ...)`` onto senders -> ``(B, n_src, ...)`` (absent edges masked)."""
-        out = torch.zeros((x.shape[0], self.n_src) + tuple(x.shape[2:]), dtype=x.dtype)
-        return out.index_add_(1, self.src_local, self.masked(x))
+        return segment_reduce(x, self.src_local, self.n_src, "sum", mask=self.mask)
 
     def sum_dst_gram(self, a: Tensor, b: Tensor) -> Tensor:
         """sum over each receiver's in-edges of ``a_e^H b_e``: per-edge ``(B, E, r, c)`` pairs -> ``(B, n_dst, c, c)``.
@@ -117,37 +179,21 @@ class EdgeView:
         scatter: the edges of a receiver are stacked along the inner (r) dimension, zero-padded to the
         largest in-degree.
         """
-        slot, deg = self._dst_slots()
+        slot, deg = self.dst_slots()
         B, _, r, c = a.shape
         flat = self.dst_local * deg + slot
         shape = (B, self.n_dst * deg, r, c)
-        pa = torch.zeros(shape, dtype=a.dtype).index_copy(1, flat, self.masked(a))
-        pb = torch.zeros(shape, dtype=b.dtype).index_copy(1, flat, b)
+        pa = torch.zeros(shape, dtype=a.dtype, device=a.device).index_copy(1, flat, self.masked(a))
+        pb = torch.zeros(shape, dtype=b.dtype, device=b.device).index_copy(1, flat, b)
         return pa.reshape(B, self.n_dst, deg * r, c).mH @ pb.reshape(B, self.n_dst, deg * r, c)
 
-    def _dst_slots(self) -> tuple[Tensor, int]:
+    def dst_slots(self) -> tuple[Tensor, int]:
         """(E,) position of each edge among its receiver's in-edges, and the largest in-degree (cached)."""
         cached = self.__dict__.get("_slots")
         if cached is None:
-            E = self.size
-            order = torch.argsort(self.dst_local, stable=True)
-            counts = torch.bincount(self.dst_local, minlength=self.n_dst)
-            start = torch.cumsum(counts, 0) - counts
-            slot = torch.empty(E, dtype=torch.int64)
-            slot[order] = torch.arange(E) - start[self.dst_local[order]]
-            cached = (slot, int(counts.max()) if E else 0)
+            cached = group_slots(self.dst_local, self.n_dst)
             self.__dict__["_slots"] = cached
         return cached
-
-    def max_dst(self, x: Tensor, empty: float = 0.0) -> Tensor:
-        """Scatter-max of a real per-edge tensor ``(B, E, ...)`` onto receivers (no edge: ``empty``)."""
-        fill = torch.finfo(x.dtype).min
-        m = self.mask.reshape(self.mask.shape + (1,) * (x.dim() - 2))
-        xm = torch.where(m, x, torch.full((), fill, dtype=x.dtype))
-        out = torch.full((x.shape[0], self.n_dst) + tuple(x.shape[2:]), fill, dtype=x.dtype)
-        idx = self.dst_local.reshape(1, -1, *([1] * (x.dim() - 2))).expand_as(xm)
-        out = out.scatter_reduce(1, idx, xm, reduce="amax", include_self=True)
-        return torch.where(out == fill, torch.full((), empty, dtype=x.dtype), out)
 
 
 @dataclass
@@ -155,7 +201,9 @@ class Inbox:
     """What a receiving host got in one message phase.
 
     payload:   field name -> (B, E_in, ...) as the receiver sees it (after the wire policy; a lost message
-               is replaced by the last value received on that edge, or the phase's initial value).
+               is replaced by the last value received on that edge, or the phase's initial value); for a
+               phase with ``aggr`` != 'none' already aggregated over each receiver's present in-edges:
+               (B, n, ...) in the block's agent order.
     delivered: (B, E_in) bool, a fresh message arrived on the edge this round.
     edges:     the host's in-edges of the phase's edge set.
     """
@@ -178,6 +226,8 @@ class AgentBlock:
     state:  name -> tensor; the protocol's variables (per agent or per edge); protocol functions write it.
     edges:  edge-set name -> EdgeView of the edges touching these agents (as sender or receiver).
     info:   static scenario facts every agent knows (antenna counts, seed, ...).
+    round:  the communication round being run: 0 during the initialisation, r (1-based) during every
+            phase of round r (an unrolled / GNN protocol's layer index).
     """
 
     role: str
@@ -186,6 +236,7 @@ class AgentBlock:
     state: dict[str, Any]
     edges: dict[str, EdgeView]
     info: dict[str, Any]
+    round: int = 0
 
     @property
     def n(self) -> int:
@@ -237,6 +288,11 @@ class Message:
 
     send(block, out_edges) -> {field: (B, E_out, *field.shape)}: one message per outgoing edge.
     receive(block, inbox):    update the receivers' state from the inbox.
+    aggr:                     'none' (default): the inbox holds one message per in-edge (B, E_in, ...);
+                              'sum' | 'mean' | 'max': the host aggregates the messages over each receiver's
+                              present in-edges (after the fault model's substitutions) and the inbox holds
+                              (B, n, ...) per receiving agent (no in-edge: 0).  With a single in-edge per
+                              receiver, 'sum' hands each agent its message in agent order.
     when:                     'every' round (default), only the 'first' or only the 'last' round.
     initial(block, in_edges) -> {field: (B, E_in, ...)}: what a receiver holds before any message arrived
                               (default zeros); kept when messages are lost.
@@ -248,8 +304,13 @@ class Message:
     send: Send
     receive: Receive
     initial: Callable[[AgentBlock, EdgeView], dict[str, Tensor]] | None = None
+    aggr: str = "none"
     when: str = "every"
     kind: str = field(default="message", init=False)
+
+    def __post_init__(self) -> None:
+        if self.aggr not in AGGREGATIONS:
+            raise ValueError(f"phase {self.name!r}: aggr={self.aggr!r} not in {AGGREGATIONS}")
 
 
 @dataclass
@@ -307,11 +368,3 @@ class Protocol:
     output: Output
     unit: str = "nat/Hz"
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def phase_roles(self, phase: Phase, edge_roles: dict[str, tuple[str, str]]) -> tuple[str, str]:
-        """(acting role, receiving role) of a phase; for Local both are its role."""
-        if isinstance(phase, Measure):
-            return phase.transmitter, phase.receiver
-        if isinstance(phase, Message):
-            return edge_roles[phase.edges]
-        return phase.role, phase.role

@@ -10,9 +10,10 @@ rewrites all tables at once, so a run that dies later keeps everything computed 
     out_dir/summary.json    unit, seed, engine, family, versions, algorithms{label: stats | {error}}
     out_dir/plots/*.png     written by :meth:`RunWriter.plots`
 
-Conventions.  WSR values are in the run's ``unit`` ('nat/Hz' for the multicell / GCN-WMMSE family,
-'bit/s/Hz' for the GNN papers' families); the column names stay ``wsr_*`` and summary.json states the
-unit.  Statistics over realizations use the population standard deviation (``np.std``, ddof = 0).
+Conventions.  WSR values are in the run's ``unit`` (the family's air states it: 'nat/Hz' or 'bit/s/Hz';
+a sum spectral efficiency is the WSR with unit weights); the column names stay ``wsr_*``, the plots say
+WSR and summary.json states the unit.  Statistics over realizations use the population standard
+deviation (``np.std``, ddof = 0).
 Signaling figures are per realization: ``cum_reals`` / ``cum_bytes`` and the ledger rows are means over
 the batch.  Link class ``air`` (pilots; physics, not signaling, DESIGN.md §3) carries no reals or bytes
 and is left out of the signaling totals; its pilot symbols per round are reported separately.
@@ -35,10 +36,12 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import torch
 import yaml
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pydantic import BaseModel
 
 UNITS = ("nat/Hz", "bit/s/Hz")
 METRICS_COLUMNS = ("algorithm", "round", "wsr_mean", "wsr_std", "wsr_min", "wsr_max", "sim_time_s",
@@ -60,7 +63,7 @@ class AlgorithmResult:
     R = number of communication rounds, B = realizations in the batch, I = UEs.
 
     label: the algorithm entry's label (default its name); unique within a run.
-    name: protocol name, e.g. 'wmmse'.
+    name: the algorithm's registry name.
     wsr: (R+1, B) WSR per round (row 0 = initialisation) per realization, in the run's unit.
     sim_time_s: (R+1,) cumulative simulated time (s) at the end of each round, row 0 = 0.
     cum_reals: (R+1,) cumulative signaling reals per realization (mean over realizations).
@@ -69,7 +72,8 @@ class AlgorithmResult:
     final: (B,) final WSR per realization (may differ from wsr[-1], e.g. best of restarts).
     wall_time_s: wall-clock time of the algorithm (s).
     per_user: (B, I) final per-UE rate in the run's unit, for CDF plots; None if not available.
-    extra: further JSON-able entries for summary.json, e.g. {'restarts': 10}.
+    extra: further JSON-able entries for summary.json, e.g. {'restarts': 10} (the runner's facts, and the
+        protocol's meta as ``protocol_<key>``).
     """
 
     label: str
@@ -91,7 +95,7 @@ class AlgorithmResult:
 
 
 def _float_array(x: Any, name: str, label: str) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
+    if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if np.iscomplexobj(arr):
@@ -156,22 +160,28 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def _jsonable(x: Any) -> Any:
-    """Plain JSON data: numpy arrays/scalars to Python, non-finite floats to None, paths to str."""
+def jsonable(x: Any, *, finite: bool = True) -> Any:
+    """Plain JSON data: mapping keys as strings, tuples as lists, pydantic models dumped, numpy arrays /
+    scalars and torch tensors to Python, paths to str, any other object to its ``str``.
+
+    ``finite``: non-finite floats become None (summary.json, strict JSON); False keeps them (a config's
+    ``inf`` bandwidth, written with ``allow_nan``)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v, finite=finite) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "detach"):  # a torch tensor
+        return [jsonable(v, finite=finite) for v in x]
+    if isinstance(x, BaseModel):
+        return jsonable(x.model_dump(), finite=finite)
+    if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist(), finite=finite)
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
+        return float(x) if math.isfinite(float(x)) or not finite else None
     if x is None or isinstance(x, str):
         return x
     if isinstance(x, os.PathLike):
@@ -200,7 +210,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -275,17 +285,17 @@ class RunWriter:
     summary.json; family also titles the plots.
     """
 
-    def __init__(self, out_dir: Path, config: dict, *, unit: str, seed: int, engine: str, family: str) -> None:
+    def __init__(self, out_dir: Path, config: dict, *, unit: str, seed: int, engine: str, family: str,
+                 metric: str = "WSR") -> None:
         if unit not in UNITS:
             raise ValueError(f"RunWriter: unit {unit!r} not allowed; allowed: {list(UNITS)}")
         self.out_dir = Path(out_dir)
         self.plot_dir = self.out_dir / "plots"
         self.unit = unit
+        self.metric = metric
         self.seed = int(seed)
         self.engine = str(engine)
         self.family = str(family)
-        # what the plots call the objective: sum-SE for cell-free (ICGNN paper), WSR otherwise
-        self.metric = "sum-SE" if self.family == "cellfree" else "WSR"
         self.results: list[AlgorithmResult] = []
         self.errors: dict[str, str] = {}
         self._order: list[str] = []  # labels of results and failures in the order they came
@@ -315,9 +325,9 @@ class RunWriter:
     # -- tables ------------------------------------------------------------------------------------
     def _write_tables(self) -> None:
         self._write_metrics()
-        _write_csv(self.out_dir / "overhead.csv", OVERHEAD_COLUMNS,
+        write_csv(self.out_dir / "overhead.csv", OVERHEAD_COLUMNS,
                    ((r.label, *(row[k] for k in LEDGER_KEYS)) for r in self.results for row in r.ledger))
-        _write_csv(self.out_dir / "wsr.csv", WSR_COLUMNS,
+        write_csv(self.out_dir / "wsr.csv", WSR_COLUMNS,
                    ((r.label, b, w) for r in self.results for b, w in enumerate(r.final)))
         _write_atomic(self.out_dir / "summary.json", json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
 
@@ -328,20 +338,20 @@ class RunWriter:
             cols = (w.mean(axis=1), w.std(axis=1), w.min(axis=1), w.max(axis=1), r.sim_time_s, r.cum_reals,
                     r.cum_bytes)
             rows.extend((r.label, t, *(c[t] for c in cols)) for t in range(w.shape[0]))
-        _write_csv(self.out_dir / "metrics.csv", METRICS_COLUMNS, rows)
+        write_csv(self.out_dir / "metrics.csv", METRICS_COLUMNS, rows)
 
     def summary(self) -> dict[str, Any]:
         """The content of summary.json (plain JSON data, non-finite numbers as None)."""
         by_label = {r.label: r for r in self.results}
         algorithms = {lab: (algorithm_summary(by_label[lab]) if lab in by_label else {"error": self.errors[lab]})
                       for lab in self._order}
-        return _jsonable({"unit": self.unit, "seed": self.seed, "engine": self.engine, "family": self.family,
-                          "versions": package_versions(), "algorithms": algorithms})
+        return jsonable({"unit": self.unit, "seed": self.seed, "engine": self.engine, "family": self.family,
+                         "versions": package_versions(), "algorithms": algorithms})
 
     def summary_table(self) -> str:
         """One-screen text table: label, final WSR mean±std [unit], rounds, reals/round, bytes/round,
         simulated time (s), wall time (s); failed algorithms with their error."""
-        final = 'final ' + self.metric + ' [' + self.unit + ']'
+        final = f"final {self.metric} [{self.unit}]"
         head = (f"{'algorithm':<22} {final:>22} {'rounds':>6} {'reals/rnd':>10} "
                 f"{'bytes/rnd':>10} {'sim time s':>11} {'wall s':>9}")
         lines = [head, "-" * len(head)]
@@ -358,6 +368,8 @@ class RunWriter:
             lines.append(f"{lab[:22]:<22} {wsr:>22} {r.rounds:>6d} {sig['reals_per_round']:>10.6g} "
                          f"{sig['bytes_per_round']:>10.6g} {float(r.sim_time_s[-1]):>11.4g} "
                          f"{r.wall_time_s:>9.3g}")
+        # a learned protocol adapted at build time (dsim.learn: meta adapt_steps, adapt_samples, adapt_s,
+        # recorded by the runner as protocol_* extra keys): its adaptation is not in the wall time
         notes = [f"{r.label}: adapted with {r.extra['protocol_adapt_steps']} gradient steps on "
                  f"{r.extra.get('protocol_adapt_samples', '?')} target samples in "
                  f"{float(r.extra.get('protocol_adapt_s', float('nan'))):.3g} s (not in wall s)"
@@ -402,8 +414,8 @@ class RunWriter:
         horizontal line at its final mean WSR, its label saying why.  Bytes and time use a log x axis when
         their positive values span >= 2 decades
         (then x = 0 points, e.g. the initialisation, are not drawn)."""
-        title = {"round": f"{self.metric} vs round", "bytes": f"{self.metric} vs cumulative signaling",
-                 "time": f"{self.metric} vs simulated time"}
+        m = self.metric
+        title = {"round": f"{m} vs round", "bytes": f"{m} vs cumulative signaling", "time": f"{m} vs simulated time"}
         fig, ax = self._new_axes(title[xkind])
         colors = self._colors()
         xs = {r.label: (np.arange(r.wsr.shape[0], dtype=np.float64) if xkind == "round"
@@ -452,14 +464,14 @@ class RunWriter:
 
     def _plot_cdf(self) -> Path:
         """Empirical CDF of the final per-UE rate, pooled over realizations and UEs, per algorithm."""
-        fig, ax = self._new_axes("CDF of per-UE " + ("SE" if self.family == "cellfree" else "rate"))
+        fig, ax = self._new_axes("CDF of per-UE rate")
         colors = self._colors()
         for r in self.results:
             if r.per_user is None:
                 continue
             v = np.sort(r.per_user.ravel())
             ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=colors[r.label], label=r.label)
-        ax.set_xlabel(("per-UE SE" if self.family == "cellfree" else "per-UE rate") + f" [{self.unit}]")
+        ax.set_xlabel(f"per-UE rate [{self.unit}]")
         ax.set_ylabel("CDF")
         ax.set_ylim(0.0, 1.0)
         return self._save(fig, ax, "per_user_cdf.png")

@@ -14,25 +14,28 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from agents import registry
+from dsim import registry
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
 from dsim.engine.base import Engine, LedgerRow
 from dsim.network import Network
 from dsim.protocol import Local, Measure, Message, Protocol, runs_in
 from dsim.results import AlgorithmResult, RunWriter
-from dsim.scenarios.build import Scenario, scenario_from_config
+from dsim.scenarios.build import Scenario, fault_model, scenario_from_config
 from dsim.wire import message_nbytes
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def make_engine(cfg) -> Engine:
+    from dsim.config import AlgorithmConfig, RunConfig
+
+
+def make_engine(cfg: RunConfig) -> Engine:
     """Engine of a RunConfig (``engine.kind`` local | ray)."""
-    from dsim.scenarios.build import fault_model
-
     faults = fault_model(cfg)
     e = cfg.engine
     if e.kind == "local":
@@ -42,10 +45,11 @@ def make_engine(cfg) -> Engine:
     from dsim.engine.ray import RayEngine
 
     return RayEngine(cfg.wire.dtype, faults, shards=e.shards, address=e.address, gpus=e.gpus,
-                     num_cpus=e.num_cpus)
+                     num_cpus=e.num_cpus, placement=e.placement)
 
 
-def clock_config(cfg) -> ClockConfig:
+def clock_config(cfg: RunConfig) -> ClockConfig:
+    """The SimPy clock's settings of a RunConfig (link classes, fixed compute times per role, air)."""
     c = cfg.clock
     links = {name: LinkSpec(latency_s=s.latency_s, bandwidth_bps=s.bandwidth_bps, shared=s.shared)
              for name, s in c.links.items()}
@@ -164,25 +168,30 @@ def measured_compute(proto: Protocol, net: Network, phase_wall_s: dict[str, floa
     return out
 
 
-def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
+def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
                   progress: bool = True, measured_roles: Iterable[str] = ()) -> AlgorithmRun:
-    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.options``) on a built scenario.
+    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
+    scenario.
 
-    ``measured_roles``: roles whose local-phase compute time in the simulated clock is the measured one
-    (:func:`measured_compute`) instead of the configured constant."""
+    ``alg.restarts`` = n > 1 (algorithms with a random initialisation only): the protocol runs once on the
+    network and air repeated n times (realization-major blocks b + B*r, each block seeded differently);
+    per realization the final WSR (and per-user rate) is the best of the n, while the per-round WSR is
+    the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
+    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant."""
     from tqdm.auto import tqdm
 
-    spec = registry.get(alg.name)
+    spec = registry.algorithm(alg.name)
     if scn.family not in spec.families:
         raise ValueError(f"algorithm {alg.name!r} does not run on family {scn.family!r}; "
-                         f"allowed there: {', '.join(registry.names(scn.family))}")
+                         f"allowed there: {', '.join(registry.algorithm_names(scn.family))}")
+    restarts = alg.restarts
+    if restarts > 1 and not spec.random_init:
+        raise ValueError(f"algorithm {alg.name!r} has no random initialisation: restarts must be 1 (got {restarts})")
     base = scn.net.batch
-    t_build = time.perf_counter()
-    proto0 = spec.build(alg.options, scn.net)
-    build_s = time.perf_counter() - t_build  # e.g. loading a model, adaptation steps of a learned one
-    restarts = int(proto0.meta.get("restarts", 1))
     net, air = (scn.net.repeat(restarts), scn.air.repeat(restarts)) if restarts > 1 else (scn.net, scn.air)
-    proto = spec.build(alg.options, net) if restarts > 1 else proto0
+    t_build = time.perf_counter()
+    proto = spec.build(alg.options, net)
+    build_s = time.perf_counter() - t_build  # e.g. loading a model, adaptation steps of a learned one
     wsr_rounds: list[np.ndarray] = []
     last: dict[str, Any] = {}
     power_ratio = [0.0]
@@ -191,11 +200,7 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
     def on_round(r: int, decision: torch.Tensor) -> None:
         with torch.no_grad():
             wsr, per_user = air.evaluate(decision)
-            if hasattr(air, "power_ratio"):
-                power_ratio[0] = max(power_ratio[0], float(air.power_ratio(decision).max()))
-            elif hasattr(air, "power"):
-                p = air.power(decision) / air.power_w.reshape(1, -1)
-                power_ratio[0] = max(power_ratio[0], float(p.max()))
+            power_ratio[0] = max(power_ratio[0], float(air.power_ratio(decision).max()))
         wsr_rounds.append(wsr.detach().double().numpy())
         last["per_user"] = per_user.detach().double().numpy()
         if r:
@@ -210,8 +215,7 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
     extra: dict[str, Any] = {"max_power_ratio": power_ratio[0], "build_s": round(build_s, 6),
                              "phase_wall_s": {k: round(v, 6) for k, v in trace.phase_wall_s.items()}}
     # the protocol's own facts (trainable parameters, adaptation steps/time/samples, ...)
-    extra.update({f"protocol_{k}": v for k, v in proto0.meta.items()
-                  if isinstance(v, (bool, int, float, str)) and k != "restarts"})
+    extra.update({f"protocol_{k}": v for k, v in proto.meta.items() if isinstance(v, (bool, int, float, str))})
     if restarts > 1:
         Wr = W.reshape(W.shape[0], restarts, base)
         best = Wr[-1].argmax(axis=0)
@@ -241,15 +245,15 @@ def run_algorithm(alg, scn: Scenario, engine: Engine, clock: RoundClock, wire: s
 
 
 # ------------------------------------------------------------------------------------------ a whole run
-def run(cfg, *, progress: bool = True, echo=print) -> Path:
+def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print) -> Path:
     """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed."""
     from dsim.config import resolved_dict
 
     torch.manual_seed(cfg.seed)
     scn = scenario_from_config(cfg)
     out = Path(cfg.output)
-    writer = RunWriter(out, resolved_dict(cfg), unit=scn.unit, seed=cfg.seed, engine=cfg.engine.kind,
-                       family=scn.family)
+    writer = RunWriter(out, resolved_dict(cfg), unit=scn.unit, metric=scn.air.metric, seed=cfg.seed,
+                       engine=cfg.engine.kind, family=scn.family)
     engine = make_engine(cfg)
     clock = RoundClock(clock_config(cfg))
     failures: dict[str, str] = defaultdict(str)

@@ -1,212 +1,111 @@
-"""``dsim train``: unsupervised training of a learnable protocol on the local engine (GCN-WMMSE Sec. III-C).
+"""``dsim train``: unsupervised training of a learnable protocol on the local engine.
 
-Generic over a *learnable protocol*: the module that registers algorithm ``name`` provides
-``learnable(options: dict) -> Learnable`` (see :class:`agents.gcn_wmmse.Learnable`: an ``nn.Module`` of
-parameters, ``protocol(net)`` building a differentiable protocol from them, ``observe(net)`` for running
-statistics, ``hparams``).  One training loop serves every such protocol.
+Generic over a *learnable protocol* (:mod:`dsim.learn`): the registered algorithm ``train.algorithm``
+provides ``AlgorithmSpec.learnable(options) -> Learnable`` (its parameter module, ``protocol(net)``
+building a differentiable protocol from them, ``observe(net)`` for running statistics, ``hparams``, its
+loss and ``calibrate``).  One training loop serves every such protocol; the fields of
+:class:`TrainOptions` that belong to the model (lr, batch, steps, ...) default to the learnable's
+``train_defaults`` (its paper's values).
 
-Per step t (all defaults from the paper's Tab. I):
+Per step t:
 * a fresh minibatch of ``batch`` scenario realizations, drawn with seed ``seed * 1_000_003 + t`` (so a
   resumed run sees exactly the batches of an uninterrupted one);
 * the protocol runs on the local engine (float64 wire: autograd flows through), the decision after
-  every round in ``layers_in_loss`` (default {L}, the last) is evaluated on the air;
-* loss (16): J = -1/(|T||L|) sum_n sum_l R_n^(l) / |R_n^(l)|, the magnitude detached (per-sample
-  normalization).  Its value is always -1; the log reports ``loss`` = -mean WSR over the loss layers
-  (nat/Hz), the quantity being maximized.  A learnable may bring its own loss (``Learnable.loss``, e.g.
-  ICGNN's (28) = -mean sum-SE in bit/s/Hz);
-* AdamW (betas, weight decay), gradient-norm clipping, lr divided by 10 every ``lr_decay_every`` steps.
+  every round in ``layers_in_loss`` (default {L}, the last) is evaluated on the air
+  (:func:`dsim.evaluate.evaluate_rounds`) and the learnable's loss taken over them
+  (:func:`dsim.learn.forward_loss`; default the normalized loss :func:`dsim.learn.normalized_loss`).
+  The log reports ``loss`` = -mean WSR over the loss rounds (in the air's unit), the quantity maximized;
+* AdamW (betas, weight decay), gradient-norm clipping, lr multiplied by ``lr_decay`` every
+  ``lr_decay_every`` steps.
 A non-finite loss or gradient raises :class:`TrainingDiverged` naming the step, after saving the last
 good state to ``checkpoint.pt`` (never a silent skip).  Validation on a fixed set (seed
-``seed * 1_000_003 - 1``) every ``val_every`` steps.  Outputs in ``out_dir``: ``checkpoint.pt`` (resumes
-exactly), ``train_log.csv``, ``train_curve.png``.  Validation runs the module in eval mode, after the
-learnable's optional ``calibrate(sample, seed)`` (e.g. re-estimating running statistics at the current
-weights; the last step always validates, so the final checkpoint is calibrated).
-:func:`fine_tune` reuses the same forward/loss (:func:`forward_loss`) for a few plain Adam steps without
-checkpoints (adaptation of a trained model to a new configuration).
+``seed * 1_000_003 - 1``) every ``val_every`` steps and at the last step, in eval mode, after the
+learnable's ``calibrate(sample, seed)`` (e.g. re-estimating batch-norm statistics at the current
+weights; so the final checkpoint is calibrated).  Outputs in ``out_dir``: ``checkpoint.pt`` (resumes
+exactly; :func:`dsim.learn.save_checkpoint`), ``train_log.csv``, ``train_curve.png``.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-Tensor = torch.Tensor
-Sampler = Callable[[int, int], tuple[Any, Any]]  # (batch, seed) -> (net, air)
+from dsim.evaluate import evaluate_rounds
+from dsim.learn import (
+    Learnable,
+    Sampler,
+    TrainingDiverged,
+    batch_seed,
+    forward_loss,
+    get_learnable,
+    load_checkpoint,
+    save_checkpoint,
+    scenario_sampler,
+)
+from dsim.results import write_csv
 
 LOG_FIELDS = ("step", "lr", "loss", "train_wsr", "val_wsr", "grad_norm", "step_s")
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient; the message names the step and the checkpoint kept."""
+#: the fields whose default is the learned model's (``Learnable.train_defaults``)
+MODEL_FIELDS = ("steps", "batch", "lr", "lr_decay_every", "lr_decay", "betas", "weight_decay", "clip")
 
 
 class TrainOptions(BaseModel):
-    """The YAML's top-level ``train:`` mapping (defaults: GCN-WMMSE paper, Tab. I)."""
+    """The YAML's top-level ``train:`` mapping.  Fields left None default to the learnable's
+    ``train_defaults`` (:data:`MODEL_FIELDS`, filled by :func:`resolve_options`)."""
 
     model_config = ConfigDict(extra="forbid")
-    algorithm: str = Field("gcn_wmmse", description="registered name of the learnable protocol")
-    options: dict[str, Any] = Field(default_factory=dict, description="its options (e.g. layers, degree)")
-    steps: int = Field(10_000, ge=0, description="training steps T")
-    batch: int = Field(100, ge=1, description="fresh realizations per step |T_t|")
-    lr: float = Field(0.01, gt=0)
-    lr_decay_every: int = Field(2500, ge=1, description="lr divided by 10 every this many steps")
-    lr_decay: float = Field(0.1, gt=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = Field(1e-3, ge=0)
-    clip: float = Field(1.0, gt=0, description="gradient-norm clipping value")
+    algorithm: str = Field(description="registered name of the learnable protocol")
+    options: dict[str, Any] = Field(default_factory=dict, description="its options (e.g. layers)")
+    steps: int | None = Field(None, ge=0, description="training steps T")
+    batch: int | None = Field(None, ge=1, description="fresh realizations per step |T_t|")
+    lr: float | None = Field(None, gt=0)
+    lr_decay_every: int | None = Field(None, ge=1, description="lr multiplied by lr_decay every this many steps")
+    lr_decay: float | None = Field(None, gt=0)
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = Field(None, ge=0)
+    clip: float | None = Field(None, gt=0, description="gradient-norm clipping value")
     layers_in_loss: list[int] | None = Field(None, description="rounds l in the loss set; default [L]")
     val_every: int = Field(100, ge=1)
-    val_size: int = Field(500, ge=1, description="fixed validation realizations (paper: 1000)")
+    val_size: int = Field(500, ge=1, description="fixed validation realizations")
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
     progress: bool = True
 
 
-# ------------------------------------------------------------------------------------------ pieces
-def get_learnable(name: str, options: dict[str, Any]):
-    """The :class:`Learnable` of registered algorithm ``name`` (its module's ``learnable(options)``)."""
-    from agents import registry
-
-    spec = registry.get(name)
-    mod = importlib.import_module(spec.build.__module__)
-    if not hasattr(mod, "learnable"):
-        raise ValueError(f"algorithm {name!r} is not learnable (its module has no `learnable`)")
-    return mod.learnable(options)
+def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOptions:
+    """``opts`` with every unset model field (:data:`MODEL_FIELDS`) taken from ``defaults``; a field that
+    is set nowhere is a ``ValueError`` naming it."""
+    unset = [k for k in MODEL_FIELDS if getattr(opts, k) is None]
+    missing = [k for k in unset if k not in defaults]
+    if missing:
+        raise ValueError(f"train.{missing[0]}: not set, and {opts.algorithm!r} has no default for it")
+    return opts.model_copy(update={k: defaults[k] for k in unset})
 
 
-def wsr_per_round(proto, net, air, rounds: list[int]) -> dict[int, Tensor]:
-    """Run ``proto`` on the local engine (float64 wire) -> {round: WSR (B,)} for the requested rounds."""
-    from dsim.engine.local import LocalEngine
-
-    want, out = set(rounds), {}
-
-    def on_round(r: int, V: Tensor) -> None:
-        if r in want:
-            out[r] = air.evaluate(V)[0]
-
-    LocalEngine("float64").run(proto, net, air, on_round=on_round)
-    return out
-
-
-def normalized_loss(wsr: dict[int, Tensor]) -> Tensor:
-    """Loss (16): mean over samples and layers of -R / |R| with |R| detached."""
-    terms = [-(w / w.detach().abs().clamp_min(torch.finfo(w.dtype).tiny)) for w in wsr.values()]
-    return torch.stack(terms).mean()
-
-
-def _batch_seed(seed: int, step: int) -> int:
-    return seed * 1_000_003 + step
-
-
-def loss_of(learn) -> Callable[[dict[int, Tensor]], Tensor]:
-    """The training loss of ``learn``: its own ``loss`` attribute when it has one (e.g. ICGNN's (28), -mean
-    sum-SE), else the normalized loss (16)."""
-    return getattr(learn, "loss", None) or normalized_loss
-
-
-def forward_loss(learn, net, air, layers_in_loss: list[int] | None = None) -> tuple[Tensor, dict[int, Tensor]]:
-    """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).
-
-    Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last).
-    """
-    learn.observe(net)
-    proto = learn.protocol(net)
-    rounds = layers_in_loss or [proto.rounds]
-    bad = [r for r in rounds if not 1 <= r <= proto.rounds]
-    if bad:
-        raise ValueError(f"train.layers_in_loss: rounds {bad} outside 1..{proto.rounds}")
-    wsr = wsr_per_round(proto, net, air, rounds)
-    return loss_of(learn)(wsr), wsr
-
-
-def fine_tune(learn, sample: Sampler, steps: int, *, batch: int, seed: int, lr: float = 1e-3,
-              betas: tuple[float, float] = (0.9, 0.999), clip: float | None = None,
-              layers_in_loss: list[int] | None = None) -> dict[str, float]:
-    """``steps`` plain Adam steps of ``learn``'s loss on fresh minibatches ``sample(batch, seed*1_000_003+t)``
-    (t = 1..steps), no checkpoints or logs: the adaptation of a trained model to a new configuration
-    (ICGNN Sec. V-B, "four gradient descents").  The module is left in the mode it was in.
-
-    Returns {"steps", "samples" (realizations drawn), "wall_s" (sampling included), "loss_first",
-    "loss_last"}.  A non-finite loss or gradient raises :class:`TrainingDiverged`.
-    """
-    t0 = time.perf_counter()
-    module = learn.module
-    opt = torch.optim.Adam(module.parameters(), lr=lr, betas=betas)
-    losses = []
-    for step in range(1, steps + 1):
-        net, air = sample(batch, _batch_seed(seed, step))
-        opt.zero_grad(set_to_none=True)
-        loss, _ = forward_loss(learn, net, air, layers_in_loss)
-        loss.backward()
-        params = [p for p in module.parameters() if p.grad is not None]
-        gnorm = (float(torch.nn.utils.clip_grad_norm_(params, clip)) if clip is not None
-                 else float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params
-                 else 0.0)
-        lval = float(loss.detach())
-        if not (math.isfinite(lval) and math.isfinite(gnorm)):
-            raise TrainingDiverged(f"non-finite loss/gradient at fine-tuning step {step} (loss {lval}, "
-                                   f"grad norm {gnorm})")
-        opt.step()
-        losses.append(lval)
-    return {"steps": steps, "samples": steps * batch, "wall_s": time.perf_counter() - t0,
-            "loss_first": losses[0] if losses else float("nan"), "loss_last": losses[-1] if losses else float("nan")}
-
-
-def validate(learn, net, air) -> float:
+def validate(learn: Learnable, net, air) -> float:
     """Mean WSR at the last round of ``learn``'s protocol on a fixed validation set (net, air).
 
     Runs the module in eval mode (running statistics of normalization layers, none updated), then
     restores its mode."""
-    module = getattr(learn, "module", None)
-    was = module.training if module is not None else False
-    if module is not None:
-        module.eval()
+    module = learn.module
+    was = module.training
+    module.eval()
     try:
         with torch.no_grad():
             proto = learn.protocol(net)
-            return float(wsr_per_round(proto, net, air, [proto.rounds])[proto.rounds].mean())
+            return float(evaluate_rounds(proto, net, air, [proto.rounds])[proto.rounds].mean())
     finally:
-        if module is not None:
-            module.train(was)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, learn, opt, sched, step: int, log: list[dict], meta: dict) -> None:
-    """Atomic write of everything needed to resume exactly (and to load the model for inference)."""
-    ck = {"step": step, "model": learn.module.state_dict(), "hparams": dict(learn.hparams),
-          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "log": log, "meta": meta}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ck, tmp)
-    tmp.replace(path)
-
-
-def read_checkpoint(path: str | Path, shipped: Path, algorithm: str, train_config: str) -> dict[str, Any]:
-    """A checkpoint file as a dict (``hparams``, ``model``, ...); ``path`` 'shipped' means ``shipped``.
-
-    A missing file is a ``FileNotFoundError`` that says how to produce one.
-    """
-    path = shipped if str(path) == "shipped" else Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{algorithm} checkpoint {path} not found (train one: python -m dsim train "
-                                f"{train_config})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        module.train(was)
 
 
 def _write_log(path: Path, log: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        for row in log:
-            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+    write_csv(path, LOG_FIELDS, ([row.get(k, "") for k in LOG_FIELDS] for row in log))
 
 
 def plot_curve(path: Path, log: list[dict], unit: str = "nat/Hz") -> None:
@@ -236,9 +135,12 @@ def plot_curve(path: Path, log: list[dict], unit: str = "nat/Hz") -> None:
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, resume: bool = False,
+def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, resume: bool = False,
           meta: dict | None = None) -> Path:
-    """Train ``learn`` on minibatches ``sample(batch, seed) -> (net, air)``; returns the checkpoint path."""
+    """Train ``learn`` on minibatches ``sample(batch, seed) -> (net, air)``; returns the checkpoint path.
+
+    ``opts``' unset model fields come from ``learn.train_defaults``."""
+    opts = resolve_options(opts, learn.train_defaults)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ck_path = out_dir / "checkpoint.pt"
@@ -250,16 +152,21 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
     log: list[dict] = []
     start = 0
     meta = dict(meta or {}) | {"train_options": opts.model_dump(mode="json"), "seed": seed}
+
+    def save(step: int) -> None:
+        save_checkpoint(ck_path, learn, step, meta, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                                     "log": log})
+
     if resume:
         if not ck_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ck_path}")
-        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        ck = load_checkpoint(ck_path)
         module.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start, log = int(ck["step"]), list(ck["log"])
     module.train()
-    val_net, val_air = sample(opts.val_size, _batch_seed(seed, -1))
+    val_net, val_air = sample(opts.val_size, batch_seed(seed, -1))
     bar = None
     if opts.progress:
         from tqdm import tqdm
@@ -269,13 +176,13 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
     try:
         for step in range(start + 1, opts.steps + 1):
             t0 = time.perf_counter()
-            net, air = sample(opts.batch, _batch_seed(seed, step))
+            net, air = sample(opts.batch, batch_seed(seed, step))
             opt.zero_grad(set_to_none=True)
             try:
                 loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss)
                 loss.backward()
             except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
-                save_checkpoint(ck_path, learn, opt, sched, step - 1, log, meta)
+                save(step - 1)
                 msg = (f"linear-algebra failure (non-finite values?) at training step {step}: {exc}; "
                        f"last good state (step {step - 1}) saved to {ck_path}")
                 raise TrainingDiverged(msg) from exc
@@ -285,7 +192,7 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
             finite = math.isfinite(lval) and math.isfinite(gnorm) and all(bool(torch.isfinite(g).all())
                                                                           for g in grads)
             if not finite:
-                save_checkpoint(ck_path, learn, opt, sched, step - 1, log, meta)
+                save(step - 1)
                 raise TrainingDiverged(f"non-finite loss/gradient at training step {step} (loss {lval}, grad "
                                        f"norm {gnorm}); last good state (step {step - 1}) saved to {ck_path}")
             opt.step()
@@ -294,8 +201,7 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
             row = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": -float(mean_wsr),
                    "train_wsr": float(wsr[max(wsr)].detach().mean()), "grad_norm": gnorm}
             if step % opts.val_every == 0 or step == opts.steps:
-                if getattr(learn, "calibrate", None) is not None:  # e.g. re-estimate batch-norm statistics
-                    learn.calibrate(sample, seed)
+                learn.calibrate(sample, seed)
                 row["val_wsr"] = validate(learn, val_net, val_air)
             row["step_s"] = time.perf_counter() - t0
             log.append(row)
@@ -303,16 +209,16 @@ def train(learn, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, 
                 bar.update(1)
                 bar.set_postfix(wsr=f"{row['train_wsr']:.2f}", val=f"{row.get('val_wsr', float('nan')):.2f}")
             if step % opts.checkpoint_every == 0 or step == opts.steps:
-                save_checkpoint(ck_path, learn, opt, sched, step, log, meta)
+                save(step)
                 _write_log(out_dir / "train_log.csv", log)
     finally:
         if bar is not None:
             bar.close()
         if log:
             _write_log(out_dir / "train_log.csv", log)
-            plot_curve(out_dir / "train_curve.png", log, getattr(val_air, "unit", "nat/Hz"))
+            plot_curve(out_dir / "train_curve.png", log, val_air.unit)
     if not ck_path.exists() or step == start:
-        save_checkpoint(ck_path, learn, opt, sched, step, log, meta)
+        save(step)
     return ck_path
 
 
@@ -321,34 +227,20 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
 
 
-def scenario_sampler(scenario: Any, precision: str = "double") -> Sampler:
-    """(batch, seed) -> (net, air) for a scenario config (pydantic model or plain dict with ``family``)."""
-    from types import SimpleNamespace
-
-    from dsim.scenarios.build import build_scenario, generate_channels
-
-    scn = SimpleNamespace(**scenario) if isinstance(scenario, dict) else scenario
-
-    def sample(batch: int, seed: int):
-        family, ch = generate_channels(scn, batch, seed, precision)
-        s = build_scenario(family, ch, None, seed)
-        return s.net, s.air
-
-    return sample
-
-
 def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
     """``dsim train``: train the config's ``train:`` section on its scenario; returns the checkpoint path.
 
     ``cfg`` is a :class:`dsim.config.RunConfig` or a plain dict with keys seed, precision, scenario, train.
     Writes out_dir/checkpoint.pt, train_log.csv, train_curve.png.
     """
-    opts = TrainOptions(**(_get(cfg, "train") or {}))
+    raw = _get(cfg, "train")
+    if raw is None:
+        raise ValueError("the config has no train: section")
+    opts = raw if isinstance(raw, TrainOptions) else TrainOptions(**raw)
     seed = opts.seed if opts.seed is not None else int(_get(cfg, "seed", 0))
     precision = _get(cfg, "precision", "double")
     learn = get_learnable(opts.algorithm, opts.options)
-    sample = scenario_sampler(_get(cfg, "scenario"), precision)
     scn = _get(cfg, "scenario")
     scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
-    return train(learn, sample, opts, Path(out_dir), seed, resume=resume,
+    return train(learn, scenario_sampler(scn, precision), opts, Path(out_dir), seed, resume=resume,
                  meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision})

@@ -7,9 +7,9 @@ Every field travels as its reals (:meth:`dsim.protocol.Field.reals`): real tenso
 (re, im) pairs, Hermitian ``n x n`` matrices as ``n`` diagonal reals plus the ``n(n-1)`` reals of the
 strict upper triangle.  One message (one edge, one realization) is encoded as a msgpack array with one
 ``bin`` per field; the ledger's ``bytes`` is the size of that encoding, which depends only on the fields'
-shapes and the policy (:func:`message_nbytes`).  The Ray engine really ships the bytes (a bundle of many
-messages per destination, :func:`encode_bundle`); the local engine applies the same numeric round trip
-(:func:`roundtrip`), so both engines see identical numbers.
+shapes and the policy (:func:`message_nbytes`).  The Ray engine really ships the bytes (a bundle of the
+messages per destination, each message its own blob, :func:`encode_bundle`); the local engine applies the
+same numeric round trip (:func:`roundtrip`), so both engines see identical numbers.
 """
 
 from __future__ import annotations
@@ -124,20 +124,38 @@ def _cplx(real: torch.dtype) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------- bytes
-def _field_bytes(r: np.ndarray, policy: str) -> bytes:
-    """Bytes of one field of one message: reals (R,) as the wire dtype, or q<b>: lo, hi, packed codes."""
+def _rows_bytes(rows: Tensor, policy: str) -> list[bytes]:
+    """Bytes of one field of M messages, reals ``(M, R)``: each row as the wire dtype, or q<b>: the row's
+    lo and hi (float32) and its b-bit codes, bit-packed (least significant bit of each code first)."""
     bits = _qbits(policy)
     if bits is None:
-        return np.ascontiguousarray(r, dtype=_FLOAT[policy]).tobytes()
-    rt = torch.from_numpy(np.asarray(r, dtype=np.float64))
-    codes, lo, hi = _quantize(rt, bits)
-    b = ((codes.numpy()[:, None] >> np.arange(bits)[None, :]) & 1).astype(np.uint8).reshape(-1)
-    return np.array([lo.item(), hi.item()], dtype=np.float32).tobytes() + np.packbits(b).tobytes()
+        arr = np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=_FLOAT[policy])
+        return [row.tobytes() for row in arr]
+    codes, lo, hi = _quantize(rows.detach().cpu(), bits)
+    b = ((codes.numpy()[:, :, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(len(codes), -1)
+    packed = np.packbits(b, axis=1)
+    ends = np.concatenate([lo.numpy(), hi.numpy()], axis=1).astype(np.float32)
+    return [e.tobytes() + p.tobytes() for e, p in zip(ends, packed)]
+
+
+def _rows_from_bytes(blobs: list[bytes], n_reals: int, policy: str, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`_rows_bytes` -> reals ``(M, R)`` in ``dtype``, exactly what :func:`roundtrip_reals`
+    gives the local engine."""
+    bits = _qbits(policy)
+    if bits is None:
+        arr = np.frombuffer(b"".join(blobs), dtype=_FLOAT[policy]).reshape(len(blobs), n_reals)
+        return torch.from_numpy(arr.astype(np.float64 if dtype == torch.float64 else np.float32)).to(dtype)
+    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), -1)
+    ends = torch.from_numpy(raw[:, :8].copy().view(np.float32))  # (M, 2)
+    b = np.unpackbits(raw[:, 8:], axis=1)[:, : n_reals * bits].reshape(len(blobs), n_reals, bits)
+    codes = torch.from_numpy((b.astype(np.int64) << np.arange(bits)).sum(-1))
+    return _dequantize(codes, ends[:, :1], ends[:, 1:], bits, dtype)
 
 
 def encode_message(reals: list[np.ndarray], policy: str) -> bytes:
-    """msgpack encoding of one message: an array with one ``bin`` per field."""
-    return msgpack.packb([_field_bytes(r, policy) for r in reals], use_bin_type=True)
+    """msgpack encoding of one message: an array with one ``bin`` per field (``reals``: (R_f,) each)."""
+    rows = [_rows_bytes(torch.as_tensor(np.asarray(r, dtype=np.float64)).reshape(1, -1), policy)[0] for r in reals]
+    return msgpack.packb(rows, use_bin_type=True)
 
 
 @lru_cache(maxsize=256)
@@ -149,53 +167,41 @@ def message_nbytes(fields: tuple[Field, ...], policy: str) -> int:
     return len(encode_message([np.zeros(f.reals) for f in fields], policy))
 
 
-def encode_bundle(eids: Tensor, payload: dict[str, Tensor], fields: tuple[Field, ...], policy: str) -> bytes:
+def encode_bundle(eids: Tensor, mask: Tensor, payload: dict[str, Tensor], fields: tuple[Field, ...],
+                  policy: str) -> tuple[bytes, int]:
     """All messages one host sends to one destination host in a phase, as one msgpack blob.
 
-    eids: (E,) global edge ids; payload: {field: (B, E, *shape)}.  The numbers are what the receiver
-    will see (:func:`roundtrip_reals` applied before packing), so decoding is exact.
+    eids: (E,) global edge ids; mask: (B, E) bool, the edges present (only their messages are sent);
+    payload: {field: (B, E, *shape)}.  Each message is its own :func:`encode_message` blob (``msgs``,
+    realization-major), so the bundle carries exactly the ledger's bytes plus a small header (edge ids,
+    mask, shape).  The numbers are what the receiver will see (the policy's rounding), so decoding is exact.
+    Returns (the bundle, the bytes of its messages without the header).
     """
-    body: dict[str, object] = {"eids": eids.numpy().astype(np.int64).tobytes(), "n": int(eids.numel())}
-    bits = _qbits(policy)
-    for f in fields:
-        x = payload[f.name]
-        r = to_reals(x, f)
-        if bits is not None:
-            codes, lo, hi = _quantize(r, bits)
-            dtype = np.uint16 if bits > 8 else np.uint8
-            body[f.name] = {
-                "q": codes.numpy().astype(dtype).tobytes(),
-                "lo": lo.numpy().tobytes(),
-                "hi": hi.numpy().tobytes(),
-                "shape": list(r.shape),
-                "dt": str(r.dtype).removeprefix("torch."),
-            }
-        else:
-            arr = r.numpy().astype(_FLOAT[policy])
-            body[f.name] = {"x": arr.tobytes(), "shape": list(r.shape), "dt": str(r.dtype).removeprefix("torch.")}
-    return msgpack.packb(body, use_bin_type=True)
+    B, E = mask.shape
+    b_idx, e_idx = torch.nonzero(mask.cpu(), as_tuple=True)
+    per_field = [_rows_bytes(to_reals(payload[f.name], f)[b_idx, e_idx], policy) for f in fields]
+    msgs = [msgpack.packb(list(parts), use_bin_type=True) for parts in zip(*per_field)]
+    body = {"eids": eids.cpu().numpy().astype(np.int64).tobytes(), "B": B, "E": E,
+            "mask": np.packbits(mask.cpu().numpy().reshape(-1)).tobytes(),
+            "dt": [str(payload[f.name].real.dtype).removeprefix("torch.") for f in fields], "msgs": msgs}
+    return msgpack.packb(body, use_bin_type=True), sum(len(m) for m in msgs)
 
 
 def decode_bundle(blob: bytes, fields: tuple[Field, ...], policy: str, complex_dtype: torch.dtype
                   ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Inverse of :func:`encode_bundle` -> (eids (E,), {field: (B, E, *shape)})."""
+    """Inverse of :func:`encode_bundle` -> (eids (E,), {field: (B, E, *shape)}), zeros on absent edges."""
     body = msgpack.unpackb(blob, raw=False)
     eids = torch.from_numpy(np.frombuffer(body["eids"], dtype=np.int64).copy())
-    bits = _qbits(policy)
+    B, E = int(body["B"]), int(body["E"])
+    mask = np.unpackbits(np.frombuffer(body["mask"], dtype=np.uint8))[: B * E].reshape(B, E).astype(bool)
+    b_idx, e_idx = (torch.from_numpy(i) for i in np.nonzero(mask))
+    msgs = [msgpack.unpackb(m, raw=False) for m in body["msgs"]]
     out = {}
-    for f in fields:
-        d = body[f.name]
-        shape = tuple(d["shape"])
-        real_dtype = getattr(torch, d["dt"])
-        if bits is not None:
-            dtype = np.uint16 if bits > 8 else np.uint8
-            codes = torch.from_numpy(np.frombuffer(d["q"], dtype=dtype).astype(np.int64).reshape(shape))
-            lo = torch.from_numpy(np.frombuffer(d["lo"], dtype=np.float32).reshape(*shape[:-1], 1).copy())
-            hi = torch.from_numpy(np.frombuffer(d["hi"], dtype=np.float32).reshape(*shape[:-1], 1).copy())
-            r = _dequantize(codes, lo, hi, bits, real_dtype)
-        else:
-            arr = np.frombuffer(d["x"], dtype=_FLOAT[policy]).reshape(shape)
-            r = torch.from_numpy(arr.astype(np.float64 if real_dtype == torch.float64 else np.float32))
+    for i, f in enumerate(fields):
+        real_dtype = getattr(torch, body["dt"][i])
+        r = torch.zeros(B, E, f.reals, dtype=real_dtype)
+        if msgs:
+            r[b_idx, e_idx] = _rows_from_bytes([m[i] for m in msgs], f.reals, policy, real_dtype)
         x = from_reals(r, f, complex_dtype)
         out[f.name] = x if f.kind != "real" else x.to(real_dtype)
     return eids, out

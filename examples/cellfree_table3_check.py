@@ -15,15 +15,10 @@ import time
 
 import torch
 
-from agents.cellfree_power import (
-    combine_statistics,
-    equal_power,
-    lsf_power,
-    sum_se,
-    wmmse_admm_init,
-    wmmse_admm_step,
-)
-from dsim.scenarios.cellfree import ap_statistics, generate_cellfree, lmmse_precoders
+from agents.cellfree_alloc import WmmseAdmmOptions
+from agents.cellfree_power import equal_power, lsf_power, wmmse_admm_init, wmmse_admm_step
+from dsim.scenarios.build import generate_channels
+from dsim.scenarios.cellfree import ap_statistics, combine_statistics, lmmse_precoders, sum_se
 
 PAPER = {  # ICGNN Tab. III: K -> (WMMSE-ADMM, Equal, LSF) [bit/s/Hz]
     3: (4.68, 3.57, 4.36), 4: (5.68, 3.98, 5.17), 5: (6.41, 4.21, 5.73), 6: (7.16, 4.44, 6.30),
@@ -33,25 +28,25 @@ PAPER = {  # ICGNN Tab. III: K -> (WMMSE-ADMM, Equal, LSF) [bit/s/Hz]
 
 def run(n_ues: int, topologies: int, realizations: int, seed: int, outer: int,
         csi: str) -> tuple[float, float, float, dict]:
-    gen = torch.Generator().manual_seed(seed + n_ues)
-    ch = generate_cellfree(topologies, gen, torch.complex128, n_aps=7, ap_antennas=2, n_ues=n_ues,
-                           realizations=realizations, csi=csi)
+    _, ch = generate_channels({"family": "cellfree", "n_aps": 7, "ap_antennas": 2, "n_ues": n_ues,
+                               "realizations": realizations, "csi": csi}, topologies, seed + n_ues, "double")
     w = lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w, ch.error_cov_per_ap())  # AP-local
     a, Bmat = combine_statistics(*ap_statistics(ch.h_per_ap, w))  # AP uploads -> CPU
     se_eq = sum_se(a, Bmat, equal_power(ch.batch, n_ues, ch.power_w), ch.noise_w, ch.tau_c, ch.tau_d).sum(-1)
     se_lsf = sum_se(a, Bmat, lsf_power(ch.beta, ch.power_w), ch.noise_w, ch.tau_c, ch.tau_d).sum(-1)
     state = wmmse_admm_init(a, Bmat, ch.noise_w, ch.power_w, tau_c=ch.tau_c, tau_d=ch.tau_d)
-    hist, max_inner = [state.se], 0
+    hist, used_inner, max_inner = [state.se], 0, WmmseAdmmOptions().max_inner
     for _ in range(outer):  # one call per outer iteration, as a protocol round would make it
-        state = wmmse_admm_step(state, a, Bmat, ch.noise_w, ch.power_w, tau_c=ch.tau_c, tau_d=ch.tau_d)
+        state = wmmse_admm_step(state, a, Bmat, ch.noise_w, ch.power_w, max_inner=max_inner, tau_c=ch.tau_c,
+                                tau_d=ch.tau_d)
         hist.append(state.se)
-        max_inner = max(max_inner, int(state.inner_iters.max()))
+        used_inner = max(used_inner, int(state.inner_iters.max()))
     p, steps = state.p, torch.diff(torch.stack(hist, dim=1), dim=1)
     se_w = sum_se(a, Bmat, p, ch.noise_w, ch.tau_c, ch.tau_d).sum(-1)
     info = {
         "max_power_excess_w": float((p.sum(1) - ch.power_w).max()),
         "min_step": float(steps.min()),
-        "max_inner": max_inner,
+        "max_inner": used_inner,
         "lsf_ge_equal": float((se_lsf >= se_eq).double().mean()),
         "wmmse_ge_lsf": float((se_w >= se_lsf).double().mean()),
     }

@@ -20,7 +20,6 @@ run directory per configuration.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dsim.config import config_from_dict  # noqa: E402
+from dsim.results import write_csv  # noqa: E402
 from dsim.run import run  # noqa: E402
 
 # paper values: (WMMSE-ADMM, Equal, LSF, ICGNN) in bit/s/Hz
@@ -102,11 +102,8 @@ def main() -> None:
             print(md[-1], flush=True)
         md.append("")
     (Path(a.out) / "cellfree_tables.md").write_text("\n".join(md) + "\n")
-    with (Path(a.out) / "cellfree_tables.csv").open("w", newline="") as f:
-        fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "table", k))
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "table", k))
+    write_csv(Path(a.out) / "cellfree_tables.csv", fields, ([r.get(k, "") for k in fields] for r in rows))
     plot(rows, a, Path(a.out) / "cellfree_tables.png")
     print(f"wrote {a.out}/cellfree_tables.md, cellfree_tables.csv, cellfree_tables.png")
 

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.registry import get  # noqa: E402
-from dsim.engine.local import LocalEngine  # noqa: E402
-from dsim.scenarios.multicell import generate_multicell  # noqa: E402
-from dsim.scenarios.network_multicell import multicell_network  # noqa: E402
+from dsim.evaluate import evaluate_rounds  # noqa: E402
+from dsim.registry import algorithm  # noqa: E402
+from dsim.results import write_csv  # noqa: E402
+from dsim.scenarios.build import build_scenario, generate_channels  # noqa: E402
 
-# (title, keyword of generate_multicell, values, other keywords held fixed, pivot = training value)
+# (title, multicell scenario option, values, other options held fixed, pivot = training value)
 SWEEPS = [
     ("BS power P_BS [dBm]", "bs_power_dbm", [15, 20, 25, 30, 35, 40, 45], {}, 30),
     ("UE noise power [dBm]", "noise_dbm", [-120, -110, -100, -90, -80], {}, -100),
@@ -43,14 +43,11 @@ SEED = 777_000  # held out from training
 
 def mean_wsr(name: str, opts: dict, ch, seed: int = 0) -> np.ndarray:
     """Mean WSR over the batch after every round (R+1,), local engine, float64 wire."""
-    net, air = multicell_network(ch, seed=seed)
-    spec = get(name)
-    proto = spec.build(spec.options(**opts), net)
-    out = []
+    s = build_scenario("multicell", ch, None, seed)
+    spec = algorithm(name)
     with torch.no_grad():
-        LocalEngine("float64").run(proto, net, air,
-                                   on_round=lambda r, V: out.append(float(air.evaluate(V)[0].mean())))
-    return np.array(out)
+        wsr = evaluate_rounds(spec.build(spec.options(**opts), s.net), s.net, s.air)
+    return np.array([float(wsr[r].mean()) for r in sorted(wsr)])
 
 
 def main() -> None:
@@ -68,8 +65,7 @@ def main() -> None:
     rows = []
     for j, (_, key, values, fixed, _) in enumerate(SWEEPS):
         for v in values:
-            g = torch.Generator().manual_seed(SEED + 100 * j)
-            ch = generate_multicell(a.batch, g, torch.complex128, **(fixed | {key: v}))
+            _, ch = generate_channels({"family": "multicell"} | fixed | {key: v}, a.batch, SEED + 100 * j, "double")
             gcn = mean_wsr("gcn_wmmse", {"checkpoint": a.checkpoint}, ch)
             L = len(gcn) - 1
             ri = np.mean([mean_wsr("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s)
@@ -78,11 +74,8 @@ def main() -> None:
                          "wmmse_ri_tr": ri[L]})
             print(f"{key}={v}: GCN-WMMSE {gcn[-1]:.2f}  WMMSE RI {ri[-1]:.2f}  RI TR({L}) {ri[L]:.2f}",
                   flush=True)
-    with (out / "gcn_wmmse_generalization.csv").open("w") as f:
-        f.write("parameter,value,gcn_wmmse,wmmse_ri,wmmse_ri_tr\n")
-        for r in rows:
-            f.write(f"{r['parameter']},{r['value']},{r['gcn_wmmse']:.6f},{r['wmmse_ri']:.6f},"
-                    f"{r['wmmse_ri_tr']:.6f}\n")
+    columns = ("parameter", "value", "gcn_wmmse", "wmmse_ri", "wmmse_ri_tr")
+    write_csv(out / "gcn_wmmse_generalization.csv", columns, ([r[c] for c in columns] for r in rows))
 
     import matplotlib
 

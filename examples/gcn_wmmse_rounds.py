@@ -27,31 +27,32 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents.registry import get  # noqa: E402
 from dsim.engine.local import LocalEngine  # noqa: E402
-from dsim.scenarios.multicell import generate_multicell  # noqa: E402
-from dsim.scenarios.network_multicell import multicell_network  # noqa: E402
+from dsim.evaluate import evaluate_rounds  # noqa: E402
+from dsim.registry import algorithm  # noqa: E402
+from dsim.results import write_csv  # noqa: E402
+from dsim.scenarios.build import build_scenario, generate_channels  # noqa: E402
 
 HELD_OUT_SEED = 20240917  # never used by training (seeds seed*1_000_003 + step) or validation
 
 
-def run(name: str, opts: dict, ch, seed: int = 0, wire: str = "float64") -> tuple[np.ndarray, float, list]:
-    """(WSR per round (R+1, B), wall time of the run (s), ledger) on the local engine."""
-    net, air = multicell_network(ch, seed=seed)
-    spec = get(name)
-    proto = spec.build(spec.options(**opts), net)
-    wsr = []
-    eng = LocalEngine(wire)
+def setup(name: str, opts: dict, ch, seed: int = 0):
+    """(protocol, net, air) of algorithm ``name`` with ``opts`` on the multicell channels ``ch``."""
+    s = build_scenario("multicell", ch, None, seed)
+    spec = algorithm(name)
+    return spec.build(spec.options(**opts), s.net), s.net, s.air
+
+
+def run(name: str, opts: dict, ch, seed: int = 0) -> np.ndarray:
+    """WSR per round (R+1, B) on the local engine (float64 wire)."""
     with torch.no_grad():
-        trace = eng.run(proto, net, air, on_round=lambda r, V: wsr.append(air.evaluate(V)[0]))
-    return torch.stack(wsr).numpy(), trace.wall_s, trace.ledger
+        wsr = evaluate_rounds(*setup(name, opts, ch, seed))
+    return torch.stack([wsr[r] for r in sorted(wsr)]).numpy()
 
 
 def timed(name: str, opts: dict, ch, reps: int = 3) -> float:
     """Best-of-``reps`` wall time (s) of a run without per-round evaluation."""
-    net, air = multicell_network(ch)
-    spec = get(name)
-    proto = spec.build(spec.options(**opts), net)
+    proto, net, air = setup(name, opts, ch)
     best = float("inf")
     for _ in range(reps):
         with torch.no_grad():
@@ -78,13 +79,11 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    g = torch.Generator().manual_seed(HELD_OUT_SEED)
-    ch = generate_multicell(a.batch, g, torch.complex128)
-    gcn, _, ledger = run("gcn_wmmse", {"checkpoint": a.checkpoint}, ch)
+    _, ch = generate_channels({"family": "multicell"}, a.batch, HELD_OUT_SEED, "double")  # Tab. II base
+    gcn = run("gcn_wmmse", {"checkpoint": a.checkpoint}, ch)
     L = gcn.shape[0] - 1
-    ri = np.stack([run("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s)[0]
-                   for s in range(a.inits)])
-    mrc = run("wmmse", {"init": "mrc", "rounds": a.rounds}, ch)[0]
+    ri = np.stack([run("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s) for s in range(a.inits)])
+    mrc = run("wmmse", {"init": "mrc", "rounds": a.rounds}, ch)
     ri_mean = ri.mean(axis=(0, 2))                      # (R+1,) mean over inits and realizations
     best = ri[:, -1].max(axis=0).mean()                 # best of the inits per realization, at 100 rounds
     target = gcn[-1].mean()
@@ -93,10 +92,7 @@ def main() -> None:
 
     t_gcn = timed("gcn_wmmse", {"checkpoint": a.checkpoint}, ch)
     t_ri = timed("wmmse", {"init": "random", "rounds": needed}, ch) if needed else float("nan")
-    net, air = multicell_network(ch)
-    spec = get("wmmse")
-    bpr = bytes_per_round(LocalEngine(a.wire).run(spec.build(spec.options(rounds=1), net), net, air).ledger,
-                          a.batch)
+    bpr = bytes_per_round(LocalEngine(a.wire).run(*setup("wmmse", {"rounds": 1}, ch)).ledger, a.batch)
 
     # ---- table
     lines = [
@@ -126,11 +122,9 @@ def main() -> None:
     print("\n".join(lines))
 
     # ---- per-round CSV
-    with (out / "gcn_wmmse_rounds.csv").open("w") as f:
-        f.write("round,cum_bytes,gcn_wmmse,wmmse_ri,wmmse_mrc\n")
-        for r in range(a.rounds + 1):
-            gv = f"{gcn[r].mean():.6f}" if r <= L else ""
-            f.write(f"{r},{r * bpr:.0f},{gv},{ri_mean[r]:.6f},{mrc[r].mean():.6f}\n")
+    write_csv(out / "gcn_wmmse_rounds.csv", ("round", "cum_bytes", "gcn_wmmse", "wmmse_ri", "wmmse_mrc"),
+              ((r, round(r * bpr), gcn[r].mean() if r <= L else "", ri_mean[r], mrc[r].mean())
+               for r in range(a.rounds + 1)))
 
     # ---- plot
     import matplotlib

@@ -1,12 +1,11 @@
 """dsim.config: scenario YAML + overrides -> RunConfig; every user error is one clear ConfigError line.
 
-The algorithm entries use a fake algorithm registered by a fixture (the real protocol modules are
-written concurrently; only their names, read from the registry at test time, appear in assertions).
+The algorithm entries use fake algorithms registered by a fixture; the names of the real families,
+algorithms, roles and link classes are read from the registry at test time.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Literal
@@ -15,20 +14,27 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents import registry
+from dsim import registry
 from dsim.config import (
-    DEFAULT_LINKS,
-    LINK_CLASSES,
-    ROLES,
-    CellfreeScenario,
     ConfigError,
-    FileScenario,
-    MulticellScenario,
+    EngineConfig,
     RunConfig,
     config_from_dict,
+    default_links,
     load_config,
     resolved_dict,
 )
+from dsim.scenarios.build import FileScenario
+from dsim.scenarios.cellfree import CellfreeScenario
+from dsim.scenarios.multicell import MulticellScenario
+from dsim.train import TrainOptions
+
+DEFAULT_LINKS = default_links()
+LINK_CLASSES = list(registry.link_classes())
+ROLES = registry.roles()
+FAMILIES = ", ".join(registry.family_names())
+LEARNABLE = ", ".join(registry.algorithm_names(learnable=True))
+ENGINE_KEYS = ", ".join(sorted(EngineConfig.model_fields))
 
 FAKE = "_cfgtest_fake"
 FAKE_CF = "_cfgtest_fake_cf"
@@ -45,16 +51,14 @@ class FakeOptions(BaseModel):
 @pytest.fixture
 def fake_alg():
     """Two fake algorithms: FAKE (multicell only) and FAKE_CF (cellfree only); removed afterwards."""
-    registry.load_all()
-    saved = {n: registry.REGISTRY.get(n) for n in (FAKE, FAKE_CF)}
-    registry.register(registry.AlgorithmSpec(FAKE, ("multicell",), FakeOptions, lambda o, n: None, "test"))
-    registry.register(registry.AlgorithmSpec(FAKE_CF, ("cellfree",), FakeOptions, lambda o, n: None, "test"))
+    registry.discover()
+    registry.register_algorithm(registry.AlgorithmSpec(FAKE, ("multicell",), FakeOptions, lambda o, n: None, "test",
+                                                       random_init=True))
+    registry.register_algorithm(registry.AlgorithmSpec(FAKE_CF, ("cellfree",), FakeOptions, lambda o, n: None,
+                                                       "test"))
     yield FAKE
-    for n, spec in saved.items():
-        if spec is None:
-            registry.REGISTRY.pop(n, None)
-        else:
-            registry.REGISTRY[n] = spec
+    for n in (FAKE, FAKE_CF):
+        registry.ALGORITHMS.pop(n, None)
 
 
 def base() -> dict:
@@ -98,7 +102,7 @@ clock:
   links: {ul: {latency_s: 2e-3}, bh: {bandwidth_bps: inf, shared: true}}
   compute_s: {bs: 1e-4}
 faults: {message_loss: 0.25}
-train: {steps: 3, lr: 1e-2}
+train: {algorithm: gcn_wmmse, steps: 3, lr: 1e-2, options: {layers: 2}}
 """
 
 
@@ -124,11 +128,11 @@ def test_full_yaml_loads_with_defaults_filled(tmp_path, fake_alg):
     assert links["bh"].latency_s == DEFAULT_LINKS["bh"]["latency_s"] and math.isinf(links["bh"].bandwidth_bps)
     assert links["bh"].shared and not links["fh"].shared
     assert (links["fh"].latency_s, links["fh"].bandwidth_bps) == (1e-4, 1e9)
-    assert (links["dl"].latency_s, links["d2d"].bandwidth_bps) == (1e-3, 1e6)
+    assert (links["dl"].latency_s, links["dl"].bandwidth_bps) == (1e-3, 1e6)
     assert cfg.clock.compute_s == {"bs": 1e-4} and cfg.clock.air_symbol_s == 71.4e-6
     assert (cfg.faults.message_loss, cfg.faults.missing_links, cfg.faults.seed) == (0.25, 0.0, None)
     assert cfg.output == "runs/full" and cfg.source.endswith("full.yaml")
-    assert cfg.train == {"steps": 3, "lr": 0.01}
+    assert cfg.train == TrainOptions(algorithm="gcn_wmmse", steps=3, lr=0.01, options={"layers": 2})
 
 
 def test_minimal_config_defaults(fake_alg):
@@ -150,16 +154,15 @@ def test_cellfree_defaults_and_mmse_with_pilots(fake_alg):
     assert (s.csi, s.pilots, s.tau_c, s.tau_d, s.n_aps, s.bandwidth_hz) == ("mmse", 3, 20, 20, 7, 2e7)
 
 
-def test_scenario_models_match_the_generators():
-    """The scenario models carry exactly the keyword arguments the generators read, with their defaults."""
-    from dsim.scenarios import cellfree, multicell
-
-    for model, gen, names in [(MulticellScenario, multicell.generate_multicell, multicell.OPTION_NAMES),
-                              (CellfreeScenario, cellfree.generate_cellfree, cellfree.OPTION_NAMES)]:
-        assert set(model.model_fields) == {"family", *names}
-        sig = inspect.signature(gen)
-        defaults = {n: model.model_fields[n].default for n in names}
-        assert defaults == {n: sig.parameters[n].default for n in names}
+def test_every_family_registers_a_strict_options_model():
+    """Each registered family's options model is the YAML mapping: ``family`` defaults to its name,
+    unknown keys are rejected, every other field has a default (a bare ``{family: name}`` is valid)."""
+    for name in registry.family_names():
+        model = registry.family(name).options
+        assert model.model_config.get("extra") == "forbid", name
+        assert model().family == name
+        with pytest.raises(ValidationError):
+            model(no_such_key=1)
 
 
 def test_resolved_dict_round_trips(tmp_path, fake_alg):
@@ -202,7 +205,7 @@ CASES = [
     ("colck", {}, "colck", [f"unknown key; allowed: {TOP}", "did you mean 'clock'"]),
     ("scenario.bs_antenas", 4, "scenario.bs_antenas",
      ["unknown key; allowed:", "bs_antennas", "bs_distance_m", "ues_per_bs"]),
-    ("engine.shard", 2, "engine.shard", ["unknown key; allowed: address, gpus, kind, num_cpus, shards"]),
+    ("engine.shard", 2, "engine.shard", [f"unknown key; allowed: {ENGINE_KEYS}"]),
     ("faults.loss", 0.1, "faults.loss", ["allowed: message_loss, missing_links, seed"]),
     ("clock.links.ul.delay", 1, "clock.links.ul.delay", ["allowed: bandwidth_bps, latency_s, shared"]),
     ("batch", "20", "batch", ["must be an integer >= 1 (got '20')"]),
@@ -228,18 +231,16 @@ CASES = [
      ["'gpu' is not allowed; allowed: " + ", ".join(ROLES)]),
     ("scenario.layout", "square", "scenario.layout", ["'square' is not allowed; allowed: triangle, hex"]),
     ("scenario.pathloss", "umi", "scenario.pathloss", ["allowed: pico, macro, exponent"]),
-    ("scenario", {"n_bs": 3}, "scenario.family", ["required key missing; allowed: multicell, cellfree"]),
-    ("scenario", {"family": "femto"}, "scenario.family",
-     ["'femto' is not allowed; allowed: multicell, cellfree"]),
-    ("scenario", {"family": ["multicell"]}, "scenario.family",
-     ["a list is not allowed; allowed: multicell, cellfree"]),
+    ("scenario", {"n_bs": 3}, "scenario.family", [f"required key missing; allowed: {FAMILIES}"]),
+    ("scenario", {"family": "femto"}, "scenario.family", [f"'femto' is not allowed; allowed: {FAMILIES}"]),
+    ("scenario", {"family": ["multicell"]}, "scenario.family", [f"a list is not allowed; allowed: {FAMILIES}"]),
     ("scenario.n_bs", 4, "scenario.n_bs", ["layout 'triangle' has exactly 3 BSs (got 4); allowed: 3"]),
     ("scenario", {"family": "cellfree", "csi": "mmse"}, "scenario.pilots",
      ["required when csi is 'mmse'; allowed: an integer >= 1"]),
     ("scenario", {"family": "cellfree", "tau_c": 20, "tau_d": 21}, "scenario.tau_d",
      ["must be <= tau_c (= 20) (got 21)"]),
     ("algorithms.0.roundz", 3, "algorithms[0].roundz",
-     ["unknown key; allowed: betas, init, label, name, rounds, step", "did you mean 'rounds'"]),
+     ["unknown key; allowed: betas, init, label, name, restarts, rounds, step", "did you mean 'rounds'"]),
     ("algorithms.0.init", "zero", "algorithms[0].init", ["'zero' is not allowed; allowed: random, mrc"]),
     ("algorithms.0.label", 3, "algorithms[0].label", ["must be a string"]),
     ("algorithms.0", {"rounds": 3}, "algorithms[0].name", ["required key missing; allowed:", FAKE]),
@@ -247,6 +248,14 @@ CASES = [
     ("algorithms", {"name": FAKE}, "algorithms", ["must be a list"]),
     ("output", 3, "output", ["must be a string or null (got 3)"]),
     ("train", [1], "train", ["must be a mapping"]),
+    ("algorithms.0.restarts", 0, "algorithms[0].restarts", ["must be an integer >= 1 (got 0)"]),
+    ("train", {"steps": 3}, "train.algorithm", [f"required key missing; allowed: {LEARNABLE}"]),
+    ("train", {"algorithm": "nope"}, "train.algorithm",
+     [f"'nope' is not allowed; allowed (learnable algorithms): {LEARNABLE}"]),
+    ("train", {"algorithm": "gcn_wmmse", "stepz": 3}, "train.stepz", ["unknown key; allowed:", "steps"]),
+    ("train", {"algorithm": "gcn_wmmse", "steps": -1}, "train.steps", ["must be an integer >= 0"]),
+    ("train", {"algorithm": "gcn_wmmse", "options": {"layerz": 2}}, "train.options.layerz",
+     ["unknown key; allowed:", "layers"]),
 ]
 
 
@@ -267,13 +276,13 @@ def test_missing_scenario_and_algorithms(tmp_path, fake_alg):
 def test_empty_algorithms_lists_the_names(tmp_path, fake_alg):
     line = line_for(error_of(tmp_path, {**base(), "algorithms": []}), "algorithms")
     assert "must not be empty; allowed names:" in line
-    for name in registry.names():
+    for name in registry.algorithm_names():
         assert name in line
 
 
 def test_unknown_algorithm(tmp_path, fake_alg):
     line = line_for(error_of(tmp_path, {**base(), "algorithms": [{"name": "nope"}]}), "algorithms[0].name")
-    assert "unknown algorithm 'nope'; allowed: " + ", ".join(registry.names()) in line
+    assert "unknown algorithm 'nope'; allowed: " + ", ".join(registry.algorithm_names()) in line
     assert FAKE in line
 
 
@@ -282,12 +291,21 @@ def test_algorithm_not_for_the_family(tmp_path, fake_alg):
     msg = error_of(tmp_path, data)
     line = line_for(msg, "algorithms[1].name")
     assert f"'{FAKE}' does not run on family 'cellfree'; allowed for cellfree: " in line
-    assert line.endswith(", ".join(registry.names("cellfree")))
+    assert line.endswith(", ".join(registry.algorithm_names("cellfree")))
     assert FAKE_CF in line and "algorithms[0]" not in msg
     # a channel file's family is known only once loaded: no family check then
     (tmp_path / "ch.npz").write_bytes(b"")
     cfg = load_config(write(tmp_path, {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE_CF}]}))
     assert cfg.algorithms[0].name == FAKE_CF
+
+
+def test_restarts_only_for_a_random_initialisation(tmp_path, fake_alg):
+    cfg = config_from_dict({**base(), "algorithms": [{"name": FAKE, "restarts": 3, "rounds": 2}]})
+    assert (cfg.algorithms[0].restarts, cfg.algorithms[0].options.rounds) == (3, 2)
+    assert config_from_dict(base()).algorithms[0].restarts == 1
+    data = {"scenario": {"family": "cellfree"}, "algorithms": [{"name": FAKE_CF, "restarts": 2}]}
+    line = line_for(error_of(tmp_path, data), "algorithms[0].restarts")
+    assert f"not allowed for '{FAKE_CF}' (its initialisation is not random)" in line
 
 
 def test_duplicate_labels(tmp_path, fake_alg):
@@ -368,14 +386,15 @@ def test_overrides_nested_list_index_and_types(tmp_path, fake_alg):
     p = write(tmp_path, {**base(), "algorithms": [{"name": FAKE}, {"name": FAKE, "label": "b"}]}, "o.yaml")
     cfg = load_config(p, ["engine.shards=4", "clock.links.bh.latency_s=1e-3", "batch=7", "seed=3",
                           "clock.links.ul.shared=true", "algorithms.0.rounds=5", "algorithms[1].init=mrc",
-                          "algorithms.1.betas=[0.5, 0.6]", "train={steps: 3}", "train.lr=1e-2",
+                          "algorithms.1.betas=[0.5, 0.6]", "train={algorithm: gcn_wmmse, steps: 3}", "train.lr=1e-2",
                           "scenario.range_m=150.5", "engine.address=", "clock.compute_s.ue=2e-4"])
     assert cfg.engine.shards == 4 and cfg.engine.address is None
     assert cfg.clock.links["bh"].latency_s == 1e-3 and cfg.clock.links["bh"].bandwidth_bps == 1e9
     assert (cfg.batch, cfg.seed) == (7, 3) and cfg.clock.links["ul"].shared is True
     assert cfg.algorithms[0].options.rounds == 5 and cfg.algorithms[1].options.init == "mrc"
     assert cfg.algorithms[1].options.betas == (0.5, 0.6)
-    assert cfg.train == {"steps": 3, "lr": 0.01} and cfg.scenario.range_m == 150.5
+    assert (cfg.train.algorithm, cfg.train.steps, cfg.train.lr) == ("gcn_wmmse", 3, 0.01)
+    assert cfg.scenario.range_m == 150.5
     assert cfg.clock.compute_s == {"ue": 2e-4}
     # the family may be switched from the command line
     cfg = load_config(p, ["scenario={family: cellfree, n_ues: 3}", "algorithms.0.name=" + FAKE_CF,
@@ -384,15 +403,15 @@ def test_overrides_nested_list_index_and_types(tmp_path, fake_alg):
 
 
 @pytest.mark.parametrize("item,fragments", [
-    ("engine.shardz=4", ["engine.shardz: unknown key; allowed: address, gpus, kind, num_cpus, shards"]),
+    ("engine.shardz=4", [f"engine.shardz: unknown key; allowed: {ENGINE_KEYS}"]),
     ("sed=4", ["sed: unknown key; allowed:", "did you mean 'seed'"]),
     ("scenario.bs_antenas=3", ["scenario.bs_antenas: unknown key; allowed:", "bs_antennas"]),
     ("algorithms.0.roundz=3",
-     ["algorithms[0].roundz: unknown key; allowed: betas, init, label, name, rounds, step"]),
+     ["algorithms[0].roundz: unknown key; allowed: betas, init, label, name, restarts, rounds, step"]),
     ("algorithms.5.rounds=1", ["algorithms[5]: index out of range; algorithms has 1 entries"]),
     ("algorithms.rounds=1", ["algorithms is a list; use an index"]),
-    ("clock.links.xx.latency_s=1", ["clock.links.xx: 'xx' is not allowed; allowed: ul, dl, bh, fh, d2d"]),
-    ("clock.compute_s.gpu=1", ["'gpu' is not allowed; allowed: bs, ue, ap, cpu"]),
+    ("clock.links.xx.latency_s=1", ["clock.links.xx: 'xx' is not allowed; allowed: " + ", ".join(LINK_CLASSES)]),
+    ("clock.compute_s.gpu=1", ["'gpu' is not allowed; allowed: " + ", ".join(ROLES)]),
     ("batch.x=1", ["batch.x: batch is a value, not a mapping"]),
     ("batch", ["expected KEY.PATH=VALUE"]),
     ("batch=[1,", ["invalid YAML"]),

@@ -7,21 +7,24 @@ Statistical checks use i.i.d. samples and bounds of about 6 standard deviations 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
-from dsim.scenarios.channel_file import ChannelFileError, load_channels, save_channels
+from dsim.scenarios.build import generate_channels
+from dsim.scenarios.channel_file import ChannelFileError
 from dsim.scenarios.multicell import (
     MulticellChannels,
+    MulticellScenario,
     generate_multicell,
     hex_sites,
-    multicell_from_options,
     pathloss_db,
     triangle_sites,
 )
+from dsim.scenarios.multicell import load_multicell as load_channels
+from dsim.scenarios.multicell import save_multicell as save_channels
 
 SQ3 = math.sqrt(3.0)
 
@@ -29,7 +32,7 @@ SQ3 = math.sqrt(3.0)
 def draw(batch: int, seed: int = 0, dtype: torch.dtype = torch.complex128, **kw) -> MulticellChannels:
     g = torch.Generator()
     g.manual_seed(seed)
-    return generate_multicell(batch, g, dtype, **kw)
+    return generate_multicell(MulticellScenario(**kw), batch, g, dtype)
 
 
 def ks_distance(samples: np.ndarray, cdf) -> float:
@@ -122,12 +125,12 @@ def test_triangle_radial_and_angular_distribution_ks():
 # ------------------------------------------------------------------------------------------------
 def test_pathloss_hand_values_at_100m():
     d = torch.tensor([100.0], dtype=torch.float64)
-    assert abs(float(pathloss_db(d, "pico")) - (27.9 + 36.7 * 2)) < 1e-12  # 101.3 dB
-    assert abs(float(pathloss_db(d, "macro")) - (15.3 + 37.6 * 2)) < 1e-12  # 90.5 dB
-    assert abs(float(pathloss_db(d, "exponent")) - 90.0) < 1e-12  # 30 + 10 * 3 * 2
+    assert abs(float(pathloss_db(d, "pico", 3.0, 30.0)) - (27.9 + 36.7 * 2)) < 1e-12  # 101.3 dB
+    assert abs(float(pathloss_db(d, "macro", 3.0, 30.0)) - (15.3 + 37.6 * 2)) < 1e-12  # 90.5 dB
+    assert abs(float(pathloss_db(d, "exponent", 3.0, 30.0)) - 90.0) < 1e-12  # 30 + 10 * 3 * 2
     assert abs(float(pathloss_db(d, "exponent", 2.0, 20.0)) - 60.0) < 1e-12
     with pytest.raises(ValueError, match="pathloss"):
-        pathloss_db(d, "cost231")
+        pathloss_db(d, "cost231", 3.0, 30.0)
 
 
 @pytest.mark.parametrize("kw, formula", [
@@ -227,14 +230,13 @@ def test_range_cutoff():
     assert bool(draw(2, seed=8).inrange.all())  # range_m=None: everything in range
 
 
-def test_invalid_arguments_name_the_parameter():
-    g = torch.Generator()
+def test_invalid_options_name_the_parameter():
     for kw, name in (({"n_bs": 4}, "n_bs"), ({"layout": "square"}, "layout"), ({"pathloss": "x"}, "pathloss"),
                      ({"min_distance_m": 200.0}, "min_distance_m"), ({"ues_per_bs": 0}, "ues_per_bs"),
                      ({"range_m": -1.0}, "range_m"), ({"ue_weight": 0.0}, "ue_weight"),
                      ({"bs_distance_m": 0.0}, "bs_distance_m")):
-        with pytest.raises(ValueError, match=name):
-            generate_multicell(2, g, **kw)
+        with pytest.raises(ValidationError, match=name):
+            MulticellScenario(**kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,23 +254,20 @@ def test_determinism_and_dtype_independence(kw):
     assert torch.equal(s.ue_xy, a.ue_xy)
 
 
-def test_from_options_reads_the_keyword_names():
+def test_generate_channels_reads_the_option_names():
     kw = {"layout": "hex", "bs_distance_m": 400.0, "n_bs": 4, "ues_per_bs": 2, "bs_antennas": 6,
           "ue_antennas": 3, "bs_power_dbm": 40.0, "noise_dbm": -90.0, "pathloss": "exponent",
           "pathloss_exponent": 3.2, "pathloss_ref_db": 33.0, "min_distance_m": 20.0, "range_m": 300.0,
           "ue_weight": 2.0}
     want = draw(3, seed=13, **kw)
-    for opts in (SimpleNamespace(family="multicell", **kw), dict(kw)):
-        g = torch.Generator()
-        g.manual_seed(13)
-        got = multicell_from_options(opts, 3, g, torch.complex128)
+    assert want.H.shape == (3, 8, 4, 3, 6)
+    for scn in (MulticellScenario(**kw), {"family": "multicell"} | kw):
+        family, got = generate_channels(scn, 3, 13, "double")
+        assert family == "multicell"
         assert torch.equal(got.H, want.H) and torch.equal(got.inrange, want.inrange)
     assert float(want.power_w[0]) == pytest.approx(10.0) and float(want.noise_w[0]) == pytest.approx(1e-12)
     assert want.weights.tolist() == [2.0] * 8
-    g = torch.Generator()
-    g.manual_seed(0)
-    opts = SimpleNamespace(family="multicell", range_m=None)
-    default = multicell_from_options(opts, 2, g, torch.complex128)
+    _, default = generate_channels({"family": "multicell"}, 2, 0, "double")
     assert torch.equal(default.H, draw(2, seed=0).H)
 
 

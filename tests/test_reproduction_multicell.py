@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.registry import get
-from dsim.engine.local import LocalEngine
-from dsim.scenarios.network_multicell import multicell_network
+from dsim.evaluate import evaluate_rounds
+from dsim.registry import algorithm
+from dsim.scenarios.multicell import multicell_network
 from tests.conftest import base_channels
 
 pytestmark = pytest.mark.slow
@@ -24,12 +24,11 @@ HELD_OUT_SEED = 777_000_111
 def wsr_per_round(name: str, ch, seed: int = 0, **opts) -> torch.Tensor:
     """(rounds + 1, B) WSR [nat/Hz] of algorithm ``name`` on the local engine, float64 wire."""
     net, air = multicell_network(ch, seed=seed)
-    spec = get(name)
+    spec = algorithm(name)
     proto = spec.build(spec.options(**opts), net)
-    out: list[torch.Tensor] = []
     with torch.no_grad():
-        LocalEngine("float64").run(proto, net, air, on_round=lambda r, V: out.append(air.evaluate(V)[0]))
-    return torch.stack(out)
+        wsr = evaluate_rounds(proto, net, air)
+    return torch.stack([wsr[r] for r in range(proto.rounds + 1)])
 
 
 def test_wmmse_random_init_base_scenario_mean_wsr():

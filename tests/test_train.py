@@ -8,8 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from dsim.scenarios.network_multicell import multicell_network
-from dsim.train import TrainingDiverged, TrainOptions, get_learnable, train, train_main, validate
+from dsim.learn import TrainingDiverged, batch_seed, get_learnable, scenario_sampler
+from dsim.scenarios.multicell import multicell_network
+from dsim.train import TrainOptions, train, train_main, validate
 from tests.conftest import base_channels
 
 
@@ -18,8 +19,8 @@ def sample(batch: int, seed: int):
 
 
 def _opts(**kw) -> TrainOptions:
-    base = dict(steps=4, batch=4, val_every=2, val_size=4, checkpoint_every=1, progress=False,
-                options={"checkpoint": "untrained", "layers": 3})
+    base = dict(algorithm="gcn_wmmse", steps=4, batch=4, val_every=2, val_size=4, checkpoint_every=1,
+                progress=False, options={"checkpoint": "untrained", "layers": 3})
     return TrainOptions(**(base | kw))
 
 
@@ -67,18 +68,26 @@ def test_nan_is_an_error_naming_the_step_and_keeps_last_good_state(tmp_path):
 
 def test_train_main_outputs_and_options(tmp_path):
     with pytest.raises(ValidationError):
-        TrainOptions(bogus=1)
-    cfg = {"seed": 0, "precision": "double",
-           "scenario": {"family": "multicell", "layout": "triangle", "bs_distance_m": 200},
-           "train": {"steps": 3, "batch": 4, "val_every": 3, "val_size": 4, "progress": False,
-                     "layers_in_loss": [1, 2], "options": {"layers": 2}}}
+        TrainOptions(algorithm="gcn_wmmse", bogus=1)
+    scenario = {"family": "multicell", "layout": "triangle", "bs_distance_m": 200}
+    cfg = {"seed": 0, "precision": "double", "scenario": scenario,
+           "train": {"algorithm": "gcn_wmmse", "steps": 3, "batch": 4, "val_every": 3, "val_size": 4,
+                     "progress": False, "layers_in_loss": [1, 2], "options": {"layers": 2}}}
     path = train_main(cfg, tmp_path)
     assert path == tmp_path / "checkpoint.pt"
-    assert (tmp_path / "train_curve.png").stat().st_size > 0
+    assert (tmp_path / "train_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3] and rows[-1]["val_wsr"] != ""
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and [r["val_wsr"] for r in rows[:2]] == ["", ""]
     ck = torch.load(path, weights_only=True)
     assert ck["hparams"] == {"layers": 2, "degree": 2, "features": 4}
+    # the log is the checkpoint's (floats written exactly) ...
+    for row, logged in zip(rows, ck["log"]):
+        for key in ("lr", "loss", "train_wsr", "grad_norm"):
+            assert float(row[key]) == logged[key], key
+    # ... and the final validation WSR is recomputed here: the trained model on the validation draw
+    learn = get_learnable("gcn_wmmse", {"checkpoint": str(path)})
+    net, air = scenario_sampler(scenario)(4, batch_seed(0, -1))
+    assert float(rows[-1]["val_wsr"]) == validate(learn, net, air)
     cfg["train"]["layers_in_loss"] = [3]
     with pytest.raises(ValueError, match="layers_in_loss"):
         train_main(cfg, tmp_path / "bad")

@@ -62,12 +62,16 @@ class Engine:
     # ------------------------------------------------------------- to implement
     def _setup(self, proto: Protocol, net: Network) -> None: ...
     def _init(self) -> None: ...
-    def _transmit(self, k: int, role: str) -> list[tuple[Tensor, dict[str, Tensor]]]: ...
-    def _measured(self, k: int, role: str, meas: dict[str, Tensor]) -> None: ...
-    def _compute(self, k: int, role: str) -> None: ...
+    def _transmit(self, k: int, rnd: int, role: str) -> list[tuple[Tensor, dict[str, Tensor]]]: ...
+    def _measured(self, k: int, rnd: int, role: str, meas: dict[str, Tensor]) -> None: ...
+    def _compute(self, k: int, rnd: int, role: str) -> None: ...
     def _message(self, k: int, rnd: int) -> int: ...  # returns number of messages sent (batch total)
     def _output(self) -> list[tuple[Tensor, Tensor]]: ...
     def close(self) -> None: ...
+
+    def _phase_wall(self, wall: dict[str, float]) -> dict[str, float]:
+        """Wall time per phase name (s, summed over rounds) to report; ``wall``: the driver's measurement."""
+        return wall
 
     # ------------------------------------------------------------- shared logic
     @staticmethod
@@ -99,10 +103,10 @@ class Engine:
                     continue
                 tp = time.perf_counter()
                 if isinstance(ph, Measure):
-                    parts = self._transmit(k, ph.transmitter)
+                    parts = self._transmit(k, r, ph.transmitter)
                     signals = {name: self.assemble([(p[0], p[1][name]) for p in parts]) for name in parts[0][1]}
                     meas = air.measure(ph.observe, signals)
-                    self._measured(k, ph.receiver, meas)
+                    self._measured(k, r, ph.receiver, meas)
                     ledger.append(LedgerRow(r, ph.name, "air", int(ph.pilots(net.info)) * net.batch, 0, 0))
                 elif isinstance(ph, Message):
                     n_msgs = self._message(k, r)
@@ -111,10 +115,10 @@ class Engine:
                     link = net.edges[ph.edges].link
                     ledger.append(LedgerRow(r, ph.name, link, n_msgs, n_msgs * reals, n_msgs * nb))
                 elif isinstance(ph, Local):
-                    self._compute(k, ph.role)
+                    self._compute(k, r, ph.role)
                 else:  # pragma: no cover - Phase is a closed union
                     raise TypeError(f"unknown phase type {type(ph)}")
                 wall[ph.name] += time.perf_counter() - tp
             if on_round is not None:
                 on_round(r, self.decision())
-        return RunTrace(ledger=ledger, phase_wall_s=wall, wall_s=time.perf_counter() - t0)
+        return RunTrace(ledger=ledger, phase_wall_s=self._phase_wall(wall), wall_s=time.perf_counter() - t0)

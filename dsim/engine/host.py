@@ -8,8 +8,6 @@ received" buffers that message loss needs.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from dsim.faults import FaultModel
@@ -74,6 +72,7 @@ class Host:
 
     # ---------------------------------------------------------------- lifecycle
     def init(self) -> None:
+        self.block.round = 0
         fn = self.proto.init.get(self.role)
         if fn is not None:
             fn(self.block)
@@ -88,25 +87,29 @@ class Host:
         return self.in_edges[out.index].eid, x
 
     # ---------------------------------------------------------------- phases
-    def transmit(self, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def transmit(self, k: int, rnd: int) -> tuple[Tensor, dict[str, Tensor]]:
         ph = self.proto.phases[k]
         assert isinstance(ph, Measure)
+        self.block.round = rnd
         sig = ph.transmit(self.block)
         idx = self.ids if ph.index == "agents" else self.in_edges[ph.index].eid
         return idx, sig
 
-    def measured(self, k: int, meas: dict[str, Tensor]) -> None:
+    def measured(self, k: int, rnd: int, meas: dict[str, Tensor]) -> None:
         ph = self.proto.phases[k]
         assert isinstance(ph, Measure)
+        self.block.round = rnd
         ph.receive(self.block, meas)
 
-    def compute(self, k: int) -> None:
+    def compute(self, k: int, rnd: int) -> None:
+        self.block.round = rnd
         self.proto.phases[k].compute(self.block)  # type: ignore[union-attr]
 
-    def send(self, k: int) -> tuple[EdgeView, dict[str, Tensor]]:
+    def send(self, k: int, rnd: int) -> tuple[EdgeView, dict[str, Tensor]]:
         """The payload of phase ``k`` on every out-edge of this host: (edges, {field: (B, E_out, ...)})."""
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
+        self.block.round = rnd
         ev = self.out_edges[ph.edges]
         payload = ph.send(self.block, ev)
         for f in ph.fields:
@@ -117,9 +120,14 @@ class Host:
         return ev, payload
 
     def deliver(self, k: int, rnd: int, eids: Tensor, payload: dict[str, Tensor]) -> None:
-        """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host)."""
+        """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host).
+
+        Lost messages are replaced by the edge's last value (or the phase's initial one); then, for a
+        phase with ``aggr`` != 'none', the messages are aggregated over each receiver's present in-edges.
+        """
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
+        self.block.round = rnd
         ev = self.in_edges[ph.edges]
         if eids.numel() != ev.size or not torch.equal(eids, ev.eid):
             order = torch.argsort(eids)
@@ -127,6 +135,7 @@ class Host:
             if not torch.equal(eids, ev.eid):
                 raise RuntimeError(f"phase {ph.name!r}: host got edges {eids.tolist()}, expects {ev.eid.tolist()}")
             payload = {n: v.index_select(1, order) for n, v in payload.items()}
+        payload = {n: ev.masked(v) for n, v in payload.items()}  # nothing travels on an absent edge
         ok = self.faults.delivered(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
         if self.faults.message_loss > 0.0:
             last = self.last.get(ph.name)
@@ -139,7 +148,6 @@ class Host:
                 merged[n] = torch.where(m, v, last[n])
             payload = merged
             self.last[ph.name] = payload
+        if ph.aggr != "none":
+            payload = {n: ev.reduce_dst(v, ph.aggr) for n, v in payload.items()}
         ph.receive(self.block, Inbox(payload=payload, delivered=ok & ev.mask, edges=ev))
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.block.state

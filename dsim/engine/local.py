@@ -33,20 +33,20 @@ class LocalEngine(Engine):
         for h in self.hosts.values():
             h.init()
 
-    def _transmit(self, k: int, role: str):
-        return [self.hosts[role].transmit(k)]
+    def _transmit(self, k: int, rnd: int, role: str):
+        return [self.hosts[role].transmit(k, rnd)]
 
-    def _measured(self, k: int, role: str, meas: dict[str, Tensor]) -> None:
-        self.hosts[role].measured(k, meas)
+    def _measured(self, k: int, rnd: int, role: str, meas: dict[str, Tensor]) -> None:
+        self.hosts[role].measured(k, rnd, meas)
 
-    def _compute(self, k: int, role: str) -> None:
-        self.hosts[role].compute(k)
+    def _compute(self, k: int, rnd: int, role: str) -> None:
+        self.hosts[role].compute(k, rnd)
 
     def _message(self, k: int, rnd: int) -> int:
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
         es = self.net.edges[ph.edges]
-        ev, payload = self.hosts[es.src_role].send(k)
+        ev, payload = self.hosts[es.src_role].send(k, rnd)
         payload = roundtrip(payload, ph.fields, self.wire)
         self.hosts[es.dst_role].deliver(k, rnd, ev.eid, payload)
         return int(ev.mask.sum())

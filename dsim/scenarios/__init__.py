@@ -1,1 +1,2 @@
-"""Scenario families (multicell, cellfree, ...) and channel-file I/O; entry point: dsim.scenarios.build."""
+"""Scenario families, one module each, registering a :class:`dsim.registry.FamilySpec`; the generic entry
+point (draw / load / save / build through the registry) is :mod:`dsim.scenarios.build`."""

@@ -1,16 +1,34 @@
-"""Scenario config -> (network of local knowledge, air interface): the one entry point of every family."""
+"""Scenario config -> (network of local knowledge, air interface): the one entry point of every family.
+
+Nothing here names a family: each family module registers a :class:`dsim.registry.FamilySpec` (options
+model, generator, ``Network`` + ``Air`` builder, channel-file I/O and keys), and the functions below
+dispatch on the family's name through :func:`dsim.registry.family`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from dsim import registry
+from dsim.air import Air
 from dsim.faults import FaultModel
 from dsim.network import Network
+from dsim.scenarios.channel_file import ChannelFileError
+
+
+class FileScenario(BaseModel):
+    """``scenario: {file: ...}``: a channel file (``.npz``, DESIGN §5); :mod:`dsim.config` resolves a
+    relative ``file`` against the YAML file's directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(min_length=1)
 
 
 @dataclass
@@ -19,11 +37,12 @@ class Scenario:
 
     family: str
     net: Network
-    air: Any
+    air: Air
     channels: Any
 
     @property
     def unit(self) -> str:
+        """The rate unit of the air's evaluation ('nat/Hz' | 'bit/s/Hz')."""
         return self.air.unit
 
 
@@ -33,98 +52,86 @@ def complex_dtype(precision: str) -> torch.dtype:
 
 
 def file_family(path: str | Path) -> str:
-    """Family stored in a channel file (``family`` key; files without one are multicell, DESIGN §5)."""
-    from dsim.scenarios.channel_file import ChannelFileError
-
+    """The family of a channel file: its ``family`` key, else the one family whose ``file_keys`` the file
+    holds; :class:`ChannelFileError` naming the file when it is unreadable or no family (or several) fit."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return str(z["family"]) if "family" in z.files else "multicell"
+            keys = set(z.files)
+            named = str(z["family"]) if "family" in keys else None
     except (OSError, ValueError) as exc:
         raise ChannelFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
+    families = registry.family_names()
+    if named is not None:
+        if named not in families:
+            raise ChannelFileError(f"{path}: key 'family': {named!r} is not allowed; allowed: {', '.join(families)}")
+        return named
+    fits = [f for f in families if set(registry.family(f).file_keys) <= keys]
+    if len(fits) == 1:
+        return fits[0]
+    expected = "; ".join(f"{f}: {', '.join(registry.family(f).file_keys)}" for f in families)
+    what = f"the keys of several families ({', '.join(fits)})" if fits else "the keys of no family"
+    raise ChannelFileError(f"{path}: no 'family' key and {what}; expected a 'family' key or the keys of "
+                           f"one family ({expected})")
 
 
-def generate_channels(scn, batch: int, seed: int, precision: str):
-    """Draw the channels of a family scenario config (``scn.family``) -> (family, channels)."""
+def generate_channels(scn: BaseModel | Mapping[str, Any], batch: int, seed: int, precision: str
+                      ) -> tuple[str, Any]:
+    """Draw ``batch`` realizations of a family scenario -> (family, channels).
+
+    ``scn``: the family's options model, or a plain mapping with a ``family`` key (validated by that
+    family's options model; pydantic's ``ValidationError`` if invalid).  The draw uses a CPU generator
+    seeded with ``seed`` and the complex dtype of ``precision`` ('double' | 'single').
+    """
+    name = scn.get("family") if isinstance(scn, Mapping) else scn.family
+    if not isinstance(name, str):
+        raise ValueError(f"a scenario mapping needs a 'family' key; allowed: {', '.join(registry.family_names())}")
+    spec = registry.family(name)
+    opts = spec.options.model_validate(dict(scn)) if isinstance(scn, Mapping) else scn
     gen = torch.Generator()
     gen.manual_seed(seed)
-    dtype = complex_dtype(precision)
-    if scn.family == "multicell":
-        from dsim.scenarios.multicell import multicell_from_options
-
-        return "multicell", multicell_from_options(scn, batch, gen, dtype)
-    if scn.family == "cellfree":
-        from dsim.scenarios.cellfree import cellfree_from_options
-
-        return "cellfree", cellfree_from_options(scn, batch, gen, dtype)
-    raise ValueError(f"unknown scenario family {scn.family!r}; allowed: multicell, cellfree")
+    return name, spec.generate(opts, batch, gen, complex_dtype(precision))
 
 
-def load_channels_file(path: str | Path, precision: str):
-    """Read a channel file of any family -> (family, channels)."""
+def load_channels_file(path: str | Path, precision: str) -> tuple[str, Any]:
+    """Read a channel file of any registered family -> (family, channels)."""
     family = file_family(path)
-    dtype = complex_dtype(precision)
-    if family == "multicell":
-        from dsim.scenarios.channel_file import load_channels
-
-        return family, load_channels(path, dtype)
-    if family == "cellfree":
-        from dsim.scenarios.cellfree import load_cellfree
-
-        return family, load_cellfree(path, dtype)
-    from dsim.scenarios.channel_file import ChannelFileError
-
-    raise ChannelFileError(f"{path}: family: {family!r} not allowed; allowed: multicell, cellfree")
+    return family, registry.family(family).load(path, complex_dtype(precision))
 
 
-def build_scenario(family: str, channels, faults: FaultModel | None, seed: int) -> Scenario:
-    """Network + air of drawn/loaded channels."""
-    if family == "multicell":
-        from dsim.scenarios.network_multicell import multicell_network
-
-        net, air = multicell_network(channels, faults, seed)
-        return Scenario(family, net, air, channels)
-    if family == "cellfree":
-        from dsim.scenarios.network_cellfree import cellfree_network
-
-        net, air = cellfree_network(channels, faults, seed)
-        return Scenario(family, net, air, channels)
-    raise ValueError(f"unknown scenario family {family!r}; allowed: multicell, cellfree")
+def save_channels_file(family: str, channels: Any, path: str | Path) -> Path:
+    """Write a channel file of ``family`` (``dsim sample``); creates the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    registry.family(family).save(path, channels)
+    return path
 
 
-def scenario_from_config(cfg) -> Scenario:
-    """The scenario of a :class:`dsim.config.RunConfig` (family draw or channel file).
-
-    A drawn (family) scenario also puts its configuration into ``net.info``: ``scenario_config`` (the
-    scenario mapping, JSON types) and ``precision``, so that a protocol can draw fresh samples of the
-    same configuration (e.g. ICGNN's ``adapt_steps``), with a seed of its own.
-    """
-    scn = cfg.scenario
-    if getattr(scn, "file", None) is not None:
-        family, ch = load_channels_file(scn.file, cfg.precision)
-        return build_scenario(family, ch, fault_model(cfg), cfg.seed)
-    family, ch = generate_channels(scn, cfg.batch, cfg.seed, cfg.precision)
-    s = build_scenario(family, ch, fault_model(cfg), cfg.seed)
-    s.net.info["scenario_config"] = scn.model_dump(mode="json") if hasattr(scn, "model_dump") else dict(vars(scn))
-    s.net.info["precision"] = cfg.precision
-    return s
+def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: int) -> Scenario:
+    """Network + air of drawn/loaded channels of ``family``."""
+    net, air = registry.family(family).build(channels, faults, seed)
+    return Scenario(family, net, air, channels)
 
 
-def fault_model(cfg) -> FaultModel:
+def fault_model(cfg: Any) -> FaultModel:
+    """The :class:`FaultModel` of a :class:`dsim.config.RunConfig` (its seed defaults to the run's)."""
     f = cfg.faults
     return FaultModel(message_loss=f.message_loss, missing_links=f.missing_links,
                       seed=cfg.seed if f.seed is None else f.seed)
 
 
-def save_channels_file(family: str, channels, path: Path) -> Path:
-    """Write a channel file of ``family`` (``dsim sample``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if family == "multicell":
-        from dsim.scenarios.channel_file import save_channels
+def scenario_from_config(cfg: Any) -> Scenario:
+    """The scenario of a :class:`dsim.config.RunConfig` (family draw or channel file).
 
-        save_channels(path, channels)
-    else:
-        from dsim.scenarios.cellfree import save_cellfree
-
-        save_cellfree(path, channels)
-    return path
+    A drawn (family) scenario also puts its configuration into ``net.info``: ``scenario_config`` (the
+    scenario mapping, JSON types) and ``precision``, so that a protocol can draw fresh samples of the
+    same configuration (e.g. adaptation steps of a learned protocol), with a seed of its own.
+    """
+    scn = cfg.scenario
+    if isinstance(scn, FileScenario):
+        family, ch = load_channels_file(scn.file, cfg.precision)
+        return build_scenario(family, ch, fault_model(cfg), cfg.seed)
+    family, ch = generate_channels(scn, cfg.batch, cfg.seed, cfg.precision)
+    s = build_scenario(family, ch, fault_model(cfg), cfg.seed)
+    s.net.info["scenario_config"] = scn.model_dump(mode="json")
+    s.net.info["precision"] = cfg.precision
+    return s

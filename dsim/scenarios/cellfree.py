@@ -1,4 +1,4 @@
-"""Cell-free massive MIMO scenario (ICGNN paper Sec. IV / V-B; DESIGN.md section 7 "cellfree").
+"""Cell-free massive MIMO downlink family (ICGNN paper Sec. IV / V-B; DESIGN.md section 7 "cellfree").
 
 Geometry and large-scale fading
     L APs with N antennas (ULA, half-wavelength spacing) and K single-antenna UEs, all uniform in an
@@ -12,22 +12,42 @@ Small-scale fading
     azimuth theta_kl from AP l to UE k).  Each of the ``batch`` topologies has ``realizations`` (= S)
     independent draws, used for the Monte-Carlo statistics of eq. (25).
 CSI
-    'perfect': h_hat = h.  'mmse': tau_p orthogonal uplink pilots (``pilots``; default tau_p = K), UE k uses
-    pilot k mod tau_p with power rho = ``ue_power_mw``; AP l observes
+    'perfect': h_hat = h.  'mmse': tau_p orthogonal uplink pilots (``pilots``), UE k uses pilot k mod tau_p
+    with power rho = ``ue_power_mw``; AP l observes
     y_tl = sqrt(tau_p rho) sum_{i: t_i = t} h_il + n_tl, n_tl ~ CN(0, sigma^2 I), and forms the MMSE estimate
     h_hat_kl = sqrt(tau_p rho) R_kl Psi_tl^-1 y_tl, Psi_tl = tau_p rho sum_{i: t_i = t} R_il + sigma^2 I,
     with error covariance C_kl = R_kl - tau_p rho R_kl Psi_tl^-1 R_kl (:meth:`CellfreeChannels.error_cov`).
 Units
     Powers in W (``power_w`` per AP = 10^(ap_power_dbm/10) mW, default 20 dBm = 0.1 W; ``ue_power_w`` = rho,
     default 10 mW), noise_w = sigma^2 = -174 dBm/Hz + 10 log10(bandwidth_hz) + noise_figure_db (default
-    -90.99 dBm), distances in m, beta and R linear (power gains).
+    -90.99 dBm), distances in m, beta and R linear (power gains); spectral efficiencies in bit/s/Hz.
 
 AP-local functions (an AP uses only its own slice of the channels; every function takes any leading dims,
 e.g. (B,) for one AP or (B, L') for a subset of L' APs stacked agent-major):
 
 * :func:`lmmse_precoders` -- local L-MMSE precoders of eq. (22), normalised to unit norm per realization;
 * :func:`ap_statistics` -- Monte-Carlo means E{h_kl^H w_il} and second moments E{|h_kl^H w_il|^2} over
-  the S draws, the AP's upload to the CPU (combined in ``agents.cellfree_power.combine_statistics``).
+  the S draws, the AP's upload to the CPU (combined by :func:`combine_statistics`).
+
+Downlink SE (the evaluation physics, also what the CPU's power allocation optimises), B topologies:
+
+* ``a`` (B, K, L): a_kl = E{h_kl^H w_kl} (real, >= 0 for L-MMSE); ``Bmat`` (B, K, K, L, L):
+  Bmat[:, k, i] = B_ki with [B_ki]_lm = Re E{h_kl^H w_il w_im^H h_km} (eq. (25), :func:`combine_statistics`);
+* ``mu`` (B, K, L) = sqrt(p), p_kl the power [W] AP l spends on UE k; ``noise`` sigma^2 [W], float or (B,);
+* SINR_k of eq. (24) (:func:`sinr`) and SE_k = tau_d / tau_c log2(1 + SINR_k) of eq. (23)
+  (:func:`downlink_se`, :func:`sum_se`), in bit/s/Hz.
+
+Network (:func:`cellfree_network`): roles ``ap`` (L agents) and ``cpu`` (one agent); UEs are evaluated by
+the air only (they run no protocol step in power allocation).  Edge sets, link class ``fh`` (fronthaul):
+``ap>cpu`` (AP l -> CPU, edge id l) and ``cpu>ap`` (CPU -> AP l, edge id l).  Local data:
+
+* ``ap``: ``h_hat`` (B, L, S, K, N) its channel estimates (S Monte-Carlo draws per topology) and ``h``
+  (B, L, S, K, N) the true channels of the same draws -- an AP forms its statistics E{h_kl^H w_il}
+  from its own pilots/data, i.e. only from its own slice; ``beta`` (B, L, K) large-scale fading;
+  ``power`` (B, L) budget P_t [W]; ``error_cov`` (B, L, K, N, N) for MMSE CSI.
+* ``cpu``: ``power`` (B, 1, L) every AP's budget [W], ``noise`` (B, 1) sigma^2 [W].
+
+Air (:class:`CellfreeAir`): evaluates power allocations p (B, L, K) (AP-major) by the SE bound.
 
 Channel file (``.npz``, written by :func:`save_cellfree`, read by :func:`load_cellfree`); keys:
 
@@ -48,42 +68,75 @@ Channel file (``.npz``, written by :func:`save_cellfree`, read by :func:`load_ce
     ue_xy        float (B, K, 2)          UE positions [m]
     area_m       float ()                 side of the square area [m]
 
-Errors on loading name the offending key (:class:`CellfreeFileError`, a ``ValueError``; a subclass of
-``dsim.scenarios.channel_file.ChannelFileError`` when that module is available).
+Errors on loading name the file and the offending key
+(:class:`dsim.scenarios.channel_file.ChannelFileError`, a ``ValueError``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 
-try:  # the shared channel-file error type, when the channel-file module exists
-    from dsim.scenarios.channel_file import ChannelFileError as _FileErrorBase
-except ModuleNotFoundError as _exc:  # pragma: no cover - depends on which modules exist
-    if _exc.name not in ("dsim.scenarios.channel_file", "dsim.scenarios"):
-        raise
-    _FileErrorBase = ValueError  # type: ignore[misc,assignment]
+from dsim.air import Air
+from dsim.faults import FaultModel
+from dsim.network import EdgeSet, Network
+from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
+from dsim.scenarios.channel_file import ChannelFileError, check_family, read_npz, write_npz
+from dsim.units import db_to_linear, dbm_to_w, log_distance_db, thermal_noise_w
 
-
-class CellfreeFileError(_FileErrorBase):  # type: ignore[misc,valid-type]
-    """A cell-free channel file is malformed; the message names the key."""
-
+Tensor = torch.Tensor
 
 FAMILY = "cellfree"
-CSI_MODES = ("perfect", "mmse")
+UNIT = "bit/s/Hz"
+Csi = Literal["perfect", "mmse"]
+CSI_MODES: tuple[str, ...] = get_args(Csi)
 
-# keyword arguments of generate_cellfree read by cellfree_from_options
-OPTION_NAMES = (
-    "n_aps", "ap_antennas", "n_ues", "area_m", "ap_height_m", "asd_deg", "shadowing_db", "realizations",
-    "csi", "pilots", "noise_figure_db", "bandwidth_hz", "ap_power_dbm", "ue_power_mw", "tau_c", "tau_d",
-    "pathloss_ref_db", "pathloss_exponent",
-)
+
+# --------------------------------------------------------------------------------------------------
+# options (the YAML ``scenario:`` mapping; the one place the family's defaults live)
+# --------------------------------------------------------------------------------------------------
+class CellfreeScenario(CrossChecked):
+    """Cell-free massive MIMO family options (ICGNN Sec. IV; module docstring).
+
+    Area in m (square side), heights in m, ASD in degrees, powers in dBm (UE: mW), bandwidth in Hz,
+    ``tau_c`` / ``tau_d`` coherence / downlink symbols, ``pilots`` tau_p (needed with ``csi: mmse``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["cellfree"] = "cellfree"
+    n_aps: int = Field(7, ge=1)
+    ap_antennas: int = Field(2, ge=1)
+    n_ues: int = Field(5, ge=1)
+    area_m: float = Field(1000.0, gt=0)
+    ap_height_m: float = Field(10.0, ge=0)
+    asd_deg: float = Field(15.0, ge=0)
+    shadowing_db: float = Field(0.0, ge=0)
+    realizations: int = Field(100, ge=1)
+    csi: Csi = "perfect"
+    pilots: int | None = Field(None, ge=1)
+    noise_figure_db: float = 10.0
+    bandwidth_hz: float = Field(2e7, gt=0)
+    ap_power_dbm: float = 20.0
+    ue_power_mw: float = Field(10.0, gt=0)
+    tau_c: int = Field(20, ge=1)
+    tau_d: int = Field(19, ge=1)
+    pathloss_ref_db: float = -30.5
+    pathloss_exponent: float = Field(3.67, gt=0)
+
+    def cross_errors(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.csi == "mmse" and self.pilots is None:
+            errs.append(("pilots", "required when csi is 'mmse'; allowed: an integer >= 1 "
+                                   "(orthogonal pilots tau_p)"))
+        if self.tau_d > self.tau_c:
+            errs.append(("tau_d", f"must be <= tau_c (= {self.tau_c}) (got {self.tau_d})"))
+        return errs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +229,7 @@ class CellfreeChannels:
     pilot_index: torch.Tensor
     ap_xy: torch.Tensor
     ue_xy: torch.Tensor
-    area_m: float = 1000.0
+    area_m: float
 
     family = FAMILY
 
@@ -252,18 +305,6 @@ def wrapped_displacement(ap_xy: torch.Tensor, ue_xy: torch.Tensor, area_m: float
     return torch.remainder(d + 0.5 * area_m, area_m) - 0.5 * area_m
 
 
-def pathloss_db(distance_m: torch.Tensor, pathloss_ref_db: float = -30.5,
-                pathloss_exponent: float = 3.67) -> torch.Tensor:
-    """Large-scale fading in dB: pathloss_ref_db - 10 * pathloss_exponent * log10(d) (d in m)."""
-    return pathloss_ref_db - 10.0 * pathloss_exponent * torch.log10(distance_m)
-
-
-def noise_power_w(bandwidth_hz: float = 2e7, noise_figure_db: float = 10.0) -> float:
-    """Receiver noise power sigma^2 [W]: -174 dBm/Hz + 10 log10(bandwidth) + noise figure."""
-    dbm = -174.0 + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
-    return 10.0 ** ((dbm - 30.0) / 10.0)
-
-
 def _mmse_parts(R: torch.Tensor, pilot_index: torch.Tensor, tau_p: int, rho: float, noise_w: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(R_kl Psi_{t_k l}^-1 (B, K, L, N, N), error covariance C_kl (B, K, L, N, N)) for MMSE estimation."""
@@ -277,98 +318,53 @@ def _mmse_parts(R: torch.Tensor, pilot_index: torch.Tensor, tau_p: int, rho: flo
     return r_psi_inv, 0.5 * (C + C.mH)
 
 
-def generate_cellfree(
-    batch: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.complex128,
-    *,
-    n_aps: int = 7,
-    ap_antennas: int = 2,
-    n_ues: int = 5,
-    area_m: float = 1000.0,
-    ap_height_m: float = 10.0,
-    asd_deg: float = 15.0,
-    shadowing_db: float = 0.0,
-    realizations: int = 100,
-    csi: str = "perfect",
-    pilots: int | None = None,
-    noise_figure_db: float = 10.0,
-    bandwidth_hz: float = 2e7,
-    ap_power_dbm: float = 20.0,
-    ue_power_mw: float = 10.0,
-    tau_c: int = 20,
-    tau_d: int = 19,
-    pathloss_ref_db: float = -30.5,
-    pathloss_exponent: float = 3.67,
-) -> CellfreeChannels:
-    """Draw ``batch`` cell-free topologies with ``realizations`` channel draws each (module docstring).
+def generate_cellfree(options: CellfreeScenario, batch: int, generator: torch.Generator,
+                      dtype: torch.dtype = torch.complex128) -> CellfreeChannels:
+    """Draw ``batch`` cell-free topologies of ``options`` with ``realizations`` channel draws each
+    (module docstring).
 
     Random draws, in this order from ``generator``: AP positions (B, L, 2), UE positions (B, K, 2),
     shadowing N(0, 1) (B, K, L) (always drawn, used when shadowing_db > 0), fading z (B, S, K, L, N),
     and for csi='mmse' the pilot noise (B, S, tau_p, L, N).  Tensors live on the generator's device.
-    ``pilots`` (tau_p, default K) is used only with csi='mmse'.
     """
-    if csi not in CSI_MODES:
-        raise ValueError(f"csi must be one of {CSI_MODES}, got {csi!r}")
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
-    if not 0 < tau_d <= tau_c:
-        raise ValueError(f"need 0 < tau_d <= tau_c, got tau_d={tau_d}, tau_c={tau_c}")
-    B, L, K, N, S = batch, n_aps, n_ues, ap_antennas, realizations
+    o = options
+    B, L, K, N, S = batch, o.n_aps, o.n_ues, o.ap_antennas, o.realizations
     dev = generator.device
     f64 = torch.float64  # geometry and statistics generated in double, then cast
-    ap_xy = area_m * torch.rand(B, L, 2, generator=generator, dtype=f64, device=dev)
-    ue_xy = area_m * torch.rand(B, K, 2, generator=generator, dtype=f64, device=dev)
+    ap_xy = o.area_m * torch.rand(B, L, 2, generator=generator, dtype=f64, device=dev)
+    ue_xy = o.area_m * torch.rand(B, K, 2, generator=generator, dtype=f64, device=dev)
     shadow = torch.randn(B, K, L, generator=generator, dtype=f64, device=dev)
-    disp = wrapped_displacement(ap_xy, ue_xy, area_m)  # (B, K, L, 2)
-    dist = torch.sqrt(ap_height_m ** 2 + (disp ** 2).sum(-1))
-    beta_db = pathloss_db(dist, pathloss_ref_db, pathloss_exponent)
-    if shadowing_db > 0:
-        beta_db = beta_db + shadowing_db * shadow
-    beta = 10.0 ** (beta_db / 10.0)
+    disp = wrapped_displacement(ap_xy, ue_xy, o.area_m)  # (B, K, L, 2)
+    dist = torch.sqrt(o.ap_height_m ** 2 + (disp ** 2).sum(-1))
+    beta_db = log_distance_db(dist, o.pathloss_ref_db, -10.0 * o.pathloss_exponent)
+    if o.shadowing_db > 0:
+        beta_db = beta_db + o.shadowing_db * shadow
+    beta = db_to_linear(beta_db)
     theta = torch.atan2(disp[..., 1], disp[..., 0])  # azimuth AP -> UE
-    R = beta[..., None, None].to(torch.complex128) * local_scattering_R(N, theta, math.radians(asd_deg))
+    R = beta[..., None, None].to(torch.complex128) * local_scattering_R(N, theta, math.radians(o.asd_deg))
     z = torch.randn(B, S, K, L, N, generator=generator, dtype=torch.complex128, device=dev)
     h = torch.einsum("bklmn,bskln->bsklm", _psd_sqrt(R), z)
-    noise_w = noise_power_w(bandwidth_hz, noise_figure_db)
-    rho = ue_power_mw * 1e-3
-    if csi == "perfect":
+    noise_w = thermal_noise_w(o.bandwidth_hz, o.noise_figure_db)
+    rho = o.ue_power_mw * 1e-3
+    if o.csi == "perfect":
         tau_p = 0
         pilot_index = torch.zeros(K, dtype=torch.long, device=dev)
         h_hat = h
     else:
-        tau_p = K if pilots is None else int(pilots)
-        if tau_p < 1:
-            raise ValueError(f"pilots must be >= 1, got {pilots}")
+        tau_p = int(o.pilots)
         pilot_index = torch.arange(K, device=dev) % tau_p
         onehot = torch.nn.functional.one_hot(pilot_index, tau_p).to(h.dtype)  # (K, T)
         noise = torch.randn(B, S, tau_p, L, N, generator=generator, dtype=torch.complex128, device=dev)
         y = math.sqrt(tau_p * rho) * torch.einsum("kt,bskln->bstln", onehot, h) + math.sqrt(noise_w) * noise
         r_psi_inv = _mmse_parts(R, pilot_index, tau_p, rho, noise_w)[0]
         h_hat = math.sqrt(tau_p * rho) * torch.einsum("bklmn,bskln->bsklm", r_psi_inv, y[:, :, pilot_index])
-    power = torch.full((L,), 10.0 ** ((ap_power_dbm - 30.0) / 10.0), dtype=f64, device=dev)
+    power = torch.full((L,), dbm_to_w(o.ap_power_dbm), dtype=f64, device=dev)
     ch = CellfreeChannels(beta=beta, R=R, h=h, h_hat=h_hat, noise_w=noise_w, power_w=power, ue_power_w=rho,
-                          tau_c=int(tau_c), tau_d=int(tau_d), csi=csi, tau_p=tau_p, pilot_index=pilot_index,
-                          ap_xy=ap_xy, ue_xy=ue_xy, area_m=float(area_m))
+                          tau_c=int(o.tau_c), tau_d=int(o.tau_d), csi=o.csi, tau_p=tau_p,
+                          pilot_index=pilot_index, ap_xy=ap_xy, ue_xy=ue_xy, area_m=float(o.area_m))
     return ch if dtype == torch.complex128 else ch.to(dtype)
-
-
-def cellfree_from_options(opts: Any, batch: int, generator: torch.Generator,
-                          dtype: torch.dtype = torch.complex128) -> CellfreeChannels:
-    """:func:`generate_cellfree` with keyword arguments read from ``opts`` by name (OPTION_NAMES).
-
-    ``opts`` is an object with those attributes (e.g. a pydantic model) or a mapping; names it lacks
-    (or sets to None, except ``pilots``) take the defaults of :func:`generate_cellfree`.
-    """
-    kwargs: dict[str, Any] = {}
-    for name in OPTION_NAMES:
-        if isinstance(opts, Mapping):
-            present, value = name in opts, opts.get(name)
-        else:
-            present, value = hasattr(opts, name), getattr(opts, name, None)
-        if present and (value is not None or name == "pilots"):
-            kwargs[name] = value
-    return generate_cellfree(batch, generator, dtype, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,7 +412,131 @@ def ap_statistics(h_l: torch.Tensor, w_l: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 # --------------------------------------------------------------------------------------------------
-# file I/O
+# downlink SE: eq. (23)-(25) (the evaluation physics; the CPU's power allocation optimises it)
+# --------------------------------------------------------------------------------------------------
+def combine_statistics(mean: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (25) at the CPU from the APs' uploads.
+
+    mean (B, L, K, K) complex, mean[:, l, k, i] = E{h_kl^H w_il}; second (B, L, K, K) real,
+    second[:, l, k, i] = E{|h_kl^H w_il|^2} (the stacked outputs of :func:`ap_statistics`, AP-major).
+    Returns a (B, K, L) with a_kl = Re E{h_kl^H w_kl}, and Bmat (B, K, K, L, L) with
+    [B_ki]_ll = E{|h_kl^H w_il|^2} and, for l != m, [B_ki]_lm = Re(E{h_kl^H w_il} E{h_km^H w_im}^*)
+    (different APs' channels are independent, so the cross moment is the product of the means).
+    """
+    m = mean.permute(0, 2, 3, 1)  # (B, K, K, L): [k, i, l]
+    Bmat = (m[..., :, None] * m[..., None, :].conj()).real  # (B, K, K, L, L)
+    Bmat = Bmat.clone()
+    Bmat.diagonal(dim1=-2, dim2=-1).copy_(second.permute(0, 2, 3, 1))
+    a = m.diagonal(dim1=1, dim2=2).real.transpose(1, 2)  # (B, L, K) diag over (k, i) -> (B, K, L)
+    return a.contiguous(), Bmat
+
+
+def per_batch(x: float | torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) quantity (e.g. the noise power sigma^2 [W]) as a (B or 1, 1) tensor like ``ref``."""
+    return torch.as_tensor(x, dtype=ref.dtype, device=ref.device).reshape(-1, 1)
+
+
+def sinr_terms(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_k^T mu_k (B, K), sum_i mu_i^T B_ki mu_i (B, K)) for amplitudes mu (B, K, L)."""
+    signal = (a * mu).sum(-1)
+    total = torch.einsum("bil,bkilm,bim->bk", mu, Bmat, mu)
+    return signal, total
+
+
+def sinr(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor, noise: float | torch.Tensor) -> torch.Tensor:
+    """Effective SINR of eq. (24) (B, K) for amplitudes mu = sqrt(p) (B, K, L) [sqrt(W)], noise [W]."""
+    signal, total = sinr_terms(a, Bmat, mu)
+    s2 = signal ** 2
+    return s2 / (total - s2 + per_batch(noise, a))
+
+
+def downlink_se(a: torch.Tensor, Bmat: torch.Tensor, mu: torch.Tensor, noise: float | torch.Tensor,
+                tau_c: int, tau_d: int) -> torch.Tensor:
+    """Per-UE downlink SE of eq. (23) [bit/s/Hz], (B, K): SE_k = tau_d / tau_c * log2(1 + SINR_k), for
+    amplitudes mu = sqrt(p) (B, K, L) [sqrt(W)]."""
+    return (tau_d / tau_c) * torch.log2(1.0 + sinr(a, Bmat, mu, noise))
+
+
+def sum_se(a: torch.Tensor, Bmat: torch.Tensor, p: torch.Tensor, noise: float | torch.Tensor,
+           tau_c: int, tau_d: int) -> torch.Tensor:
+    """Per-UE downlink SE [bit/s/Hz] of eq. (23)-(24), (B, K), for powers p (B, K, L) [W] (mu = sqrt(p));
+    its sum over k (weighted by alpha_k) is the sum-SE."""
+    return downlink_se(a, Bmat, p.clamp_min(0).sqrt(), noise, tau_c, tau_d)
+
+
+class CellfreeAir(Air):
+    """Cell-free downlink with local L-MMSE precoding (ICGNN paper Sec. IV, eq. (22)–(25)).
+
+    The ground truth holds a_kl (B, K, L) and B_ki (B, K, K, L, L) of eq. (25), computed from every AP's
+    true channels and precoders (same Monte-Carlo draws the APs use, :meth:`from_channels`), and
+    evaluates power allocations p (B, L, K) [W] (AP-major, the decision layout of the cell-free
+    protocols) by the SE bound (23)–(24), in bit/s/Hz.  power_w (L,) per-AP budget [W]; noise_w sigma^2 [W].
+    """
+
+    unit = UNIT
+    metric = "sum-SE"
+
+    def __init__(self, a: Tensor, Bmat: Tensor, power_w: Tensor, noise_w: float, tau_c: int, tau_d: int) -> None:
+        self.a, self.Bmat, self.power_w, self.noise_w = a, Bmat, power_w, noise_w
+        self.tau_c, self.tau_d = tau_c, tau_d
+
+    @classmethod
+    def from_channels(cls, ch: CellfreeChannels) -> CellfreeAir:
+        """The air of a :class:`CellfreeChannels` batch (true channels, the APs' own precoders)."""
+        w = lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w, ch.error_cov_per_ap())
+        a, Bmat = combine_statistics(*ap_statistics(ch.h_per_ap, w))
+        return cls(a, Bmat, ch.power_w.to(a.dtype), float(ch.noise_w), int(ch.tau_c), int(ch.tau_d))
+
+    def evaluate(self, p_ap: Tensor) -> tuple[Tensor, Tensor]:
+        """(sum-SE (B,), per-UE SE (B, K)) [bit/s/Hz] of powers p_ap (B, L, K) [W]."""
+        se = sum_se(self.a, self.Bmat, p_ap.transpose(1, 2).to(self.a.dtype), self.noise_w, self.tau_c, self.tau_d)
+        return se.sum(-1), se
+
+    def power_ratio(self, p_ap: Tensor) -> Tensor:
+        """Per-AP used power over budget (B, L)."""
+        return p_ap.sum(-1) / self.power_w.reshape(1, -1)
+
+    def repeat(self, n: int) -> CellfreeAir:
+        if n == 1:
+            return self
+        return CellfreeAir(self.a.repeat(n, 1, 1), self.Bmat.repeat(n, 1, 1, 1, 1), self.power_w, self.noise_w,
+                           self.tau_c, self.tau_d)
+
+
+# --------------------------------------------------------------------------------------------------
+# network of local knowledge
+# --------------------------------------------------------------------------------------------------
+def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
+                     seed: int = 0) -> tuple[Network, CellfreeAir]:
+    """Network (module docstring) and air of a :class:`CellfreeChannels` batch."""
+    if faults is not None and faults.missing_links > 0:
+        raise ValueError("faults.missing_links applies to multicell BS-UE links; cellfree has no such links "
+                         "(use faults.message_loss)")
+    B, S, K, L, N = ch.h.shape
+    real = ch.beta.dtype
+    P = ch.power_w.to(real).reshape(1, L).expand(B, L).clone()
+    local_ap = {"h": ch.h_per_ap, "h_hat": ch.h_hat_per_ap, "beta": ch.beta.permute(0, 2, 1).contiguous(),
+                "power": P}
+    C = ch.error_cov_per_ap()
+    if C is not None:
+        local_ap["error_cov"] = C.contiguous()
+    local_cpu = {"power": P.reshape(B, 1, L).clone(),
+                 "noise": torch.full((B, 1), float(ch.noise_w), dtype=real)}
+    ones = torch.ones(B, L, dtype=torch.bool)
+    edges = {
+        "ap>cpu": EdgeSet("ap>cpu", "ap", "cpu", "fh", torch.arange(L), torch.zeros(L, dtype=torch.int64), ones),
+        "cpu>ap": EdgeSet("cpu>ap", "cpu", "ap", "fh", torch.zeros(L, dtype=torch.int64), torch.arange(L),
+                          ones.clone()),
+    }
+    info = {"family": FAMILY, "batch": B, "n_aps": L, "n_ues": K, "ap_antennas": N, "realizations": S,
+            "noise_w": float(ch.noise_w), "ue_power_w": float(ch.ue_power_w), "tau_c": int(ch.tau_c),
+            "tau_d": int(ch.tau_d), "seed": seed, "unit": UNIT, "dtype": ch.h.dtype, "real_dtype": real}
+    net = Network(FAMILY, B, {"ap": L, "cpu": 1}, edges, {"ap": local_ap, "cpu": local_cpu}, info)
+    return net, CellfreeAir.from_channels(ch)
+
+
+# --------------------------------------------------------------------------------------------------
+# channel file
 # --------------------------------------------------------------------------------------------------
 _REQUIRED = ("family", "beta", "R", "h", "noise_w", "power_w", "ue_power_w", "tau_c", "tau_d", "csi", "tau_p",
              "pilot_index", "ap_xy", "ue_xy", "area_m")
@@ -434,39 +554,33 @@ def save_cellfree(path: str | Path, ch: CellfreeChannels) -> None:
     }
     if ch.csi != "perfect":
         arrays["h_hat"] = ch.h_hat.cpu().numpy()
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def _shape_check(key: str, arr: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
     if tuple(arr.shape) != shape:
-        raise CellfreeFileError(f"{path}: key {key!r} has shape {tuple(arr.shape)}, expected {shape}")
+        raise ChannelFileError(f"{path}: key {key!r} has shape {tuple(arr.shape)}, expected {shape}")
 
 
 def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> CellfreeChannels:
     """Read a channel file written by :func:`save_cellfree`; errors name the offending key."""
     path = Path(path)
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise CellfreeFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
+    data = read_npz(path)
     for key in _REQUIRED:
         if key not in data:
             need = ", ".join(_REQUIRED)
-            raise CellfreeFileError(f"{path}: missing key {key!r} (cellfree files need {need})")
-    family = str(data["family"])
-    if family != FAMILY:
-        raise CellfreeFileError(f"{path}: key 'family' is {family!r}, expected {FAMILY!r}")
+            raise ChannelFileError(f"{path}: missing key {key!r} (cellfree files need {need})")
+    check_family(path, data, FAMILY)
     csi = str(data["csi"])
     if csi not in CSI_MODES:
-        raise CellfreeFileError(f"{path}: key 'csi' is {csi!r}, allowed: {', '.join(CSI_MODES)}")
+        raise ChannelFileError(f"{path}: key 'csi' is {csi!r}, allowed: {', '.join(CSI_MODES)}")
     h = data["h"]
     if h.ndim != 5 or not np.iscomplexobj(h):
-        raise CellfreeFileError(f"{path}: key 'h' must be complex (B, S, K, L, N), got {h.dtype} {h.shape}")
+        raise ChannelFileError(f"{path}: key 'h' must be complex (B, S, K, L, N), got {h.dtype} {h.shape}")
     B, S, K, L, N = h.shape
     h_hat = data.get("h_hat", h if csi == "perfect" else None)
     if h_hat is None:
-        raise CellfreeFileError(f"{path}: missing key 'h_hat' (required when csi = 'mmse')")
+        raise ChannelFileError(f"{path}: missing key 'h_hat' (required when csi = 'mmse')")
     for key, shape in (("beta", (B, K, L)), ("R", (B, K, L, N, N)), ("h_hat", (B, S, K, L, N)),
                        ("power_w", (L,)), ("pilot_index", (K,)), ("ap_xy", (B, L, 2)), ("ue_xy", (B, K, 2)),
                        ("noise_w", ()), ("ue_power_w", ()), ("tau_c", ()), ("tau_d", ()), ("tau_p", ()),
@@ -474,10 +588,10 @@ def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> Ce
         _shape_check(key, h_hat if key == "h_hat" else data[key], shape, path)
     tau_c, tau_d, tau_p = int(data["tau_c"]), int(data["tau_d"]), int(data["tau_p"])
     if not 0 < tau_d <= tau_c:
-        raise CellfreeFileError(f"{path}: keys 'tau_d'/'tau_c' need 0 < tau_d <= tau_c, got {tau_d}/{tau_c}")
+        raise ChannelFileError(f"{path}: keys 'tau_d'/'tau_c' need 0 < tau_d <= tau_c, got {tau_d}/{tau_c}")
     pilot_index = torch.as_tensor(data["pilot_index"], dtype=torch.long)
     if csi == "mmse" and (tau_p < 1 or int(pilot_index.min()) < 0 or int(pilot_index.max()) >= tau_p):
-        raise CellfreeFileError(f"{path}: key 'pilot_index' must lie in [0, tau_p) with tau_p >= 1")
+        raise ChannelFileError(f"{path}: key 'pilot_index' must lie in [0, tau_p) with tau_p >= 1")
     ch = CellfreeChannels(
         beta=torch.as_tensor(data["beta"], dtype=torch.float64), R=torch.as_tensor(data["R"]),
         h=torch.as_tensor(h), h_hat=torch.as_tensor(h_hat), noise_w=float(data["noise_w"]),
@@ -487,3 +601,11 @@ def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> Ce
         ue_xy=torch.as_tensor(data["ue_xy"], dtype=torch.float64), area_m=float(data["area_m"]),
     )
     return ch.to(dtype)
+
+
+register_family(FamilySpec(
+    name=FAMILY, options=CellfreeScenario, generate=generate_cellfree, build=cellfree_network,
+    save=save_cellfree, load=load_cellfree, file_keys=_REQUIRED, roles=("ap", "cpu"),
+    links=(LinkClass("fh", 1e-4, 1e9, "AP <-> CPU fronthaul"),),
+    unit=UNIT, summary="cell-free massive MIMO downlink power allocation: L APs (N antennas), K UEs",
+))

@@ -1,4 +1,4 @@
-"""Multicell MU-MIMO downlink channels (GCN-WMMSE paper Sec. II-A and Sec. IV / Tab. II; DESIGN §7).
+"""Multicell MU-MIMO downlink family (GCN-WMMSE paper Sec. II-A and Sec. IV / Tab. II; DESIGN §7).
 
 K BSs with M antennas serve I UEs with N antennas; UE i is served by BS ``assign[i]``.  The channel
 from BS k to UE i is H_ik (N x M) with i.i.d. CN(0, 10^(-PL_ik/10)) entries (Rayleigh fading, no
@@ -23,30 +23,119 @@ Layouts:
 
 UE i = k * ues_per_bs + j is the j-th UE of BS k.  Power budgets P_k and noise powers sigma_i^2 (per
 receive antenna) are in W, positions in m.  Rates on these channels are in nat/Hz.
+
+Network (:func:`multicell_network`): roles ``bs`` (K agents) and ``ue`` (I agents); edge sets on link
+class ``ul``:
+
+* ``ue>bs``       -- every (UE i, BS k) pair, edge id ``i*K + k``; present where BS k has CSI of UE i
+  (range cut-off, minus missing links; the serving pair is always present).
+* ``ue>bs:serve`` -- (UE i, serving BS a(i)), edge id ``i``.
+
+Local data (only what the agent may know):
+
+* ``bs``: ``H`` (B, K, I, N, M) channels of the UEs in range (zeros elsewhere, by reciprocity from
+  uplink pilots), ``csi`` (B, K, I) bool, ``alpha`` (B, K, I) WSR weights, ``noise`` (B, K, I) W,
+  ``power`` (B, K) W.
+* ``ue``: ``alpha`` (B, I), ``noise`` (B, I) W.
+
+Air (:class:`MulticellAir`): measurement ``dl_pilots`` (the UEs' received covariance and effective
+channel under precoded pilots), evaluation by the WSR in nat/Hz, per-BS power check.
+
+Channel file (``.npz``, :func:`save_multicell` / :func:`load_multicell`; B realizations, I UEs, K BSs,
+N UE antennas, M BS antennas):
+
+=========  ==========================  ==========================================================
+key        dtype, shape                meaning
+=========  ==========================  ==========================================================
+H          complex (B, I, K, N, M)     channel from BS k to UE i (finite)
+assign     int (I,)                    serving BS of UE i, in [0, K)
+power_w    real (K,)                   BS power budget P_k [W], > 0
+noise_w    real (I,)                   noise power sigma_i^2 per receive antenna [W], > 0
+weights    real (I,)                   WSR weights alpha_i, > 0
+inrange    bool (B, I, K), optional    BS k has CSI of / a link with UE i (default all True; the
+                                       serving pair must be True)
+family     str (), optional            'multicell' (files without it are multicell)
+bs_xy      real (B, K, 2), optional    BS positions [m]
+ue_xy      real (B, I, 2), optional    UE positions [m]
+=========  ==========================  ==========================================================
+
+"real" means a floating or integer (not bool, not complex) array.  Any other key, a missing key, a wrong
+dtype or shape, a NaN / infinite or out-of-range value raises
+:class:`dsim.scenarios.channel_file.ChannelFileError` naming the file, the key, what was expected and
+what was found.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal, get_args
 
+import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+
+from dsim.air import Air
+from dsim.faults import FaultModel
+from dsim.metrics import weighted_sum_rate
+from dsim.network import EdgeSet, Network
+from dsim.protocol import group_slots
+from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
+from dsim.scenarios.channel_file import ChannelFileError, check_array, check_family, found, read_npz, write_npz
+from dsim.units import dbm_to_w, log_distance_db
 
 Tensor = torch.Tensor
 
 FAMILY = "multicell"
-LAYOUTS = ("triangle", "hex")
-PATHLOSS_MODELS = ("pico", "macro", "exponent")
-
-# keyword arguments of generate_multicell read by multicell_from_options (names shared with dsim.config)
-OPTION_NAMES = (
-    "layout", "bs_distance_m", "n_bs", "ues_per_bs", "bs_antennas", "ue_antennas", "bs_power_dbm",
-    "noise_dbm", "pathloss", "pathloss_exponent", "pathloss_ref_db", "min_distance_m", "range_m", "ue_weight",
-)
+UNIT = "nat/Hz"
+Pathloss = Literal["pico", "macro", "exponent"]
+PATHLOSS_MODELS: tuple[str, ...] = get_args(Pathloss)
 
 _F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------------
+# options (the YAML ``scenario:`` mapping; the one place the family's defaults live)
+# --------------------------------------------------------------------------------------------------
+class MulticellScenario(CrossChecked):
+    """Multicell MU-MIMO family options (DESIGN §7; defaults = GCN-WMMSE Tab. II).
+
+    Distances in m, powers in dBm (P_k per BS, sigma^2 per UE antenna), path loss in dB; ``range_m``:
+    BS k has CSI of / a link with UE i when their distance is at most range_m (or k serves i); None =
+    every BS hears every UE.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    family: Literal["multicell"] = "multicell"
+    layout: Literal["triangle", "hex"] = "triangle"
+    bs_distance_m: float = Field(200.0, gt=0)
+    n_bs: int = Field(3, ge=1)
+    ues_per_bs: int = Field(4, ge=1)
+    bs_antennas: int = Field(12, ge=1)
+    ue_antennas: int = Field(2, ge=1)
+    bs_power_dbm: float = 30.0
+    noise_dbm: float = -100.0
+    pathloss: Pathloss = "pico"
+    pathloss_exponent: float = Field(3.0, gt=0)
+    pathloss_ref_db: float = 30.0
+    min_distance_m: float = Field(10.0, gt=0)
+    range_m: float | None = Field(None, gt=0)
+    ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    def cross_errors(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.layout == "triangle" and self.n_bs != 3:
+            errs.append(("n_bs", f"layout 'triangle' has exactly 3 BSs (got {self.n_bs}); allowed: 3 "
+                                 "(use layout: hex for other counts)"))
+        triangle = self.layout == "triangle"
+        limit = self.bs_distance_m / math.sqrt(3.0) if triangle else self.bs_distance_m / 2
+        if not self.min_distance_m < limit:
+            what = "sector radius d/sqrt(3)" if triangle else "hex apothem d/2"
+            errs.append(("min_distance_m", f"must be below the {what} = {limit:.6g} m (d = bs_distance_m) "
+                                           f"(got {self.min_distance_m:g})"))
+        return errs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,21 +231,15 @@ class MulticellChannels:
 # --------------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------------
-def dbm_to_w(dbm: float) -> float:
-    """Power in W of ``dbm`` dBm."""
-    return 10.0 ** ((dbm - 30.0) / 10.0)
-
-
-def pathloss_db(distance_m: Tensor, model: str = "pico", pathloss_exponent: float = 3.0,
-                pathloss_ref_db: float = 30.0) -> Tensor:
-    """Path loss PL [dB] at distance ``distance_m`` [m] (any shape) under ``model`` (module docstring)."""
-    lg = torch.log10(distance_m)
+def pathloss_db(distance_m: Tensor, model: str, pathloss_exponent: float, pathloss_ref_db: float) -> Tensor:
+    """Path loss PL [dB] at distance ``distance_m`` [m] (any shape) under ``model`` (module docstring);
+    ``pathloss_exponent`` and ``pathloss_ref_db`` are used by the model ``exponent``."""
     if model == "pico":
-        return 27.9 + 36.7 * lg
+        return log_distance_db(distance_m, 27.9, 36.7)
     if model == "macro":
-        return 15.3 + 37.6 * lg
+        return log_distance_db(distance_m, 15.3, 37.6)
     if model == "exponent":
-        return pathloss_ref_db + 10.0 * pathloss_exponent * lg
+        return log_distance_db(distance_m, pathloss_ref_db, 10.0 * pathloss_exponent)
     raise ValueError(f"pathloss must be one of {', '.join(PATHLOSS_MODELS)}, got {model!r}")
 
 
@@ -241,103 +324,270 @@ def _hex_offsets(B: int, I: int, isd: float, r0: float, gen: torch.Generator,
     return out.reshape(B, I, 2)
 
 
-def _check(layout: str, bs_distance_m: float, n_bs: int, ues_per_bs: int, bs_antennas: int, ue_antennas: int,
-           pathloss: str, min_distance_m: float, range_m: float | None, ue_weight: float, batch: int) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if pathloss not in PATHLOSS_MODELS:
-        raise ValueError(f"pathloss must be one of {', '.join(PATHLOSS_MODELS)}, got {pathloss!r}")
-    for name, v in (("batch", batch), ("n_bs", n_bs), ("ues_per_bs", ues_per_bs),
-                    ("bs_antennas", bs_antennas), ("ue_antennas", ue_antennas)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if layout == "triangle" and n_bs != 3:
-        raise ValueError(f"n_bs must be 3 for layout 'triangle', got {n_bs} "
-                         "(use layout 'hex' for other counts)")
-    if not bs_distance_m > 0:
-        raise ValueError(f"bs_distance_m must be > 0, got {bs_distance_m!r}")
-    limit = bs_distance_m / math.sqrt(3.0) if layout == "triangle" else bs_distance_m / 2
-    if not 0 < min_distance_m < limit:
-        what = "sector radius d/sqrt(3)" if layout == "triangle" else "hex apothem d/2"
-        raise ValueError(f"min_distance_m must be > 0 and below the {what} = {limit:.6g} m "
-                         f"(d = bs_distance_m), got {min_distance_m!r}")
-    if range_m is not None and not range_m > 0:
-        raise ValueError(f"range_m must be > 0 or None, got {range_m!r}")
-    if not (ue_weight > 0 and math.isfinite(ue_weight)):
-        raise ValueError(f"ue_weight must be a finite number > 0, got {ue_weight!r}")
-
-
-def generate_multicell(
-    batch: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.complex128,
-    *,
-    layout: str = "triangle",
-    bs_distance_m: float = 200.0,
-    n_bs: int = 3,
-    ues_per_bs: int = 4,
-    bs_antennas: int = 12,
-    ue_antennas: int = 2,
-    bs_power_dbm: float = 30.0,
-    noise_dbm: float = -100.0,
-    pathloss: str = "pico",
-    pathloss_exponent: float = 3.0,
-    pathloss_ref_db: float = 30.0,
-    min_distance_m: float = 10.0,
-    range_m: float | None = None,
-    ue_weight: float = 1.0,
-) -> MulticellChannels:
-    """Draw ``batch`` multicell scenario realizations (module docstring; defaults = Tab. II).
+def generate_multicell(options: MulticellScenario, batch: int, generator: torch.Generator,
+                       dtype: torch.dtype = torch.complex128) -> MulticellChannels:
+    """Draw ``batch`` multicell scenario realizations of ``options`` (module docstring).
 
     B = batch, K = n_bs, I = n_bs * ues_per_bs, M = bs_antennas, N = ue_antennas.  Random draws from
     ``generator`` (CPU), in this order, all in float64: the UE positions (triangle: u_r (B, I), u_phi
     (B, I); hex: the rejection rounds of :func:`_hex_offsets`), then the fading (B, I, K, N, M, 2) ~ N(0, 1)
     (real, imaginary parts).  Only the final cast depends on ``dtype``, so complex64 channels equal
     complex128 channels of the same seed cast to complex64.  ``range_m``: inrange[b, i, k] =
-    dist <= range_m, or the serving BS; None: all in range.  Powers in dBm (P_k, sigma_i^2 per antenna).
+    dist <= range_m, or the serving BS; None: all in range.
     """
-    _check(layout, bs_distance_m, n_bs, ues_per_bs, bs_antennas, ue_antennas, pathloss, min_distance_m,
-           range_m, ue_weight, batch)
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
-    B, K, N, M = int(batch), int(n_bs), int(ue_antennas), int(bs_antennas)
-    I = K * int(ues_per_bs)
-    assign = torch.arange(K).repeat_interleave(int(ues_per_bs))  # (I,) int64
-    if layout == "triangle":
-        sites = triangle_sites(bs_distance_m)
-        offsets = _triangle_offsets(B, K, int(ues_per_bs), float(bs_distance_m), float(min_distance_m),
-                                    generator)
+    o = options
+    B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    I = K * U
+    assign = torch.arange(K).repeat_interleave(U)  # (I,) int64
+    if o.layout == "triangle":
+        sites = triangle_sites(o.bs_distance_m)
+        offsets = _triangle_offsets(B, K, U, float(o.bs_distance_m), float(o.min_distance_m), generator)
     else:
-        sites = hex_sites(K, float(bs_distance_m))
-        offsets = _hex_offsets(B, I, float(bs_distance_m), float(min_distance_m), generator)
+        sites = hex_sites(K, float(o.bs_distance_m))
+        offsets = _hex_offsets(B, I, float(o.bs_distance_m), float(o.min_distance_m), generator)
     bs_xy = sites.expand(B, K, 2).clone()
     ue_xy = sites[assign] + offsets  # (B, I, 2)
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
-    pl = pathloss_db(dist, pathloss, pathloss_exponent, pathloss_ref_db)
+    pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
     amp = 10.0 ** (-pl / 20.0)  # sqrt of the per-entry variance 10^(-PL/10)
     z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64)
     H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)  # CN(0, 10^(-PL/10)) entries
     serving = torch.zeros(B, I, K, dtype=torch.bool)
     serving[:, torch.arange(I), assign] = True
-    inrange = torch.ones(B, I, K, dtype=torch.bool) if range_m is None else (dist <= range_m) | serving
+    inrange = torch.ones(B, I, K, dtype=torch.bool) if o.range_m is None else (dist <= o.range_m) | serving
     return MulticellChannels(
         H=H.to(dtype), assign=assign,
-        power_w=torch.full((K,), dbm_to_w(bs_power_dbm), dtype=_F64),
-        noise_w=torch.full((I,), dbm_to_w(noise_dbm), dtype=_F64),
-        weights=torch.full((I,), float(ue_weight), dtype=_F64),
+        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64),
+        noise_w=torch.full((I,), dbm_to_w(o.noise_dbm), dtype=_F64),
+        weights=torch.full((I,), float(o.ue_weight), dtype=_F64),
         inrange=inrange, bs_xy=bs_xy, ue_xy=ue_xy,
     )
 
 
-def multicell_from_options(opts: Any, batch: int, generator: torch.Generator,
-                           dtype: torch.dtype = torch.complex128) -> MulticellChannels:
-    """:func:`generate_multicell` with keyword arguments read from ``opts`` by name (OPTION_NAMES).
+# --------------------------------------------------------------------------------------------------
+# air: physics of the downlink (GCN-WMMSE paper Sec. II-A / II-B)
+# --------------------------------------------------------------------------------------------------
+def effective_channels(H: Tensor, assign: Tensor, V: Tensor) -> Tensor:
+    """H_{i, a(j)} V_j for every receiver i and stream owner j.
 
-    ``opts`` is an object with those attributes (e.g. the pydantic scenario model of dsim.config) or a
-    mapping; names it lacks or sets to None take the defaults of :func:`generate_multicell`."""
-    kwargs: dict[str, Any] = {}
-    for name in OPTION_NAMES:
-        value = opts.get(name) if isinstance(opts, Mapping) else getattr(opts, name, None)
-        if value is not None:
-            kwargs[name] = value
-    return generate_multicell(batch, generator, dtype, **kwargs)
+    H: (B, I, K, N, M) channel BS k -> UE i; assign: (I,) serving BS; V: (B, I, M, N) beamformer of UE j.
+    Returns (B, I, I, N, N) indexed [b, i (receiver), j (owner of the beamformer)].
+    """
+    B, I, K, N, M = H.shape
+    # group the beamformers by serving BS (zero-padded to the largest cell) so that each BS needs one
+    # GEMM (I*N x M) @ (M x S*N) instead of I*S tiny (N x M) @ (M x N) products
+    slot, S = group_slots(assign, K)
+    Vp = torch.zeros(B, K * S, M, N, dtype=V.dtype, device=V.device).index_copy(1, assign * S + slot, V)
+    Vp = Vp.reshape(B, K, S, M, N).permute(0, 1, 3, 2, 4).reshape(B, K, M, S * N)
+    G = H.permute(0, 2, 1, 3, 4).reshape(B, K, I * N, M)
+    X = (G @ Vp).reshape(B, K, I, N, S, N)                 # [b, k, i, :, s, :] = H_ik V_(k, s)
+    return X[:, assign, :, :, slot, :].permute(1, 2, 0, 3, 4)  # (B, I(i), I(j), N, N)
+
+
+def received_covariance(HV: Tensor, noise_w: Tensor) -> Tensor:
+    """J_i = sum_j H_{i a(j)} V_j V_j^H H^H + sigma_i^2 I  (GCN-WMMSE Sec. II-B).
+
+    HV: (B, I, I, N, N) from :func:`effective_channels`; noise_w: (I,) or (B, I) W.  Returns (B, I, N, N).
+    """
+    J = (HV @ HV.mH).sum(dim=2)
+    eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
+    nz = noise_w.to(J.real.dtype)
+    nz = nz.reshape(1, -1, 1, 1) if nz.dim() == 1 else nz.reshape(nz.shape[0], -1, 1, 1)
+    return J + nz * eye
+
+
+def multicell_rates(H: Tensor, assign: Tensor, V: Tensor, noise_w: Tensor) -> Tensor:
+    """Per-UE rate R_i = log det(I + Q_i Z_i^{-1}) = log det J_i - log det Z_i, nat/Hz (B = 1 Hz).
+
+    Shapes as :func:`effective_channels`; returns (B, I).
+    """
+    HV = effective_channels(H, assign, V)
+    J = received_covariance(HV, noise_w)
+    idx = torch.arange(H.shape[1], device=H.device)
+    own = HV[:, idx, idx]  # (B, I, N, N)
+    Z = J - own @ own.mH
+    return torch.linalg.slogdet(J)[1] - torch.linalg.slogdet(Z)[1]
+
+
+def bs_power(V: Tensor, assign: Tensor, n_bs: int) -> Tensor:
+    """Transmit power of each BS, sum_{i in I_k} ||V_i||_F^2 (W).  V: (B, I, M, N) -> (B, K)."""
+    p = (V.abs() ** 2).sum(dim=(-1, -2))
+    out = torch.zeros(V.shape[0], n_bs, dtype=p.dtype, device=p.device)
+    return out.index_add_(1, assign, p)
+
+
+class MulticellAir(Air):
+    """Multicell MU-MIMO downlink (GCN-WMMSE paper Sec. II-A).
+
+    H: (B, I, K, N, M) channel from BS k to UE i; assign (I,); noise_w (I,) W; weights (I,); power_w (K,) W.
+    Measurements:
+      ``dl_pilots`` -- BSs transmit precoded pilots with beamformers ``V`` (B, I, M, N) (one pilot
+      symbol per stream); UE i measures its received covariance J_i (B, I, N, N) and its effective
+      channel H_{i a(i)} V_i (B, I, N, N).
+    """
+
+    unit = UNIT
+
+    def __init__(self, H: Tensor, assign: Tensor, noise_w: Tensor, weights: Tensor, power_w: Tensor) -> None:
+        self.H, self.assign, self.noise_w, self.weights, self.power_w = H, assign, noise_w, weights, power_w
+
+    def measure(self, name: str, signals: dict[str, Tensor]) -> dict[str, Tensor]:
+        if name != "dl_pilots":
+            raise KeyError(f"{FAMILY} air has no measurement {name!r}; allowed: dl_pilots")
+        HV = effective_channels(self.H, self.assign, signals["V"])
+        J = received_covariance(HV, self.noise_w)
+        idx = torch.arange(self.H.shape[1], device=self.H.device)
+        return {"J": J, "HV": HV[:, idx, idx]}
+
+    def rates(self, V: Tensor) -> Tensor:
+        """Per-UE rates (B, I), nat/Hz."""
+        return multicell_rates(self.H, self.assign, V, self.noise_w)
+
+    def evaluate(self, V: Tensor) -> tuple[Tensor, Tensor]:
+        """(WSR (B,), per-UE rate (B, I)) of beamformers V (B, I, M, N), nat/Hz."""
+        r = self.rates(V)
+        return weighted_sum_rate(r, self.weights), r
+
+    def power(self, V: Tensor) -> Tensor:
+        """Per-BS transmit power (B, K), W."""
+        return bs_power(V, self.assign, self.H.shape[2])
+
+    def power_ratio(self, V: Tensor) -> Tensor:
+        """Per-BS transmit power over its budget P_k (B, K)."""
+        return self.power(V) / self.power_w.reshape(1, -1)
+
+    def repeat(self, n: int) -> MulticellAir:
+        if n == 1:
+            return self
+        return MulticellAir(self.H.repeat(n, 1, 1, 1, 1), self.assign, self.noise_w, self.weights, self.power_w)
+
+
+# --------------------------------------------------------------------------------------------------
+# network of local knowledge
+# --------------------------------------------------------------------------------------------------
+def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
+                      seed: int = 0) -> tuple[Network, MulticellAir]:
+    """The network (module docstring) and air of a :class:`MulticellChannels` batch."""
+    faults = faults or FaultModel()
+    H, assign = ch.H, ch.assign.to(torch.int64)
+    B, I, K, N, M = H.shape
+    real = torch.float64 if H.dtype == torch.complex128 else torch.float32
+    serving = torch.zeros(B, I, K, dtype=torch.bool)
+    serving[:, torch.arange(I), assign] = True
+    present = ch.inrange.to(torch.bool) & faults.link_present((B, I, K), serving)
+    present |= serving
+    ue_idx = torch.arange(I).repeat_interleave(K)
+    bs_idx = torch.arange(K).repeat(I)
+    edges = {
+        "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_idx, bs_idx, present.reshape(B, I * K)),
+        "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I), assign.clone(),
+                               torch.ones(B, I, dtype=torch.bool)),
+    }
+    csi = present.permute(0, 2, 1)  # (B, K, I)
+    Hb = H.permute(0, 2, 1, 3, 4) * csi[..., None, None].to(H.dtype)  # (B, K, I, N, M)
+    w = ch.weights.to(real)
+    nz = ch.noise_w.to(real)
+    local = {
+        "bs": {"H": Hb, "csi": csi, "alpha": w.reshape(1, 1, I).expand(B, K, I).clone(),
+               "noise": nz.reshape(1, 1, I).expand(B, K, I).clone(),
+               "power": ch.power_w.to(real).reshape(1, K).expand(B, K).clone()},
+        "ue": {"alpha": w.reshape(1, I).expand(B, I).clone(), "noise": nz.reshape(1, I).expand(B, I).clone()},
+    }
+    info = {"family": FAMILY, "batch": B, "n_bs": K, "n_ue": I, "bs_antennas": M, "ue_antennas": N,
+            "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real}
+    net = Network(FAMILY, B, {"bs": K, "ue": I}, edges, local, info)
+    air = MulticellAir(H, assign, nz, w, ch.power_w.to(real))
+    return net, air
+
+
+# --------------------------------------------------------------------------------------------------
+# channel file
+# --------------------------------------------------------------------------------------------------
+REQUIRED = ("H", "assign", "power_w", "noise_w", "weights")
+OPTIONAL = ("inrange", "family", "bs_xy", "ue_xy")
+
+
+def save_multicell(path: str | Path, ch: MulticellChannels) -> None:
+    """Write ``ch`` to ``path`` (an ``.npz`` with the keys of the module docstring; H keeps its dtype)."""
+    arrays = {
+        "family": np.array(FAMILY), "H": ch.H.detach().cpu().numpy(),
+        "assign": ch.assign.cpu().numpy().astype(np.int64),
+        "power_w": ch.power_w.cpu().numpy(), "noise_w": ch.noise_w.cpu().numpy(),
+        "weights": ch.weights.cpu().numpy(), "inrange": ch.inrange.cpu().numpy().astype(bool),
+    }
+    for key in ("bs_xy", "ue_xy"):
+        t = getattr(ch, key)
+        if t is not None:
+            arrays[key] = t.cpu().numpy()
+    write_npz(path, arrays)
+
+
+def load_multicell(path: str | Path, dtype: torch.dtype = torch.complex128) -> MulticellChannels:
+    """Read a multicell channel file (module docstring) -> :class:`MulticellChannels` with H in ``dtype``.
+
+    Raises :class:`ChannelFileError` (a ValueError) naming the file and the key for any defect."""
+    if dtype not in (torch.complex64, torch.complex128):
+        raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+    path = Path(path)
+    data = read_npz(path)
+    allowed = REQUIRED + OPTIONAL
+    for key in data:
+        if key not in allowed:
+            raise ChannelFileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+    for key in REQUIRED:
+        if key not in data:
+            raise ChannelFileError(f"{path}: missing key {key!r}; required keys: {', '.join(REQUIRED)}, "
+                                   f"found: {', '.join(sorted(data)) or 'none'}")
+    check_family(path, data, FAMILY)
+    H = data["H"]
+    if H.dtype.kind != "c" or H.ndim != 5 or min(H.shape, default=0) < 1:
+        raise ChannelFileError(f"{path}: key 'H': expected a complex array of shape (B, I, K, N, M) with "
+                               f"all sizes >= 1, found {found(H)}")
+    B, I, K = H.shape[:3]
+    check_array(path, "H", H, "c", "a complex array", H.shape, "(B, I, K, N, M)")
+    assign = data["assign"]
+    check_array(path, "assign", assign, "iu", "an integer array", (I,), "(I,)")
+    if (int(assign.min()) < 0 or int(assign.max()) >= K):
+        bad = assign[(assign < 0) | (assign >= K)]
+        raise ChannelFileError(f"{path}: key 'assign': expected serving BS indices in [0, {K}), "
+                               f"found {bad.tolist()[:8]}")
+    for key, shape, shape_txt, unit in (("power_w", (K,), "(K,)", " W"), ("noise_w", (I,), "(I,)", " W"),
+                                        ("weights", (I,), "(I,)", "")):
+        a = data[key]
+        check_array(path, key, a, "fiu", "a real array", shape, shape_txt)
+        if not (a > 0).all():
+            raise ChannelFileError(f"{path}: key {key!r}: expected values > 0{unit}, "
+                                   f"found {a[a <= 0].tolist()[:8]}")
+    for key, shape, shape_txt in (("bs_xy", (B, K, 2), "(B, K, 2)"), ("ue_xy", (B, I, 2), "(B, I, 2)")):
+        if key in data:
+            check_array(path, key, data[key], "fiu", "a real array [m]", shape, shape_txt)
+    assign_t = torch.as_tensor(assign.astype(np.int64))
+    if "inrange" in data:
+        check_array(path, "inrange", data["inrange"], "b", "a bool array", (B, I, K), "(B, I, K)")
+        inrange = torch.as_tensor(data["inrange"])
+        serving_ok = inrange[:, torch.arange(I), assign_t]  # (B, I)
+        if not bool(serving_ok.all()):
+            b, i = (int(v) for v in torch.nonzero(~serving_ok)[0])
+            raise ChannelFileError(f"{path}: key 'inrange': expected True for every UE's serving BS, found "
+                                   f"False at realization {b}, UE {i}, BS {int(assign_t[i])}")
+    else:
+        inrange = torch.ones(B, I, K, dtype=torch.bool)
+
+    def real(key: str) -> torch.Tensor | None:
+        return torch.as_tensor(data[key]).to(torch.float64) if key in data else None
+
+    return MulticellChannels(H=torch.as_tensor(H).to(dtype), assign=assign_t, power_w=real("power_w"),
+                             noise_w=real("noise_w"), weights=real("weights"), inrange=inrange,
+                             bs_xy=real("bs_xy"), ue_xy=real("ue_xy"))
+
+
+register_family(FamilySpec(
+    name=FAMILY, options=MulticellScenario, generate=generate_multicell, build=multicell_network,
+    save=save_multicell, load=load_multicell, file_keys=REQUIRED, roles=("bs", "ue"),
+    links=(LinkClass("ul", 1e-3, 1e6, "UE -> BS uplink signaling"),
+           LinkClass("dl", 1e-3, 1e6, "BS -> UE downlink signaling"),
+           LinkClass("bh", 1e-4, 1e9, "BS <-> BS backhaul")),
+    unit=UNIT, summary="multicell MU-MIMO downlink: K BSs (M antennas) serve I UEs (N antennas)",
+))
