@@ -32,16 +32,17 @@ def zf_precoders(H_s: Tensor, sv: EdgeView, delta: Tensor | None) -> Tensor:
     """
     B, S, N, M = H_s.shape
     slot, U = sv.dst_slots()
-    Hk = torch.zeros(B, sv.n_dst, U, N, M, dtype=H_s.dtype)
+    dev = H_s.device
+    Hk = torch.zeros(B, sv.n_dst, U, N, M, dtype=H_s.dtype, device=dev)
     Hk[:, sv.dst_local, slot] = H_s
     Hk = Hk.reshape(B, sv.n_dst, U * N, M)
     G = Hk @ Hk.mH
-    filled = torch.zeros(sv.n_dst, U, dtype=torch.bool)
+    filled = torch.zeros(sv.n_dst, U, dtype=torch.bool, device=dev)
     filled[sv.dst_local, slot] = True
     pad = (~filled).repeat_interleave(N, dim=1).to(H_s.dtype)  # (n_bs, U*N)
     G = G + torch.diag_embed(pad).unsqueeze(0)
     if delta is not None:
-        G = G + delta[..., None, None].to(H_s.dtype) * torch.eye(U * N, dtype=H_s.dtype)
+        G = G + delta[..., None, None].to(H_s.dtype) * torch.eye(U * N, dtype=H_s.dtype, device=dev)
     Vk = Hk.mH @ torch.linalg.inv(G)  # (B, n_bs, M, U*N)
     Vk = Vk.reshape(B, sv.n_dst, M, U, N).permute(0, 1, 3, 2, 4)  # (B, n_bs, U, M, N)
     return Vk[:, sv.dst_local, slot]
@@ -72,7 +73,7 @@ def _builder(kind: Literal["mrc", "zf", "rzf"]):
         sv = block.edges[SERVE]
         info = block.info
         block.state["V"] = torch.zeros(block.batch, sv.size, info["bs_antennas"], info["ue_antennas"],
-                                       dtype=info["dtype"])
+                                       dtype=info["dtype"], device=block.device)
 
     def build(opts: BaselineOptions, net) -> Protocol:
         return Protocol(name=kind, roles=("bs", "ue"), init={"bs": init}, phases=[Local("bs_precode", "bs", precode)],

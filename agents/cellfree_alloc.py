@@ -47,7 +47,7 @@ class NoOptions(BaseModel):
 
 def _zero_init(block: AgentBlock) -> None:
     block.state["p"] = torch.zeros(block.batch, block.n, block.info["n_ues"], dtype=block.info["real_dtype"],
-                                   device=block.local["power"].device)
+                                   device=block.device)
 
 
 def build_equal(opts: NoOptions, net) -> Protocol:

@@ -48,11 +48,13 @@ def equal_power(batch: int, n_ues: int, power: float | torch.Tensor, n_aps: int 
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Equal power (DESIGN section 7): p_kl = P_t,l / K.  Returns (B, K, L) [W].
 
-    power [W]: (L,) or (B, L), or a float together with ``n_aps`` = L.  dtype: default the dtype of a
-    tensor ``power``, float64 for a float.
+    power [W]: (L,) or (B, L), or a float together with ``n_aps`` = L.  dtype / device: default the dtype /
+    device of a tensor ``power``, float64 / cpu for a float.
     """
     if dtype is None:
         dtype = power.dtype if isinstance(power, torch.Tensor) else torch.float64
+    if device is None:
+        device = power.device if isinstance(power, torch.Tensor) else "cpu"
     P = torch.as_tensor(power, dtype=dtype, device=device)
     if P.ndim == 0:
         if n_aps is None:

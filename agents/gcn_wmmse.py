@@ -134,23 +134,24 @@ class GCNWMMSEParams(LearnedModule):
     def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, seed: int = 0) -> None:
         super().__init__()
         self.layers, self.degree, self.features = layers, degree, features
-        g = torch.Generator()
+        g = torch.Generator(device="cpu")
         g.manual_seed(seed)
         L, G, F = layers, degree, features
+        cpu = torch.device("cpu")  # built on the CPU (the protocol moves it where it runs: Protocol.to)
 
         def cn(*shape: int, var: float) -> Tensor:
-            re = torch.randn(*shape, generator=g, dtype=torch.float64)
-            im = torch.randn(*shape, generator=g, dtype=torch.float64)
+            re = torch.randn(*shape, generator=g, dtype=torch.float64, device=cpu)
+            im = torch.randn(*shape, generator=g, dtype=torch.float64, device=cpu)
             return torch.complex(re, im) * (var / 2) ** 0.5
 
-        self.a_w = nn.Parameter(torch.full((L, G + 1), 1.0 / (G + 1), dtype=torch.float64))
+        self.a_w = nn.Parameter(torch.full((L, G + 1), 1.0 / (G + 1), dtype=torch.float64, device=cpu))
         self.a_v1 = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
         self.a_v0 = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
-        self.b = nn.Parameter(torch.zeros(L, F, dtype=torch.float64))
+        self.b = nn.Parameter(torch.zeros(L, F, dtype=torch.float64, device=cpu))
         self.c = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
         self.d = nn.Parameter(cn(max(L - 1, 0), F, F, var=1.0 / (2 * F)))
-        self.register_buffer("bias_scale_sum", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("bias_scale_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("bias_scale_sum", torch.zeros((), dtype=torch.float64, device=cpu))
+        self.register_buffer("bias_scale_count", torch.zeros((), dtype=torch.float64, device=cpu))
 
     @property
     def b_s(self) -> Tensor:
@@ -180,7 +181,7 @@ class GCNWMMSEParams(LearnedModule):
 
 def bias_scale(net: Network) -> Tensor:
     """sqrt(P_k / |I_k|) per realization and BS (B, K), W^1/2 (float64)."""
-    sv = edge_view(net, SERVE, None, torch.arange(net.counts["bs"]))
+    sv = edge_view(net, SERVE, None, torch.arange(net.counts["bs"], device=net.device))
     return power_share(net.local["bs"]["power"].to(torch.float64), served_counts(sv))
 
 
@@ -229,7 +230,7 @@ def gcn_wmmse_protocol(params: GCNWMMSEParams, net, mu_steps: int | None = 8, mu
 
     return Protocol(name="gcn_wmmse", roles=("bs", "ue"), init={"bs": init_bs}, phases=phases,
                     rounds=params.layers, output=Output("bs", "V", SERVE), unit="nat/Hz",
-                    meta={"layers": params.layers, "trainable_parameters": params.n_trainable()})
+                    meta={"layers": params.layers, "trainable_parameters": params.n_trainable()}, module=params)
 
 
 # =============================================================================== options, declaration

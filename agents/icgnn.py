@@ -97,8 +97,10 @@ class MLP(nn.Module):
     def __init__(self, units: tuple[int, ...], out: str) -> None:
         super().__init__()
         self.units, self.out = tuple(units), out
-        self.linear = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64) for a, b in zip(units[:-1], units[1:]))
-        self.norm = nn.ModuleList(nn.BatchNorm1d(b, dtype=torch.float64) for b in units[1:-1])
+        cpu = torch.device("cpu")  # built on the CPU (the protocol moves it where it runs: Protocol.to)
+        self.linear = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64, device=cpu)
+                                    for a, b in zip(units[:-1], units[1:]))
+        self.norm = nn.ModuleList(nn.BatchNorm1d(b, dtype=torch.float64, device=cpu) for b in units[1:-1])
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., units[0]) -> (..., units[-1]); batch norm over all leading dims."""
@@ -152,10 +154,10 @@ def channel_features(mean: Tensor, second: Tensor, power: Tensor, noise_w: float
     return a, interf
 
 
-def _pairs(K: int) -> tuple[Tensor, Tensor]:
+def _pairs(K: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """(sender UE k, receiving UE m) for all k != m, k-major."""
-    k = torch.arange(K).repeat_interleave(K)
-    m = torch.arange(K).repeat(K)
+    k = torch.arange(K, device=device).repeat_interleave(K)
+    m = torch.arange(K, device=device).repeat(K)
     keep = k != m
     return k[keep], m[keep]
 
@@ -166,7 +168,7 @@ def premax_messages(msg: MLP, a: Tensor, p_rel: Tensor, interf: Tensor) -> Tenso
     a, p_rel (B, n, K); interf (B, n, K, K) [k, m].  Returns (B, n, K, 64) (0 for K = 1: no in-edges).
     """
     K = a.shape[-1]
-    ks, ms = (t.to(a.device) for t in _pairs(K))
+    ks, ms = _pairs(K, a.device)
     x = torch.stack([a.index_select(2, ks), p_rel.index_select(2, ks), interf[:, :, ks, ms]], dim=-1)
     return segment_reduce(msg(x), ms, K, "max", dim=2)  # msg: (B, n, K(K-1), 64)
 
@@ -224,7 +226,8 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
         Local("ap_update", "ap", ap_update),
     ]
     return Protocol("icgnn", ("ap", "cpu"), {"ap": init_ap}, phases, params.layers, Output("ap", "p"),
-                    unit="bit/s/Hz", meta={"layers": params.layers, "trainable_parameters": params.n_trainable()})
+                    unit="bit/s/Hz", meta={"layers": params.layers, "trainable_parameters": params.n_trainable()},
+                    module=params)
 
 
 # =============================================================================== options, declaration

@@ -43,7 +43,7 @@ def receive_beamformer(J: Tensor, HV: Tensor) -> Tensor:
 
 def mmse_weight(HV: Tensor, U: Tensor) -> Tensor:
     """(3b) W_i = (I - V_i^H H_{ik}^H U_i)^{-1}, the inverse MMSE error covariance.  (..., N, N)."""
-    eye = torch.eye(HV.shape[-1], dtype=HV.dtype)
+    eye = torch.eye(HV.shape[-1], dtype=HV.dtype, device=HV.device)
     return hermitian_part(torch.linalg.inv(eye - HV.mH @ U))
 
 
@@ -122,14 +122,14 @@ def scale_to_budget(V: Tensor, power: Tensor, sv: EdgeView, cap: bool = False) -
 
 
 def random_init(block: AgentBlock, sv: EdgeView, salt: int = 17) -> Tensor:
-    """Random V_i with i.i.d. CN(0, 1) entries scaled to full per-BS power; drawn globally then sliced,
-    so every host/engine gets the same numbers."""
+    """Random V_i with i.i.d. CN(0, 1) entries scaled to full per-BS power; drawn globally on the CPU then
+    moved and sliced, so every host/engine/device gets the same numbers."""
     info = block.info
     I, M, N = info["n_ue"], info["bs_antennas"], info["ue_antennas"]
     g = block.generator(salt)
-    re = torch.randn(block.batch, I, M, N, generator=g, dtype=torch.float64)
-    im = torch.randn(block.batch, I, M, N, generator=g, dtype=torch.float64)
-    V = (torch.complex(re, im) / 2**0.5).to(info["dtype"]).index_select(1, sv.eid)
+    re = torch.randn(block.batch, I, M, N, generator=g, dtype=torch.float64, device="cpu")
+    im = torch.randn(block.batch, I, M, N, generator=g, dtype=torch.float64, device="cpu")
+    V = (torch.complex(re, im) / 2**0.5).to(info["dtype"]).to(block.device).index_select(1, sv.eid)
     return scale_to_budget(V, block.local["power"], sv)
 
 
@@ -152,7 +152,7 @@ def bs_pieces(block: AgentBlock, *, steps: int | None = None, mu0: float | None 
     if steps is None:
         mu = solve_mu(phi, lam)
     else:
-        m0 = torch.full(lam.shape[:-1], mu0 if mu0 is not None else 0.0, dtype=lam.dtype)
+        m0 = torch.full(lam.shape[:-1], mu0 if mu0 is not None else 0.0, dtype=lam.dtype, device=lam.device)
         mu = solve_mu(phi, lam, steps=steps, mu0=m0)
     return {"R": R, "Vt": Vt, "lam": lam, "D_s": D_s, "proj": proj, "phi": phi, "mu": mu,
             "lam_s": lam.index_select(1, sv.dst_local), "mu_s": mu.index_select(1, sv.dst_local)}

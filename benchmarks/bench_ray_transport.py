@@ -9,7 +9,10 @@ precoded pilots, the UE update, two uplink messages, the BS update), with one ac
   possible synchronous phase -- repeated once per phase of the round.
 
 The ratio dsim / bare per round is dsim's cost per phase over a bare fan-out's (issue target <= 1.5).
-Medians over ``--reps`` repetitions, after a warm-up.
+dsim's round also computes: the actors' WMMSE steps (per phase the busiest actor, from the engine's
+timings) and the driver's air (the pilots' measurements); ``transport_ratio`` is what is left -- Ray calls,
+msgpack encoding and decoding, waiting -- over the bare fan-outs.  Medians over ``--reps`` repetitions,
+after a warm-up; at ``--batch`` and at batch 1 (where the computation is small).
 
     python benchmarks/bench_ray_transport.py [--batch 20] [--rounds 10] [--reps 5]
 """
@@ -35,6 +38,16 @@ def measure(batch: int, rounds: int, reps: int, shards: int | None, wire: str) -
 
     _, ch = generate_channels({"family": "multicell"}, batch, 0, "double")
     scn = build_scenario("multicell", ch, None, 0)
+    air_s = [0.0]
+    measure_air = scn.air.measure
+
+    def timed_measure(name, signals):  # the driver's physics (the air), timed to separate it out
+        t = time.perf_counter()
+        out = measure_air(name, signals)
+        air_s[0] += time.perf_counter() - t
+        return out
+
+    scn.air.measure = timed_measure
     spec = algorithm("wmmse")
     proto = spec.build(spec.options(rounds=rounds), scn.net)
     engine = RayEngine(wire, shards=shards)
@@ -42,18 +55,22 @@ def measure(batch: int, rounds: int, reps: int, shards: int | None, wire: str) -
         engine.run(proto, scn.net, scn.air, on_round=lambda r, V: None)  # starts the pool; warm-up
         actors = [a for acts in engine.actors.values() for a in acts]
         phases = len(proto.phases)
-        dsim, bare = [], []
+        dsim, bare, compute, air = [], [], [], []
         for _ in range(reps):
+            air_s[0] = 0.0
             t = time.perf_counter()
-            engine.run(proto, scn.net, scn.air, on_round=lambda r, V: None)
+            trace = engine.run(proto, scn.net, scn.air, on_round=lambda r, V: None)
             dsim.append((time.perf_counter() - t) / rounds)
+            compute.append(sum(trace.phase_wall_s.values()) / rounds)  # per phase the busiest actor
+            air.append(air_s[0] / rounds)
             t = time.perf_counter()
             for _ in range(rounds * phases):
                 ray.get([a.noop.remote() for a in actors])
             bare.append((time.perf_counter() - t) / rounds)
-        d, b = statistics.median(dsim), statistics.median(bare)
-        return {"actors": len(actors), "phases_per_round": phases, "dsim_round_s": d, "bare_round_s": b,
-                "dsim_per_phase_s": d / phases, "bare_fanout_s": b / phases, "ratio": d / b}
+        d, b, c, a = (statistics.median(x) for x in (dsim, bare, compute, air))
+        return {"batch": batch, "actors": len(actors), "phases_per_round": phases, "dsim_round_s": d,
+                "bare_round_s": b, "ratio": d / b, "actor_compute_round_s": c, "driver_air_round_s": a,
+                "transport_round_s": d - c - a, "transport_ratio": (d - c - a) / b}
     finally:
         engine.close()
 
@@ -67,8 +84,8 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=2)
     a = ap.parse_args()
     ensure_ray(num_cpus=a.num_cpus)
-    out = {"one_actor_per_agent": measure(a.batch, a.rounds, a.reps, None, a.wire),
-           "2_shards": measure(a.batch, a.rounds, a.reps, 2, a.wire)}
+    out = {f"{name}_batch{b}": measure(b, a.rounds, a.reps, shards, a.wire)
+           for b in (a.batch, 1) for name, shards in (("one_actor_per_agent", None), ("2_shards", 2))}
     print(json.dumps(out, indent=2))
 
 

@@ -6,7 +6,11 @@ evaluates decisions.  Its traffic is physics, not signaling: never lost, never f
 
 from __future__ import annotations
 
+import copy
+
 import torch
+
+from dsim.devices import same_device
 
 Tensor = torch.Tensor
 
@@ -23,11 +27,32 @@ class Air:
       power constraint holds);
     * :meth:`repeat` -- the same air with its batch repeated n times (realization-major blocks
       b + B*r), which the runner's ``restarts`` (best of n random initialisations) needs.
+
+    :meth:`to` (the air on another device) and :attr:`device` are generic: they move / read the tensor
+    attributes; a family whose air keeps tensors elsewhere (in containers) overrides :meth:`to`.
     """
 
     unit: str = "nat/Hz"
     #: what evaluate's first value is called in tables and plots (e.g. 'WSR', 'sum-SE')
     metric: str = "WSR"
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the air's tensors (cpu when it has none); it evaluates decisions there."""
+        for v in vars(self).values():
+            if isinstance(v, Tensor):
+                return v.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Air:
+        """A shallow copy with every tensor attribute on ``device`` (self when already there)."""
+        moved = {k: v.to(device) for k, v in vars(self).items()
+                 if isinstance(v, Tensor) and not same_device(v.device, device)}
+        if not moved:
+            return self
+        out = copy.copy(self)
+        out.__dict__.update(moved)
+        return out
 
     def measure(self, name: str, signals: dict[str, Tensor]) -> dict[str, Tensor]:
         raise KeyError(f"{type(self).__name__} has no measurement {name!r}")

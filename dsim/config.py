@@ -105,11 +105,14 @@ class AlgorithmConfig(BaseModel):
 
 
 class EngineConfig(BaseModel):
-    """``engine``: kind, Ray shards (None = one actor per agent), cluster address, GPUs per actor, CPUs of
-    an embedded Ray instance, actor placement over a cluster's nodes (``pack``: Ray's default; ``spread``)."""
+    """``engine``: kind, the local engine's torch ``device`` (cpu | cuda | auto = cuda when available), Ray
+    shards (None = one actor per agent), cluster address, GPUs per actor (the Ray engine's way onto GPUs),
+    CPUs of an embedded Ray instance, actor placement over a cluster's nodes (``pack``: Ray's default;
+    ``spread``)."""
 
     model_config = _CFG
     kind: Literal["local", "ray"] = "ray"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
     shards: int | None = Field(None, ge=1)
     address: str | None = None
     gpus: float = Field(0.0, ge=0)

@@ -8,8 +8,9 @@
   probability.  The receiver keeps the last value it got on that edge (or the phase's initial value).
 
 Masks are drawn from generators seeded by (seed, what, round, phase): no engine-dependent state, so
-every engine and every sharding sees the same faults.  Probability 0 draws nothing and changes
-nothing: the run is exactly the fault-free one.
+every engine and every sharding sees the same faults.  The draws use CPU generators and are moved to the
+device of the data afterwards, so every device sees the same faults too.  Probability 0 draws nothing
+and changes nothing: the run is exactly the fault-free one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ Tensor = torch.Tensor
 
 
 def _gen(seed: int, *salt: int) -> torch.Generator:
-    g = torch.Generator()
+    g = torch.Generator(device="cpu")
     h = seed
     for s in salt:
         h = (h * 1_000_003 + s) % (2**62)
@@ -47,9 +48,9 @@ class FaultModel:
         """Bool mask ``shape`` (e.g. (B, I, K)) of links that are present; ``serving`` (same shape, bool)
         marks serving links, which are always present."""
         if self.missing_links <= 0.0:
-            return torch.ones(shape, dtype=torch.bool)
-        u = torch.rand(shape, generator=_gen(self.seed, 1), dtype=torch.float64)
-        return (u >= self.missing_links) | serving
+            return torch.ones(shape, dtype=torch.bool, device=serving.device)
+        u = torch.rand(shape, generator=_gen(self.seed, 1), dtype=torch.float64, device="cpu")
+        return (u >= self.missing_links).to(serving.device) | serving
 
     def delivered(self, rnd: int, phase: int, eids: Tensor, batch: int, n_edges: int) -> Tensor:
         """(B, len(eids)) bool: the message of round ``rnd``, phase index ``phase`` on each edge arrives.
@@ -58,6 +59,6 @@ class FaultModel:
         different edges agree.
         """
         if self.message_loss <= 0.0:
-            return torch.ones((batch, eids.numel()), dtype=torch.bool)
-        u = torch.rand((batch, n_edges), generator=_gen(self.seed, 2, rnd, phase), dtype=torch.float64)
-        return (u >= self.message_loss).index_select(1, eids)
+            return torch.ones((batch, eids.numel()), dtype=torch.bool, device=eids.device)
+        u = torch.rand((batch, n_edges), generator=_gen(self.seed, 2, rnd, phase), dtype=torch.float64, device="cpu")
+        return (u >= self.message_loss).to(eids.device).index_select(1, eids)

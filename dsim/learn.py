@@ -209,7 +209,7 @@ class LearnableSpec:
         """``AlgorithmSpec.build``: the protocol for inference (module in eval mode, no gradients), after
         ``adapt_steps`` adaptation steps when the options have them (their facts go to ``meta``)."""
         learn = Learnable(self, self.make(opts), opts)
-        learn.module.eval().requires_grad_(False)
+        learn.module.to(net.device).eval().requires_grad_(False)  # adaptation and inference run where net is
         meta: dict[str, Any] = {}
         if isinstance(opts, AdaptOptions):
             meta = {"adapt_steps": 0, "adapt_samples": 0, "adapt_s": 0.0}
@@ -232,8 +232,12 @@ class Learnable:
     options: LearnedOptions
 
     def protocol(self, net: Network) -> Protocol:
-        """The protocol using the module's current parameters (autograd flows on the local engine)."""
-        return self.spec.protocol(self.module, net, self.options)
+        """The protocol using the module's current parameters (autograd flows on the local engine); its
+        ``module`` is this module (engines move it to the device the protocol runs on)."""
+        proto = self.spec.protocol(self.module, net, self.options)
+        if proto.module is None:
+            proto.module = self.module
+        return proto
 
     def observe(self, net: Network) -> None:
         """Update the module's running statistics from a training batch (called before its forward)."""
@@ -273,12 +277,25 @@ def get_learnable(name: str, options: dict[str, Any]) -> Learnable:
 def save_checkpoint(path: Path, learn: Learnable, step: int, meta: dict[str, Any],
                     training: dict[str, Any] | None = None) -> None:
     """Atomic write of a checkpoint: format_version, step, model (state dict), hparams, then ``training``'s
-    entries (optimizer, scheduler, log: what resumes a run exactly) and meta."""
+    entries (optimizer, scheduler, log: what resumes a run exactly) and meta.  Every tensor is saved on the
+    CPU, so the file loads on any machine."""
     ck = {"format_version": FORMAT_VERSION, "step": step, "model": learn.module.state_dict(),
           "hparams": dict(learn.hparams)} | dict(training or {}) | {"meta": meta}
+    ck = to_cpu(ck)
     tmp = path.with_suffix(".tmp")
     torch.save(ck, tmp)
     tmp.replace(path)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu() if obj.device.type != "cpu" else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -312,14 +329,17 @@ def export_checkpoint(src: str | Path, dst: str | Path, recalibrate: bool = Fals
 
 
 # =============================================================================== forward, fine-tuning
-def scenario_sampler(scenario: Any, precision: str = "double") -> Sampler:
+def scenario_sampler(scenario: Any, precision: str = "double", device: torch.device | str | None = None) -> Sampler:
     """(batch, seed) -> (net, air) of fresh draws of a scenario (the family's options model or a mapping
-    with a ``family`` key), fault-free, the network seeded with the draw's seed."""
+    with a ``family`` key), fault-free, the network seeded with the draw's seed.  Drawn on the CPU (same
+    numbers on every device), then moved to ``device`` (None: left on the CPU)."""
 
     def sample(batch: int, seed: int) -> tuple[Any, Any]:
         family, ch = generate_channels(scenario, batch, seed, precision)
         s = build_scenario(family, ch, None, seed)
-        return s.net, s.air
+        if device is None:
+            return s.net, s.air
+        return s.net.to(device), s.air.to(device)
 
     return sample
 
@@ -329,7 +349,9 @@ def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] 
     """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).
 
     Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last).
+    Runs on ``net``'s device (the module is moved there).
     """
+    learn.module.to(net.device)
     learn.observe(net)
     proto = learn.protocol(net)
     rounds = layers_in_loss or [proto.rounds]
@@ -413,7 +435,8 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
     The samples: :func:`scenario_sampler` on ``net.info["scenario_config"]`` (set by
     ``dsim.scenarios.build.scenario_from_config``), seed ``adapt_seed`` (default: run seed * 1_000_003 +
     999_983; minibatch t uses adapt_seed * 1_000_003 + t), so never the evaluated topologies.  The steps
-    run as in training (:func:`fine_tune`, batch norm in training mode: batch statistics); then the
+    run as in training (:func:`fine_tune`, batch norm in training mode: batch statistics), on ``net``'s
+    device (the samples are drawn on the CPU and moved there, the module is there already); then the
     batch-norm running statistics are re-estimated at the adapted weights on the same minibatches
     (:func:`recalibrate_bn`, no further samples).  Like training, this is an offline, central computation
     on simulated samples of the target configuration; the agents then run the adapted model (eval mode).
@@ -425,7 +448,7 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
         raise ValueError(f"{learn.spec.name}: adapt_steps needs a drawn scenario (scenario.family ...), not a "
                          "channel file: the adaptation samples fresh topologies of the same configuration")
     seed = opts.adapt_seed if opts.adapt_seed is not None else batch_seed(int(net.info.get("seed", 0)), 999_983)
-    sample = scenario_sampler(dict(scn), net.info.get("precision", "double"))
+    sample = scenario_sampler(dict(scn), net.info.get("precision", "double"), net.device)
     drawn: dict[int, tuple[Any, Any]] = {}
 
     def sample_once(batch: int, s: int) -> tuple[Any, Any]:
@@ -434,7 +457,7 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
         return drawn[s]
 
     t0 = time.perf_counter()
-    module = learn.module
+    module = learn.module.to(net.device)
     module.train()
     module.requires_grad_(True)
     try:

@@ -53,14 +53,14 @@ def solve_mu(phi: Tensor, lam: Tensor, max_steps: int = 200, mu0: Tensor | None 
     v0 = torch.where(keep, phi / torch.where(keep, lam, torch.ones_like(lam)) ** 2, torch.zeros_like(lam)).sum(-1)
     need = v0 > 1.0
     if steps is not None:
-        mu = torch.zeros(phi.shape[:-1], dtype=phi.dtype) if mu0 is None else mu0.clone()
+        mu = phi.new_zeros(phi.shape[:-1]) if mu0 is None else mu0.clone()
         for _ in range(steps):
             v, dv = power_value(phi, lam, torch.where(mu > 0, mu, torch.full_like(mu, 1e-300)))
             mu = (mu + 2.0 * v / dv * (1.0 - torch.sqrt(v))).clamp_min(0.0)
         return torch.where(need, mu, torch.zeros_like(mu))
     # start from below the root: the Moore–Penrose value at 0 restricted to the kept directions
     # is v0 > 1; iterate (9) on the full function for mu > 0.
-    mu = torch.zeros(phi.shape[:-1], dtype=phi.dtype)
+    mu = phi.new_zeros(phi.shape[:-1])
     # first step from mu = 0 using the kept terms only (the dropped ones have phi ~ 0 and lam ~ 0)
     lam_k = torch.where(keep, lam, torch.ones_like(lam))
     phi_k = torch.where(keep, phi, torch.zeros_like(phi))

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from dsim.devices import same_device
+
 Tensor = torch.Tensor
 
 
@@ -33,6 +35,13 @@ class EdgeSet:
     @property
     def size(self) -> int:
         return int(self.src.numel())
+
+    def to(self, device: torch.device | str) -> EdgeSet:
+        """The edge set with its index and mask tensors on ``device`` (self when already there)."""
+        if all(same_device(t.device, device) for t in (self.src, self.dst, self.mask)):
+            return self
+        return EdgeSet(self.name, self.src_role, self.dst_role, self.link, self.src.to(device),
+                       self.dst.to(device), self.mask.to(device))
 
 
 @dataclass
@@ -58,6 +67,28 @@ class Network:
     @property
     def roles(self) -> tuple[str, ...]:
         return tuple(self.counts)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the local data (else of the edge sets; cpu when there is neither)."""
+        for d in self.local.values():
+            for v in d.values():
+                return v.device
+        for e in self.edges.values():
+            return e.src.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Network:
+        """The network with its local data and edge tensors on ``device`` (self when already there);
+        a repeated network's ``origin`` moves with it."""
+        tensors = [v for d in self.local.values() for v in d.values()]
+        tensors += [t for e in self.edges.values() for t in (e.src, e.dst, e.mask)]
+        if all(same_device(t.device, device) for t in tensors):
+            return self
+        local = {r: {k: v.to(device) for k, v in d.items()} for r, d in self.local.items()}
+        edges = {k: e.to(device) for k, e in self.edges.items()}
+        origin = None if self.origin is None else self.origin.to(device)
+        return Network(self.family, self.batch, dict(self.counts), edges, local, dict(self.info), origin, self.times)
 
     def agent_ids(self, role: str) -> list[str]:
         """Logical agent ids, e.g. ``['bs0', 'bs1', 'bs2']``; ``cpu`` when the role has one agent named so."""

@@ -246,12 +246,22 @@ class AgentBlock:
     def batch(self) -> int:
         return int(self.info["batch"])
 
-    def generator(self, salt: int = 0) -> torch.Generator:
-        """A generator seeded from the run seed and ``salt``: identical on every host and engine.
+    @property
+    def device(self) -> torch.device:
+        """The device of the block's local data (else of its agent ids; cpu when there is nothing): create
+        every tensor there (``device=block.device``), never on the default device (DESIGN §11)."""
+        for v in self.local.values():
+            if isinstance(v, Tensor):
+                return v.device
+        return self.ids.device if isinstance(self.ids, Tensor) else torch.device("cpu")
 
-        Draw the *global* tensor with it and slice by ``ids``/edge ids, so shards see the same numbers.
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run seed and ``salt``: identical on every host, engine and device.
+
+        Draw the *global* tensor with it on the CPU (``device="cpu"``), move it to :attr:`device`, and slice
+        by ``ids``/edge ids, so shards and devices see the same numbers.
         """
-        g = torch.Generator()
+        g = torch.Generator(device="cpu")
         g.manual_seed(int(self.info.get("seed", 0)) * 1_000_003 + salt)
         return g
 
@@ -368,3 +378,12 @@ class Protocol:
     output: Output
     unit: str = "nat/Hz"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the learned parameters the protocol's functions use (an ``nn.Module``), or None; engines move it to
+    #: the device the protocol runs on (:meth:`to`)
+    module: Any = None
+
+    def to(self, device: torch.device | str) -> Protocol:
+        """Move :attr:`module` (in place) to ``device``, where the protocol's functions will run; returns self."""
+        if self.module is not None:
+            self.module.to(device)
+        return self

@@ -21,6 +21,7 @@ import torch
 
 from dsim import registry
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
+from dsim.devices import resolve_device
 from dsim.engine.base import Engine, LedgerRow
 from dsim.network import Network
 from dsim.protocol import Local, Measure, Message, Protocol, runs_in
@@ -35,13 +36,13 @@ if TYPE_CHECKING:
 
 
 def make_engine(cfg: RunConfig) -> Engine:
-    """Engine of a RunConfig (``engine.kind`` local | ray)."""
+    """Engine of a RunConfig (``engine.kind`` local | ray; the local engine on ``engine.device``)."""
     faults = fault_model(cfg)
     e = cfg.engine
     if e.kind == "local":
         from dsim.engine.local import LocalEngine
 
-        return LocalEngine(cfg.wire.dtype, faults)
+        return LocalEngine(cfg.wire.dtype, faults, device=e.device)
     from dsim.engine.ray import RayEngine
 
     return RayEngine(cfg.wire.dtype, faults, shards=e.shards, address=e.address, gpus=e.gpus,
@@ -71,7 +72,7 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
     """
     sets = sorted({ph.edges for ph in proto.phases if isinstance(ph, Message)})
     if sets:
-        key = torch.cat([net.edges[s].mask for s in sets], dim=1).numpy()
+        key = torch.cat([net.edges[s].mask for s in sets], dim=1).cpu().numpy()
         uniq, inv = np.unique(key, axis=0, return_inverse=True)
     else:
         uniq, inv = np.zeros((1, 0), dtype=bool), np.zeros(net.batch, dtype=np.int64)
@@ -96,7 +97,7 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
                 es = net.edges[ph.edges]
                 nb = message_nbytes(ph.fields, wire)
                 on = np.nonzero(mask_of[ph.edges])[0]
-                src, dst = es.src[on].tolist(), es.dst[on].tolist()
+                src, dst = es.src.cpu()[on].tolist(), es.dst.cpu()[on].tolist()
                 msgs = tuple(MessageTrace(ids[es.src_role][a], ids[es.dst_role][b], es.link, nb)
                              for a, b in zip(src, dst))
                 agents = tuple(dict.fromkeys([m.src for m in msgs] + [m.dst for m in msgs]))
@@ -201,8 +202,8 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
         with torch.no_grad():
             wsr, per_user = air.evaluate(decision)
             power_ratio[0] = max(power_ratio[0], float(air.power_ratio(decision).max()))
-        wsr_rounds.append(wsr.detach().double().numpy())
-        last["per_user"] = per_user.detach().double().numpy()
+        wsr_rounds.append(wsr.detach().double().cpu().numpy())
+        last["per_user"] = per_user.detach().double().cpu().numpy()
         if r:
             bar.update(1)
 
@@ -245,12 +246,20 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
 
 
 # ------------------------------------------------------------------------------------------ a whole run
+def place_scenario(scn: Scenario, device: torch.device | str) -> Scenario:
+    """The scenario with its network and air on ``device`` (the channels stay where they were drawn)."""
+    return Scenario(scn.family, scn.net.to(device), scn.air.to(device), scn.channels)
+
+
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print) -> Path:
     """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed."""
     from dsim.config import resolved_dict
 
     torch.manual_seed(cfg.seed)
     scn = scenario_from_config(cfg)
+    device = cfg.engine.device if cfg.engine.kind == "local" else "cpu"
+    if device != "cpu":  # protocols are built, run and evaluated there; results come back to the CPU
+        scn = place_scenario(scn, resolve_device(device))
     out = Path(cfg.output)
     writer = RunWriter(out, resolved_dict(cfg), unit=scn.unit, metric=scn.air.metric, seed=cfg.seed,
                        engine=cfg.engine.kind, family=scn.family)

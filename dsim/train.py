@@ -16,7 +16,9 @@ Per step t:
   (:func:`dsim.learn.forward_loss`; default the normalized loss :func:`dsim.learn.normalized_loss`).
   The log reports ``loss`` = -mean WSR over the loss rounds (in the air's unit), the quantity maximized;
 * AdamW (betas, weight decay), gradient-norm clipping, lr multiplied by ``lr_decay`` every
-  ``lr_decay_every`` steps.
+  ``lr_decay_every`` steps;
+* on ``device`` (cpu | cuda | auto): the module, the minibatches (drawn on the CPU as always, so a seed
+  gives the same data everywhere) and the evaluation; checkpoints are saved on the CPU.
 A non-finite loss or gradient raises :class:`TrainingDiverged` naming the step, after saving the last
 good state to ``checkpoint.pt`` (never a silent skip).  Validation on a fixed set (seed
 ``seed * 1_000_003 - 1``) every ``val_every`` steps and at the last step, in eval mode, after the
@@ -30,11 +32,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from dsim.devices import resolve_device
 from dsim.evaluate import evaluate_rounds
 from dsim.learn import (
     Learnable,
@@ -75,6 +78,9 @@ class TrainOptions(BaseModel):
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where the module, the minibatches and the evaluation live (auto: cuda when "
+        "available); minibatches are drawn on the CPU, checkpoints saved on the CPU")
     progress: bool = True
 
 
@@ -135,18 +141,32 @@ def plot_curve(path: Path, log: list[dict], unit: str = "nat/Hz") -> None:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def _on_device(sample: Sampler, device: torch.device) -> Sampler:
+    """``sample`` with its minibatches (net, air) moved to ``device``."""
+
+    def moved(batch: int, seed: int) -> tuple[Any, Any]:
+        net, air = sample(batch, seed)
+        return net.to(device), air.to(device)
+
+    return moved
+
+
 def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, resume: bool = False,
           meta: dict | None = None) -> Path:
     """Train ``learn`` on minibatches ``sample(batch, seed) -> (net, air)``; returns the checkpoint path.
 
-    ``opts``' unset model fields come from ``learn.train_defaults``."""
+    ``opts``' unset model fields come from ``learn.train_defaults``.  The module, the minibatches (moved
+    from wherever ``sample`` draws them) and the evaluation live on ``opts.device``; checkpoints are
+    written on the CPU."""
     opts = resolve_options(opts, learn.train_defaults)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ck_path = out_dir / "checkpoint.pt"
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    module = learn.module
+    device = resolve_device(opts.device)
+    sample = _on_device(sample, device)
+    module = learn.module.to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=opts.lr_decay_every, gamma=opts.lr_decay)
     log: list[dict] = []

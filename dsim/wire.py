@@ -50,7 +50,7 @@ def to_reals(x: Tensor, f: Field) -> Tensor:
     if f.kind == "complex":
         return torch.view_as_real(x.contiguous()).reshape(*lead, -1)
     n = f.shape[0]
-    iu = torch.triu_indices(n, n, offset=1)
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
     diag = torch.diagonal(x, dim1=-2, dim2=-1).real
     up = x[..., iu[0], iu[1]]
     return torch.cat([diag, up.real, up.imag], dim=-1)
@@ -66,9 +66,9 @@ def from_reals(r: Tensor, f: Field, complex_dtype: torch.dtype) -> Tensor:
         return c.reshape(*lead, *f.shape)
     n = f.shape[0]
     m = n * (n - 1) // 2
-    iu = torch.triu_indices(n, n, offset=1)
-    out = torch.zeros(*lead, n, n, dtype=complex_dtype)
-    idx = torch.arange(n)
+    iu = torch.triu_indices(n, n, offset=1, device=r.device)
+    out = torch.zeros(*lead, n, n, dtype=complex_dtype, device=r.device)
+    idx = torch.arange(n, device=r.device)
     out[..., idx, idx] = r[..., :n].to(complex_dtype)
     up = torch.complex(r[..., n : n + m], r[..., n + m :]).to(complex_dtype)
     out[..., iu[0], iu[1]] = up
@@ -101,7 +101,25 @@ def roundtrip_reals(r: Tensor, policy: str) -> Tensor:
         return _dequantize(codes, lo, hi, bits, r.dtype)
     if policy == "float64" and r.dtype == torch.float64:
         return r
-    return torch.from_numpy(r.numpy().astype(_FLOAT[policy])).to(r.dtype)
+    return _round_to(r, _TORCH_FLOAT[policy]).to(r.dtype)
+
+
+_TORCH_FLOAT = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16}
+
+
+def _round_to(r: Tensor, dtype: torch.dtype) -> Tensor:
+    """``r`` rounded to ``dtype`` exactly as numpy's ``astype`` does (round to nearest even, once), on any
+    device.  torch casts float64 -> float16 through float32, which rounds twice (a float64 just above a
+    float16 tie becomes the tie in float32, then goes to even); the float32 step is therefore rounded to
+    odd (truncated, lowest bit set when inexact), with which the second rounding is exact (13 spare bits)."""
+    if not (r.dtype == torch.float64 and dtype == torch.float16):
+        return r.to(dtype)
+    f = r.to(torch.float32)
+    wide = f.to(torch.float64)
+    inexact = wide != r
+    f = torch.where(inexact & (wide.abs() > r.abs()), torch.nextafter(f, torch.zeros_like(f)), f)
+    odd = (f.view(torch.int32) | 1).view(torch.float32)
+    return torch.where(inexact & torch.isfinite(r), odd, f).to(torch.float16)
 
 
 def roundtrip(payload: dict[str, Tensor], fields: tuple[Field, ...], policy: str) -> dict[str, Tensor]:
@@ -154,7 +172,8 @@ def _rows_from_bytes(blobs: list[bytes], n_reals: int, policy: str, dtype: torch
 
 def encode_message(reals: list[np.ndarray], policy: str) -> bytes:
     """msgpack encoding of one message: an array with one ``bin`` per field (``reals``: (R_f,) each)."""
-    rows = [_rows_bytes(torch.as_tensor(np.asarray(r, dtype=np.float64)).reshape(1, -1), policy)[0] for r in reals]
+    rows = [_rows_bytes(torch.as_tensor(np.asarray(r, dtype=np.float64), device="cpu").reshape(1, -1), policy)[0]
+            for r in reals]
     return msgpack.packb(rows, use_bin_type=True)
 
 
@@ -199,7 +218,7 @@ def decode_bundle(blob: bytes, fields: tuple[Field, ...], policy: str, complex_d
     out = {}
     for i, f in enumerate(fields):
         real_dtype = getattr(torch, body["dt"][i])
-        r = torch.zeros(B, E, f.reals, dtype=real_dtype)
+        r = torch.zeros(B, E, f.reals, dtype=real_dtype, device="cpu")
         if msgs:
             r[b_idx, e_idx] = _rows_from_bytes([m[i] for m in msgs], f.reals, policy, real_dtype)
         x = from_reals(r, f, complex_dtype)

@@ -69,6 +69,10 @@ class Engine:
     def _output(self) -> list[tuple[Tensor, Tensor]]: ...
     def close(self) -> None: ...
 
+    def _place(self, net: Network, air) -> tuple[Network, object]:
+        """The network and air the run uses (an engine with a device of its own moves them there)."""
+        return net, air
+
     def _phase_wall(self, wall: dict[str, float]) -> dict[str, float]:
         """Wall time per phase name (s, summed over rounds) to report; ``wall``: the driver's measurement."""
         return wall
@@ -88,13 +92,21 @@ class Engine:
     def run(self, proto: Protocol, net: Network, air, on_round: RoundCallback | None = None,
             rounds: int | None = None) -> RunTrace:
         """Run ``rounds`` (default ``proto.rounds``) rounds; ``on_round(r, decision)`` after init (r=0)
-        and after every round.  ``air`` supplies measurements: ``air.measure(name, signals) -> {..}``."""
+        and after every round, the decision on the device of ``air`` (the caller evaluates it there).
+        ``air`` supplies measurements: ``air.measure(name, signals) -> {..}``."""
         rounds = proto.rounds if rounds is None else rounds
         t0 = time.perf_counter()
+        home = getattr(air, "device", None)
+        net, air = self._place(net, air)
+
+        def decided() -> Tensor:
+            d = self.decision()
+            return d if home is None else d.to(home)
+
         self._setup(proto, net)
         self._init()
         if on_round is not None:
-            on_round(0, self.decision())
+            on_round(0, decided())
         ledger: list[LedgerRow] = []
         wall: dict[str, float] = {ph.name: 0.0 for ph in proto.phases}
         for r in range(1, rounds + 1):
@@ -120,5 +132,5 @@ class Engine:
                     raise TypeError(f"unknown phase type {type(ph)}")
                 wall[ph.name] += time.perf_counter() - tp
             if on_round is not None:
-                on_round(r, self.decision())
+                on_round(r, decided())
         return RunTrace(ledger=ledger, phase_wall_s=self._phase_wall(wall), wall_s=time.perf_counter() - t0)

@@ -19,8 +19,8 @@ Tensor = torch.Tensor
 
 def _positions(ids: Tensor, n_total: int) -> Tensor:
     """Map global agent index -> position within ``ids`` (-1 for agents not held)."""
-    pos = torch.full((n_total,), -1, dtype=torch.int64)
-    pos[ids] = torch.arange(ids.numel())
+    pos = torch.full((n_total,), -1, dtype=torch.int64, device=ids.device)
+    pos[ids] = torch.arange(ids.numel(), device=ids.device)
     return pos
 
 
@@ -50,9 +50,14 @@ class Host:
 
     def __init__(self, proto: Protocol, net: Network, role: str, ids: Tensor, faults: FaultModel,
                  presliced: bool = False) -> None:
-        """``presliced``: ``net.local[role]`` already holds only these agents (Ray actors get just theirs)."""
+        """``presliced``: ``net.local[role]`` already holds only these agents (Ray actors get just theirs).
+
+        The host runs where ``net``'s data is (``net.device``): the agent ids and the protocol's learned
+        parameters (:meth:`Protocol.to`) are moved there."""
         self.proto, self.role, self.faults = proto, role, faults
-        self.ids = ids.to(torch.int64)
+        device = net.device
+        self.ids = ids.to(device=device, dtype=torch.int64)
+        proto.to(device)
         src = net.local.get(role, {})
         local = dict(src) if presliced else {k: v.index_select(1, self.ids) for k, v in src.items()}
         edges: dict[str, EdgeView] = {}

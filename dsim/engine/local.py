@@ -4,14 +4,20 @@ A message phase is a gather along the edge index (the sender's ``send`` returns 
 the wire's numeric round trip (:func:`dsim.wire.roundtrip`), the seeded fault mask, and a scatter onto
 the receivers (inside the protocol's ``receive``).  Fast, differentiable (autograd flows through when
 the wire policy is float64), the reference for the Ray engine.
+
+``device`` (``cpu`` | ``cuda`` | ``auto`` | a torch device; None: wherever the network's data is): the
+network's local data and edge tensors and the air are moved there and every phase runs there; the
+decisions handed to ``on_round`` come back on the device of the air the caller passed (DESIGN §11).
 """
 
 from __future__ import annotations
 
 import torch
 
+from dsim.devices import resolve_device
 from dsim.engine.base import Engine
 from dsim.engine.host import Host
+from dsim.faults import FaultModel
 from dsim.network import Network
 from dsim.protocol import Message, Protocol
 from dsim.wire import roundtrip
@@ -24,9 +30,19 @@ class LocalEngine(Engine):
 
     kind = "local"
 
+    def __init__(self, wire: str = "float32", faults: FaultModel | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(wire, faults)
+        self.device = None if device is None else resolve_device(device)
+
+    def _place(self, net: Network, air):
+        if self.device is None:
+            return net, air
+        return net.to(self.device), (air.to(self.device) if hasattr(air, "to") else air)
+
     def _setup(self, proto: Protocol, net: Network) -> None:
         self.proto, self.net = proto, net
-        self.hosts = {role: Host(proto, net, role, torch.arange(net.counts[role]), self.faults)
+        self.hosts = {role: Host(proto, net, role, torch.arange(net.counts[role], device=net.device), self.faults)
                       for role in net.counts}
 
     def _init(self) -> None:

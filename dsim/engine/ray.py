@@ -6,12 +6,16 @@
   holding only its agents' local data) and reused by every algorithm run on it; each algorithm
   re-configures them with its protocol (fresh protocol state, never leaked between algorithms) and,
   for best-of-n restarts, the number of times the batch is repeated.
-* **Actor to actor** (DESIGN §9): a sender actor's ``send`` returns one object ref per receiving actor
-  (``num_returns``) and those refs go straight into the receivers' ``deliver`` calls; the driver never
-  waits on or holds message bytes.  Calls are submitted without waiting (Ray runs the calls of one
-  submitter on one actor in submission order), so the driver synchronizes only where it needs a value:
-  the transmitted signals of a measurement phase (the air lives in the driver) and the decision at the
-  end of every round -- one ``ray.get`` each, which also surfaces any failed call of the round.
+* **Actor to actor** (DESIGN §9): a sender's call returns one object ref per receiving actor
+  (``num_returns``) and those refs go straight into the receivers' calls; the driver never waits on or
+  holds message bytes.  The driver plans the phases between two synchronisation points -- the
+  transmitted signals of a measurement phase (the air lives in the driver) and the decision at the end of
+  every round -- and sends each actor ONE call (:meth:`HostActorImpl.run_steps`) for the consecutive
+  phases it takes part in, split only where it must wait for another actor's messages that depend on it
+  (Ray runs one submitter's calls on an actor in submission order).  Each synchronisation point is one
+  ``ray.get``, which also surfaces any failed call.  WMMSE: per round the BSs transmit (sync), the UEs
+  measure, update and send both uplink messages in one call, the BSs receive, update and return the
+  decision in one call (sync) -- three calls per actor group instead of one per phase.
 * The ledger needs no bytes in the driver: the number of messages is fixed by the edge masks, their
   size by the fields and the wire policy.  Each message travels as its own msgpack blob
   (:func:`dsim.wire.encode_message`), so the bytes the actors send equal the ledger's.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +42,7 @@ from dsim.engine.base import Engine
 from dsim.engine.host import Host
 from dsim.faults import FaultModel
 from dsim.network import Network
-from dsim.protocol import Message, Protocol
+from dsim.protocol import Measure, Message, Protocol, runs_in
 from dsim.wire import decode_bundle, encode_bundle
 
 Tensor = torch.Tensor
@@ -76,9 +81,7 @@ class HostActorImpl:
     def __init__(self, net: Network, role: str, ids: Tensor, owners: dict[str, Tensor], device: str = "cpu") -> None:
         torch.set_num_threads(1)
         self.device = device
-        if device != "cpu":
-            torch.set_default_device(device)
-            net = _to_device(net, device)
+        net = net.to(device)
         self.net, self.role, self.ids, self.owners = net, role, ids, owners
         self.host: Host | None = None
         self.spent: dict[str, float] = defaultdict(float)
@@ -106,27 +109,56 @@ class HostActorImpl:
     def _timed(self, k: int, t0: float) -> None:
         self.spent[self.proto.phases[k].name] += time.perf_counter() - t0
 
-    def init(self) -> None:
-        self.host.init()
+    def run_steps(self, steps: list[tuple], *bundles: bytes) -> Any:
+        """Run consecutive steps of a round in one call (one call per actor for the phases it takes part in
+        between two synchronisation points).  Steps, in order:
 
-    def transmit(self, k: int, rnd: int):
+        ('init',) | ('measured', k, rnd, measurement) | ('compute', k, rnd) | ('send', k, rnd, n_dst) |
+        ('deliver', k, rnd, lo, hi) (its bundles: ``bundles[lo:hi]``, one per sending actor) |
+        ('transmit', k, rnd) | ('output',).
+
+        Returns the outputs in step order -- n_dst bundles per send, one value per transmit / output --
+        followed by ``None`` (the call's completion, which the driver waits on to surface errors).
+        """
+        out: list[Any] = []
+        for step in steps:
+            kind = step[0]
+            if kind == "init":
+                self.host.init()
+            elif kind == "measured":
+                self._measured(*step[1:])
+            elif kind == "compute":
+                t0 = time.perf_counter()
+                self.host.compute(step[1], step[2])
+                self._timed(step[1], t0)
+            elif kind == "send":
+                out.extend(self._send(*step[1:]))
+            elif kind == "deliver":
+                _, k, rnd, lo, hi = step
+                self._deliver(k, rnd, bundles[lo:hi])
+            elif kind == "transmit":
+                out.append(self._transmit(step[1], step[2]))
+            elif kind == "output":
+                ids, x = self.host.output()
+                out.append((_to_numpy(ids), _to_numpy(x)))
+            else:  # pragma: no cover - the engine builds the steps
+                raise ValueError(f"unknown step {kind!r}")
+        out.append(None)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _transmit(self, k: int, rnd: int):
         t0 = time.perf_counter()
         idx, sig = self.host.transmit(k, rnd)
-        out = idx.cpu(), {n: v.cpu() for n, v in sig.items()}
+        out = _to_numpy(idx), _to_numpy(sig)
         self._timed(k, t0)
         return out
 
-    def measured(self, k: int, rnd: int, meas: dict[str, Tensor]) -> None:
+    def _measured(self, k: int, rnd: int, meas: dict[str, Tensor]) -> None:
         t0 = time.perf_counter()
-        self.host.measured(k, rnd, {n: v.to(self.device) for n, v in meas.items()})
+        self.host.measured(k, rnd, _to_torch(meas, self.device))
         self._timed(k, t0)
 
-    def compute(self, k: int, rnd: int) -> None:
-        t0 = time.perf_counter()
-        self.host.compute(k, rnd)
-        self._timed(k, t0)
-
-    def send(self, k: int, rnd: int, n_dst: int):
+    def _send(self, k: int, rnd: int, n_dst: int) -> list[bytes]:
         """This actor's messages of phase ``k``: one bundle per receiving actor (``n_dst`` of them; an
         empty ``b''`` where none goes), each message its own msgpack blob."""
         t0 = time.perf_counter()
@@ -146,14 +178,14 @@ class HostActorImpl:
             self.sent[ph.name] += nbytes
             out.append(blob)
         self._timed(k, t0)
-        return out[0] if n_dst == 1 else tuple(out)
+        return out
 
-    def deliver(self, k: int, rnd: int, *bundles: bytes) -> None:
+    def _deliver(self, k: int, rnd: int, bundles: tuple[bytes, ...]) -> None:
         t0 = time.perf_counter()
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
         B = self.host.block.batch
-        eids, parts = [torch.zeros(0, dtype=torch.int64)], []
+        eids, parts = [torch.zeros(0, dtype=torch.int64, device="cpu")], []
         for blob in bundles:
             if blob:
                 e, p = decode_bundle(blob, ph.fields, self.wire, self.cdtype)
@@ -161,16 +193,13 @@ class HostActorImpl:
                 parts.append(p)
         if not parts:  # no in-edges on this actor: an empty inbox
             rdt = self.cdtype.to_real()
-            parts = [{f.name: torch.zeros((B, 0) + f.shape, dtype=self.cdtype if f.kind != "real" else rdt)
+            parts = [{f.name: torch.zeros((B, 0) + f.shape, dtype=self.cdtype if f.kind != "real" else rdt,
+                                          device="cpu")
                       for f in ph.fields}]
-        eid = torch.cat(eids)
+        eid = torch.cat(eids).to(self.device)
         payload = {f.name: torch.cat([p[f.name] for p in parts], dim=1).to(self.device) for f in ph.fields}
         self.host.deliver(k, rnd, eid, payload)
         self._timed(k, t0)
-
-    def output(self):
-        ids, x = self.host.output()
-        return ids.cpu(), x.detach().cpu()
 
     def timings(self) -> dict[str, float]:
         """Seconds this actor spent in each phase (summed over rounds) since :meth:`configure`."""
@@ -181,9 +210,31 @@ class HostActorImpl:
         return dict(self.sent)
 
 
-def _to_device(net: Network, device: str) -> Network:
-    local = {r: {k: v.to(device) for k, v in d.items()} for r, d in net.local.items()}
-    return Network(net.family, net.batch, net.counts, net.edges, local, net.info)
+def _to_numpy(x: dict[str, Tensor] | Tensor) -> Any:
+    """Tensors that cross the driver boundary travel as numpy arrays (Ray pickles them without copies;
+    a torch tensor takes torch's much slower pickling)."""
+    if isinstance(x, dict):
+        return {n: v.detach().cpu().numpy() for n, v in x.items()}
+    return x.detach().cpu().numpy()
+
+
+def _to_torch(x: Any, device: str = "cpu") -> Any:
+    """Inverse of :func:`_to_numpy` (a copy: arrays from Ray's object store are read-only)."""
+    if isinstance(x, dict):
+        return {n: torch.from_numpy(v.copy()).to(device) for n, v in x.items()}
+    return torch.from_numpy(x.copy()).to(device)
+
+
+@dataclass
+class _Segment:
+    """One planned call per actor of ``role``: its ``steps`` (see :meth:`HostActorImpl.run_steps`), how many
+    outputs each actor returns, the segments it must run after, and its refs once submitted (per actor)."""
+
+    role: str
+    steps: list[tuple]
+    n_out: int
+    deps: set[int]
+    refs: list[list[Any]] = field(default_factory=list)
 
 
 class RayEngine(Engine):
@@ -201,6 +252,8 @@ class RayEngine(Engine):
         self.actors: dict[str, list[Any]] = {}
         self.pool_net: Network | None = None
         self.nodes: dict[str, list[str]] = {}  # role -> Ray node id of each actor
+        self._segs: list[_Segment] = []
+        self._open: dict[str, int] = {}
         self.pids: dict[tuple[str, int], int] = {}  # (role, actor index) -> process id
         self._pending: list[Any] = []
 
@@ -263,18 +316,88 @@ class RayEngine(Engine):
             hosted = self._hosted() if self.pool_net is not None else {}
             aid = getattr(exc, "actor_id", None)
             lost = [hosted[aid]] if aid in hosted else list(hosted.values())
-            self._pending = []
+            self._pending, self._segs, self._open = [], [], {}
             self.close()
             what = "; ".join(f"{role} agents {', '.join(ids)}" for role, ids in lost)
             raise ActorLost(f"a Ray actor died during the run; it hosted {what}") from exc
-
-    def _submit(self, refs: list[Any]) -> None:
-        self._pending.extend(refs)
 
     def _sync(self, refs: list[Any]) -> list[Any]:
         """Wait for the pending calls and ``refs`` at once; the values of ``refs``."""
         pending, self._pending = self._pending, []
         return self._get(pending + refs)[len(pending):]
+
+    # ------------------------------------------------------------------ the plan of a round
+    def _segment(self, role: str, after: int | None = None) -> int:
+        """The open segment of ``role`` (its next call's steps), a new one when there is none or when the
+        open one cannot run after segment ``after`` (it is ``after``, or ``after`` waits on it)."""
+        i = self._open.get(role)
+        if i is None or (after is not None and (i == after or self._waits_on(after, i))):
+            deps = {i} if i is not None else set()  # an actor runs its calls in submission order
+            self._segs.append(_Segment(role, [], 0, deps))
+            i = self._open[role] = len(self._segs) - 1
+        return i
+
+    def _waits_on(self, a: int, b: int) -> bool:
+        """Whether segment ``a`` depends (transitively) on segment ``b``."""
+        todo, seen = [a], set()
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                todo.extend(self._segs[x].deps)
+        return False
+
+    def _flush(self, *want: tuple[int, int]) -> list[list[Any]]:
+        """Submit every planned segment (dependencies first) and wait for all of them at once; for each
+        ``(segment, position)`` in ``want`` the output at that position, one per actor of its role."""
+        order, placed = [], set()
+
+        def place(i: int) -> None:
+            if i not in placed:
+                for d in sorted(self._segs[i].deps):
+                    place(d)
+                placed.add(i)
+                order.append(i)
+
+        for i in range(len(self._segs)):
+            place(i)
+        done = []
+        for i in order:
+            seg = self._segs[i]
+            seg.refs = []
+            for j, (actor, ids) in enumerate(zip(self.actors[seg.role], self.parts[seg.role])):
+                steps, args = [], []
+                for step in seg.steps:
+                    if step[0] == "measured":
+                        steps.append(step[:3] + (_to_numpy({n: v.index_select(1, ids) for n, v in step[3].items()}),))
+                    elif step[0] == "deliver":
+                        _, k, rnd, src, offset = step
+                        lo = len(args)
+                        args.extend(refs[offset + j] for refs in self._segs[src].refs)
+                        steps.append(("deliver", k, rnd, lo, len(args)))
+                    else:
+                        steps.append(step)
+                refs = actor.run_steps.options(num_returns=seg.n_out + 1).remote(steps, *args)
+                refs = [refs] if seg.n_out == 0 else list(refs)
+                seg.refs.append(refs)
+                done.append(refs[-1])
+        wanted = [refs[pos] for i, pos in want for refs in self._segs[i].refs]
+        values = iter(self._sync(done + wanted)[len(done):])
+        out = [[next(values) for _ in self._segs[i].refs] for i, _ in want]
+        self._segs, self._open = [], {}
+        return out
+
+    def _add(self, role: str, step: tuple, outputs: int = 0, after: int | None = None) -> tuple[int, int]:
+        """Append ``step`` to ``role``'s open segment; (segment, position of the step's first output)."""
+        i = self._segment(role, after)
+        seg = self._segs[i]
+        seg.steps.append(step)
+        pos, seg.n_out = seg.n_out, seg.n_out + outputs
+        if after is not None:
+            seg.deps.add(after)
+        return i, pos
 
     # ------------------------------------------------------------------ Engine
     def _setup(self, proto: Protocol, net: Network) -> None:
@@ -287,39 +410,66 @@ class RayEngine(Engine):
             self._start_pool(base)
         self.proto, self.net = proto, net
         proto_ref = ray.put(proto)
-        self._pending = []
-        self._submit([a.configure.remote(proto_ref, times, self.faults, self.wire)
-                      for acts in self.actors.values() for a in acts])
+        self._segs, self._open = [], {}
+        self._pending = [a.configure.remote(proto_ref, times, self.faults, self.wire)
+                         for acts in self.actors.values() for a in acts]
 
     def _init(self) -> None:
-        self._submit([a.init.remote() for acts in self.actors.values() for a in acts])
+        for role in self.actors:
+            self._add(role, ("init",))
+
+    def run(self, proto: Protocol, net: Network, air, on_round=None, rounds: int | None = None):
+        self._rounds = proto.rounds if rounds is None else rounds
+        self._round = 0
+        self._prefetched: dict[tuple[int, int], list[Any]] = {}
+        return super().run(proto, net, air, on_round=on_round, rounds=rounds)
 
     def _transmit(self, k: int, rnd: int, role: str):
-        return self._sync([a.transmit.remote(k, rnd) for a in self.actors[role]])
+        self._round = rnd
+        got = self._prefetched.pop((k, rnd), None)
+        if got is None:
+            got = self._flush(self._add(role, ("transmit", k, rnd), 1))[0]
+        return [(_to_torch(i), _to_torch(sig)) for i, sig in got]
 
     def _measured(self, k: int, rnd: int, role: str, meas: dict[str, Tensor]) -> None:
-        self._submit([a.measured.remote(k, rnd, {n: v.index_select(1, ids) for n, v in meas.items()})
-                      for a, ids in zip(self.actors[role], self.parts[role])])
+        self._round = rnd
+        self._add(role, ("measured", k, rnd, meas))
 
     def _compute(self, k: int, rnd: int, role: str) -> None:
-        self._submit([a.compute.remote(k, rnd) for a in self.actors[role]])
+        self._round = rnd
+        self._add(role, ("compute", k, rnd))
 
     def _message(self, k: int, rnd: int) -> int:
+        self._round = rnd
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
         es = self.net.edges[ph.edges]
-        dst = self.actors[es.dst_role]
-        n = len(dst)
-        sent = [a.send.options(num_returns=n).remote(k, rnd, n) for a in self.actors[es.src_role]]
-        sent = [[s] if n == 1 else list(s) for s in sent]
-        self._submit([a.deliver.remote(k, rnd, *[s[j] for s in sent]) for j, a in enumerate(dst)])
+        n_dst = len(self.actors[es.dst_role])
+        src, offset = self._add(es.src_role, ("send", k, rnd, n_dst), outputs=n_dst)
+        self._add(es.dst_role, ("deliver", k, rnd, src, offset), after=src)
         return int(es.mask.sum())
 
     def _output(self):
-        return self._sync([a.output.remote() for a in self.actors[self.proto.output.role]])
+        """The decision after the current round.  When the next round opens with a measurement that the
+        deciding role transmits (WMMSE's precoded pilots), its transmission rides in the same call, so a
+        round costs one synchronisation point instead of two."""
+        role = self.proto.output.role
+        want = [self._add(role, ("output",), 1)]
+        nxt = self._round + 1
+        first = next((k for k, ph in enumerate(self.proto.phases) if runs_in(ph, nxt, self._rounds)), None)
+        ph = self.proto.phases[first] if first is not None and nxt <= self._rounds else None
+        if isinstance(ph, Measure) and ph.transmitter == role:
+            want.append(self._add(role, ("transmit", first, nxt), 1))
+        got = self._flush(*want)
+        if len(got) > 1:
+            self._prefetched[(first, nxt)] = got[1]
+        return [(_to_torch(i), _to_torch(x)) for i, x in got[0]]
 
     def _phase_wall(self, wall: dict[str, float]) -> dict[str, float]:
-        """Per phase, the largest time one actor spent in it (the actors run in parallel)."""
+        """Per phase, the largest time one actor spent in it (the actors run in parallel).  Called at the end
+        of a run: first runs what is still planned (a run without ``on_round`` never waits for a decision)."""
+        if self._segs:
+            self._flush()
         spent = self._sync([a.timings.remote() for acts in self.actors.values() for a in acts])
         return {name: max((s.get(name, 0.0) for s in spent), default=0.0) for name in wall}
 

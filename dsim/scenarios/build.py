@@ -87,7 +87,7 @@ def generate_channels(scn: BaseModel | Mapping[str, Any], batch: int, seed: int,
         raise ValueError(f"a scenario mapping needs a 'family' key; allowed: {', '.join(registry.family_names())}")
     spec = registry.family(name)
     opts = spec.options.model_validate(dict(scn)) if isinstance(scn, Mapping) else scn
-    gen = torch.Generator()
+    gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     return name, spec.generate(opts, batch, gen, complex_dtype(precision))
 

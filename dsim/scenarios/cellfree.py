@@ -170,7 +170,8 @@ def local_scattering_R(
     theta_rad: (...) nominal angles [rad]; asd_rad: angular standard deviation [rad].
     Returns (..., N, N) complex.
     """
-    theta = torch.as_tensor(theta_rad, dtype=_real_dtype(dtype))
+    theta = torch.as_tensor(theta_rad, dtype=_real_dtype(dtype),
+                            device=theta_rad.device if isinstance(theta_rad, torch.Tensor) else "cpu")
     n = torch.arange(n_antennas, dtype=theta.dtype, device=theta.device)
     phase_scale = 2.0 * math.pi * antenna_spacing
     if asd_rad < 0:
@@ -520,13 +521,14 @@ def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
     C = ch.error_cov_per_ap()
     if C is not None:
         local_ap["error_cov"] = C.contiguous()
+    dev = ch.h.device
     local_cpu = {"power": P.reshape(B, 1, L).clone(),
-                 "noise": torch.full((B, 1), float(ch.noise_w), dtype=real)}
-    ones = torch.ones(B, L, dtype=torch.bool)
+                 "noise": torch.full((B, 1), float(ch.noise_w), dtype=real, device=dev)}
+    ones = torch.ones(B, L, dtype=torch.bool, device=dev)
+    idx, zero = torch.arange(L, device=dev), torch.zeros(L, dtype=torch.int64, device=dev)
     edges = {
-        "ap>cpu": EdgeSet("ap>cpu", "ap", "cpu", "fh", torch.arange(L), torch.zeros(L, dtype=torch.int64), ones),
-        "cpu>ap": EdgeSet("cpu>ap", "cpu", "ap", "fh", torch.zeros(L, dtype=torch.int64), torch.arange(L),
-                          ones.clone()),
+        "ap>cpu": EdgeSet("ap>cpu", "ap", "cpu", "fh", idx, zero, ones),
+        "cpu>ap": EdgeSet("cpu>ap", "cpu", "ap", "fh", zero.clone(), idx.clone(), ones.clone()),
     }
     info = {"family": FAMILY, "batch": B, "n_aps": L, "n_ues": K, "ap_antennas": N, "realizations": S,
             "noise_w": float(ch.noise_w), "ue_power_w": float(ch.ue_power_w), "tau_c": int(ch.tau_c),
@@ -589,16 +591,17 @@ def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> Ce
     tau_c, tau_d, tau_p = int(data["tau_c"]), int(data["tau_d"]), int(data["tau_p"])
     if not 0 < tau_d <= tau_c:
         raise ChannelFileError(f"{path}: keys 'tau_d'/'tau_c' need 0 < tau_d <= tau_c, got {tau_d}/{tau_c}")
-    pilot_index = torch.as_tensor(data["pilot_index"], dtype=torch.long)
+    pilot_index = torch.as_tensor(data["pilot_index"], dtype=torch.long, device="cpu")  # files load on the CPU
     if csi == "mmse" and (tau_p < 1 or int(pilot_index.min()) < 0 or int(pilot_index.max()) >= tau_p):
         raise ChannelFileError(f"{path}: key 'pilot_index' must lie in [0, tau_p) with tau_p >= 1")
     ch = CellfreeChannels(
-        beta=torch.as_tensor(data["beta"], dtype=torch.float64), R=torch.as_tensor(data["R"]),
-        h=torch.as_tensor(h), h_hat=torch.as_tensor(h_hat), noise_w=float(data["noise_w"]),
-        power_w=torch.as_tensor(data["power_w"], dtype=torch.float64), ue_power_w=float(data["ue_power_w"]),
-        tau_c=tau_c, tau_d=tau_d, csi=csi, tau_p=tau_p, pilot_index=pilot_index,
-        ap_xy=torch.as_tensor(data["ap_xy"], dtype=torch.float64),
-        ue_xy=torch.as_tensor(data["ue_xy"], dtype=torch.float64), area_m=float(data["area_m"]),
+        beta=torch.as_tensor(data["beta"], dtype=torch.float64, device="cpu"),
+        R=torch.as_tensor(data["R"], device="cpu"), h=torch.as_tensor(h, device="cpu"),
+        h_hat=torch.as_tensor(h_hat, device="cpu"), noise_w=float(data["noise_w"]),
+        power_w=torch.as_tensor(data["power_w"], dtype=torch.float64, device="cpu"),
+        ue_power_w=float(data["ue_power_w"]), tau_c=tau_c, tau_d=tau_d, csi=csi, tau_p=tau_p,
+        pilot_index=pilot_index, ap_xy=torch.as_tensor(data["ap_xy"], dtype=torch.float64, device="cpu"),
+        ue_xy=torch.as_tensor(data["ue_xy"], dtype=torch.float64, device="cpu"), area_m=float(data["area_m"]),
     )
     return ch.to(dtype)
 

@@ -219,7 +219,7 @@ class MulticellChannels:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         elif not isinstance(idx, slice):
-            idx = torch.as_tensor(idx, dtype=torch.long)
+            idx = torch.as_tensor(idx, dtype=torch.long, device=self.H.device)
 
         def sel(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[idx]
@@ -253,23 +253,23 @@ def annulus_radius(u: Tensor, r_min: float, r_max: float) -> Tensor:
     return r_max * torch.sqrt(u * (1.0 - q) + q)
 
 
-def triangle_sites(bs_distance_m: float) -> Tensor:
+def triangle_sites(bs_distance_m: float, device: torch.device | str = "cpu") -> Tensor:
     """BS positions (3, 2) [m] of the triangle layout: (0, 0), (d, 0), (d/2, sqrt(3) d/2)."""
     d = float(bs_distance_m)
-    return torch.tensor([[0.0, 0.0], [d, 0.0], [d / 2, math.sqrt(3.0) * d / 2]], dtype=_F64)
+    return torch.tensor([[0.0, 0.0], [d, 0.0], [d / 2, math.sqrt(3.0) * d / 2]], dtype=_F64, device=device)
 
 
-def hex_sites(n_sites: int, isd_m: float) -> Tensor:
+def hex_sites(n_sites: int, isd_m: float, device: torch.device | str = "cpu") -> Tensor:
     """First ``n_sites`` sites (n_sites, 2) [m] of a hexagonal grid with inter-site distance ``isd_m``.
 
     Site 0 at the origin; ring n (6n sites) holds n e_j + t e_{j+2} for j = 0..5, t = 0..n-1, with
     e_j = isd (cos(j pi/3), sin(j pi/3)): counter-clockwise from (n isd, 0)."""
-    ang = torch.arange(6, dtype=_F64) * (math.pi / 3)
+    ang = torch.arange(6, dtype=_F64, device=device) * (math.pi / 3)
     e = isd_m * torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)  # (6, 2)
-    rings, count, n = [torch.zeros(1, 2, dtype=_F64)], 1, 1
+    rings, count, n = [torch.zeros(1, 2, dtype=_F64, device=device)], 1, 1
     while count < n_sites:
-        j = torch.arange(6).repeat_interleave(n)
-        t = torch.arange(n, dtype=_F64).repeat(6)
+        j = torch.arange(6, device=device).repeat_interleave(n)
+        t = torch.arange(n, dtype=_F64, device=device).repeat(6)
         rings.append(n * e[j] + t[:, None] * e[(j + 2) % 6])
         count, n = count + 6 * n, n + 1
     return torch.cat(rings)[:n_sites]
@@ -289,10 +289,11 @@ def _triangle_offsets(B: int, n_bs: int, ues_per_bs: int, d: float, r0: float,
 
     Draws u_r (B, I) then u_phi (B, I)."""
     I = n_bs * ues_per_bs
-    u_r = torch.rand(B, I, generator=gen, dtype=_F64)
-    u_phi = torch.rand(B, I, generator=gen, dtype=_F64)
+    dev = gen.device
+    u_r = torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
+    u_phi = torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
     r = annulus_radius(u_r, r0, d / math.sqrt(3.0))
-    start = (2 * math.pi / 3) * torch.arange(n_bs, dtype=_F64).repeat_interleave(ues_per_bs)  # (I,)
+    start = (2 * math.pi / 3) * torch.arange(n_bs, dtype=_F64, device=dev).repeat_interleave(ues_per_bs)  # (I,)
     phi = start + (math.pi / 3) * u_phi
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=-1)
 
@@ -309,12 +310,13 @@ def _hex_offsets(B: int, I: int, isd: float, r0: float, gen: torch.Generator,
     apothem, rc = isd / 2, isd / math.sqrt(3.0)
     accept = (math.sqrt(3.0) / 2 * isd ** 2 - math.pi * r0 ** 2) / (math.pi * (rc ** 2 - r0 ** 2))
     C = max(4, math.ceil(math.log(miss_prob) / math.log1p(-min(accept, 1 - 1e-12))))
-    out = torch.empty(B * I, 2, dtype=_F64)
-    todo = torch.arange(B * I)
+    dev = gen.device
+    out = torch.empty(B * I, 2, dtype=_F64, device=dev)
+    todo = torch.arange(B * I, device=dev)
     while todo.numel() > 0:
         m = todo.numel()
-        r = annulus_radius(torch.rand(m, C, generator=gen, dtype=_F64), r0, rc)
-        phi = (2 * math.pi) * torch.rand(m, C, generator=gen, dtype=_F64)
+        r = annulus_radius(torch.rand(m, C, generator=gen, dtype=_F64, device=dev), r0, rc)
+        phi = (2 * math.pi) * torch.rand(m, C, generator=gen, dtype=_F64, device=dev)
         xy = torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=-1)  # (m, C, 2)
         ok = in_hexagon(xy, apothem)
         found = ok.any(-1)
@@ -340,28 +342,30 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     o = options
     B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
     I = K * U
-    assign = torch.arange(K).repeat_interleave(U)  # (I,) int64
+    dev = generator.device  # the channels live on the generator's device (the CPU: DESIGN §11)
+    assign = torch.arange(K, device=dev).repeat_interleave(U)  # (I,) int64
     if o.layout == "triangle":
-        sites = triangle_sites(o.bs_distance_m)
+        sites = triangle_sites(o.bs_distance_m, dev)
         offsets = _triangle_offsets(B, K, U, float(o.bs_distance_m), float(o.min_distance_m), generator)
     else:
-        sites = hex_sites(K, float(o.bs_distance_m))
+        sites = hex_sites(K, float(o.bs_distance_m), dev)
         offsets = _hex_offsets(B, I, float(o.bs_distance_m), float(o.min_distance_m), generator)
     bs_xy = sites.expand(B, K, 2).clone()
     ue_xy = sites[assign] + offsets  # (B, I, 2)
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
     pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
     amp = 10.0 ** (-pl / 20.0)  # sqrt of the per-entry variance 10^(-PL/10)
-    z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64)
+    z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
     H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)  # CN(0, 10^(-PL/10)) entries
-    serving = torch.zeros(B, I, K, dtype=torch.bool)
-    serving[:, torch.arange(I), assign] = True
-    inrange = torch.ones(B, I, K, dtype=torch.bool) if o.range_m is None else (dist <= o.range_m) | serving
+    serving = torch.zeros(B, I, K, dtype=torch.bool, device=dev)
+    serving[:, torch.arange(I, device=dev), assign] = True
+    inrange = (torch.ones(B, I, K, dtype=torch.bool, device=dev) if o.range_m is None
+               else (dist <= o.range_m) | serving)
     return MulticellChannels(
         H=H.to(dtype), assign=assign,
-        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64),
-        noise_w=torch.full((I,), dbm_to_w(o.noise_dbm), dtype=_F64),
-        weights=torch.full((I,), float(o.ue_weight), dtype=_F64),
+        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64, device=dev),
+        noise_w=torch.full((I,), dbm_to_w(o.noise_dbm), dtype=_F64, device=dev),
+        weights=torch.full((I,), float(o.ue_weight), dtype=_F64, device=dev),
         inrange=inrange, bs_xy=bs_xy, ue_xy=ue_xy,
     )
 
@@ -474,16 +478,17 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
     H, assign = ch.H, ch.assign.to(torch.int64)
     B, I, K, N, M = H.shape
     real = torch.float64 if H.dtype == torch.complex128 else torch.float32
-    serving = torch.zeros(B, I, K, dtype=torch.bool)
-    serving[:, torch.arange(I), assign] = True
+    dev = H.device
+    serving = torch.zeros(B, I, K, dtype=torch.bool, device=dev)
+    serving[:, torch.arange(I, device=dev), assign] = True
     present = ch.inrange.to(torch.bool) & faults.link_present((B, I, K), serving)
     present |= serving
-    ue_idx = torch.arange(I).repeat_interleave(K)
-    bs_idx = torch.arange(K).repeat(I)
+    ue_idx = torch.arange(I, device=dev).repeat_interleave(K)
+    bs_idx = torch.arange(K, device=dev).repeat(I)
     edges = {
         "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_idx, bs_idx, present.reshape(B, I * K)),
-        "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I), assign.clone(),
-                               torch.ones(B, I, dtype=torch.bool)),
+        "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I, device=dev), assign.clone(),
+                               torch.ones(B, I, dtype=torch.bool, device=dev)),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
     Hb = H.permute(0, 2, 1, 3, 4) * csi[..., None, None].to(H.dtype)  # (B, K, I, N, M)
@@ -563,22 +568,22 @@ def load_multicell(path: str | Path, dtype: torch.dtype = torch.complex128) -> M
     for key, shape, shape_txt in (("bs_xy", (B, K, 2), "(B, K, 2)"), ("ue_xy", (B, I, 2), "(B, I, 2)")):
         if key in data:
             check_array(path, key, data[key], "fiu", "a real array [m]", shape, shape_txt)
-    assign_t = torch.as_tensor(assign.astype(np.int64))
+    assign_t = torch.as_tensor(assign.astype(np.int64), device="cpu")  # channel files load on the CPU (DESIGN §11)
     if "inrange" in data:
         check_array(path, "inrange", data["inrange"], "b", "a bool array", (B, I, K), "(B, I, K)")
-        inrange = torch.as_tensor(data["inrange"])
-        serving_ok = inrange[:, torch.arange(I), assign_t]  # (B, I)
+        inrange = torch.as_tensor(data["inrange"], device="cpu")
+        serving_ok = inrange[:, torch.arange(I, device="cpu"), assign_t]  # (B, I)
         if not bool(serving_ok.all()):
             b, i = (int(v) for v in torch.nonzero(~serving_ok)[0])
             raise ChannelFileError(f"{path}: key 'inrange': expected True for every UE's serving BS, found "
                                    f"False at realization {b}, UE {i}, BS {int(assign_t[i])}")
     else:
-        inrange = torch.ones(B, I, K, dtype=torch.bool)
+        inrange = torch.ones(B, I, K, dtype=torch.bool, device="cpu")
 
     def real(key: str) -> torch.Tensor | None:
-        return torch.as_tensor(data[key]).to(torch.float64) if key in data else None
+        return torch.as_tensor(data[key], device="cpu").to(torch.float64) if key in data else None
 
-    return MulticellChannels(H=torch.as_tensor(H).to(dtype), assign=assign_t, power_w=real("power_w"),
+    return MulticellChannels(H=torch.as_tensor(H, device="cpu").to(dtype), assign=assign_t, power_w=real("power_w"),
                              noise_w=real("noise_w"), weights=real("weights"), inrange=inrange,
                              bs_xy=real("bs_xy"), ue_xy=real("ue_xy"))
 
