@@ -22,17 +22,16 @@ from agents.cellfree_power import WmmseAdmmState, equal_power, lsf_power, wmmse_
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
 from dsim.protocol import Field as MsgField
 from dsim.registry import AlgorithmSpec, register_algorithm
-from dsim.scenarios.cellfree import ap_statistics, combine_statistics, lmmse_precoders
+from dsim.scenarios.cellfree import combine_statistics
 
 Tensor = torch.Tensor
 
 
 def ap_local_statistics(block: AgentBlock) -> tuple[Tensor, Tensor]:
-    """An AP's precoders (eq. (22)) and Monte-Carlo statistics from its own channels: (mean, second)
-    (B, n, K, K) each."""
-    C = block.local.get("error_cov")
-    w = lmmse_precoders(block.local["h_hat"], block.info["ue_power_w"], block.info["noise_w"], C)
-    return ap_statistics(block.local["h"], w)
+    """An AP's Monte-Carlo statistics of eq. (25) from its own channels and L-MMSE precoders (22): (mean,
+    second) (B, n, K, K) each -- local data of the AP (the family computes them once per scenario with
+    :func:`dsim.scenarios.cellfree.ap_statistics`)."""
+    return block.local["mean"], block.local["second"]
 
 
 def equal_ap(block: AgentBlock) -> Tensor:

@@ -8,6 +8,7 @@ was computed).  Ledger and signaling in the outputs are per realization (batch t
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from dsim import registry
+from dsim.air import Air
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
 from dsim.devices import resolve_device
 from dsim.engine.base import Engine, LedgerRow
@@ -169,18 +171,10 @@ def measured_compute(proto: Protocol, net: Network, phase_wall_s: dict[str, floa
     return out
 
 
-def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
-                  progress: bool = True, measured_roles: Iterable[str] = ()) -> AlgorithmRun:
-    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
-    scenario.
-
-    ``alg.restarts`` = n > 1 (algorithms with a random initialisation only): the protocol runs once on the
-    network and air repeated n times (realization-major blocks b + B*r, each block seeded differently);
-    per realization the final WSR (and per-user rate) is the best of the n, while the per-round WSR is
-    the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
-    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant."""
-    from tqdm.auto import tqdm
-
+def build_algorithm(alg: AlgorithmConfig, scn: Scenario) -> tuple[Protocol, Network, Air, float]:
+    """(protocol, network, air, build time in s) of one algorithm entry on a built scenario: the network and
+    air repeated ``alg.restarts`` times when > 1 (realization-major blocks b + B*r, each block seeded
+    differently; algorithms with a random initialisation only)."""
     spec = registry.algorithm(alg.name)
     if scn.family not in spec.families:
         raise ValueError(f"algorithm {alg.name!r} does not run on family {scn.family!r}; "
@@ -188,11 +182,56 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
     restarts = alg.restarts
     if restarts > 1 and not spec.random_init:
         raise ValueError(f"algorithm {alg.name!r} has no random initialisation: restarts must be 1 (got {restarts})")
-    base = scn.net.batch
     net, air = (scn.net.repeat(restarts), scn.air.repeat(restarts)) if restarts > 1 else (scn.net, scn.air)
     t_build = time.perf_counter()
     proto = spec.build(alg.options, net)
-    build_s = time.perf_counter() - t_build  # e.g. loading a model, adaptation steps of a learned one
+    return proto, net, air, time.perf_counter() - t_build  # e.g. loading a model, a learned one's adaptation
+
+
+class Builds:
+    """Builds the protocols of a run's algorithm entries one after another in a background thread, so that
+    a slow build (a learned model's adaptation steps, in the driver) overlaps the runs of the entries
+    before it (on the engine).  :meth:`get` waits for entry i and returns :func:`build_algorithm`'s result
+    or raises its exception.  The builds use no global random state: a seed gives the same protocols."""
+
+    def __init__(self, algs: list[AlgorithmConfig], scn: Scenario) -> None:
+        self.algs, self.scn = algs, scn
+        self.done = [threading.Event() for _ in algs]
+        self.results: list[Any] = [None] * len(algs)
+        threading.Thread(target=self._work, daemon=True, name="dsim-builds").start()
+
+    def _work(self) -> None:
+        for i, alg in enumerate(self.algs):
+            try:
+                self.results[i] = build_algorithm(alg, self.scn)
+            except BaseException as exc:  # handed to the runner, which records it as this entry's failure
+                self.results[i] = exc
+            self.done[i].set()
+
+    def get(self, i: int) -> tuple[Protocol, Network, Air, float]:
+        self.done[i].wait()
+        got = self.results[i]
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+
+def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
+                  progress: bool = True, measured_roles: Iterable[str] = (),
+                  built: tuple[Protocol, Network, Air, float] | None = None) -> AlgorithmRun:
+    """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
+    scenario.
+
+    ``alg.restarts`` = n > 1 (algorithms with a random initialisation only): the protocol runs once on the
+    network and air repeated n times (realization-major blocks b + B*r, each block seeded differently);
+    per realization the final WSR (and per-user rate) is the best of the n, while the per-round WSR is
+    the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
+    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant.
+    ``built``: the entry's :func:`build_algorithm` result, when built already."""
+    from tqdm.auto import tqdm
+
+    proto, net, air, build_s = built if built is not None else build_algorithm(alg, scn)
+    restarts, base = alg.restarts, scn.net.batch
     wsr_rounds: list[np.ndarray] = []
     last: dict[str, Any] = {}
     power_ratio = [0.0]
@@ -266,11 +305,13 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
     engine = make_engine(cfg)
     clock = RoundClock(clock_config(cfg))
     failures: dict[str, str] = defaultdict(str)
+    builds = Builds(cfg.algorithms, scn)
     try:
-        for alg in cfg.algorithms:
+        for i, alg in enumerate(cfg.algorithms):
             try:
                 res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
-                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"])
+                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"],
+                                    built=builds.get(i))
             except KeyboardInterrupt:
                 writer.fail(alg.label, "interrupted")
                 raise

@@ -44,7 +44,10 @@ the air only (they run no protocol step in power allocation).  Edge sets, link c
 * ``ap``: ``h_hat`` (B, L, S, K, N) its channel estimates (S Monte-Carlo draws per topology) and ``h``
   (B, L, S, K, N) the true channels of the same draws -- an AP forms its statistics E{h_kl^H w_il}
   from its own pilots/data, i.e. only from its own slice; ``beta`` (B, L, K) large-scale fading;
-  ``power`` (B, L) budget P_t [W]; ``error_cov`` (B, L, K, N, N) for MMSE CSI.
+  ``power`` (B, L) budget P_t [W]; ``error_cov`` (B, L, K, N, N) for MMSE CSI; ``mean`` (B, L, K, K)
+  complex and ``second`` (B, L, K, K) real: the AP's Monte-Carlo statistics of eq. (25) from its own
+  channels and L-MMSE precoders (:func:`ap_statistics`) -- a function of the AP's own data, computed once
+  per scenario (the air evaluates with the very same numbers) instead of again by every protocol run.
 * ``cpu``: ``power`` (B, 1, L) every AP's budget [W], ``noise`` (B, 1) sigma^2 [W].
 
 Air (:class:`CellfreeAir`): evaluates power allocations p (B, L, K) (AP-major) by the SE bound.
@@ -469,7 +472,7 @@ class CellfreeAir(Air):
     """Cell-free downlink with local L-MMSE precoding (ICGNN paper Sec. IV, eq. (22)–(25)).
 
     The ground truth holds a_kl (B, K, L) and B_ki (B, K, K, L, L) of eq. (25), computed from every AP's
-    true channels and precoders (same Monte-Carlo draws the APs use, :meth:`from_channels`), and
+    true channels and precoders (same Monte-Carlo draws the APs use, :meth:`from_statistics`), and
     evaluates power allocations p (B, L, K) [W] (AP-major, the decision layout of the cell-free
     protocols) by the SE bound (23)–(24), in bit/s/Hz.  power_w (L,) per-AP budget [W]; noise_w sigma^2 [W].
     """
@@ -482,10 +485,9 @@ class CellfreeAir(Air):
         self.tau_c, self.tau_d = tau_c, tau_d
 
     @classmethod
-    def from_channels(cls, ch: CellfreeChannels) -> CellfreeAir:
-        """The air of a :class:`CellfreeChannels` batch (true channels, the APs' own precoders)."""
-        w = lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w, ch.error_cov_per_ap())
-        a, Bmat = combine_statistics(*ap_statistics(ch.h_per_ap, w))
+    def from_statistics(cls, ch: CellfreeChannels, mean: Tensor, second: Tensor) -> CellfreeAir:
+        """The air from the per-AP statistics of eq. (25) (mean, second (B, L, K, K)) of ``ch``."""
+        a, Bmat = combine_statistics(mean, second)
         return cls(a, Bmat, ch.power_w.to(a.dtype), float(ch.noise_w), int(ch.tau_c), int(ch.tau_d))
 
     def evaluate(self, p_ap: Tensor) -> tuple[Tensor, Tensor]:
@@ -521,6 +523,8 @@ def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
     C = ch.error_cov_per_ap()
     if C is not None:
         local_ap["error_cov"] = C.contiguous()
+    local_ap["mean"], local_ap["second"] = stats = ap_statistics(
+        ch.h_per_ap, lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w, C))
     dev = ch.h.device
     local_cpu = {"power": P.reshape(B, 1, L).clone(),
                  "noise": torch.full((B, 1), float(ch.noise_w), dtype=real, device=dev)}
@@ -534,7 +538,7 @@ def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
             "noise_w": float(ch.noise_w), "ue_power_w": float(ch.ue_power_w), "tau_c": int(ch.tau_c),
             "tau_d": int(ch.tau_d), "seed": seed, "unit": UNIT, "dtype": ch.h.dtype, "real_dtype": real}
     net = Network(FAMILY, B, {"ap": L, "cpu": 1}, edges, {"ap": local_ap, "cpu": local_cpu}, info)
-    return net, CellfreeAir.from_channels(ch)
+    return net, CellfreeAir.from_statistics(ch, *stats)
 
 
 # --------------------------------------------------------------------------------------------------
