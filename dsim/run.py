@@ -8,7 +8,6 @@ was computed).  Ledger and signaling in the outputs are per realization (batch t
 
 from __future__ import annotations
 
-import threading
 import time
 import traceback
 from collections import defaultdict
@@ -188,37 +187,8 @@ def build_algorithm(alg: AlgorithmConfig, scn: Scenario) -> tuple[Protocol, Netw
     return proto, net, air, time.perf_counter() - t_build  # e.g. loading a model, a learned one's adaptation
 
 
-class Builds:
-    """Builds the protocols of a run's algorithm entries one after another in a background thread, so that
-    a slow build (a learned model's adaptation steps, in the driver) overlaps the runs of the entries
-    before it (on the engine).  :meth:`get` waits for entry i and returns :func:`build_algorithm`'s result
-    or raises its exception.  The builds use no global random state: a seed gives the same protocols."""
-
-    def __init__(self, algs: list[AlgorithmConfig], scn: Scenario) -> None:
-        self.algs, self.scn = algs, scn
-        self.done = [threading.Event() for _ in algs]
-        self.results: list[Any] = [None] * len(algs)
-        threading.Thread(target=self._work, daemon=True, name="dsim-builds").start()
-
-    def _work(self) -> None:
-        for i, alg in enumerate(self.algs):
-            try:
-                self.results[i] = build_algorithm(alg, self.scn)
-            except BaseException as exc:  # handed to the runner, which records it as this entry's failure
-                self.results[i] = exc
-            self.done[i].set()
-
-    def get(self, i: int) -> tuple[Protocol, Network, Air, float]:
-        self.done[i].wait()
-        got = self.results[i]
-        if isinstance(got, BaseException):
-            raise got
-        return got
-
-
 def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
-                  progress: bool = True, measured_roles: Iterable[str] = (),
-                  built: tuple[Protocol, Network, Air, float] | None = None) -> AlgorithmRun:
+                  progress: bool = True, measured_roles: Iterable[str] = ()) -> AlgorithmRun:
     """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
     scenario.
 
@@ -226,11 +196,10 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
     network and air repeated n times (realization-major blocks b + B*r, each block seeded differently);
     per realization the final WSR (and per-user rate) is the best of the n, while the per-round WSR is
     the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
-    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant.
-    ``built``: the entry's :func:`build_algorithm` result, when built already."""
+    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant."""
     from tqdm.auto import tqdm
 
-    proto, net, air, build_s = built if built is not None else build_algorithm(alg, scn)
+    proto, net, air, build_s = build_algorithm(alg, scn)
     restarts, base = alg.restarts, scn.net.batch
     wsr_rounds: list[np.ndarray] = []
     last: dict[str, Any] = {}
@@ -305,13 +274,11 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
     engine = make_engine(cfg)
     clock = RoundClock(clock_config(cfg))
     failures: dict[str, str] = defaultdict(str)
-    builds = Builds(cfg.algorithms, scn)
     try:
-        for i, alg in enumerate(cfg.algorithms):
+        for alg in cfg.algorithms:
             try:
                 res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
-                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"],
-                                    built=builds.get(i))
+                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"])
             except KeyboardInterrupt:
                 writer.fail(alg.label, "interrupted")
                 raise
