@@ -196,7 +196,10 @@ def test_dead_actor_names_its_agents_and_the_run_keeps_the_rest(ray_session, tmp
     def killing_output(self):
         calls["n"] += 1
         if self.proto.name == "wmmse" and calls["n"] == 4:  # wmmse's round 1 decision: kill the UE actor
-            ray.kill(self.actors["ue"][0])
+            victim = self.actors["ue"][0]
+            ray.kill(victim)
+            with pytest.raises(ray.exceptions.RayActorError):  # the kill has landed before the run goes on
+                ray.get(victim.noop.remote(), timeout=30)
         return real_output(self)
 
     monkeypatch.setattr(RayEngine, "_output", killing_output)

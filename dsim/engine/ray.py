@@ -291,11 +291,11 @@ class RayEngine(Engine):
                 lite = Network(net.family, net.batch, net.counts, net.edges, {role: mine}, dict(net.info))
                 acts.append(Actor.remote(lite, role, ids, owners, "cuda" if use_gpu else "cpu"))
             self.actors[role] = acts
+        self.pool_net = net
         where = iter(self._get([a.node.remote() for acts in self.actors.values() for a in acts]))
         placed = {(role, i): next(where) for role, acts in self.actors.items() for i in range(len(acts))}
         self.pids = {key: pid for key, (pid, _) in placed.items()}
         self.nodes = {role: [placed[(role, i)][1] for i in range(len(acts))] for role, acts in self.actors.items()}
-        self.pool_net = net
 
     def _hosted(self) -> dict[str, tuple[str, list[str]]]:
         """actor id (hex) -> (role, the logical ids of the agents it hosts)."""
