@@ -27,7 +27,9 @@ from dsim.faults import FaultModel
 from dsim.scenarios.build import scenario_from_config
 
 SCENARIOS = {
-    "multicell": {"family": "multicell", "range_m": 150.0},
+    # 2 BSs x 3 UEs (8 actors with one per agent); BSs hear only UEs within 150 m: masked edges
+    "multicell": {"family": "multicell", "layout": "hex", "n_bs": 2, "ues_per_bs": 3, "bs_antennas": 6,
+                  "range_m": 150.0},
     "cellfree": {"family": "cellfree", "n_aps": 4, "n_ues": 3, "realizations": 20},
 }
 OPTIONS = {"wmmse": {"rounds": 3}, "wmmse_admm": {"rounds": 3}}
