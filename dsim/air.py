@@ -7,6 +7,7 @@ evaluates decisions.  Its traffic is physics, not signaling: never lost, never f
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 
 import torch
 
@@ -15,7 +16,7 @@ from dsim.devices import same_device
 Tensor = torch.Tensor
 
 
-class Air:
+class Air(ABC):
     """Base of every family's air interface: the ground truth of a batch of B realizations.
 
     A family subclasses it (in its module under ``dsim/scenarios/``) and provides:
@@ -57,13 +58,14 @@ class Air:
     def measure(self, name: str, signals: dict[str, Tensor]) -> dict[str, Tensor]:
         raise KeyError(f"{type(self).__name__} has no measurement {name!r}")
 
+    @abstractmethod
     def evaluate(self, decision: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__}.evaluate")
+        """(WSR or sum-SE per realization (B,), per-user rate (B, n_users)) of ``decision``, in :attr:`unit`."""
 
+    @abstractmethod
     def power_ratio(self, decision: Tensor) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__}.power_ratio")
+        """Each transmitter's used power over its budget (B, n_tx)."""
 
+    @abstractmethod
     def repeat(self, n: int) -> Air:
-        if n == 1:
-            return self
-        raise NotImplementedError(f"{type(self).__name__}.repeat: restarts are not defined for this family")
+        """The same air with its batch repeated ``n`` times (realization-major blocks b + B*r)."""

@@ -31,6 +31,22 @@ SETTINGS = settings(max_examples=60, deadline=None, database=None)
 
 
 # ------------------------------------------------------------------------------------------- references
+class _PilotAir(Air):
+    """Receivers measure the sum of what the transmitters send; a decision's utility is its sum."""
+
+    def measure(self, name: str, signals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"y": signals["s"].sum(1, keepdim=True).expand(-1, 2)}
+
+    def evaluate(self, decision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decision.sum(1), decision
+
+    def power_ratio(self, decision: torch.Tensor) -> torch.Tensor:
+        return decision.abs()
+
+    def repeat(self, n: int) -> _PilotAir:
+        return self
+
+
 def ref_reduce(x: np.ndarray, index: np.ndarray, n: int, how: str, dim: int, mask: np.ndarray | None
                ) -> np.ndarray:
     """out[..., j, ...] = how over {e : index[e] == j, mask[..., e] true} of x[..., e, ...]; no item -> 0."""
@@ -154,7 +170,7 @@ def _proto(aggr: str) -> Protocol:
 
 def _decisions(proto: Protocol, net: Network, faults: FaultModel) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
-    LocalEngine("float64", faults).run(proto, net, Air(), on_round=lambda r, d: out.append(d))
+    LocalEngine("float64", faults).run(proto, net, _PilotAir(), on_round=lambda r, d: out.append(d))
     return out
 
 
@@ -194,11 +210,6 @@ def test_sum_over_single_in_edge_is_agent_order():
 
 
 # ------------------------------------------------------------------------------------------- block.round
-class _PilotAir(Air):
-    def measure(self, name: str, signals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"y": signals["s"].sum(1, keepdim=True).expand(-1, 2)}
-
-
 def _log(block: AgentBlock, tag: str) -> None:
     block.state.setdefault("log", []).append((tag, block.round))
 
