@@ -147,7 +147,7 @@ def _rows_bytes(rows: Tensor, policy: str) -> list[bytes]:
     lo and hi (float32) and its b-bit codes, bit-packed (least significant bit of each code first)."""
     bits = _qbits(policy)
     if bits is None:
-        arr = np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=_FLOAT[policy])
+        arr = _round_to(rows.detach(), _TORCH_FLOAT[policy]).cpu().numpy()  # the round trip's rounding
         return [row.tobytes() for row in arr]
     codes, lo, hi = _quantize(rows.detach().cpu(), bits)
     b = ((codes.numpy()[:, :, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(len(codes), -1)
