@@ -10,6 +10,15 @@ One round (= one WMMSE iteration, DESIGN §4):
 5. ``bs_update`` (local, BS): R_k (4), candidates V~_i (5), mu_k by (3c) with the rational update (9),
    V_i = (R_k + mu_k I)^dagger V~_i (3d).
 
+Silent neighbours (:data:`SILENT`, the one place this protocol decides it, whatever the fault --
+message loss, a late message, a crashed UE): a BS keeps the last U W U^H and U W it received on each
+edge (the engine's "last value" substitution; before anything arrived on an ``ue>bs`` edge the UE's
+term is absent from R_k).  A served UE whose U W did not reach its BS this round keeps the beamformer the
+BS held for it in the previous round, instead of one computed from a stale U W -- or from the zero a
+never-received U W is (V~_i = 0, hence V_i = 0, U_i = 0, U_i W_i = 0 next round: an absorbing state,
+WSR 0 under heavy loss); the BS's beamformers are then scaled down if they exceed its budget (the
+projection (15)).  Without faults every U W arrives, so this changes nothing (bit for bit).
+
 The math lives in the functions below (one implementation); GCN-WMMSE (``agents.gcn_wmmse``) reuses
 them through the hooks of :func:`wmmse_phases`.  Numerics per DESIGN §8: power terms phi_m are computed
 by projecting each candidate (phi = sum_i ||D^H V~_i||^2 per row), tolerances relative to ||R_k||,
@@ -33,6 +42,10 @@ Tensor = torch.Tensor
 
 UL = "ue>bs"
 SERVE = "ue>bs:serve"
+
+#: what a silent neighbour means for WMMSE / GCN-WMMSE (see the module docstring): the last value received;
+#: a served UE not heard from this round keeps its previous beamformer
+SILENT = "last value; serving U W not fresh: keep the previous beamformer"
 
 
 # =============================================================================== the math
@@ -121,6 +134,20 @@ def scale_to_budget(V: Tensor, power: Tensor, sv: EdgeView, cap: bool = False) -
     return sv.gather_dst(torch.sqrt(power / denom))[..., None, None].to(V.dtype) * V
 
 
+def keep_unheard(V: Tensor, V_prev: Tensor, heard: Tensor, power: Tensor, sv: EdgeView) -> Tensor:
+    """The silent-neighbour rule (:data:`SILENT`): V_i for served UEs whose U W arrived this round, the
+    previous V_i for the others; a BS holding such a kept beamformer is projected onto its budget (15).
+
+    V, V_prev: (B, S, M, N) per served UE; heard: (B, S) bool; power: (B, n_bs) W.  Where every served UE
+    was heard the result is V exactly (V times a scale of exactly 1)."""
+    m = heard.reshape(heard.shape + (1, 1))
+    mixed = torch.where(m, V, V_prev)
+    kept = sv.sum_dst((~heard & sv.mask).to(power.dtype)) > 0          # (B, n_bs): BS keeps some V_i
+    used = sv.sum_dst((mixed.abs() ** 2).sum(dim=(-1, -2)))
+    scale = torch.where(kept, torch.sqrt(power / torch.maximum(used, power)), torch.ones_like(power))
+    return sv.gather_dst(scale)[..., None, None].to(V.dtype) * mixed
+
+
 def random_init(block: AgentBlock, sv: EdgeView, salt: int = 17) -> Tensor:
     """Random V_i with i.i.d. CN(0, 1) entries scaled to full per-BS power; drawn globally on the CPU then
     moved and sliced, so every host/engine/device gets the same numbers."""
@@ -187,13 +214,16 @@ def wmmse_phases(weight_hook: WeightHook | None = None, v_hook: VHook | None = N
 
     def recv_uw(block: AgentBlock, inbox: Inbox) -> None:
         block.state["Y_in"] = inbox["Y"]
+        block.state["Y_fresh"] = inbox.delivered
 
     def bs_update(block: AgentBlock) -> None:
         pieces = bs_pieces(block, steps=mu_steps, mu0=mu0)
         if v_hook is None:
-            block.state["V"] = v_step(pieces["D_s"], pieces["proj"], pieces["lam_s"], pieces["mu_s"])
+            V = v_step(pieces["D_s"], pieces["proj"], pieces["lam_s"], pieces["mu_s"])
         else:
-            block.state["V"] = v_hook(block, pieces)
+            V = v_hook(block, pieces)
+        block.state["V"] = keep_unheard(V, block.state["V"], block.state["Y_fresh"], block.local["power"],
+                                        block.edges[SERVE])
         block.state["mu"] = pieces["mu"]
 
     def pilots(info: dict) -> int:
