@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -46,7 +47,8 @@ from pydantic_core import PydanticCustomError
 from dsim import registry
 from dsim.registry import CrossChecked
 from dsim.results import jsonable
-from dsim.scenarios.build import FileScenario
+from dsim.scenarios.build import FileScenario, file_family
+from dsim.scenarios.channel_file import ChannelFileError
 from dsim.train import TrainOptions
 
 WIRE_DTYPES = ("float64", "float32", "float16")
@@ -716,6 +718,29 @@ def _default_output(source: str) -> str:
     return f"runs/{stem or 'run'}"
 
 
+def _nan_paths(node: Any, loc: tuple[Any, ...] = ()) -> list[str]:
+    """Key paths of every NaN number in a YAML document (NaN is never a valid setting)."""
+    if isinstance(node, float) and math.isnan(node):
+        return [_path(loc)]
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _nan_paths(v, (*loc, k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _nan_paths(v, (*loc, i))]
+    return []
+
+
+def _file_family(raw_scn: dict[str, Any], scn: BaseModel | None, errors: list[tuple[str, str]]) -> str | None:
+    """The family of a valid ``scenario.file`` (read from the file, so that algorithms are checked against
+    it at validation); an unreadable or foreign file is a ``scenario.file`` error."""
+    if not isinstance(scn, FileScenario):
+        return None
+    try:
+        return file_family(scn.file)
+    except ChannelFileError as exc:
+        errors.append(("scenario.file", str(exc)))
+        return None
+
+
 def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> RunConfig:
     if data is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with at least "
@@ -724,13 +749,13 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
         keys = ", ".join(_allowed_keys(RunConfig))
         got = _show(data) if isinstance(data, list) else f"{type(data).__name__} {_show(data)}"
         raise ConfigError(f"{source}: the top level must be a mapping of keys ({keys}), got {got}")
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = [(p, "NaN is not allowed; allowed: a finite number") for p in _nan_paths(data)]
     top = _validate(_TopLevel, data, [], errors)
     scn = None
     if isinstance(data.get("scenario"), dict):
         scn = _scenario(data["scenario"], base_dir, errors)
     raw_scn = data.get("scenario") if isinstance(data.get("scenario"), dict) else {}
-    family = raw_scn.get("family") if "file" not in raw_scn else None  # a file's family: known once loaded
+    family = raw_scn.get("family") if "file" not in raw_scn else _file_family(raw_scn, scn, errors)
     family = family if isinstance(family, str) and family in registry.family_names() else None
     algs: list[AlgorithmConfig] = []
     raw_algs = data.get("algorithms")
@@ -741,8 +766,10 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
                   for p, m in errors]
     train = _train(data["train"], family, errors) if isinstance(data.get("train"), dict) else None
     if errors:
-        lines = []
-        for path, msg in dict.fromkeys(errors):
+        lines, first = [], {}
+        for path, msg in errors:  # one line per key path: the first problem found there
+            first.setdefault(path, msg)
+        for path, msg in first.items():
             origin = next((o for k, o in origins.items()
                            if path == k or path.startswith(k + ".") or path.startswith(k + "[")), None)
             lines.append(f"{source}: {path}: {msg}" + (f" (from {origin})" if origin else ""))

@@ -204,6 +204,43 @@ def _yamlable(x: Any) -> Any:
     return x
 
 
+class OutputError(Exception):
+    """An output path (run directory, checkpoint directory, channel file) that cannot be written; one line."""
+
+
+def prepare_out_dir(path: str | Path, key: str = "output") -> Path:
+    """Create the directory ``path`` (and ``path/plots``) and check that a file can be written in it.
+
+    Raises :class:`OutputError` naming ``key`` and the path (an existing file, a read-only or missing
+    parent, ...) before any work is done."""
+    path = Path(path)
+    try:
+        (path / "plots").mkdir(parents=True, exist_ok=True)
+        probe = path / ".dsim-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        what = "is an existing file" if path.is_file() else f"cannot be written ({why}: {exc.filename})"
+        raise OutputError(f"{key}: {str(path)!r} {what}; give a directory that can be created and written "
+                          "(--out DIR)") from None
+    return path
+
+
+def check_out_file(path: str | Path, key: str = "--output-file") -> Path:
+    """A file path that can be written: not a directory, its parent creatable.  :class:`OutputError` else."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{key}: {str(path)!r} is a directory; give a file name (e.g. {path / 'channels.npz'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{key}: cannot create the directory of {str(path)!r} ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"{key}: the directory of {str(path)!r} is not writable")
+    return path
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -299,7 +336,7 @@ class RunWriter:
         self.results: list[AlgorithmResult] = []
         self.errors: dict[str, str] = {}
         self._order: list[str] = []  # labels of results and failures in the order they came
-        self.plot_dir.mkdir(parents=True, exist_ok=True)
+        prepare_out_dir(self.out_dir)
         text = yaml.safe_dump(_yamlable(config), sort_keys=False, allow_unicode=True)
         _write_atomic(self.out_dir / "config.yaml", text)
 

@@ -221,6 +221,10 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
     bar.close()
     W = np.stack(wsr_rounds)  # (R+1, restarts*B)
     per_user = last["per_user"]
+    if not (np.isfinite(W).all() and np.isfinite(per_user).all()):  # never let NaN/Inf reach the results
+        bad = sorted({int(r) for r in np.nonzero(~np.isfinite(W))[0]})
+        more = " ..." if len(bad) > 5 else ""
+        raise FloatingPointError(f"non-finite {air.metric} (NaN/Inf) in rounds {bad[:5]}{more}; not written")
     extra: dict[str, Any] = {"max_power_ratio": power_ratio[0], "build_s": round(build_s, 6),
                              "phase_wall_s": {k: round(v, 6) for k, v in trace.phase_wall_s.items()}}
     # the protocol's own facts (trainable parameters, adaptation steps/time/samples, ...)
@@ -275,12 +279,15 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
     clock = RoundClock(clock_config(cfg))
     failures: dict[str, str] = defaultdict(str)
     try:
-        for alg in cfg.algorithms:
+        for i, alg in enumerate(cfg.algorithms):
             try:
                 res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
                                     [r for r, v in cfg.clock.compute_s.items() if v == "measured"])
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the finished algorithms stay written, with plots
                 writer.fail(alg.label, "interrupted")
+                for later in cfg.algorithms[i + 1:]:
+                    writer.fail(later.label, "not run (interrupted)")
+                writer.plots()
                 raise
             except Exception as exc:  # keep what was computed, record the failure, go on
                 msg = f"{type(exc).__name__}: {exc}"

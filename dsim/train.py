@@ -192,7 +192,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
         from tqdm import tqdm
 
         bar = tqdm(total=opts.steps, initial=start, desc=f"train {opts.algorithm}", unit="step")
-    step = start
+    step = done = start
     try:
         for step in range(start + 1, opts.steps + 1):
             t0 = time.perf_counter()
@@ -225,12 +225,16 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
                 row["val_wsr"] = validate(learn, val_net, val_air)
             row["step_s"] = time.perf_counter() - t0
             log.append(row)
+            done = step
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(wsr=f"{row['train_wsr']:.2f}", val=f"{row.get('val_wsr', float('nan')):.2f}")
             if step % opts.checkpoint_every == 0 or step == opts.steps:
                 save(step)
                 _write_log(out_dir / "train_log.csv", log)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the last finished step, then stop
+        save(done)
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -12,6 +12,10 @@ import torch
 
 Number = float | torch.Tensor
 
+#: largest |value| a dBm / dB setting may take: 10^(300/10) W squared (1e60) is still far inside float64,
+#: while 10^(1e6/10) overflows it
+DBM_LIMIT = 300.0
+
 
 def db_to_linear(db: Number) -> Number:
     """Power ratio of ``db`` decibels: 10^(db / 10)."""

@@ -293,10 +293,19 @@ def test_algorithm_not_for_the_family(tmp_path, fake_alg):
     assert f"'{FAKE}' does not run on family 'cellfree'; allowed for cellfree: " in line
     assert line.endswith(", ".join(registry.algorithm_names("cellfree")))
     assert FAKE_CF in line and "algorithms[0]" not in msg
-    # a channel file's family is known only once loaded: no family check then
-    (tmp_path / "ch.npz").write_bytes(b"")
+    # a channel file's family is read from the file at validation (issue 11): same check, same exit
+    from dsim.scenarios.build import generate_channels, save_channels_file
+
+    save_channels_file(*generate_channels({"family": "cellfree", "n_aps": 2, "n_ues": 2, "realizations": 2},
+                                          1, 0, "double"), tmp_path / "ch.npz")
     cfg = load_config(write(tmp_path, {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE_CF}]}))
     assert cfg.algorithms[0].name == FAKE_CF
+    msg = error_of(tmp_path, {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE}]})
+    assert f"'{FAKE}' does not run on family 'cellfree'" in line_for(msg, "algorithms[0].name")
+    # an unreadable file is a scenario.file error at validation
+    (tmp_path / "empty.npz").write_bytes(b"")
+    msg = error_of(tmp_path, {"scenario": {"file": "empty.npz"}, "algorithms": [{"name": FAKE_CF}]})
+    assert "not a readable .npz channel file" in line_for(msg, "scenario.file")
 
 
 def test_restarts_only_for_a_random_initialisation(tmp_path, fake_alg):
@@ -358,8 +367,10 @@ def test_non_mapping_top_level(tmp_path, text, fragment):
 
 
 def test_scenario_file_resolved_relative_to_yaml(tmp_path, monkeypatch, fake_alg):
+    from dsim.scenarios.build import generate_channels, save_channels_file
+
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "ch.npz").write_bytes(b"")
+    save_channels_file(*generate_channels({"family": "multicell"}, 1, 0, "double"), tmp_path / "sub" / "ch.npz")
     data = {"scenario": {"file": "ch.npz"}, "algorithms": [{"name": FAKE}]}
     cfg_path = write(tmp_path / "sub", data, "c.yaml")
     monkeypatch.chdir(tmp_path)
@@ -367,7 +378,7 @@ def test_scenario_file_resolved_relative_to_yaml(tmp_path, monkeypatch, fake_alg
     assert isinstance(cfg.scenario, FileScenario)
     assert Path(cfg.scenario.file) == tmp_path / "sub" / "ch.npz" and Path(cfg.scenario.file).is_absolute()
     other = tmp_path / "elsewhere.npz"
-    other.write_bytes(b"")
+    other.write_bytes((tmp_path / "sub" / "ch.npz").read_bytes())
     cfg = load_config(cfg_path, [f"scenario.file={other}"])
     assert cfg.scenario.file == str(other)
 

@@ -33,3 +33,216 @@ def test_wmmse_silent_rule_changes_nothing_without_faults():
     f = FaultModel(message_loss=0.0, seed=1)
     b, _ = run_local("wmmse", *multicell_network(ch, f), rounds=4, faults=f)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------------------------ one-line errors
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from dsim.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, **over) -> Path:
+    data = {"seed": 0, "batch": 2, "scenario": {"family": "multicell", "layout": "triangle"},
+            "algorithms": [{"name": "wmmse", "rounds": 2}, {"name": "zf"}], "engine": {"kind": "local"},
+            "output": str(tmp_path / "run")} | over
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _one_line_exit2(capsys, argv, *needles):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("dsim: error: ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _cellfree_file(tmp_path: Path) -> Path:
+    from dsim.scenarios.cellfree import CellfreeScenario, generate_cellfree, save_cellfree
+
+    g = torch.Generator().manual_seed(0)
+    ch = generate_cellfree(CellfreeScenario(n_aps=3, ap_antennas=2, n_ues=2, realizations=4), 2, g,
+                           torch.complex128)
+    p = tmp_path / "cf.npz"
+    save_cellfree(p, ch)
+    return p
+
+
+def _rewrite(src: Path, dst: Path, **changes) -> Path:
+    d = dict(np.load(src))
+    for k, v in changes.items():
+        d[k] = v(d[k]) if callable(v) else v
+    with open(dst, "wb") as f:
+        np.savez(f, **d)
+    return dst
+
+
+def test_bad_output_paths_one_line(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _one_line_exit2(capsys, ["run", str(cfg), "--out", str(tmp_path / "afile"), "--no-progress"],
+                    "output:", "existing file")
+    _one_line_exit2(capsys, ["run", str(cfg), "--out", "/proc/dsim-nowhere", "--no-progress"],
+                    "output:", "cannot be written")
+    _one_line_exit2(capsys, ["sample", str(cfg), "-o", str(tmp_path)], "--output-file", "is a directory")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "npy_renamed"])
+def test_corrupt_channel_files_one_line(tmp_path, capsys, kind):
+    f = tmp_path / "ch.npz"
+    if kind == "truncated":
+        from dsim.scenarios.build import generate_channels, save_channels_file
+
+        good = tmp_path / "good.npz"
+        save_channels_file(*generate_channels({"family": "multicell"}, 2, 0, "double"), good)
+        f.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "empty":
+        f.write_bytes(b"")
+    else:
+        with open(f, "wb") as fh:
+            np.save(fh, np.zeros(3))
+    cfg = _cfg(tmp_path, scenario={"file": str(f)})
+    _one_line_exit2(capsys, ["run", str(cfg), "--no-progress"], "scenario.file", str(f))
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("bs_power_dbm", 1e6, "scenario.bs_power_dbm"),
+    ("noise_dbm", float("nan"), "NaN is not allowed"),
+    ("noise_dbm", float("inf"), "scenario.noise_dbm"),
+    ("noise_dbm", float("-inf"), "scenario.noise_dbm"),
+])
+def test_non_finite_or_overflowing_settings_one_line(tmp_path, capsys, key, value, needle):
+    cfg = _cfg(tmp_path, scenario={"family": "multicell", key: value})
+    _one_line_exit2(capsys, ["run", str(cfg), "--no-progress"], needle)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"h": lambda h: np.where(np.arange(h.size).reshape(h.shape) == 3, np.nan, h)}, "'h'"),
+    ({"noise_w": np.array(0.0)}, "'noise_w'"),
+    ({"beta": lambda b: -b}, "'beta'"),
+    ({"beta": lambda b: np.full_like(b, np.inf)}, "'beta'"),
+    ({"pilot_index": lambda p: p + 7}, "'pilot_index'"),
+])
+def test_corrupt_cellfree_files_one_line(tmp_path, capsys, change, needle):
+    bad = _rewrite(_cellfree_file(tmp_path), tmp_path / "bad.npz", **change)
+    cfg = _cfg(tmp_path, scenario={"file": str(bad)}, algorithms=[{"name": "equal"}])
+    _one_line_exit2(capsys, ["run", str(cfg), "--no-progress"], needle, str(bad))
+
+
+def test_cellfree_file_in_multicell_config_fails_at_validation(tmp_path, capsys):
+    cfg = _cfg(tmp_path, scenario={"file": str(_cellfree_file(tmp_path))}, algorithms=[{"name": "wmmse"}])
+    _one_line_exit2(capsys, ["run", str(cfg), "--no-progress"], "algorithms[0].name", "cellfree")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_without_train_section_and_no_progress(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    _one_line_exit2(capsys, ["train", str(cfg), "--no-progress"], "train:", "required")
+
+
+def test_huge_batch_is_refused_up_front(tmp_path, capsys):
+    cfg = _cfg(tmp_path, batch=10**9)
+    _one_line_exit2(capsys, ["run", str(cfg), "--no-progress"], "batch: 1000000000", "GB")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_nan_in_results_of_a_successful_run(tmp_path, capsys):
+    cfg = _cfg(tmp_path, faults={"message_loss": 0.5, "missing_links": 0.3},
+               algorithms=[{"name": "wmmse", "rounds": 3}, {"name": "zf"}, {"name": "rzf"}, {"name": "mrc"}])
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    for f in (tmp_path / "run").iterdir():
+        if f.suffix in (".csv", ".json", ".yaml"):
+            assert not re.search(r"\b(nan|-?inf(inity)?)\b", f.read_text().lower()), f
+
+
+def test_non_finite_wsr_is_a_failure_not_a_result(tmp_path):
+    """An algorithm whose decision turns non-finite is recorded as failed (exit 1), never written as NaN."""
+    from dsim.config import config_from_dict
+    from dsim.run import run
+
+    cfg = config_from_dict(yaml.safe_load(_cfg(tmp_path).read_text()))
+    import dsim.run as run_mod
+
+    real = run_mod.run_algorithm
+
+    def poisoned(alg, scn, *a, **k):
+        scn.air.evaluate = (lambda ev: (lambda V: ev(V * float("nan"))))(scn.air.evaluate)
+        return real(alg, scn, *a, **k)
+
+    run_mod.run_algorithm = poisoned
+    try:
+        with pytest.raises(RuntimeError, match="non-finite"):
+            run(cfg, progress=False, echo=lambda s: None)
+    finally:
+        run_mod.run_algorithm = real
+    assert "nan" not in (tmp_path / "run" / "metrics.csv").read_text().lower()
+
+
+# ------------------------------------------------------------------------------------ interrupts
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
+def test_interrupt_keeps_finished_results_and_leaves_no_ray_workers(tmp_path, sig, code):
+    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}],
+               engine={"kind": "ray", "shards": 1, "num_cpus": 1})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen([sys.executable, "-m", "dsim", "run", str(cfg), "--no-progress"], cwd=str(ROOT),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.csv"
+    t0 = time.time()
+    while not (metrics.exists() and "zf" in metrics.read_text()) and time.time() - t0 < 90:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the second algorithm is running on the actors
+    procs = _descendants(proc.pid)
+    assert procs, "the run started no Ray processes"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("dsim: interrupted; results of the finished algorithms are in"), err
+    assert "Traceback" not in err
+    text = metrics.read_text()
+    assert "zf" in text and "nan" not in text.lower()
+    assert "interrupted" in (tmp_path / "run" / "summary.json").read_text()
+    t1 = time.time()
+    while any(_alive(p) for p in procs) and time.time() - t1 < 5:
+        time.sleep(0.2)
+    assert not [p for p in procs if _alive(p)], "Ray processes left behind"

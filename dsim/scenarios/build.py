@@ -7,6 +7,7 @@ dispatch on the family's name through :func:`dsim.registry.family`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from dsim import registry
 from dsim.air import Air
 from dsim.faults import FaultModel
 from dsim.network import Network
-from dsim.scenarios.channel_file import ChannelFileError
+from dsim.scenarios.channel_file import ChannelFileError, found, read_npz
 
 
 class FileScenario(BaseModel):
@@ -54,12 +55,14 @@ def complex_dtype(precision: str) -> torch.dtype:
 def file_family(path: str | Path) -> str:
     """The family of a channel file: its ``family`` key, else the one family whose ``file_keys`` the file
     holds; :class:`ChannelFileError` naming the file when it is unreadable or no family (or several) fit."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            named = str(z["family"]) if "family" in keys else None
-    except (OSError, ValueError) as exc:
-        raise ChannelFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
+    data = read_npz(Path(path))
+    keys = set(data)
+    named = None
+    if "family" in keys:
+        fam = data["family"]
+        if fam.dtype.kind not in "US" or fam.shape != ():
+            raise ChannelFileError(f"{path}: key 'family': expected a string scalar, found {found(fam)}")
+        named = str(fam)
     families = registry.family_names()
     if named is not None:
         if named not in families:
@@ -106,9 +109,66 @@ def save_channels_file(family: str, channels: Any, path: str | Path) -> Path:
     return path
 
 
+class ScenarioError(ValueError):
+    """A scenario whose numbers cannot be simulated (non-finite agent data, too large for memory); one line."""
+
+
+def check_finite(net: Network, where: str) -> None:
+    """Every floating/complex tensor an agent holds is finite; else :class:`ScenarioError` naming it.
+
+    A non-finite setting (``noise_dbm: .inf``, a dBm value whose power overflows) must stop the run before an
+    algorithm turns it into NaN results."""
+    for role, data in net.local.items():
+        for key, t in data.items():
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise ScenarioError(f"{where}: the {role} agents' {key!r} has {bad} NaN/infinite entries "
+                                        "(check the powers, noise and path-loss settings)")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor / array held by ``obj`` (a dataclass of channels, a mapping, a tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if hasattr(obj, "__dict__"):
+        return sum(_tensor_bytes(v) for v in vars(obj).values())
+    return 0
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine (bytes), None where unknown."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(scn: BaseModel, batch: int, seed: int, precision: str, restarts: int = 1) -> None:
+    """Estimate the channels' memory up front: draw one realization, scale by ``batch`` x ``restarts``;
+    :class:`ScenarioError` naming ``batch`` when it exceeds half of this machine's memory (the algorithms
+    need several times the channels' size on top)."""
+    total = physical_memory_bytes()
+    if total is None or batch <= 1:
+        return
+    _, one = generate_channels(scn, 1, seed, precision)
+    need = _tensor_bytes(one) * batch * max(restarts, 1)
+    if need > total // 2:
+        fit = max(1, (total // 2) // max(_tensor_bytes(one) * max(restarts, 1), 1))
+        raise ScenarioError(f"batch: {batch} realizations need about {need / 1e9:.3g} GB for the channels alone "
+                            f"({_tensor_bytes(one) / 1e6:.3g} MB each), more than half of this machine's "
+                            f"{total / 1e9:.3g} GB; allowed here: batch <= {fit}")
+
+
 def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: int) -> Scenario:
-    """Network + air of drawn/loaded channels of ``family``."""
+    """Network + air of drawn/loaded channels of ``family``; :class:`ScenarioError` if an agent's data is
+    not finite."""
     net, air = registry.family(family).build(channels, faults, seed)
+    check_finite(net, "scenario")
     return Scenario(family, net, air, channels)
 
 

@@ -91,7 +91,7 @@ from dsim.faults import FaultModel
 from dsim.network import EdgeSet, Network
 from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
 from dsim.scenarios.channel_file import ChannelFileError, check_family, read_npz, write_npz
-from dsim.units import db_to_linear, dbm_to_w, log_distance_db, thermal_noise_w
+from dsim.units import DBM_LIMIT, db_to_linear, dbm_to_w, log_distance_db, thermal_noise_w
 
 Tensor = torch.Tensor
 
@@ -123,13 +123,13 @@ class CellfreeScenario(CrossChecked):
     realizations: int = Field(100, ge=1)
     csi: Csi = "perfect"
     pilots: int | None = Field(None, ge=1)
-    noise_figure_db: float = 10.0
+    noise_figure_db: float = Field(10.0, ge=-DBM_LIMIT, le=DBM_LIMIT)
     bandwidth_hz: float = Field(2e7, gt=0)
-    ap_power_dbm: float = 20.0
-    ue_power_mw: float = Field(10.0, gt=0)
+    ap_power_dbm: float = Field(20.0, ge=-DBM_LIMIT, le=DBM_LIMIT)
+    ue_power_mw: float = Field(10.0, gt=0, allow_inf_nan=False)
     tau_c: int = Field(20, ge=1)
     tau_d: int = Field(19, ge=1)
-    pathloss_ref_db: float = -30.5
+    pathloss_ref_db: float = Field(-30.5, allow_inf_nan=False)
     pathloss_exponent: float = Field(3.67, gt=0)
 
     def cross_errors(self) -> list[tuple[str, str]]:
@@ -592,7 +592,29 @@ def load_cellfree(path: str | Path, dtype: torch.dtype = torch.complex128) -> Ce
                        ("noise_w", ()), ("ue_power_w", ()), ("tau_c", ()), ("tau_d", ()), ("tau_p", ()),
                        ("area_m", ())):
         _shape_check(key, h_hat if key == "h_hat" else data[key], shape, path)
+    for key in ("h", "h_hat", "R", "beta", "power_w", "noise_w", "ue_power_w", "ap_xy", "ue_xy", "area_m"):
+        a = h_hat if key == "h_hat" else data[key]
+        if a.dtype.kind not in "iufc":
+            raise ChannelFileError(f"{path}: key {key!r}: expected a numeric array, found {a.dtype} {a.shape}")
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            raise ChannelFileError(f"{path}: key {key!r}: expected finite values, found {bad} NaN/infinite entries")
+    for key, lo in (("noise_w", "> 0"), ("power_w", "> 0"), ("ue_power_w", "> 0"), ("area_m", "> 0"),
+                    ("beta", ">= 0")):
+        a = np.asarray(data[key])
+        if a.dtype.kind == "c" or not (a > 0 if lo == "> 0" else a >= 0).all():
+            raise ChannelFileError(f"{path}: key {key!r}: expected real values {lo}, found min "
+                                   f"{np.real(a).min():g}")
+    for key in ("tau_c", "tau_d", "tau_p", "pilot_index"):
+        if data[key].dtype.kind not in "iu":
+            raise ChannelFileError(f"{path}: key {key!r}: expected integers, found {data[key].dtype}")
     tau_c, tau_d, tau_p = int(data["tau_c"]), int(data["tau_d"]), int(data["tau_p"])
+    if tau_p < 0 or (csi == "mmse" and tau_p < 1):
+        raise ChannelFileError(f"{path}: key 'tau_p': expected >= 1 with csi 'mmse' (>= 0 otherwise), found {tau_p}")
+    pil = data["pilot_index"]
+    if pil.size and (int(pil.min()) < 0 or int(pil.max()) >= max(tau_p, 1)):
+        raise ChannelFileError(f"{path}: key 'pilot_index': expected values in [0, {max(tau_p, 1)}) "
+                               f"(tau_p = {tau_p}), found [{int(pil.min())}, {int(pil.max())}]")
     if not 0 < tau_d <= tau_c:
         raise ChannelFileError(f"{path}: keys 'tau_d'/'tau_c' need 0 < tau_d <= tau_c, got {tau_d}/{tau_c}")
     pilot_index = torch.as_tensor(data["pilot_index"], dtype=torch.long, device="cpu")  # files load on the CPU

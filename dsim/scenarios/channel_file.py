@@ -31,7 +31,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ChannelFileError(f"{path}: not a readable .npz channel file ({exc})") from exc
+        why = "neither an .npz archive nor an .npy array" if "pickle" in str(exc) else str(exc) or type(exc).__name__
+        raise ChannelFileError(f"{path}: not a readable .npz channel file ({why})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ChannelFileError(f"{path}: expected an .npz archive of named arrays, found a single .npy array")
     with z:

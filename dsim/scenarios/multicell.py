@@ -84,7 +84,7 @@ from dsim.network import EdgeSet, Network
 from dsim.protocol import group_slots
 from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
 from dsim.scenarios.channel_file import ChannelFileError, check_array, check_family, found, read_npz, write_npz
-from dsim.units import dbm_to_w, log_distance_db
+from dsim.units import DBM_LIMIT, dbm_to_w, log_distance_db
 
 Tensor = torch.Tensor
 
@@ -115,11 +115,11 @@ class MulticellScenario(CrossChecked):
     ues_per_bs: int = Field(4, ge=1)
     bs_antennas: int = Field(12, ge=1)
     ue_antennas: int = Field(2, ge=1)
-    bs_power_dbm: float = 30.0
-    noise_dbm: float = -100.0
+    bs_power_dbm: float = Field(30.0, ge=-DBM_LIMIT, le=DBM_LIMIT)
+    noise_dbm: float = Field(-100.0, ge=-DBM_LIMIT, le=DBM_LIMIT)
     pathloss: Pathloss = "pico"
     pathloss_exponent: float = Field(3.0, gt=0)
-    pathloss_ref_db: float = 30.0
+    pathloss_ref_db: float = Field(30.0, allow_inf_nan=False)
     min_distance_m: float = Field(10.0, gt=0)
     range_m: float | None = Field(None, gt=0)
     ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
