@@ -174,6 +174,8 @@ class ClockSettings(BaseModel):
         "the phase per round divided by realizations x agents of the role (amortized per agent)")
     air_symbol_s: float = Field(71.4e-6, ge=0)
     air_latency_s: float = Field(0.0, ge=0)
+    coherence_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="channel coherence time "
+                                      "T_c (s): report the overhead-adjusted rate WSR_r x max(0, 1 - t_r / T_c)")
 
     @field_validator("links", mode="before")
     @classmethod

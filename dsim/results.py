@@ -46,6 +46,9 @@ from pydantic import BaseModel
 UNITS = ("nat/Hz", "bit/s/Hz")
 METRICS_COLUMNS = ("algorithm", "round", "wsr_mean", "wsr_std", "wsr_min", "wsr_max", "sim_time_s",
                    "cum_reals", "cum_bytes")
+#: extra metrics.csv columns of a run with ``clock.coherence_s``: the overhead-adjusted rate (see
+#: :func:`effective_factor`), mean and std over realizations
+EFFECTIVE_COLUMNS = ("eff_wsr_mean", "eff_wsr_std")
 OVERHEAD_COLUMNS = ("algorithm", "round", "phase", "link", "messages", "reals", "bytes")
 WSR_COLUMNS = ("algorithm", "realization", "wsr")
 LEDGER_KEYS = ("round", "phase", "link", "messages", "reals", "bytes")
@@ -307,11 +310,28 @@ def per_round_signaling(result: AlgorithmResult) -> dict[str, Any]:
             "air_symbols_per_round": air / div}
 
 
-def algorithm_summary(result: AlgorithmResult) -> dict[str, Any]:
-    """summary.json's entry for one result (see the module docstring)."""
+def effective_factor(sim_time_s: np.ndarray, coherence_s: float) -> np.ndarray:
+    """max(0, 1 - t_r / T_c) per round: the share of a coherence time T_c [s] left for data once the
+    signaling of rounds 1..r has taken t_r [s] of simulated time (``sim_time_s``, (R+1,), t_0 = 0)."""
+    return np.maximum(0.0, 1.0 - np.asarray(sim_time_s, dtype=np.float64) / float(coherence_s))
+
+
+def effective_summary(result: AlgorithmResult, coherence_s: float) -> dict[str, Any]:
+    """summary.json's overhead-adjusted entries: the round count r* that maximizes the mean effective
+    rate WSR_r x max(0, 1 - t_r / T_c) (round 0 = stop at the initialisation), that rate, and T_c."""
+    eff = result.wsr.mean(axis=1) * effective_factor(result.sim_time_s, coherence_s)
+    best = int(np.argmax(eff))
+    return {"coherence_s": float(coherence_s), "best_rounds": best, "best_effective_wsr": float(eff[best]),
+            "final_effective_wsr": float(eff[-1])}
+
+
+def algorithm_summary(result: AlgorithmResult, coherence_s: float | None = None) -> dict[str, Any]:
+    """summary.json's entry for one result (see the module docstring); with ``coherence_s`` also the
+    overhead-adjusted entries of :func:`effective_summary`."""
+    eff = {"effective": effective_summary(result, coherence_s)} if coherence_s else {}
     return {"name": result.name, "rounds": result.rounds, "final_wsr": wsr_stats(result.final),
             **per_round_signaling(result), "sim_time_s": float(result.sim_time_s[-1]),
-            "wall_time_s": float(result.wall_time_s), **result.extra}
+            "wall_time_s": float(result.wall_time_s), **eff, **result.extra}
 
 
 class RunWriter:
@@ -319,11 +339,14 @@ class RunWriter:
 
     out_dir: created with out_dir/plots.  config: the resolved configuration, written to config.yaml.
     unit: 'nat/Hz' or 'bit/s/Hz'.  seed, engine ('local' | 'ray'), family (scenario family) go to
-    summary.json; family also titles the plots.
+    summary.json; family also titles the plots.  coherence_s: the channel coherence time T_c [s]; when
+    given, metrics.csv has the overhead-adjusted rate (:data:`EFFECTIVE_COLUMNS`), summary.json each
+    algorithm's best round count, and plots/effective_wsr_vs_round.png shows it.
     """
 
     def __init__(self, out_dir: Path, config: dict, *, unit: str, seed: int, engine: str, family: str,
-                 metric: str = "WSR") -> None:
+                 metric: str = "WSR", coherence_s: float | None = None) -> None:
+        self.coherence_s = coherence_s
         if unit not in UNITS:
             raise ValueError(f"RunWriter: unit {unit!r} not allowed; allowed: {list(UNITS)}")
         self.out_dir = Path(out_dir)
@@ -374,13 +397,18 @@ class RunWriter:
             w = r.wsr
             cols = (w.mean(axis=1), w.std(axis=1), w.min(axis=1), w.max(axis=1), r.sim_time_s, r.cum_reals,
                     r.cum_bytes)
+            if self.coherence_s:
+                f = effective_factor(r.sim_time_s, self.coherence_s)
+                cols = (*cols, w.mean(axis=1) * f, w.std(axis=1) * f)
             rows.extend((r.label, t, *(c[t] for c in cols)) for t in range(w.shape[0]))
-        write_csv(self.out_dir / "metrics.csv", METRICS_COLUMNS, rows)
+        columns = METRICS_COLUMNS + (EFFECTIVE_COLUMNS if self.coherence_s else ())
+        write_csv(self.out_dir / "metrics.csv", columns, rows)
 
     def summary(self) -> dict[str, Any]:
         """The content of summary.json (plain JSON data, non-finite numbers as None)."""
         by_label = {r.label: r for r in self.results}
-        algorithms = {lab: (algorithm_summary(by_label[lab]) if lab in by_label else {"error": self.errors[lab]})
+        algorithms = {lab: (algorithm_summary(by_label[lab], self.coherence_s) if lab in by_label
+                            else {"error": self.errors[lab]})
                       for lab in self._order}
         return jsonable({"unit": self.unit, "seed": self.seed, "engine": self.engine, "family": self.family,
                          "versions": package_versions(), "algorithms": algorithms})
@@ -424,7 +452,24 @@ class RunWriter:
                  self._plot_final()]
         if any(r.per_user is not None for r in self.results):
             paths.append(self._plot_cdf())
+        if self.coherence_s:
+            paths.append(self._plot_effective())
         return paths
+
+    def _plot_effective(self) -> Path:
+        """Overhead-adjusted rate WSR_r x max(0, 1 - t_r / T_c) (mean over realizations) against the round,
+        the best round count of each algorithm marked."""
+        fig, ax = self._new_axes(f"overhead-adjusted {self.metric} (coherence {self.coherence_s:g} s)")
+        colors = self._colors()
+        for r in self.results:
+            eff = r.wsr.mean(axis=1) * effective_factor(r.sim_time_s, self.coherence_s)
+            best = int(np.argmax(eff))
+            ax.plot(np.arange(eff.size), eff, color=colors[r.label], marker="." if eff.size <= 30 else None,
+                    label=f"{r.label} (best: {best} rounds)")
+            ax.plot([best], [eff[best]], marker="*", markersize=12, color=colors[r.label], linestyle="none")
+        ax.set_xlabel("round (0 = initialisation)")
+        ax.set_ylabel(f"{self.metric} x max(0, 1 - t_r / T_c) [{self.unit}]")
+        return self._save(fig, ax, "effective_wsr_vs_round.png")
 
     def _colors(self) -> dict[str, Any]:
         cmap = matplotlib.colormaps["tab10"]
@@ -521,12 +566,12 @@ def load_metrics(run_dir: Path | str) -> dict[str, dict[str, np.ndarray]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader)
-        if tuple(header) != METRICS_COLUMNS:
-            raise ValueError(f"{path}: header {header} is not {list(METRICS_COLUMNS)}")
+        if tuple(header) not in (METRICS_COLUMNS, METRICS_COLUMNS + EFFECTIVE_COLUMNS):
+            raise ValueError(f"{path}: header {header} is not {list(METRICS_COLUMNS)} (+ {list(EFFECTIVE_COLUMNS)})")
         cols: dict[str, dict[str, list[str]]] = {}
         for row in reader:
-            entry = cols.setdefault(row[0], {c: [] for c in METRICS_COLUMNS[1:]})
-            for c, v in zip(METRICS_COLUMNS[1:], row[1:]):
+            entry = cols.setdefault(row[0], {c: [] for c in header[1:]})
+            for c, v in zip(header[1:], row[1:]):
                 entry[c].append(v)
     return {lab: {c: np.array(v, dtype=np.int64 if c == "round" else np.float64) for c, v in entry.items()}
             for lab, entry in cols.items()}

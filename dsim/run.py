@@ -274,7 +274,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
         scn = place_scenario(scn, resolve_device(device))
     out = Path(cfg.output)
     writer = RunWriter(out, resolved_dict(cfg), unit=scn.unit, metric=scn.air.metric, seed=cfg.seed,
-                       engine=cfg.engine.kind, family=scn.family)
+                       engine=cfg.engine.kind, family=scn.family, coherence_s=cfg.clock.coherence_s)
     engine = make_engine(cfg)
     clock = RoundClock(clock_config(cfg))
     failures: dict[str, str] = defaultdict(str)

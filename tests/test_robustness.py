@@ -246,3 +246,25 @@ def test_interrupt_keeps_finished_results_and_leaves_no_ray_workers(tmp_path, si
     while any(_alive(p) for p in procs) and time.time() - t1 < 5:
         time.sleep(0.2)
     assert not [p for p in procs if _alive(p)], "Ray processes left behind"
+
+
+# ------------------------------------------------------------------------------------ overhead-adjusted rate
+def test_coherence_time_effective_rate_and_best_round(tmp_path):
+    import csv
+    import json
+
+    cfg = _cfg(tmp_path, algorithms=[{"name": "wmmse", "rounds": 12}],
+               clock={"coherence_s": 0.03, "links": {"ul": {"latency_s": 0.001, "bandwidth_bps": 1e6}}})
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    eff = []
+    for r in rows:
+        t, w = float(r["sim_time_s"]), float(r["wsr_mean"])
+        want = w * max(0.0, 1.0 - t / 0.03)
+        assert float(r["eff_wsr_mean"]) == pytest.approx(want, rel=1e-12, abs=1e-12)
+        eff.append(want)
+    assert eff[-1] == 0.0 or float(rows[-1]["sim_time_s"]) < 0.03
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())["algorithms"]["wmmse"]["effective"]
+    assert s["best_rounds"] == int(np.argmax(eff)) and 0 < s["best_rounds"] < 12
+    assert s["best_effective_wsr"] == pytest.approx(max(eff), rel=1e-12)
+    assert (tmp_path / "run" / "plots" / "effective_wsr_vs_round.png").is_file()
