@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
                    help="values of one config key (repeat for a cartesian grid); the config's `sweep:` "
                         "section gives the default grid")
+    w.add_argument("--point-plots", action="store_true", help="also write each point's run plots")
     return p
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
             where = "finished sweep points are kept; re-run the same command to go on"
             return sweep_main(args.config, args.grid, args.overrides, out=args.out, engine=args.engine,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, point_plots=args.point_plots)
         cfg = load_config(args.config, args.overrides, out=args.out, engine=args.engine)
         family_scenario = not isinstance(cfg.scenario, FileScenario)
         if family_scenario and args.cmd != "train":

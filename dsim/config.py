@@ -204,7 +204,8 @@ class RunConfig(BaseModel):
 
     ``scenario``: the registered family's options model (``dsim.registry.family(name).options``) or a
     :class:`FileScenario`; ``train``: the validated ``train:`` section (its ``options`` kept as the raw
-    mapping, checked against the learnable algorithm's options model)."""
+    mapping, checked against the learnable algorithm's options model); ``sweep``: study name -> {config
+    key path -> values}, the grids ``dsim sweep`` runs when no ``--grid`` is given (``run`` ignores it)."""
 
     model_config = _CFG
     seed: int = Field(0, ge=0)
@@ -218,6 +219,7 @@ class RunConfig(BaseModel):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     output: str
     train: TrainOptions | None = None
+    sweep: dict[str, dict[str, list[Any]]] | None = None
     source: str = "<dict>"
 
 
@@ -236,6 +238,8 @@ class _TopLevel(BaseModel):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     output: str | None = None
     train: dict[str, Any] | None = None
+    sweep: dict[str, Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]],
+                               Field(min_length=1)]] | None = Field(None, min_length=1)
 
 
 class _AlgorithmHead(BaseModel):
@@ -780,7 +784,7 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
     return RunConfig(seed=top.seed, precision=top.precision, batch=top.batch, scenario=scn, algorithms=algs,
                      engine=top.engine, wire=top.wire, clock=top.clock, faults=top.faults,
                      output=top.output if top.output is not None else _default_output(source),
-                     train=train, source=source)
+                     train=train, sweep=top.sweep, source=source)
 
 
 # ==================================================================================== public API

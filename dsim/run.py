@@ -263,8 +263,9 @@ def place_scenario(scn: Scenario, device: torch.device | str) -> Scenario:
     return Scenario(scn.family, scn.net.to(device), scn.air.to(device), scn.channels)
 
 
-def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print) -> Path:
-    """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed."""
+def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print, plots: bool = True) -> Path:
+    """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed.
+    ``plots=False``: the tables only (a sweep's points)."""
     from dsim.config import resolved_dict
 
     torch.manual_seed(cfg.seed)
@@ -287,7 +288,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
                 writer.fail(alg.label, "interrupted")
                 for later in cfg.algorithms[i + 1:]:
                     writer.fail(later.label, "not run (interrupted)")
-                writer.plots()
+                if plots:
+                    writer.plots()
                 raise
             except Exception as exc:  # keep what was computed, record the failure, go on
                 msg = f"{type(exc).__name__}: {exc}"
@@ -298,7 +300,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
             writer.add(res.result)
     finally:
         engine.close()
-    writer.plots()
+    if plots:
+        writer.plots()
     echo(writer.summary_table())
     echo(f"run directory: {out}")
     if failures:
