@@ -198,7 +198,7 @@ def _set(d: dict, path: str, value) -> dict:
     return d
 
 
-TOP = "algorithms, batch, clock, engine, faults, output, precision, scenario, seed, train, wire"
+TOP = "algorithms, batch, clock, engine, faults, output, precision, scenario, seed, sweep, train, wire"
 WIRE = "is not allowed; allowed: float64, float32, float16, q2 ... q16"
 # (key to set, value, key path in the message, fragments the line must contain)
 CASES = [
