@@ -40,6 +40,7 @@ from pydantic import (
     SerializeAsAny,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -190,12 +191,42 @@ class ClockSettings(BaseModel):
         return out | {k: x for k, x in v.items() if k not in out}
 
 
+class StaleCsiConfig(BaseModel):
+    """``faults.stale_csi``: Gauss–Markov aging of the CSI the nodes hold (:mod:`dsim.faults`): ``rho`` given,
+    or Jakes' J0(2 pi doppler_hz delay_s) from the Doppler frequency (Hz) and the CSI's age (s)."""
+
+    model_config = _CFG
+    rho: float | None = Field(None, ge=-1, le=1)
+    doppler_hz: float | None = Field(None, ge=0, allow_inf_nan=False)
+    delay_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> StaleCsiConfig:
+        jakes = self.doppler_hz is not None or self.delay_s is not None
+        msg = None
+        if self.rho is not None and jakes:
+            msg = "give either rho or doppler_hz + delay_s, not both"
+        elif self.rho is None and (self.doppler_hz is None or self.delay_s is None):
+            msg = "required key missing; allowed: rho (a number in [-1, 1]) or both doppler_hz (Hz) and delay_s (s)"
+        if msg:
+            raise PydanticCustomError("cross_field", "{message}", {"field": "rho", "message": msg})
+        return self
+
+    def resolved_rho(self) -> float:
+        from dsim.faults import jakes_rho
+
+        return float(self.rho) if self.rho is not None else jakes_rho(float(self.doppler_hz), float(self.delay_s))
+
+
 class FaultsConfig(BaseModel):
-    """``faults``: message loss and missing-link probabilities, their seed (None = the run's seed)."""
+    """``faults``: message loss and missing-link probabilities, stale CSI, the nodes' channel-estimation
+    error variance (relative to each link's gain), their seed (None = the run's seed)."""
 
     model_config = _CFG
     message_loss: float = Field(0.0, ge=0, lt=1)
     missing_links: float = Field(0.0, ge=0, lt=1)
+    stale_csi: StaleCsiConfig | None = None
+    csi_error: float = Field(0.0, ge=0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0)
 
 

@@ -7,6 +7,16 @@
 * ``message_loss`` -- each message (one edge, one realization, one phase, one round) is lost with this
   probability.  The receiver keeps the last value it got on that edge (or the phase's initial value).
 
+* ``csi_rho`` (``stale_csi``) -- the CSI a node holds was measured a while before the channel the air
+  evaluates: Gauss–Markov aging h_now = rho h_held + sqrt(1 - rho^2) g^(1/2) e, e ~ CN(0, 1) i.i.d., g the
+  link's average gain (mean |h|^2 over its antenna pairs).  rho is given, or Jakes' rho = J0(2 pi f_D tau)
+  from the Doppler frequency f_D [Hz] and the CSI's age tau [s] (:func:`jakes_rho`).  rho = 1: fresh.
+* ``csi_error`` -- the nodes' channel estimates carry an error: h_held = h + sqrt(csi_error g) e', the error
+  variance relative to the link's gain (an MMSE-like estimation error of fixed relative size).
+  A family applies both with :meth:`FaultModel.csi` to its channels: the nodes' local CSI gets the
+  estimate, the air the aged channel.  Measurements the air makes for the nodes (e.g. precoded pilots) use
+  the air's channel: they are fresh.
+
 Masks are drawn from generators seeded by (seed, what, round, phase): no engine-dependent state, so
 every engine and every sharding sees the same faults.  The draws use CPU generators and are moved to the
 device of the data afterwards, so every device sees the same faults too.  Probability 0 draws nothing
@@ -15,11 +25,26 @@ and changes nothing: the run is exactly the fault-free one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 Tensor = torch.Tensor
+
+
+def jakes_rho(doppler_hz: float, delay_s: float) -> float:
+    """Jakes' temporal correlation rho = J0(2 pi f_D tau) of a channel seen tau [s] apart at Doppler f_D [Hz]
+    (Clarke's isotropic scattering); in [-0.403, 1]."""
+    x = torch.tensor(2.0 * math.pi * doppler_hz * delay_s, dtype=torch.float64)
+    return float(torch.special.bessel_j0(x))
+
+
+def _cn(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """i.i.d. CN(0, 1) of ``shape`` on the CPU in complex ``dtype``."""
+    re = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu")
+    im = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu")
+    return (torch.complex(re, im) / math.sqrt(2.0)).to(dtype)
 
 
 def _gen(seed: int, *salt: int) -> torch.Generator:
@@ -38,11 +63,40 @@ class FaultModel:
     message_loss:  probability that a message is lost, in [0, 1).
     missing_links: probability that an interfering link is absent for the whole run, in [0, 1).
     seed:          seed of the fault draws.
+    csi_rho:       Gauss–Markov correlation between the CSI held and the channel evaluated, in [-1, 1].
+    csi_error:     channel-estimation error variance relative to the link gain, >= 0.
     """
 
     message_loss: float = 0.0
     missing_links: float = 0.0
     seed: int = 0
+    csi_rho: float = 1.0
+    csi_error: float = 0.0
+
+    @property
+    def csi_faulty(self) -> bool:
+        """Whether the nodes' CSI differs from the air's channel (stale or noisy)."""
+        return self.csi_rho != 1.0 or self.csi_error > 0.0
+
+    def csi(self, H: Tensor, link_dims: int = 2) -> tuple[Tensor, Tensor]:
+        """(CSI the nodes hold, channel the air evaluates) of channels ``H`` (complex, any shape whose last
+        ``link_dims`` dims are one link's antenna pairs, e.g. (B, I, K, N, M) with link_dims = 2).
+
+        held = H + sqrt(csi_error g) e'  and  air = csi_rho H + sqrt(1 - csi_rho^2) sqrt(g) e, with g the
+        mean |H|^2 over each link's antenna pairs and e, e' i.i.d. CN(0, 1) drawn on seeded CPU generators
+        (identical on every engine and device).  Without a CSI fault both are ``H`` itself."""
+        if not self.csi_faulty:
+            return H, H
+        dims = tuple(range(H.dim() - link_dims, H.dim()))
+        g = (H.abs() ** 2).mean(dim=dims, keepdim=True)
+        held, air = H, H
+        if self.csi_error > 0.0:
+            e = _cn(tuple(H.shape), _gen(self.seed, 3), H.dtype).to(H.device)
+            held = H + torch.sqrt(self.csi_error * g).to(H.dtype) * e
+        if self.csi_rho != 1.0:
+            e = _cn(tuple(H.shape), _gen(self.seed, 4), H.dtype).to(H.device)
+            air = self.csi_rho * H + math.sqrt(max(0.0, 1.0 - self.csi_rho ** 2)) * torch.sqrt(g).to(H.dtype) * e
+        return held, air
 
     def link_present(self, shape: tuple[int, ...], serving: Tensor) -> Tensor:
         """Bool mask ``shape`` (e.g. (B, I, K)) of links that are present; ``serving`` (same shape, bool)

@@ -268,3 +268,83 @@ def test_coherence_time_effective_rate_and_best_round(tmp_path):
     assert s["best_rounds"] == int(np.argmax(eff)) and 0 < s["best_rounds"] < 12
     assert s["best_effective_wsr"] == pytest.approx(max(eff), rel=1e-12)
     assert (tmp_path / "run" / "plots" / "effective_wsr_vs_round.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ stale / noisy CSI
+def test_jakes_rho_matches_bessel_j0():
+    from scipy.special import j0
+
+    from dsim.faults import jakes_rho
+
+    assert jakes_rho(0.0, 1.0) == 1.0
+    for fd, tau in [(10.0, 1e-3), (100.0, 2e-3), (50.0, 2.404825557695773 / (2 * np.pi * 50.0)), (200.0, 0.01)]:
+        assert jakes_rho(fd, tau) == pytest.approx(float(j0(2 * np.pi * fd * tau)), abs=1e-9)
+
+
+def test_gauss_markov_aging_statistics():
+    """held = H exactly (no estimation error); air = rho H + sqrt(1-rho^2) g^1/2 e: correlation rho, power kept."""
+    ch = base_channels(batch=64, seed=4)
+    H = ch.H
+    held, air = FaultModel(csi_rho=0.9, seed=3).csi(H)
+    assert torch.equal(held, H)
+    g = (H.abs() ** 2).mean(dim=(-1, -2), keepdim=True)
+    corr = (air * H.conj() / g).mean().real
+    assert float(corr) == pytest.approx(0.9, abs=0.01)
+    assert float(((air.abs() ** 2) / g).mean()) == pytest.approx(1.0, abs=0.02)
+    held, air = FaultModel(csi_error=0.25, seed=3).csi(H)
+    assert torch.equal(air, H)
+    assert float((((held - H).abs() ** 2) / g).mean()) == pytest.approx(0.25, rel=0.03)
+
+
+def test_no_csi_fault_is_exactly_fault_free():
+    ch = base_channels(batch=2, seed=3)
+    a, _ = run_local("zf", *multicell_network(ch))
+    f = FaultModel(csi_rho=1.0, csi_error=0.0, seed=5)
+    net, air = multicell_network(ch, f)
+    b, _ = run_local("zf", net, air, faults=f)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(air.H, ch.H)
+
+
+def test_rho_zero_makes_csi_useless_in_expectation():
+    """rho = 0: the air's channel is independent of the BSs' CSI, so ZF's beamformer V_i is a random direction
+    for it: E ||H_i,a(i) V_i||_F^2 = N g ||V_i||_F^2 (H's entries CN(0, g)).  With fresh CSI (rho = 1) ZF's
+    useful gain is more than twice that."""
+    ch = base_channels(batch=200, seed=8)
+    I = ch.H.shape[1]
+    idx = torch.arange(I)
+
+    def gain_ratio(rho):
+        f = FaultModel(csi_rho=rho, seed=2)
+        net, air = multicell_network(ch, f)
+        V = run_local("zf", net, air, faults=f)[0][-1]                      # (B, I, M, N)
+        Hs = air.H[:, idx, ch.assign]                                       # (B, I, N, M) serving channels
+        g = (ch.H[:, idx, ch.assign].abs() ** 2).mean(dim=(-1, -2))         # link gain as the BS measured it
+        num = ((Hs @ V).abs() ** 2).sum(dim=(-1, -2))
+        den = ch.H.shape[-2] * g * (V.abs() ** 2).sum(dim=(-1, -2))
+        return float((num / den).mean())
+
+    assert gain_ratio(0.0) == pytest.approx(1.0, abs=0.08)
+    assert gain_ratio(1.0) > 2.0
+
+
+def test_csi_faults_and_loss_local_equals_ray(ray_session):
+    from dsim.engine.local import LocalEngine
+    from dsim.engine.ray import RayEngine
+
+    ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
+    f = FaultModel(message_loss=0.3, missing_links=0.2, csi_rho=0.8, csi_error=0.05, seed=9)
+    net, air = multicell_network(ch, f)
+    from dsim.registry import algorithm
+
+    spec = algorithm("wmmse")
+    out = {}
+    for name, eng in (("local", LocalEngine("float32", f)), ("ray", RayEngine("float32", f, shards=1))):
+        dec = []
+        try:
+            trace = eng.run(spec.build(spec.options(rounds=3), net), net, air, on_round=lambda r, V, d=dec: d.append(V))
+        finally:
+            eng.close()
+        out[name] = (torch.stack(dec), trace.ledger)
+    assert torch.equal(out["local"][0], out["ray"][0])
+    assert out["local"][1] == out["ray"][1]

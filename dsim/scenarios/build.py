@@ -167,7 +167,10 @@ def check_memory(scn: BaseModel, batch: int, seed: int, precision: str, restarts
 def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: int) -> Scenario:
     """Network + air of drawn/loaded channels of ``family``; :class:`ScenarioError` if an agent's data is
     not finite."""
-    net, air = registry.family(family).build(channels, faults, seed)
+    try:
+        net, air = registry.family(family).build(channels, faults, seed)
+    except ValueError as exc:  # e.g. a fault the family does not have
+        raise ScenarioError(str(exc)) from None
     check_finite(net, "scenario")
     return Scenario(family, net, air, channels)
 
@@ -175,8 +178,11 @@ def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: 
 def fault_model(cfg: Any) -> FaultModel:
     """The :class:`FaultModel` of a :class:`dsim.config.RunConfig` (its seed defaults to the run's)."""
     f = cfg.faults
+    stale = getattr(f, "stale_csi", None)
     return FaultModel(message_loss=f.message_loss, missing_links=f.missing_links,
-                      seed=cfg.seed if f.seed is None else f.seed)
+                      seed=cfg.seed if f.seed is None else f.seed,
+                      csi_rho=1.0 if stale is None else stale.resolved_rho(),
+                      csi_error=float(getattr(f, "csi_error", 0.0)))
 
 
 def scenario_from_config(cfg: Any) -> Scenario:

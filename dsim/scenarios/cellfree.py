@@ -512,6 +512,9 @@ class CellfreeAir(Air):
 def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
                      seed: int = 0) -> tuple[Network, CellfreeAir]:
     """Network (module docstring) and air of a :class:`CellfreeChannels` batch."""
+    if faults is not None and faults.csi_faulty:
+        raise ValueError("faults.stale_csi / faults.csi_error apply to multicell channels; cellfree's CSI model "
+                         "is scenario.csi (perfect | mmse)")
     if faults is not None and faults.missing_links > 0:
         raise ValueError("faults.missing_links applies to multicell BS-UE links; cellfree has no such links "
                          "(use faults.message_loss)")

@@ -491,7 +491,8 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
                                torch.ones(B, I, dtype=torch.bool, device=dev)),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
-    Hb = H.permute(0, 2, 1, 3, 4) * csi[..., None, None].to(H.dtype)  # (B, K, I, N, M)
+    H_held, H_air = faults.csi(H)  # stale / noisy CSI (dsim.faults): the BSs hold H_held, the air is H_air
+    Hb = H_held.permute(0, 2, 1, 3, 4) * csi[..., None, None].to(H.dtype)  # (B, K, I, N, M)
     w = ch.weights.to(real)
     nz = ch.noise_w.to(real)
     local = {
@@ -503,7 +504,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
     info = {"family": FAMILY, "batch": B, "n_bs": K, "n_ue": I, "bs_antennas": M, "ue_antennas": N,
             "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real}
     net = Network(FAMILY, B, {"bs": K, "ue": I}, edges, local, info)
-    air = MulticellAir(H, assign, nz, w, ch.power_w.to(real))
+    air = MulticellAir(H_air, assign, nz, w, ch.power_w.to(real))
     return net, air
 
 
