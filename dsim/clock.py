@@ -20,7 +20,9 @@ Model (all times in seconds, sizes in bytes, rates in bit/s):
   and is delivered. Sending is asynchronous: the sender does not wait for its transmissions, but
   its radio stays busy, so queueing carries over into later phases that use the same radio. A
   receiver finishes the phase once it has reached the phase and every message addressed to it in
-  this phase has been delivered (messages that arrive early are buffered). An agent that only
+  this phase has been delivered (messages that arrive early are buffered) or has passed its link's
+  ``deadline_s`` after its hand-over to the radio (then it is late: lost this round).  Each message's
+  flight time (hand-over to delivery) is in ``RoundTiming.flight_s``. An agent that only
   sends finishes the phase on reaching it.
 * **'measure' phase.** Pilots over the air (class ``air``: no bytes, no radio queueing). When a
   transmitter reaches the phase it sends ``S * air_symbol_s`` of pilots, S the largest symbol count
@@ -49,11 +51,14 @@ PHASE_KINDS = ("measure", "message", "local")
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """One link class: per-message delay ``latency_s`` (s), radio rate ``bandwidth_bps`` (bit/s)."""
+    """One link class: per-message delay ``latency_s`` (s), radio rate ``bandwidth_bps`` (bit/s), and a
+    ``deadline_s`` (s): a receiver waits for a message at most that long after its sender handed it to the
+    radio (a later one is lost for this round, :mod:`dsim.faults`)."""
 
     latency_s: float = 0.0
     bandwidth_bps: float = math.inf
     shared: bool = False  # True: one medium shared by all senders of this link class
+    deadline_s: float = math.inf
 
     def __post_init__(self) -> None:
         if not self.latency_s >= 0.0:
@@ -113,6 +118,9 @@ class PhaseTrace:
 class RoundTiming:
     total_s: float  # makespan of the round, s
     phase_end_s: dict[str, float]  # time the last agent finished each phase, s
+    #: (phase index, message index in the phase) -> flight time of the message, s: from its sender handing it
+    #: to the radio (reaching the phase) to its delivery (queueing + transmission + latency)
+    flight_s: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 def role_of(agent_id: str) -> str:
@@ -134,13 +142,25 @@ class _Step:
 
 
 def _transmit(env: simpy.Environment, radio: simpy.Resource, tx_s: float, latency_s: float,
-              delivered: simpy.Event):
-    """One message: queue on the radio, hold it while transmitting, then propagate."""
+              delivered: simpy.Event, deadline_s: float, flight: dict, key: tuple[int, int]):
+    """One message: queue on the radio, hold it while transmitting, then propagate; the receiver's wait
+    (``delivered``) ends at the delivery or ``deadline_s`` after the hand-over, whichever is first."""
+    start = env.now
+    if math.isfinite(deadline_s):
+        env.process(_deadline(env, deadline_s, delivered))
     with radio.request() as turn:
         yield turn
         yield env.timeout(tx_s)
     yield env.timeout(latency_s)
-    delivered.succeed()
+    flight[key] = env.now - start
+    if not delivered.triggered:
+        delivered.succeed()
+
+
+def _deadline(env: simpy.Environment, deadline_s: float, delivered: simpy.Event):
+    yield env.timeout(deadline_s)
+    if not delivered.triggered:
+        delivered.succeed()
 
 
 def _send_pilots(env: simpy.Environment, tx_s: float, latency_s: float, sent: simpy.Event,
@@ -165,21 +185,24 @@ def _agent(env: simpy.Environment, me: str, steps: list[_Step], finished: list[f
         finished[p] = env.now
 
 
-def _build_step(env: simpy.Environment, phase: PhaseTrace, cfg: ClockConfig, radios: dict) -> _Step:
+def _build_step(env: simpy.Environment, phase: PhaseTrace, cfg: ClockConfig, radios: dict, p: int = 0,
+                flight: dict | None = None) -> _Step:
     step = _Step()
+    flight = {} if flight is None else flight
     if phase.kind == "local":
         override = phase.compute_s or {}
         for a in phase.agents:
             step.compute[a] = override.get(a, cfg.compute_s.get(role_of(a), 0.0))
     elif phase.kind == "message":
-        for m in phase.messages:
+        for j, m in enumerate(phase.messages):
             spec = cfg.link(m.link)
             key = m.link if spec.shared else (m.src, m.link)
             if key not in radios:
                 radios[key] = simpy.Resource(env, capacity=1)
             delivered = env.event()
             tx_s = m.nbytes * 8 / spec.bandwidth_bps
-            step.outbox.setdefault(m.src, []).append((radios[key], tx_s, spec.latency_s, delivered))
+            step.outbox.setdefault(m.src, []).append((radios[key], tx_s, spec.latency_s, delivered,
+                                                      spec.deadline_s, flight, (p, j)))
             step.waits.setdefault(m.dst, []).append(delivered)
     else:
         symbols: dict[str, int] = {}
@@ -212,7 +235,8 @@ def simulate_round(phases: Sequence[PhaseTrace], cfg: ClockConfig) -> RoundTimin
     """Simulate one round from t = 0 (semantics in the module docstring); times in s."""
     env = simpy.Environment()
     radios: dict[Hashable, simpy.Resource] = {}
-    steps = [_build_step(env, ph, cfg, radios) for ph in phases]
+    flight: dict[tuple[int, int], float] = {}
+    steps = [_build_step(env, ph, cfg, radios, p, flight) for p, ph in enumerate(phases)]
     finished = {a: [0.0] * len(phases) for a in _agents_of(phases)}
     for a, times in finished.items():
         env.process(_agent(env, a, steps, times))
@@ -222,7 +246,7 @@ def simulate_round(phases: Sequence[PhaseTrace], cfg: ClockConfig) -> RoundTimin
         end = max((times[p] for times in finished.values()), default=0.0)
         phase_end[ph.name] = max(end, phase_end.get(ph.name, 0.0))
     total = max((times[-1] for times in finished.values()), default=0.0)
-    return RoundTiming(total_s=total, phase_end_s=phase_end)
+    return RoundTiming(total_s=total, phase_end_s=phase_end, flight_s=flight)
 
 
 def _round_key(phases: Sequence[PhaseTrace]) -> tuple:

@@ -220,13 +220,19 @@ class StaleCsiConfig(BaseModel):
 
 class FaultsConfig(BaseModel):
     """``faults``: message loss and missing-link probabilities, stale CSI, the nodes' channel-estimation
-    error variance (relative to each link's gain), their seed (None = the run's seed)."""
+    error variance (relative to each link's gain), random extra message latency and deadlines per link
+    class, their seed (None = the run's seed); :mod:`dsim.faults`."""
 
     model_config = _CFG
     message_loss: float = Field(0.0, ge=0, lt=1)
     missing_links: float = Field(0.0, ge=0, lt=1)
     stale_csi: StaleCsiConfig | None = None
     csi_error: float = Field(0.0, ge=0, allow_inf_nan=False)
+    delay: dict[LinkName, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="link class -> mean random extra latency of a message (s, exponential)")
+    deadline_s: dict[LinkName, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="link class -> deadline (s) after which a message is late (lost this "
+        "round, delivered stale next round)")
     seed: int | None = Field(None, ge=0)
 
 

@@ -7,6 +7,12 @@
 * ``message_loss`` -- each message (one edge, one realization, one phase, one round) is lost with this
   probability.  The receiver keeps the last value it got on that edge (or the phase's initial value).
 
+* ``delay`` + ``deadline_s`` (per link class) -- each message's flight time is the SimPy clock's (queueing,
+  transmission, latency: :attr:`dsim.clock.RoundTiming.flight_s`) plus a random extra latency, exponential
+  with the link class's mean ``delay`` [s], drawn per (round, phase, edge, realization).  A message whose
+  flight exceeds its link's deadline is *late*: lost for this round, and the receiver holds it from the
+  next round on (delivered stale: it replaces the receiver's last value unless a fresher message arrives).
+  The flights per message phase are set per protocol run with :meth:`FaultModel.with_flights`.
 * ``csi_rho`` (``stale_csi``) -- the CSI a node holds was measured a while before the channel the air
   evaluates: Gauss–Markov aging h_now = rho h_held + sqrt(1 - rho^2) g^(1/2) e, e ~ CN(0, 1) i.i.d., g the
   link's average gain (mean |h|^2 over its antenna pairs).  rho is given, or Jakes' rho = J0(2 pi f_D tau)
@@ -26,7 +32,7 @@ and changes nothing: the run is exactly the fault-free one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -72,6 +78,45 @@ class FaultModel:
     seed: int = 0
     csi_rho: float = 1.0
     csi_error: float = 0.0
+    delay: tuple[tuple[str, float], ...] = ()
+    deadline: tuple[tuple[str, float], ...] = ()
+    #: phase index -> (base flight times (B, E) s of the phase's edges, mean extra delay s, deadline s)
+    flights: dict[int, tuple[Tensor, float, float]] = field(default_factory=dict, compare=False, hash=False)
+
+    def link_delay(self, link: str) -> float:
+        """Mean extra latency [s] of messages on ``link`` (0: none)."""
+        return dict(self.delay).get(link, 0.0)
+
+    def link_deadline(self, link: str) -> float:
+        """Deadline [s] of messages on ``link`` (inf: none)."""
+        return dict(self.deadline).get(link, math.inf)
+
+    def with_flights(self, flights: dict[int, tuple[Tensor, float, float]]) -> FaultModel:
+        """This model with the base flight times of a protocol's message phases (:attr:`flights`); only
+        phases on a link with a finite deadline need one."""
+        return replace(self, flights=dict(flights))
+
+    @property
+    def substitutes(self) -> bool:
+        """Whether a receiver may miss a message (loss or lateness): the engines keep last values then."""
+        return self.message_loss > 0.0 or bool(self.flights)
+
+    def arrivals(self, rnd: int, phase: int, eids: Tensor, batch: int, n_edges: int) -> tuple[Tensor, Tensor]:
+        """(on time, late): (B, len(eids)) bool masks of the messages of round ``rnd``, phase ``phase`` on the
+        edges ``eids`` (drawn over all ``n_edges`` edges of the set, then sliced: every host agrees).  A
+        message neither on time nor late was lost."""
+        ok = self.delivered(rnd, phase, eids, batch, n_edges)
+        timing = self.flights.get(phase)
+        if timing is None:
+            return ok, torch.zeros_like(ok)
+        base, mean, deadline = timing
+        flight = base.to(torch.float64).cpu()
+        if mean > 0.0:
+            u = torch.rand((batch, n_edges), generator=_gen(self.seed, 5, rnd, phase), dtype=torch.float64,
+                           device="cpu")
+            flight = flight - mean * torch.log1p(-u)  # + Exp(mean)
+        in_time = (flight <= deadline).to(eids.device).index_select(1, eids)
+        return ok & in_time, ok & ~in_time
 
     @property
     def csi_faulty(self) -> bool:

@@ -8,6 +8,7 @@ was computed).  Ledger and signaling in the outputs are per realization (batch t
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections import defaultdict
@@ -50,10 +51,17 @@ def make_engine(cfg: RunConfig) -> Engine:
                      num_cpus=e.num_cpus, placement=e.placement)
 
 
-def clock_config(cfg: RunConfig) -> ClockConfig:
-    """The SimPy clock's settings of a RunConfig (link classes, fixed compute times per role, air)."""
+def clock_config(cfg: RunConfig, with_delay: bool = True) -> ClockConfig:
+    """The SimPy clock's settings of a RunConfig (link classes, fixed compute times per role, air).
+
+    The faults' deadlines (``faults.deadline_s``) are the links' deadlines; ``with_delay``: the faults' mean
+    extra latency (``faults.delay``) is added to each link's latency (the simulated time is the mean-field
+    one; the engine draws each message's own delay, :mod:`dsim.faults`)."""
     c = cfg.clock
-    links = {name: LinkSpec(latency_s=s.latency_s, bandwidth_bps=s.bandwidth_bps, shared=s.shared)
+    f = cfg.faults
+    delay = f.delay if with_delay else {}
+    links = {name: LinkSpec(latency_s=s.latency_s + delay.get(name, 0.0), bandwidth_bps=s.bandwidth_bps,
+                            shared=s.shared, deadline_s=f.deadline_s.get(name, math.inf))
              for name, s in c.links.items()}
     fixed = {role: float(v) for role, v in c.compute_s.items() if v != "measured"}
     return ClockConfig(links=links, compute_s=fixed, air_symbol_s=c.air_symbol_s,
@@ -61,6 +69,25 @@ def clock_config(cfg: RunConfig) -> ClockConfig:
 
 
 # ------------------------------------------------------------------------------------------ clock traces
+def message_flights(proto: Protocol, net: Network, wire: str, clock: RoundClock, links: Iterable[str]
+                    ) -> dict[int, torch.Tensor]:
+    """Phase index -> (B, E) flight time [s] of each message of the protocol's message phases on ``links``
+    (edges absent in a realization: 0), from the SimPy clock's round 1 of each realization's structure."""
+    want = {k for k, ph in enumerate(proto.phases) if isinstance(ph, Message) and net.edges[ph.edges].link in links}
+    if not want:
+        return {}
+    traces, inv, edge_of = _round_traces(proto, net, wire, 1, None)
+    out = {k: np.zeros((net.batch, net.edges[proto.phases[k].edges].size)) for k in want}
+    for u, phases in enumerate(traces):
+        flight = clock.round_time(phases).flight_s
+        rows = np.nonzero(inv == u)[0]
+        for t, (k, eids) in edge_of[u].items():
+            if k in want:
+                vals = np.array([flight.get((t, j), 0.0) for j in range(len(eids))])
+                out[k][np.ix_(rows, eids)] = vals
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
 def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measured: dict[str, float] | None = None
                  ) -> tuple[list[list[PhaseTrace]], np.ndarray]:
     """The phase traces of round ``rnd`` for each distinct realization structure.
@@ -71,6 +98,14 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
     is which edges of the protocol's message phases exist in it (lost messages are still sent, so loss
     does not change it).
     """
+    traces, inv, _ = _round_traces(proto, net, wire, rnd, measured)
+    return traces, inv
+
+
+def _round_traces(proto: Protocol, net: Network, wire: str, rnd: int, measured: dict[str, float] | None
+                  ) -> tuple[list[list[PhaseTrace]], np.ndarray, list[dict[int, tuple[int, np.ndarray]]]]:
+    """:func:`round_traces`, plus per structure: trace phase index -> (protocol phase index, edge id of each
+    of its messages)."""
     sets = sorted({ph.edges for ph in proto.phases if isinstance(ph, Message)})
     if sets:
         key = torch.cat([net.edges[s].mask for s in sets], dim=1).cpu().numpy()
@@ -78,7 +113,7 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
     else:
         uniq, inv = np.zeros((1, 0), dtype=bool), np.zeros(net.batch, dtype=np.int64)
     ids = {role: net.agent_ids(role) for role in net.counts}
-    traces = []
+    traces, edge_of = [], []
     for u in uniq:
         offset, mask_of = 0, {}
         for s in sets:
@@ -86,7 +121,8 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
             mask_of[s] = u[offset: offset + n]
             offset += n
         phases = []
-        for ph in proto.phases:
+        edges_here: dict[int, tuple[int, np.ndarray]] = {}
+        for k, ph in enumerate(proto.phases):
             if not runs_in(ph, rnd, proto.rounds):
                 continue
             if isinstance(ph, Measure):
@@ -102,13 +138,15 @@ def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measure
                 msgs = tuple(MessageTrace(ids[es.src_role][a], ids[es.dst_role][b], es.link, nb)
                              for a, b in zip(src, dst))
                 agents = tuple(dict.fromkeys([m.src for m in msgs] + [m.dst for m in msgs]))
+                edges_here[len(phases)] = (k, on)
                 phases.append(PhaseTrace(ph.name, "message", agents, messages=msgs))
             elif isinstance(ph, Local):
                 agents = tuple(ids[ph.role])
                 comp = {a: measured[ph.name] for a in agents} if measured and ph.name in measured else None
                 phases.append(PhaseTrace(ph.name, "local", agents, compute_s=comp))
         traces.append(phases)
-    return traces, inv.reshape(-1)
+        edge_of.append(edges_here)
+    return traces, inv.reshape(-1), edge_of
 
 
 def round_time_s(proto: Protocol, net: Network, wire: str, clock: RoundClock, rnd: int = 1,
@@ -188,7 +226,8 @@ def build_algorithm(alg: AlgorithmConfig, scn: Scenario) -> tuple[Protocol, Netw
 
 
 def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
-                  progress: bool = True, measured_roles: Iterable[str] = ()) -> AlgorithmRun:
+                  progress: bool = True, measured_roles: Iterable[str] = (),
+                  flight_clock: RoundClock | None = None) -> AlgorithmRun:
     """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
     scenario.
 
@@ -196,7 +235,9 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
     network and air repeated n times (realization-major blocks b + B*r, each block seeded differently);
     per realization the final WSR (and per-user rate) is the best of the n, while the per-round WSR is
     the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
-    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant."""
+    simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant.
+    ``flight_clock``: the clock without the faults' mean extra delays, whose message flight times the
+    deadline fault uses (default ``clock``)."""
     from tqdm.auto import tqdm
 
     proto, net, air, build_s = build_algorithm(alg, scn)
@@ -215,8 +256,19 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
         if r:
             bar.update(1)
 
+    faults = engine.faults
+    deadlines = dict(faults.deadline)
+    if deadlines:  # the deadline fault needs each message's flight time on the clock (dsim.faults)
+        base_clock = flight_clock if flight_clock is not None else clock
+        flights = message_flights(proto, net, wire, base_clock, deadlines)
+        engine.faults = faults.with_flights({
+            k: (f, faults.link_delay(net.edges[proto.phases[k].edges].link),
+                deadlines[net.edges[proto.phases[k].edges].link]) for k, f in flights.items()})
     t0 = time.perf_counter()
-    trace = engine.run(proto, net, air, on_round=on_round)
+    try:
+        trace = engine.run(proto, net, air, on_round=on_round)
+    finally:
+        engine.faults = faults
     wall = time.perf_counter() - t0
     bar.close()
     W = np.stack(wsr_rounds)  # (R+1, restarts*B)
@@ -278,12 +330,14 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
                        engine=cfg.engine.kind, family=scn.family, coherence_s=cfg.clock.coherence_s)
     engine = make_engine(cfg)
     clock = RoundClock(clock_config(cfg))
+    flight_clock = RoundClock(clock_config(cfg, with_delay=False)) if cfg.faults.delay else clock
     failures: dict[str, str] = defaultdict(str)
     try:
         for i, alg in enumerate(cfg.algorithms):
             try:
                 res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
-                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"])
+                                    [r for r, v in cfg.clock.compute_s.items() if v == "measured"],
+                                    flight_clock)
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the finished algorithms stay written, with plots
                 writer.fail(alg.label, "interrupted")
                 for later in cfg.algorithms[i + 1:]:

@@ -348,3 +348,106 @@ def test_csi_faults_and_loss_local_equals_ray(ray_session):
         out[name] = (torch.stack(dec), trace.ledger)
     assert torch.equal(out["local"][0], out["ray"][0])
     assert out["local"][1] == out["ray"][1]
+
+
+# ------------------------------------------------------------------------------------ delay and deadlines
+def _deadline_setup(deadline, delay=None, batch=2):
+    from dsim.clock import RoundClock
+    from dsim.config import config_from_dict
+    from dsim.registry import algorithm
+    from dsim.run import clock_config, message_flights
+    from dsim.scenarios.build import fault_model, scenario_from_config
+
+    faults = {"deadline_s": {"ul": deadline}} | ({"delay": {"ul": delay}} if delay else {})
+    cfg = config_from_dict({"seed": 1, "batch": batch, "scenario": {"family": "multicell"},
+                            "algorithms": [{"name": "wmmse", "rounds": 4}], "wire": {"dtype": "float64"},
+                            "clock": {"links": {"ul": {"latency_s": 1e-3, "bandwidth_bps": 1e6}}},
+                            "faults": faults, "output": "unused"})
+    scn = scenario_from_config(cfg)
+    spec = algorithm("wmmse")
+    proto = spec.build(spec.options(rounds=4), scn.net)
+    fm = fault_model(cfg)
+    fl = message_flights(proto, scn.net, "float64", RoundClock(clock_config(cfg, with_delay=False)), ["ul"])
+    fm = fm.with_flights({k: (f, fm.link_delay("ul"), deadline) for k, f in fl.items()})
+    return scn, proto, fm
+
+
+def test_deadline_drops_exactly_the_messages_the_clock_says_are_late():
+    """Triangle (3 BSs, 12 UEs, all in range), ul 1 ms + 1 Mbit/s.  Each UE hands its three U W U^H messages
+    (to BS 0, 1, 2, in that order) and then its U W to one radio: flights are (k+1) t_x + 1 ms for BS k and
+    3 t_x + t_y + 1 ms for U W (t = bytes * 8 / 1e6).  A deadline of 1 ms + 2.5 t_x makes exactly the
+    messages to BS 2 and every U W late."""
+    from dsim.protocol import Message
+    from dsim.wire import message_nbytes
+
+    ph = {p.name: p for p in _deadline_setup(1.0)[1].phases}
+    tx = message_nbytes(ph["ul_uwu"].fields, "float64") * 8 / 1e6
+    ty = message_nbytes(ph["ul_uw"].fields, "float64") * 8 / 1e6
+    scn, proto, fm = _deadline_setup(1e-3 + 2.5 * tx)
+    k_uwu = next(k for k, p in enumerate(proto.phases) if p.name == "ul_uwu")
+    k_uw = next(k for k, p in enumerate(proto.phases) if p.name == "ul_uw")
+    flights = fm.flights[k_uwu][0]
+    want = torch.tensor([(k + 1) * tx + 1e-3 for _ in range(12) for k in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(flights, want.expand(2, -1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(fm.flights[k_uw][0], torch.full((2, 12), 3 * tx + ty + 1e-3, dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+    eids = torch.arange(36)
+    ok, late = fm.arrivals(1, k_uwu, eids, 2, 36)
+    assert torch.equal(late, (eids % 3 == 2).expand(2, -1)) and torch.equal(ok, ~late)
+    ok, late = fm.arrivals(1, k_uw, torch.arange(12), 2, 12)
+    assert bool(late.all()) and not bool(ok.any())
+    assert isinstance(proto.phases[k_uwu], Message)
+
+
+def test_late_message_is_delivered_stale_next_round():
+    """With the deadline above, BS 2's U W U^H of UE i in round r is the one UE i computed in round r - 1
+    (0 in round 1); BSs 0 and 1 get round r's."""
+    from dsim.engine.local import LocalEngine
+
+    ph = {p.name: p for p in _deadline_setup(1.0)[1].phases}
+    from dsim.wire import message_nbytes
+
+    tx = message_nbytes(ph["ul_uwu"].fields, "float64") * 8 / 1e6
+    scn, proto, fm = _deadline_setup(1e-3 + 2.5 * tx)
+    eng = LocalEngine("float64", fm)
+    snaps = []
+    eng.run(proto, scn.net, scn.air, on_round=lambda r, V: snaps.append(
+        (eng.block("ue").state.get("UWU"), eng.block("bs").state.get("X_in"))) if r else None)
+    k_of = torch.arange(36) % 3
+    i_of = torch.arange(36) // 3
+    for r in range(1, len(snaps)):
+        uwu_now, x_in = snaps[r]
+        uwu_prev = snaps[r - 1][0]
+        torch.testing.assert_close(x_in[:, k_of < 2], uwu_now[:, i_of[k_of < 2]], rtol=1e-15, atol=0)
+        torch.testing.assert_close(x_in[:, k_of == 2], uwu_prev[:, i_of[k_of == 2]], rtol=1e-15, atol=0)
+    assert not bool(snaps[0][1][:, k_of == 2].abs().max())
+
+
+def test_delay_zero_and_infinite_deadline_are_fault_free(tmp_path):
+    import json
+
+    outs = []
+    for faults in ({}, {"delay": {"ul": 0.0}}, {"deadline_s": {"ul": 1e9}}):
+        cfg = _cfg(tmp_path, faults=faults, output=str(tmp_path / f"r{len(outs)}"))
+        assert main(["run", str(cfg), "--no-progress"]) == 0
+        outs.append(json.loads((tmp_path / f"r{len(outs)}" / "summary.json").read_text())["algorithms"]["wmmse"])
+    for o in outs[1:]:
+        assert o["final_wsr"] == outs[0]["final_wsr"] and o["sim_time_s"] == outs[0]["sim_time_s"]
+
+
+def test_random_delay_local_equals_ray(ray_session):
+    from dsim.engine.local import LocalEngine
+    from dsim.engine.ray import RayEngine
+
+    scn, proto, fm = _deadline_setup(2.2e-3, delay=5e-4)
+    out = {}
+    for name, eng in (("local", LocalEngine("float64", fm)), ("ray", RayEngine("float64", fm, shards=1))):
+        dec = []
+        try:
+            trace = eng.run(proto, scn.net, scn.air, on_round=lambda r, V, d=dec: d.append(V))
+        finally:
+            eng.close()
+        out[name] = (torch.stack(dec), trace.ledger)
+    assert torch.equal(out["local"][0], out["ray"][0]) and out["local"][1] == out["ray"][1]
+    ok, late = fm.arrivals(2, 2, torch.arange(36), 2, 36)
+    assert 0 < int(late.sum()) < 72  # the random delays make some, not all, late

@@ -127,7 +127,8 @@ class Host:
     def deliver(self, k: int, rnd: int, eids: Tensor, payload: dict[str, Tensor]) -> None:
         """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host).
 
-        Lost messages are replaced by the edge's last value (or the phase's initial one); then, for a
+        Lost and late messages are replaced by the edge's last value (or the phase's initial one); a late one
+        becomes the edge's last value for the next round (:mod:`dsim.faults`); then, for a
         phase with ``aggr`` != 'none', the messages are aggregated over each receiver's present in-edges.
         """
         ph = self.proto.phases[k]
@@ -141,18 +142,19 @@ class Host:
                 raise RuntimeError(f"phase {ph.name!r}: host got edges {eids.tolist()}, expects {ev.eid.tolist()}")
             payload = {n: v.index_select(1, order) for n, v in payload.items()}
         payload = {n: ev.masked(v) for n, v in payload.items()}  # nothing travels on an absent edge
-        ok = self.faults.delivered(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
-        if self.faults.message_loss > 0.0:
+        ok, late = self.faults.arrivals(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
+        if self.faults.substitutes:
             last = self.last.get(ph.name)
             if last is None:
                 last = (ph.initial(self.block, ev) if ph.initial
                         else {n: torch.zeros_like(v) for n, v in payload.items()})
-            merged = {}
+            merged, held = {}, {}
             for n, v in payload.items():
                 m = ok.reshape(ok.shape + (1,) * (v.dim() - 2))
                 merged[n] = torch.where(m, v, last[n])
+                held[n] = torch.where(late.reshape(m.shape), v, merged[n])  # a late message arrives for next round
             payload = merged
-            self.last[ph.name] = payload
+            self.last[ph.name] = held
         if ph.aggr != "none":
             payload = {n: ev.reduce_dst(v, ph.aggr) for n, v in payload.items()}
         ph.receive(self.block, Inbox(payload=payload, delivered=ok & ev.mask, edges=ev))

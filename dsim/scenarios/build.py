@@ -182,7 +182,9 @@ def fault_model(cfg: Any) -> FaultModel:
     return FaultModel(message_loss=f.message_loss, missing_links=f.missing_links,
                       seed=cfg.seed if f.seed is None else f.seed,
                       csi_rho=1.0 if stale is None else stale.resolved_rho(),
-                      csi_error=float(getattr(f, "csi_error", 0.0)))
+                      csi_error=float(getattr(f, "csi_error", 0.0)),
+                      delay=tuple(sorted(getattr(f, "delay", {}).items())),
+                      deadline=tuple(sorted(getattr(f, "deadline_s", {}).items())))
 
 
 def scenario_from_config(cfg: Any) -> Scenario:
