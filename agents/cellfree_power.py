@@ -177,6 +177,8 @@ def admm_qp(A: torch.Tensor, b: torch.Tensor, power: float | torch.Tensor, z0: t
         u   = u + x - z
     Stops per topology when ||x - z|| <= tol max(||x||, ||z||) and
     ||Xi (z - z_prev)|| <= tol max(||lam||, ||2b||) (relative primal / dual residuals), or after max_iter.
+    A topology whose ``2 A_i + Xi`` is not positive definite (or whose A, b are not finite) keeps the
+    projected warm start z0.
     A (B, K, L, L), b (B, K, L), z0 / lam0 (B, K, L) warm start.  Returns (z (B, K, L) feasible,
     lam (B, K, L), iterations (B,) until each topology met the tolerance (max_iter if it did not)).
     """
@@ -185,7 +187,14 @@ def admm_qp(A: torch.Tensor, b: torch.Tensor, power: float | torch.Tensor, z0: t
         tol = 1e-9 if b.dtype == torch.float64 else 1e-5
     xi = admm_penalty(A, rho)[:, None, :]  # (B, 1, L)
     M = 2.0 * A + torch.diag_embed(xi.expand(B, K, L))
-    Minv = torch.cholesky_inverse(torch.linalg.cholesky(M))
+    # statistics that do not give a positive-definite QP (e.g. under a float16 wire the fronthaul statistics,
+    # ~1e-14 ... 1e-7, underflow to 0, or an AP's statistics never arrived): that topology keeps z0
+    chol, info = torch.linalg.cholesky_ex(M)
+    bad = (info != 0).any(dim=1) | ~torch.isfinite(M).all(dim=(1, 2, 3)) | ~torch.isfinite(b).all(dim=(1, 2))
+    eye = torch.eye(L, dtype=M.dtype, device=M.device).expand(B, K, L, L)
+    chol = torch.where(bad[:, None, None, None], eye, chol)
+    Minv = torch.cholesky_inverse(chol)
+    b = torch.where(bad[:, None, None], torch.zeros((), dtype=b.dtype, device=b.device), b)
     z = project_power(z0, power)
     u = lam0 / xi
     b2 = 2.0 * b
@@ -208,6 +217,7 @@ def admm_qp(A: torch.Tensor, b: torch.Tensor, power: float | torch.Tensor, z0: t
         done = done | ok
         if bool(done.all()):
             break
+    z = torch.where(bad[:, None, None], project_power(z0, power), z)
     return z, xi * u, iters
 
 
