@@ -19,7 +19,11 @@ Distributed (one protocol round = one GNN layer, link class ``fh``):
   2. ``fh_agg`` (cpu>ap): the CPU takes the elementwise max over APs, m_m = max_l mhat_lm, and sends the
      (K, 64) result back to every AP.
   3. ``ap_update`` (local): AP l runs U_t for its K nodes and normalises (27) with its own budget.
-Per layer: L messages of 64K reals up and L of 64K reals down (2 * 64 * L * K reals).  The MAX over
+Per layer: L messages of 64K reals up and L of 64K reals down (2 * 64 * L * K reals).
+Silent neighbours (a lost or late message; declared once, on the phases): an AP's pre-aggregate that does
+not reach the CPU is excluded from the MAX (``silent='exclude'``: the MAX over the APs heard -- a previous
+layer's message would be another layer's, and 0 is not neutral for Tanh outputs); an AP that misses the
+CPU's aggregate keeps the last one it received (``silent='last'``).  The MAX over
 APs and UEs is exactly the dense graph's MAX over in-edges (tests/test_icgnn.py checks it against an
 explicit KL x KL edge-list implementation).
 
@@ -221,8 +225,10 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
                                          p_rel, power)
 
     phases = [
-        Message("fh_msg", "ap>cpu", (MsgField("m", "real", (K, d)),), send_msg, store_agg, aggr="max"),
-        Message("fh_agg", "cpu>ap", (MsgField("m", "real", (K, d)),), send_agg, store_agg, aggr="sum"),
+        Message("fh_msg", "ap>cpu", (MsgField("m", "real", (K, d)),), send_msg, store_agg, aggr="max",
+                silent="exclude"),
+        Message("fh_agg", "cpu>ap", (MsgField("m", "real", (K, d)),), send_agg, store_agg, aggr="sum",
+                silent="last"),
         Local("ap_update", "ap", ap_update),
     ]
     return Protocol("icgnn", ("ap", "cpu"), {"ap": init_ap}, phases, params.layers, Output("ap", "p"),

@@ -64,6 +64,8 @@ class Field:
 
 #: how a message phase's inbox is aggregated over each receiver's in-edges
 AGGREGATIONS = ("none", "sum", "mean", "max")
+#: what a message that did not arrive means to its receiver (:class:`Message` ``silent``)
+SILENT = ("last", "exclude")
 
 
 def group_slots(index: Tensor, n: int) -> tuple[Tensor, int]:
@@ -306,6 +308,12 @@ class Message:
     when:                     'every' round (default), only the 'first' or only the 'last' round.
     initial(block, in_edges) -> {field: (B, E_in, ...)}: what a receiver holds before any message arrived
                               (default zeros); kept when messages are lost.
+    silent:                   what a message that did not arrive (lost, late, its sender crashed) means to
+                              the receiver -- the protocol's one declaration, whatever the fault:
+                              'last' (default): the last value received on the edge (or ``initial``);
+                              'exclude': the edge is left out this round, like an absent edge (the
+                              aggregation runs over the messages that arrived; with aggr 'none' the payload
+                              is 0 there and ``inbox.delivered`` says so).
     """
 
     name: str
@@ -316,11 +324,14 @@ class Message:
     initial: Callable[[AgentBlock, EdgeView], dict[str, Tensor]] | None = None
     aggr: str = "none"
     when: str = "every"
+    silent: str = "last"
     kind: str = field(default="message", init=False)
 
     def __post_init__(self) -> None:
         if self.aggr not in AGGREGATIONS:
             raise ValueError(f"phase {self.name!r}: aggr={self.aggr!r} not in {AGGREGATIONS}")
+        if self.silent not in SILENT:
+            raise ValueError(f"phase {self.name!r}: silent={self.silent!r} not in {SILENT}")
 
 
 @dataclass

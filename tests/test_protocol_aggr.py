@@ -240,3 +240,23 @@ def test_block_round_is_zero_at_init_and_r_in_round_r():
     a, b = eng.block("a").state["log"], eng.block("b").state["log"]
     assert a == [("init", 0)] + [("transmit", r) for r in (1, 2)] + [("transmit", 3), ("send", 3)]
     assert b == [("init", 0)] + [x for r in (1, 2, 3) for x in (("measured", r), ("compute", r))] + [("receive", 3)]
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(edge_case(), st.sampled_from(["sum", "mean", "max"]))
+def test_silent_exclude_reduces_over_the_messages_that_arrived(case, how):
+    """silent='exclude': the receiver's aggregate is the reduction over its in-edges that are present AND
+    whose message of this round arrived (the fault model's own draw), i.e. lost messages count as absent."""
+    n_a, n_b, src, dst, B, seed = case
+    mask = np.random.default_rng(seed).random((B, len(src))) < 0.8
+    net = _net(n_a, n_b, src, dst, mask)
+    faults = FaultModel(message_loss=0.4, seed=seed % 1000)
+    raw = _decisions(_proto("none"), net, FaultModel())  # fresh messages every round
+    proto = _proto(how)
+    proto.phases[0].silent = "exclude"
+    agg = _decisions(proto, net, faults)
+    eids = torch.arange(len(src))
+    for r in range(1, 4):
+        ok = faults.delivered(r, 0, eids, B, len(src)).numpy()
+        want = ref_reduce(raw[r].numpy(), np.array(dst, dtype=np.int64), n_b, how, 1, mask & ok)
+        np.testing.assert_allclose(agg[r].numpy(), want, rtol=1e-12, atol=1e-12)

@@ -128,7 +128,8 @@ class Host:
         """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host).
 
         Lost and late messages are replaced by the edge's last value (or the phase's initial one); a late one
-        becomes the edge's last value for the next round (:mod:`dsim.faults`); then, for a
+        becomes the edge's last value for the next round (:mod:`dsim.faults`) -- or, for a phase with
+        ``silent='exclude'``, left out like absent edges this round; then, for a
         phase with ``aggr`` != 'none', the messages are aggregated over each receiver's present in-edges.
         """
         ph = self.proto.phases[k]
@@ -143,7 +144,11 @@ class Host:
             payload = {n: v.index_select(1, order) for n, v in payload.items()}
         payload = {n: ev.masked(v) for n, v in payload.items()}  # nothing travels on an absent edge
         ok, late = self.faults.arrivals(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
-        if self.faults.substitutes:
+        if ph.silent == "exclude":  # a missing message is an absent edge this round
+            if self.faults.substitutes:
+                ev = EdgeView(ev.src, ev.dst, ev.src_local, ev.dst_local, ev.eid, ev.mask & ok, ev.n_src, ev.n_dst)
+                payload = {n: ev.masked(v) for n, v in payload.items()}
+        elif self.faults.substitutes:
             last = self.last.get(ph.name)
             if last is None:
                 last = (ph.initial(self.block, ev) if ph.initial
