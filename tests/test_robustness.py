@@ -451,3 +451,28 @@ def test_random_delay_local_equals_ray(ray_session):
     assert torch.equal(out["local"][0], out["ray"][0]) and out["local"][1] == out["ray"][1]
     ok, late = fm.arrivals(2, 2, torch.arange(36), 2, 36)
     assert 0 < int(late.sum()) < 72  # the random delays make some, not all, late
+
+
+def test_interrupted_training_keeps_the_last_finished_step(tmp_path):
+    """Ctrl-C in step 3 (while drawing its minibatch): the checkpoint holds step 2, with the state a run of
+    exactly 2 steps ends in, and --resume could continue from it."""
+    from dsim.learn import get_learnable
+    from dsim.train import train
+    from tests.test_train import _opts, sample
+
+    def interrupted(batch: int, seed: int):
+        if seed == 3 * 1_000_003 + 3:  # the minibatch of step 3
+            raise KeyboardInterrupt
+        return sample(batch, seed)
+
+    learn = get_learnable("gcn_wmmse", _opts().options)
+    with pytest.raises(KeyboardInterrupt):
+        train(learn, interrupted, _opts(steps=5, checkpoint_every=5), tmp_path / "a", seed=3)
+    two = get_learnable("gcn_wmmse", _opts().options)
+    train(two, sample, _opts(steps=2, checkpoint_every=5), tmp_path / "b", seed=3)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == 2 and len(a["log"]) == 2
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    assert (tmp_path / "a" / "train_log.csv").is_file()
