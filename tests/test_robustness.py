@@ -219,6 +219,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_sigterm_keeps_finished_results_local_engine(tmp_path):
+    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dsim", "run", str(cfg), "--no-progress"], cwd=str(ROOT),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.csv"
+    t0 = time.time()
+    while not (metrics.exists() and "zf" in metrics.read_text()) and time.time() - t0 < 90:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("dsim: terminated (SIGTERM); results of the finished")
+    assert "Traceback" not in err and "zf" in metrics.read_text()
+    assert (tmp_path / "run" / "plots" / "wsr_vs_round.png").is_file()
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
 def test_interrupt_keeps_finished_results_and_leaves_no_ray_workers(tmp_path, sig, code):
     cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}],

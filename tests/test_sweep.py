@@ -102,3 +102,28 @@ def test_sweep_section_of_the_config(tmp_path):
     assert rows[0]["wsr_mean"] == rows[1]["wsr_mean"]
     assert float(rows[3]["wsr_mean"]) > float(rows[2]["wsr_mean"])
     assert (tmp_path / "sw" / "plots" / "power__wsr_vs_scenario.bs_power_dbm.png").is_file()
+
+
+def test_interrupted_sweep_keeps_finished_points_and_resumes(tmp_path, monkeypatch, capsys):
+    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}])
+    real = run_mod.run_algorithm
+    seen = []
+
+    def alg(a, scn, *args, **kw):
+        seen.append(scn.net.info.get("seed"))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(a, scn, *args, **kw)
+
+    monkeypatch.setattr(run_mod, "run_algorithm", alg)
+    argv = ["sweep", str(cfg), "--grid", "seed=1,2,3", "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dsim: interrupted; finished sweep points are kept")
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "sweep.csv")))
+    assert [(r["seed"], r["status"]) for r in rows if r["status"] == "ok"] == [("1", "ok")]
+    seen.clear()
+    monkeypatch.setattr(run_mod, "run_algorithm", real)
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "sweep.csv")))
+    assert [(r["seed"], r["status"]) for r in rows] == [("1", "ok"), ("2", "ok"), ("3", "ok")]
