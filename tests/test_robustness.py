@@ -219,6 +219,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_finished_results_local_engine(tmp_path):
     cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}])
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -346,28 +347,6 @@ def test_rho_zero_makes_csi_useless_in_expectation():
     assert gain_ratio(1.0) > 2.0
 
 
-def test_csi_faults_and_loss_local_equals_ray(ray_session):
-    from dsim.engine.local import LocalEngine
-    from dsim.engine.ray import RayEngine
-
-    ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
-    f = FaultModel(message_loss=0.3, missing_links=0.2, csi_rho=0.8, csi_error=0.05, seed=9)
-    net, air = multicell_network(ch, f)
-    from dsim.registry import algorithm
-
-    spec = algorithm("wmmse")
-    out = {}
-    for name, eng in (("local", LocalEngine("float32", f)), ("ray", RayEngine("float32", f, shards=1))):
-        dec = []
-        try:
-            trace = eng.run(spec.build(spec.options(rounds=3), net), net, air, on_round=lambda r, V, d=dec: d.append(V))
-        finally:
-            eng.close()
-        out[name] = (torch.stack(dec), trace.ledger)
-    assert torch.equal(out["local"][0], out["ray"][0])
-    assert out["local"][1] == out["ray"][1]
-
-
 # ------------------------------------------------------------------------------------ delay and deadlines
 def _deadline_setup(deadline, delay=None, batch=2):
     from dsim.clock import RoundClock
@@ -453,22 +432,39 @@ def test_delay_zero_and_infinite_deadline_are_fault_free(tmp_path):
         assert o["final_wsr"] == outs[0]["final_wsr"] and o["sim_time_s"] == outs[0]["sim_time_s"]
 
 
-def test_random_delay_local_equals_ray(ray_session):
+def test_faults_local_equals_ray(ray_session):
+    """Every fault at p > 0 -- message loss, missing links, stale and noisy CSI, random delay with a deadline --
+    gives the same numbers and ledger on the Ray engine as on the local engine (one actor pool, two runs)."""
+    from dsim.clock import ClockConfig, LinkSpec, RoundClock
     from dsim.engine.local import LocalEngine
     from dsim.engine.ray import RayEngine
+    from dsim.registry import algorithm
+    from dsim.run import message_flights
 
-    scn, proto, fm = _deadline_setup(2.2e-3, delay=5e-4)
-    out = {}
-    for name, eng in (("local", LocalEngine("float64", fm)), ("ray", RayEngine("float64", fm, shards=1))):
-        dec = []
-        try:
-            trace = eng.run(proto, scn.net, scn.air, on_round=lambda r, V, d=dec: d.append(V))
-        finally:
-            eng.close()
-        out[name] = (torch.stack(dec), trace.ledger)
-    assert torch.equal(out["local"][0], out["ray"][0]) and out["local"][1] == out["ray"][1]
-    ok, late = fm.arrivals(2, 2, torch.arange(36), 2, 36)
-    assert 0 < int(late.sum()) < 72  # the random delays make some, not all, late
+    ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
+    spec = algorithm("wmmse")
+    csi = FaultModel(message_loss=0.3, missing_links=0.2, csi_rho=0.8, csi_error=0.05, seed=9)
+    net, air = multicell_network(ch, csi)
+    proto = spec.build(spec.options(rounds=3), net)
+    clock = RoundClock(ClockConfig(links={"ul": LinkSpec(1e-3, 1e6)}))
+    late = FaultModel(message_loss=0.1, delay=(("ul", 5e-4),), deadline=(("ul", 2.0e-3),), seed=4)
+    late = late.with_flights({k: (f, 5e-4, 2.0e-3) for k, f in message_flights(proto, net, "float64", clock,
+                                                                                 ["ul"]).items()})
+    ray_engine = RayEngine("float64", FaultModel(), shards=1)
+    try:
+        for fm in (csi, late):
+            out = []
+            for eng in (LocalEngine("float64", fm), ray_engine):
+                eng.faults = fm
+                dec = []
+                trace = eng.run(proto, net, air, on_round=lambda r, V, d=dec: d.append(V))
+                out.append((torch.stack(dec), trace.ledger))
+            assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1]
+    finally:
+        ray_engine.close()
+    n_edges = net.edges["ue>bs"].size
+    ok, lt = late.arrivals(2, 2, torch.arange(n_edges), 2, n_edges)
+    assert 0 < int(lt.sum()) < lt.numel()  # the random delays make some, not all, messages late
 
 
 def test_interrupted_training_keeps_the_last_finished_step(tmp_path):
