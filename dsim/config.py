@@ -218,6 +218,21 @@ class StaleCsiConfig(BaseModel):
         return float(self.rho) if self.rho is not None else jakes_rho(float(self.doppler_hz), float(self.delay_s))
 
 
+class CrashConfig(BaseModel):
+    """One ``faults.crash`` entry: agent ``agent`` (its id, e.g. 'ue3', 'bs0', 'cpu') is silent from ``round``
+    (1-based) on, its share of the decision frozen."""
+
+    model_config = _CFG
+    agent: Annotated[str, Field(pattern=r"^[a-z_]+[0-9]*$")]
+    round: int = Field(ge=1)
+
+    @field_validator("agent")
+    @classmethod
+    def _known_role(cls, v: str) -> str:
+        _role_name(v.rstrip("0123456789"))
+        return v
+
+
 class FaultsConfig(BaseModel):
     """``faults``: message loss and missing-link probabilities, stale CSI, the nodes' channel-estimation
     error variance (relative to each link's gain), random extra message latency and deadlines per link
@@ -233,6 +248,7 @@ class FaultsConfig(BaseModel):
     deadline_s: dict[LinkName, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="link class -> deadline (s) after which a message is late (lost this "
         "round, delivered stale next round)")
+    crash: list[CrashConfig] = Field(default_factory=list)
     seed: int | None = Field(None, ge=0)
 
 

@@ -13,6 +13,10 @@
   flight exceeds its link's deadline is *late*: lost for this round, and the receiver holds it from the
   next round on (delivered stale: it replaces the receiver's last value unless a fresher message arrives).
   The flights per message phase are set per protocol run with :meth:`FaultModel.with_flights`.
+* ``crash`` -- (agent id, round) pairs: from that round on the agent is silent (none of its messages is
+  delivered; each receiver applies its protocol's silent-neighbour rule) and its share of the decision
+  stays what it was after the round before (a crashed transmitter keeps its last setting).  Both engines
+  apply it in the same host code; the Ray engine does not kill the actor (see the issue notes).
 * ``csi_rho`` (``stale_csi``) -- the CSI a node holds was measured a while before the channel the air
   evaluates: Gauss–Markov aging h_now = rho h_held + sqrt(1 - rho^2) g^(1/2) e, e ~ CN(0, 1) i.i.d., g the
   link's average gain (mean |h|^2 over its antenna pairs).  rho is given, or Jakes' rho = J0(2 pi f_D tau)
@@ -71,6 +75,8 @@ class FaultModel:
     seed:          seed of the fault draws.
     csi_rho:       Gauss–Markov correlation between the CSI held and the channel evaluated, in [-1, 1].
     csi_error:     channel-estimation error variance relative to the link gain, >= 0.
+    delay, deadline: (link class, mean extra latency s) / (link class, deadline s) pairs.
+    crash:         (agent id, round) pairs: the agent is silent from that round on.
     """
 
     message_loss: float = 0.0
@@ -80,6 +86,7 @@ class FaultModel:
     csi_error: float = 0.0
     delay: tuple[tuple[str, float], ...] = ()
     deadline: tuple[tuple[str, float], ...] = ()
+    crash: tuple[tuple[str, int], ...] = ()
     #: phase index -> (base flight times (B, E) s of the phase's edges, mean extra delay s, deadline s)
     flights: dict[int, tuple[Tensor, float, float]] = field(default_factory=dict, compare=False, hash=False)
 
@@ -98,8 +105,22 @@ class FaultModel:
 
     @property
     def substitutes(self) -> bool:
-        """Whether a receiver may miss a message (loss or lateness): the engines keep last values then."""
-        return self.message_loss > 0.0 or bool(self.flights)
+        """Whether a receiver may miss a message (loss, lateness, a crashed sender): the engines keep last
+        values then."""
+        return self.message_loss > 0.0 or bool(self.flights) or bool(self.crash)
+
+    def crashed(self, role: str, ids: Tensor, rnd: int, name: str | None = None) -> Tensor:
+        """(len(ids),) bool: agents ``ids`` (global indices) of ``role`` have crashed by round ``rnd``.
+        Agent ids are ``<role><index>`` (``name``: a role whose single agent has its own id, e.g. 'cpu')."""
+        out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        for agent, at in self.crash:
+            if rnd < at:
+                continue
+            if agent == name:
+                out |= ids == 0
+            elif agent.startswith(role) and agent[len(role):].isdigit():
+                out |= ids == int(agent[len(role):])
+        return out
 
     def arrivals(self, rnd: int, phase: int, eids: Tensor, batch: int, n_edges: int) -> tuple[Tensor, Tensor]:
         """(on time, late): (B, len(eids)) bool masks of the messages of round ``rnd``, phase ``phase`` on the

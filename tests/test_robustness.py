@@ -467,6 +467,52 @@ def test_faults_local_equals_ray(ray_session):
     assert 0 < int(lt.sum()) < lt.numel()  # the random delays make some, not all, messages late
 
 
+# ------------------------------------------------------------------------------------ crash
+def test_crash_silences_the_agent_and_freezes_its_decision():
+    """bs1 crashes in round 3: its beamformers (decision rows of the UEs it serves) stay those of round 2;
+    ue0 crashes in round 3: its serving BS never hears it again and keeps its round-2 beamformer; a crash
+    after the last round is exactly fault-free."""
+    ch = base_channels(batch=2, seed=3)
+    clean, _ = run_local("wmmse", *multicell_network(ch), rounds=6)
+    served = ch.assign == 1
+    f = FaultModel(crash=(("bs1", 3),))
+    Vs, _ = run_local("wmmse", *multicell_network(ch, f), rounds=6, faults=f)
+    for r in range(3, 7):
+        assert torch.equal(Vs[r][:, served], Vs[2][:, served])
+    assert torch.equal(Vs[2], clean[2]) and not torch.equal(Vs[4][:, ~served], clean[4][:, ~served])
+    f = FaultModel(crash=(("ue0", 3),))
+    Vs, _ = run_local("wmmse", *multicell_network(ch, f), rounds=6, faults=f)
+    for r in range(3, 7):  # the kept beamformer, at most scaled down by its BS's budget projection (15)
+        for b in range(2):
+            c = (Vs[r][b, 0] / Vs[2][b, 0]).flatten()
+            assert float((c - c[0]).abs().max()) < 1e-9 and abs(float(c[0].imag)) < 1e-9
+            assert 0 < float(c[0].real) <= 1 + 1e-12
+    f = FaultModel(crash=(("bs0", 7), ("ue2", 9)))
+    late, _ = run_local("wmmse", *multicell_network(ch, f), rounds=6, faults=f)
+    assert all(torch.equal(a, b) for a, b in zip(clean, late))
+
+
+def test_crash_local_equals_ray(ray_session):
+    from dsim.engine.local import LocalEngine
+    from dsim.engine.ray import RayEngine
+    from dsim.registry import algorithm
+
+    ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
+    f = FaultModel(message_loss=0.2, crash=(("bs1", 2), ("ue0", 3)), seed=2)
+    net, air = multicell_network(ch, f)
+    spec = algorithm("wmmse")
+    proto = spec.build(spec.options(rounds=4), net)
+    out = []
+    for eng in (LocalEngine("float64", f), RayEngine("float64", f, shards=1)):
+        dec = []
+        try:
+            trace = eng.run(proto, net, air, on_round=lambda r, V, d=dec: d.append(V))
+        finally:
+            eng.close()
+        out.append((torch.stack(dec), trace.ledger))
+    assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1]
+
+
 def test_interrupted_training_keeps_the_last_finished_step(tmp_path):
     """Ctrl-C in step 3 (while drawing its minibatch): the checkpoint holds step 2, with the state a run of
     exactly 2 steps ends in, and --resume could continue from it."""

@@ -172,6 +172,11 @@ def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: 
     except ValueError as exc:  # e.g. a fault the family does not have
         raise ScenarioError(str(exc)) from None
     check_finite(net, "scenario")
+    ids = [a for role in net.counts for a in net.agent_ids(role)]
+    for agent, _ in (faults.crash if faults is not None else ()):
+        if agent not in ids:
+            raise ScenarioError(f"faults.crash: agent {agent!r} is not in this scenario; allowed: "
+                                f"{', '.join(ids[:12])}{' ...' if len(ids) > 12 else ''}")
     return Scenario(family, net, air, channels)
 
 
@@ -184,7 +189,8 @@ def fault_model(cfg: Any) -> FaultModel:
                       csi_rho=1.0 if stale is None else stale.resolved_rho(),
                       csi_error=float(getattr(f, "csi_error", 0.0)),
                       delay=tuple(sorted(getattr(f, "delay", {}).items())),
-                      deadline=tuple(sorted(getattr(f, "deadline_s", {}).items())))
+                      deadline=tuple(sorted(getattr(f, "deadline_s", {}).items())),
+                      crash=tuple((c.agent, c.round) for c in getattr(f, "crash", [])))
 
 
 def scenario_from_config(cfg: Any) -> Scenario:
