@@ -13,7 +13,9 @@ V~ (5), the eigendecomposition, phi (7) and the mu sub-steps (9) are WMMSE's own
   then the power projection (15) V_i = sqrt(P_k) V^_i / sqrt(max(sum_{I_k} ||V^_j||_F^2, P_k)).
 * mu_k: P = 8 rational sub-steps (9) from mu^(l,0) = 1e-12 in the forward pass; backward by the
   implicit-function gradient of Proposition 1, eq. (17)-(18) (:class:`ImplicitMu`).
-* Initialization V^(0): normalized MRC (``agents.wmmse.mrc_init``).
+* Initialization V^(0): MRC, V_i = c_k H_ik^H with one factor per BS using exactly P_k (the paper's and
+  its authors' convention, ``agents.wmmse.mrc_init``); hyper-parameter ``init: mrc_equal`` gives each UE
+  P_k/|I_k| instead (``agents.wmmse.mrc_equal_init``, models trained before the convention was fixed).
 
 Trainable parameters (complex ones counted once, as the paper does): L(4F + G + 1) + (L-1)F^2
 (229 for L=7, G=2, F=4).  b_S is a buffer: the running mean of sqrt(P_k/|I_k|) over the training
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -39,6 +41,7 @@ from agents.wmmse import (
     SERVE,
     _fix_fields,
     edge_channels,
+    mrc_equal_init,
     mrc_init,
     power_share,
     scale_to_budget,
@@ -56,6 +59,9 @@ Tensor = torch.Tensor
 
 SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
 #: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
+#: first beamformers V^(0) by name (hyper-parameter ``init``)
+INITS = {"mrc": mrc_init, "mrc_equal": mrc_equal_init}
+
 TRAIN_DEFAULTS = {"steps": 10_000, "batch": 100, "lr": 0.01, "lr_decay_every": 2500, "lr_decay": 0.1,
                   "betas": (0.9, 0.99), "weight_decay": 1e-3, "clip": 1.0}
 
@@ -129,11 +135,15 @@ class GCNWMMSEParams(LearnedModule):
     L = 7, G = 2, F = 4 (Tab. I).
     """
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features")
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "init")
+    free_hparams: ClassVar[tuple[str, ...]] = ("init",)
 
-    def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, seed: int = 0) -> None:
+    def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, init: str = "mrc",
+                 seed: int = 0) -> None:
         super().__init__()
-        self.layers, self.degree, self.features = layers, degree, features
+        if init not in INITS:
+            raise ValueError(f"gcn_wmmse: init={init!r}; allowed: {', '.join(INITS)}")
+        self.layers, self.degree, self.features, self.init = layers, degree, features, init
         g = torch.Generator(device="cpu")
         g.manual_seed(seed)
         L, G, F = layers, degree, features
@@ -224,9 +234,11 @@ def gcn_wmmse_protocol(params: GCNWMMSEParams, net, mu_steps: int | None = 8, mu
                                       mu0=mu0 if mu_steps is not None else None),
                          int(net.info["ue_antennas"]))
 
+    first = INITS[params.init]
+
     def init_bs(block: AgentBlock) -> None:
         sv = block.edges[SERVE]
-        block.state["V"] = mrc_init(edge_channels(block.local["H"], sv), block.local["power"], sv)
+        block.state["V"] = first(edge_channels(block.local["H"], sv), block.local["power"], sv)
 
     return Protocol(name="gcn_wmmse", roles=("bs", "ue"), init={"bs": init_bs}, phases=phases,
                     rounds=params.layers, output=Output("bs", "V", SERVE), unit="nat/Hz",
@@ -244,6 +256,8 @@ class GCNWMMSEOptions(LearnedOptions):
     layers: int | None = Field(None, ge=1, description="L; default: the checkpoint's (7 untrained)")
     degree: int | None = Field(None, ge=1, description="G; default: the checkpoint's (2 untrained)")
     features: int | None = Field(None, ge=1, description="F; default: the checkpoint's (4 untrained)")
+    init: Literal["mrc", "mrc_equal"] | None = Field(
+        None, description="V^(0): mrc (the paper's, DESIGN §7) | mrc_equal; default: the checkpoint's (mrc untrained)")
     mu_steps: int | None = Field(8, ge=1, description="P rational sub-steps (9); null: to convergence")
     mu0: float = Field(1e-12, ge=0.0, description="mu^(l,0)")
 

@@ -59,7 +59,9 @@ running statistics re-estimated on the same samples; wall time and samples go to
 (``adapt_s``, ``adapt_samples``; ``dsim run`` reports them as ``protocol_adapt_s`` ...).  Options,
 checkpoints, adaptation and calibration are :mod:`dsim.learn`'s, declared by :data:`MODEL`.
 
-Shipped model ``agents/models/icgnn_L7K5N2.pt``: see ``scenarios/train_icgnn.yaml``.
+Shipped model (``checkpoint: shipped``, the default) ``agents/models/icgnn_general.pt``: trained across
+configurations to need no adaptation (``scenarios/train_icgnn_general.yaml``); the paper-style base model
+``agents/models/icgnn_L7K5N2.pt`` (L = 7, N = 2, K = 5): ``scenarios/train_icgnn.yaml``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
 
-SHIPPED = Path(__file__).resolve().parent / "models" / "icgnn_L7K5N2.pt"
+SHIPPED = Path(__file__).resolve().parent / "models" / "icgnn_general.pt"
 MSG_UNITS = (3, 32, 128, 64)
 UPD_UNITS = (66, 128, 32, 1)
 #: training defaults (Sec. V): Adam lr 1e-3 without decay (AdamW, weight decay 0), batch 100; clipping at

@@ -116,7 +116,19 @@ def power_share(power: Tensor, n_served: Tensor) -> Tensor:
 
 
 def mrc_init(H_s: Tensor, power: Tensor, sv: EdgeView) -> Tensor:
-    """MRC/MRT initialisation V_i = sqrt(P_k/|I_k|) H_ik^H / ||H_ik||_F.  H_s (B, S, N, M) -> (B, S, M, N)."""
+    """MRC/MRT initialisation of the GCN-WMMSE paper and its authors' code (DESIGN §7): V_i = c_k H_ik^H.
+
+    One factor per BS, c_k = sqrt(P_k / sum_{j in I_k} ||H_jk||_F^2), so that BS k uses exactly P_k and
+    stronger UEs get more power.  H_s (B, S, N, M) per served UE, power (B, n_bs) W -> V (B, S, M, N).
+    """
+    return scale_to_budget(H_s.mH, power, sv)
+
+
+def mrc_equal_init(H_s: Tensor, power: Tensor, sv: EdgeView) -> Tensor:
+    """Equal-power MRC: V_i = sqrt(P_k/|I_k|) H_ik^H / ||H_ik||_F (every served UE gets P_k/|I_k|).
+
+    Not the paper's initialisation (that is :func:`mrc_init`); the GCN-WMMSE models trained before the
+    convention was fixed start from it.  H_s (B, S, N, M) -> (B, S, M, N)."""
     scale = sv.gather_dst(power_share(power, served_counts(sv, power.dtype)))
     nrm = torch.linalg.matrix_norm(H_s).clamp_min(torch.finfo(power.dtype).tiny)
     return (scale / nrm)[..., None, None].to(H_s.dtype) * H_s.mH

@@ -824,6 +824,14 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
         errors = [(p, m + f"; allowed names: {', '.join(registry.algorithm_names())}" if p == "algorithms" else m)
                   for p, m in errors]
     train = _train(data["train"], family, errors) if isinstance(data.get("train"), dict) else None
+    if train is not None and train.vary and scn is not None and not isinstance(scn, FileScenario):
+        from dsim.learn import scenario_sampler
+
+        try:
+            scenario_sampler(scn, vary=train.vary)
+        except ValueError as exc:
+            key, _, msg = str(exc).partition(": ")
+            errors.append((key, msg))
     if errors:
         lines, first = [], {}
         for path, msg in errors:  # one line per key path: the first problem found there

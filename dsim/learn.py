@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -60,6 +61,9 @@ class LearnedModule(nn.Module):
     """
 
     hparam_names: ClassVar[tuple[str, ...]] = ()
+    #: hyper-parameters that do not shape the parameter set (e.g. how the protocol starts): options may
+    #: change them when a checkpoint is loaded (to fine-tune a model under the new setting)
+    free_hparams: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -195,8 +199,10 @@ class LearnableSpec:
             return self.module(**hp, seed=opts.init_seed)
         module = self.load(opts.checkpoint)
         for k, v in want.items():
-            have = module.hparams[k]
-            if v is not None and have != v:
+            have = module.hparams.get(k)
+            if v is not None and have != v and k in self.module.free_hparams:
+                setattr(module, k, v)
+            elif v is not None and have != v:
                 raise ValueError(f"{self.name}: {k}={v} but checkpoint {opts.checkpoint!r} has {k}={have}")
         return module
 
@@ -329,19 +335,51 @@ def export_checkpoint(src: str | Path, dst: str | Path, recalibrate: bool = Fals
 
 
 # =============================================================================== forward, fine-tuning
-def scenario_sampler(scenario: Any, precision: str = "double", device: torch.device | str | None = None) -> Sampler:
+def scenario_sampler(scenario: Any, precision: str = "double", device: torch.device | str | None = None,
+                     vary: dict[str, tuple[float, float]] | None = None) -> Sampler:
     """(batch, seed) -> (net, air) of fresh draws of a scenario (the family's options model or a mapping
     with a ``family`` key), fault-free, the network seeded with the draw's seed.  Drawn on the CPU (same
-    numbers on every device), then moved to ``device`` (None: left on the CPU)."""
+    numbers on every device), then moved to ``device`` (None: left on the CPU).
+
+    ``vary``: {scenario key: (low, high)}: each call first draws these keys uniformly from the draw's seed
+    (integers, inclusive, when both ends are integers), so every minibatch has its own configuration.
+    A key or range the family does not accept is a ``ValueError`` naming it (raised here, before any draw).
+    """
+    if vary:
+        for key, (lo, hi) in vary.items():
+            for v in (lo, hi):
+                _with(scenario, {key: v}, f"train.vary.{key}")
 
     def sample(batch: int, seed: int) -> tuple[Any, Any]:
-        family, ch = generate_channels(scenario, batch, seed, precision)
+        scn = scenario
+        if vary:
+            rng = np.random.default_rng([seed % 2**63, 0x7661727])
+            draw = {k: int(rng.integers(lo, hi + 1)) if isinstance(lo, int) and isinstance(hi, int)
+                    else float(rng.uniform(lo, hi)) for k, (lo, hi) in vary.items()}
+            scn = _with(scenario, draw, "train.vary")
+        family, ch = generate_channels(scn, batch, seed, precision)
         s = build_scenario(family, ch, None, seed)
         if device is None:
             return s.net, s.air
         return s.net.to(device), s.air.to(device)
 
     return sample
+
+
+def _with(scenario: Any, values: dict[str, Any], where: str) -> Any:
+    """``scenario`` (options model or mapping) with ``values`` set, validated by the family's model."""
+    if isinstance(scenario, dict):
+        return scenario | values
+    data = scenario.model_dump()
+    unknown = [k for k in values if k not in data]
+    if unknown:
+        raise ValueError(f"{where}: {unknown[0]!r} is not a key of scenario family "
+                         f"{data.get('family')!r}; allowed: {', '.join(sorted(data))}")
+    try:
+        return type(scenario).model_validate(data | values)
+    except Exception as exc:  # pydantic ValidationError: one line
+        first = str(exc).splitlines()[:3]
+        raise ValueError(f"{where}: {values} is not a valid scenario: {' '.join(first[1:])}") from None
 
 
 def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] | None = None

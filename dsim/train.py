@@ -82,6 +82,9 @@ class TrainOptions(BaseModel):
         "cpu", description="where the module, the minibatches and the evaluation live (auto: cuda when "
         "available); minibatches are drawn on the CPU, checkpoints saved on the CPU")
     progress: bool = True
+    vary: dict[str, tuple[int | float, int | float]] | None = Field(
+        None, description="scenario keys drawn afresh for every training minibatch, key: [low, high] "
+        "(uniform; integers when both ends are integers); validation stays on the scenario as written")
 
 
 def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOptions:
@@ -266,5 +269,14 @@ def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
     learn = get_learnable(opts.algorithm, opts.options)
     scn = _get(cfg, "scenario")
     scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
-    return train(learn, scenario_sampler(scn, precision), opts, Path(out_dir), seed, resume=resume,
-                 meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision})
+    fixed = scenario_sampler(scn, precision)
+    if opts.vary:
+        varied = scenario_sampler(scn, precision, vary=opts.vary)
+
+        def sample(batch: int, s: int):
+            return fixed(batch, s) if s == batch_seed(seed, -1) else varied(batch, s)
+    else:
+        sample = fixed
+    return train(learn, sample, opts, Path(out_dir), seed, resume=resume,
+                 meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision,
+                       "vary": {k: list(v) for k, v in (opts.vary or {}).items()}})

@@ -73,13 +73,14 @@ def wmmse_iteration(H, assign, V, noise, alpha, power):
 
 
 def mrc(H, assign, power):
+    """The authors' MRC start: V_i = c_k H_ik^H, one c_k per BS so that BS k uses exactly P_k."""
     I = H.shape[0]
-    V = []
-    for i in range(I):
-        k = assign[i]
-        n = int(np.sum(assign == k))
-        h = H[i, k].conj().T
-        V.append(np.sqrt(power[k] / n) * h / np.linalg.norm(h))
+    V = [H[i, assign[i]].conj().T for i in range(I)]
+    for k in set(int(a) for a in assign):
+        mine = [i for i in range(I) if assign[i] == k]
+        c = np.sqrt(power[k] / sum(np.linalg.norm(V[i]) ** 2 for i in mine))
+        for i in mine:
+            V[i] = c * V[i]
     return V
 
 

@@ -113,12 +113,16 @@ def test_wmmse_taps_reproduce_wmmse_and_its_ledger():
     p = G.GCNWMMSEParams(layers=6).reduce_to_wmmse()
     a, Va, la = _run(G.gcn_wmmse_protocol(p, net, mu_steps=None), net, air)
     b, Vb, lb = _run(W.build(W.WMMSEOptions(init="mrc", rounds=6), net), net, air)
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    # same iteration, different rounding: the projection (15) multiplies by sqrt(P/max(u, P)) = 1 + O(eps)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
     torch.testing.assert_close(Va[-1], Vb[-1], rtol=1e-9, atol=1e-9 * float(Vb[-1].abs().max()))
     assert la == lb
-    # the paper's P = 8 sub-steps from mu = 1e-12 reach the same beamformers here
-    c, _, _ = _run(G.gcn_wmmse_protocol(p, net), net, air)
+    # P = 16 rational sub-steps from mu = 1e-12 reach the same beamformers here; the paper's P = 8 do not
+    # from its MRC start (2.8 % off after 6 rounds in one realization: mu is still far from its root)
+    c, _, _ = _run(G.gcn_wmmse_protocol(p, net, mu_steps=16), net, air)
     torch.testing.assert_close(c, b, rtol=1e-9, atol=0)
+    c8, _, _ = _run(G.gcn_wmmse_protocol(p, net, mu_steps=8), net, air)
+    assert float(((c8 - b).abs() / b).max()) > 1e-3
 
 
 def test_messages_per_round_are_wmmse_messages():

@@ -79,7 +79,7 @@ def test_train_main_outputs_and_options(tmp_path):
     rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and [r["val_wsr"] for r in rows[:2]] == ["", ""]
     ck = torch.load(path, weights_only=True)
-    assert ck["hparams"] == {"layers": 2, "degree": 2, "features": 4}
+    assert ck["hparams"] == {"layers": 2, "degree": 2, "features": 4, "init": "mrc"}
     # the log is the checkpoint's (floats written exactly) ...
     for row, logged in zip(rows, ck["log"]):
         for key in ("lr", "loss", "train_wsr", "grad_norm"):
@@ -91,3 +91,29 @@ def test_train_main_outputs_and_options(tmp_path):
     cfg["train"]["layers_in_loss"] = [3]
     with pytest.raises(ValueError, match="layers_in_loss"):
         train_main(cfg, tmp_path / "bad")
+
+
+def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp_path):
+    """`train.vary`: each (batch, seed) has its own configuration, drawn from the seed (reproducible),
+    inside the ranges; a key the family lacks is one config line naming it."""
+    from dsim.config import ConfigError, config_from_dict
+    from dsim.scenarios.multicell import MulticellScenario
+
+    sample = scenario_sampler(MulticellScenario(layout="hex", n_bs=2), vary={"ues_per_bs": (1, 3),
+                                                                            "bs_power_dbm": (20.0, 30.0)})
+    seen = set()
+    for seed in range(12):
+        net, _ = sample(2, seed)
+        n_ue = net.counts["ue"]
+        assert n_ue in (2, 4, 6)
+        seen.add(n_ue)
+        net2, _ = sample(2, seed)
+        assert net2.counts == net.counts and torch.equal(net2.local["bs"]["power"], net.local["bs"]["power"])
+        p_dbm = 10 * torch.log10(net.local["bs"]["power"] * 1e3)
+        assert bool(((p_dbm >= 20 - 1e-9) & (p_dbm <= 30 + 1e-9)).all())
+    assert len(seen) > 1
+    cfg = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}],
+           "train": {"algorithm": "gcn_wmmse", "vary": {"n_uez": [1, 3]}}}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(cfg, "t.yaml")
+    assert "train.vary.n_uez" in str(e.value) and "ues_per_bs" in str(e.value)
