@@ -82,6 +82,9 @@ class TrainOptions(BaseModel):
         "cpu", description="where the module, the minibatches and the evaluation live (auto: cuda when "
         "available); minibatches are drawn on the CPU, checkpoints saved on the CPU")
     progress: bool = True
+    freeze_norm: bool = Field(False, description="normalization layers keep their running statistics during "
+                              "training (eval-mode normalization: what inference uses), e.g. to fine-tune "
+                              "across configurations whose batch statistics differ")
     vary: dict[str, tuple[int | float, int | float]] | None = Field(
         None, description="scenario keys drawn afresh for every training minibatch, key: [low, high] "
         "(uniform; integers when both ends are integers); validation stays on the scenario as written")
@@ -111,6 +114,15 @@ def validate(learn: Learnable, net, air) -> float:
             return float(evaluate_rounds(proto, net, air, [proto.rounds])[proto.rounds].mean())
     finally:
         module.train(was)
+
+
+def _train_mode(module: torch.nn.Module, freeze_norm: bool) -> None:
+    """``module`` in training mode; with ``freeze_norm`` its normalization layers stay in eval mode."""
+    module.train()
+    if freeze_norm:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _write_log(path: Path, log: list[dict]) -> None:
@@ -199,6 +211,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
     try:
         for step in range(start + 1, opts.steps + 1):
             t0 = time.perf_counter()
+            _train_mode(module, opts.freeze_norm)
             net, air = sample(opts.batch, batch_seed(seed, step))
             opt.zero_grad(set_to_none=True)
             try:
