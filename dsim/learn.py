@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -118,6 +118,9 @@ class AdaptOptions(LearnedOptions):
     adapt_batch: int = Field(100, ge=1, description="topologies per adaptation step")
     adapt_lr: float = Field(1e-3, gt=0)
     adapt_seed: int | None = Field(None, description="seed of the adaptation samples; default from the run's")
+    adapt_norm: Literal["batch", "frozen"] | None = Field(
+        None, description="normalization layers during adaptation: batch statistics, then re-estimated "
+        "(batch) | running statistics kept (frozen); default: as the checkpoint was trained (train.freeze_norm)")
 
 
 class BatchNormOptions(LearnedOptions):
@@ -188,6 +191,7 @@ class LearnableSpec:
         ck = self.read(ref)
         module = self.module(**ck["hparams"])
         module.load_state_dict(ck["model"])
+        module.trained_with = dict((ck.get("meta") or {}).get("train_options") or {})
         return module
 
     def make(self, opts: LearnedOptions) -> LearnedModule:
@@ -437,6 +441,13 @@ def fine_tune(learn: Learnable, sample: Sampler, steps: int, *, batch: int, seed
             "loss_first": losses[0] if losses else float("nan"), "loss_last": losses[-1] if losses else float("nan")}
 
 
+def freeze_norm(module: nn.Module) -> None:
+    """Put ``module``'s normalization layers in eval mode (running statistics used, never updated)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def recalibrate_bn(learn: Learnable, sample: Sampler, seeds: list[int], batch: int) -> None:
     """"Precise BN": set every batch-norm layer's running statistics to the plain average of its batch
     statistics over the minibatches ``sample(batch, seed)`` for ``seeds``, at fixed weights (train-mode
@@ -496,13 +507,17 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     module = learn.module.to(net.device)
+    norm = opts.adapt_norm or ("frozen" if getattr(module, "trained_with", {}).get("freeze_norm") else "batch")
     module.train()
+    if norm == "frozen":
+        freeze_norm(module)
     module.requires_grad_(True)
     try:
         res = fine_tune(learn, sample_once, opts.adapt_steps, batch=opts.adapt_batch, seed=seed, lr=opts.adapt_lr)
     finally:
         module.requires_grad_(False)
-    recalibrate_bn(learn, sample_once, list(drawn), opts.adapt_batch)
+    if norm == "batch":
+        recalibrate_bn(learn, sample_once, list(drawn), opts.adapt_batch)
     module.eval()
     return {"adapt_steps": opts.adapt_steps, "adapt_samples": int(res["samples"]),
             "adapt_s": round(time.perf_counter() - t0, 6), "adapt_seed": seed,

@@ -45,6 +45,7 @@ from dsim.learn import (
     TrainingDiverged,
     batch_seed,
     forward_loss,
+    freeze_norm,
     get_learnable,
     load_checkpoint,
     save_checkpoint,
@@ -116,13 +117,11 @@ def validate(learn: Learnable, net, air) -> float:
         module.train(was)
 
 
-def _train_mode(module: torch.nn.Module, freeze_norm: bool) -> None:
-    """``module`` in training mode; with ``freeze_norm`` its normalization layers stay in eval mode."""
+def _train_mode(module: torch.nn.Module, frozen_norm: bool) -> None:
+    """``module`` in training mode; with ``frozen_norm`` its normalization layers stay in eval mode."""
     module.train()
-    if freeze_norm:
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    if frozen_norm:
+        freeze_norm(module)
 
 
 def _write_log(path: Path, log: list[dict]) -> None:

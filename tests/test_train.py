@@ -117,3 +117,23 @@ def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp
     with pytest.raises(ConfigError) as e:
         config_from_dict(cfg, "t.yaml")
     assert "train.vary.n_uez" in str(e.value) and "ues_per_bs" in str(e.value)
+
+
+def test_freeze_norm_keeps_running_statistics_and_trains_the_eval_mode_network(tmp_path):
+    """`train.freeze_norm`: batch-norm running statistics are those of the start checkpoint after training
+    (they are never updated), while the weights move; without it they change."""
+    scenario = {"family": "cellfree", "n_aps": 4, "ap_antennas": 2, "n_ues": 3, "realizations": 10}
+    base = {"algorithm": "icgnn", "options": {"checkpoint": "shipped", "bn_batches": 0}, "steps": 2,
+            "batch": 4, "val_every": 2, "val_size": 2, "progress": False, "lr": 1e-2}
+    start = torch.load(get_learnable("icgnn", {"checkpoint": "shipped"}).spec.shipped, weights_only=True)["model"]
+    stats = [k for k in start if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats
+    for freeze in (True, False):
+        out = tmp_path / str(freeze)
+        ck = torch.load(train_main({"seed": 3, "scenario": scenario, "train": base | {"freeze_norm": freeze}}, out),
+                        weights_only=True)["model"]
+        same = all(torch.equal(ck[k], start[k]) for k in stats)
+        assert same == freeze
+        moved = [k for k in start if k not in stats and start[k].is_floating_point()
+                 and not torch.equal(ck[k], start[k])]
+        assert moved
