@@ -125,17 +125,5 @@ def test_wrong_antenna_count_is_one_clear_error():
     with pytest.raises(ValueError, match="N_t = 6"):
         icgnn_cellular_protocol("icgnn_cellular", _params(), net, None)
 
-
-def test_local_equals_ray(ray_session):
-    from dsim.engine.ray import RayEngine
-
-    params = _params(LMODEL)
-    ch = _channels(batch=2, n_bs=2, bs_distance_m=600.0, disk_radius_m=250.0)
-    net, air = multicell_network(ch)
-    a = _decide(icgnn_cellular_protocol("licgnn", params, net, 6), net, air)
-    engine = RayEngine("float64", shards=None)
-    try:
-        b = _decide(icgnn_cellular_protocol("licgnn", params, net, 6), net, air, engine)
-    finally:
-        engine.close()
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+# local engine == Ray engine: tests/test_model_gnn.py::test_local_equals_ray (one actor pool for both families of
+# precoders) and tests/test_ray_engine.py (every registered protocol)
