@@ -187,7 +187,7 @@ def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
 
 
 class ModelGNNOptions(LearnedOptions):
-    """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 64, K = 32 at 10 dB; or a path such as
+    """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 32, K = 16 at 10 dB; or a path such as
     agents/models/model_gnn_N8K4.pt), init_seed, hidden widths (must match the checkpoint's)."""
 
     hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
@@ -204,7 +204,7 @@ def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
 
 MODEL = LearnableSpec("model_gnn", ModelGNNParams, ModelGNNOptions,
                       lambda params, net, opts: gnn_protocol("model_gnn", params, net),
-                      MODELS / "model_gnn_N64K32.pt", "scenarios/train_model_gnn_N64K32.yaml", TRAIN_DEFAULTS,
+                      MODELS / "model_gnn_N32K16.pt", "scenarios/train_model_gnn_N32K16.yaml", TRAIN_DEFAULTS,
                       loss=sum_rate_loss)
 VANILLA = LearnableSpec("vanilla_gnn", VanillaGNNParams, VanillaGNNOptions,
                         lambda params, net, opts: gnn_protocol("vanilla_gnn", params, net),
