@@ -168,15 +168,34 @@ def _pairs(K: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     return k[keep], m[keep]
 
 
+def pair_max_messages(msg: MLP, sender: Tensor, edge: Tensor) -> Tensor:
+    """MAX aggregation (4a) over a complete directed graph without self-loops, per block of V nodes:
+    m_i = max_{j != i} M([sender_j, edge_ji]).  The one implementation of the ICGNN message step, used by
+    the cell-free power allocation (here) and the cellular precoder (``agents.icgnn_cellular``).
+
+    sender (..., V, Fs) node features, edge (..., V, V, Fe) edge features [sender j, receiver i].
+    Returns (..., V, d) (0 for V = 1: no in-edges)."""
+    V = sender.shape[-2]
+    ks, ms = _pairs(V, sender.device)
+    x = torch.cat([sender.index_select(-2, ks), edge[..., ks, ms, :]], dim=-1)
+    return segment_reduce(msg(x), ms, V, "max", dim=-2)  # msg: (..., V(V-1), d)
+
+
+def update_nodes(upd: MLP, agg: Tensor, node: Tensor, budget: Tensor) -> Tensor:
+    """Update (4b) with the budget scaling (27)/(17): s = U([m_i, node_i]) in (0, 1)^C, then every output
+    column scaled to sum to the budget over the block's V nodes.
+
+    agg (..., V, d), node (..., V, F), budget (...) -> (..., V, C), sum over V of every column = budget."""
+    s = upd(torch.cat([agg, node], dim=-1))
+    return budget[..., None, None] * s / s.sum(-2, keepdim=True)
+
+
 def premax_messages(msg: MLP, a: Tensor, p_rel: Tensor, interf: Tensor) -> Tensor:
     """Step 1 at every AP of the block: mhat[.., m, :] = max_{k != m} M(a_kl, p_kl / P_t, I^m_kl).
 
     a, p_rel (B, n, K); interf (B, n, K, K) [k, m].  Returns (B, n, K, 64) (0 for K = 1: no in-edges).
     """
-    K = a.shape[-1]
-    ks, ms = _pairs(K, a.device)
-    x = torch.stack([a.index_select(2, ks), p_rel.index_select(2, ks), interf[:, :, ks, ms]], dim=-1)
-    return segment_reduce(msg(x), ms, K, "max", dim=2)  # msg: (B, n, K(K-1), 64)
+    return pair_max_messages(msg, torch.stack([a, p_rel], dim=-1), interf[..., None])
 
 
 def update_powers(upd: MLP, agg: Tensor, a: Tensor, p_rel: Tensor, power: Tensor) -> Tensor:
@@ -184,8 +203,7 @@ def update_powers(upd: MLP, agg: Tensor, a: Tensor, p_rel: Tensor, power: Tensor
 
     agg (B, n, K, 64), a / p_rel (B, n, K), power (B, n) [W] -> p (B, n, K) [W], sum_k p_kl = P_t.
     """
-    s = upd(torch.cat([agg, a[..., None], p_rel[..., None]], dim=-1))[..., 0]
-    return power[..., None] * s / s.sum(-1, keepdim=True)
+    return update_nodes(upd, agg, torch.stack([a, p_rel], dim=-1), power)[..., 0]
 
 
 # =============================================================================== protocol

@@ -386,6 +386,26 @@ def _with(scenario: Any, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: {values} is not a valid scenario: {' '.join(first[1:])}") from None
 
 
+def pool_sampler(scenario: Any, size: int, seed: int, precision: str = "double") -> Sampler:
+    """(batch, seed) -> (net, air) of minibatches drawn from ONE fixed pool of ``size`` realizations (a
+    finite training set, e.g. "1000 training samples"): the pool is drawn once with ``seed``; minibatch
+    ``s`` takes ``batch`` distinct realizations (``batch`` >= size: the whole pool) chosen by a CPU
+    generator seeded with ``s``.  The family's channels must have ``subset(idx)``."""
+    family, pool = generate_channels(scenario, size, seed, precision)
+    if not hasattr(pool, "subset"):
+        raise ValueError(f"train.train_samples: the {family!r} family's channels have no subset(); "
+                         "use fresh minibatches (train_samples: null)")
+
+    def sample(batch: int, s: int) -> tuple[Any, Any]:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(s)
+        idx = torch.randperm(size, generator=g, device="cpu")[: min(batch, size)].sort().values
+        sc = build_scenario(family, pool.subset(idx), None, s)
+        return sc.net, sc.air
+
+    return sample
+
+
 def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] | None = None
                  ) -> tuple[Tensor, dict[int, Tensor]]:
     """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).

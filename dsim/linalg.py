@@ -89,3 +89,30 @@ def inv_shifted(lam: Tensor, mu: Tensor) -> Tensor:
     tol = pinv_tol(lam)
     ok = d > tol
     return torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+def conjugate_gradient(A: Tensor, b: Tensor, x0: Tensor, steps: int) -> Tensor:
+    """``steps`` conjugate-gradient iterations for A x = b, A Hermitian positive definite (Nocedal & Wright
+    Alg. 5.2; Fletcher-Reeves beta = ||r_{t+1}||^2 / ||r_t||^2), every column of b solved independently.
+
+    A (..., n, n), b and x0 (..., n, c) -> x (..., n, c).  Residual r = A x - b, direction p_0 = -r_0,
+    step delta_t = ||r_t||^2 / p_t^H A p_t.  In exact arithmetic x equals A^{-1} b after n steps; a column
+    whose residual is exactly 0 stays where it is (no 0/0).  Differentiable (autograd through the steps).
+    """
+    x = x0
+    r = A @ x - b
+    p = -r
+    rr = (r.abs() ** 2).sum(-2, keepdim=True)
+    for _ in range(steps):
+        Ap = A @ p
+        pAp = (p.conj() * Ap).real.sum(-2, keepdim=True)
+        ok = pAp > 0
+        delta = torch.where(ok, rr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
+        x = x + delta.to(x.dtype) * p
+        r = r + delta.to(r.dtype) * Ap
+        rr_new = (r.abs() ** 2).sum(-2, keepdim=True)
+        pos = rr > 0
+        beta = torch.where(pos, rr_new / torch.where(pos, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        p = -r + beta.to(p.dtype) * p
+        rr = rr_new
+    return x

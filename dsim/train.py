@@ -9,7 +9,9 @@ loss and ``calibrate``).  One training loop serves every such protocol; the fiel
 
 Per step t:
 * a fresh minibatch of ``batch`` scenario realizations, drawn with seed ``seed * 1_000_003 + t`` (so a
-  resumed run sees exactly the batches of an uninterrupted one);
+  resumed run sees exactly the batches of an uninterrupted one); with ``train_samples: n`` instead
+  ``batch`` of a fixed training set of n realizations (:func:`dsim.learn.pool_sampler`, set drawn with
+  seed ``seed * 1_000_003 - 2``, the choice with ``seed * 1_000_003 + t``); validation is always fresh;
 * the protocol runs on the local engine (float64 wire: autograd flows through), the decision after
   every round in ``layers_in_loss`` (default {L}, the last) is evaluated on the air
   (:func:`dsim.evaluate.evaluate_rounds`) and the learnable's loss taken over them
@@ -48,6 +50,7 @@ from dsim.learn import (
     freeze_norm,
     get_learnable,
     load_checkpoint,
+    pool_sampler,
     save_checkpoint,
     scenario_sampler,
 )
@@ -76,6 +79,9 @@ class TrainOptions(BaseModel):
     layers_in_loss: list[int] | None = Field(None, description="rounds l in the loss set; default [L]")
     val_every: int = Field(100, ge=1)
     val_size: int = Field(500, ge=1, description="fixed validation realizations")
+    train_samples: int | None = Field(None, ge=1, description="a fixed training set of this many realizations "
+                                      "(seed s * 1_000_003 - 2) that minibatches are drawn from; null: fresh "
+                                      "realizations every step")
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
@@ -166,12 +172,12 @@ def _on_device(sample: Sampler, device: torch.device) -> Sampler:
 
 
 def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, seed: int, resume: bool = False,
-          meta: dict | None = None) -> Path:
+          meta: dict | None = None, val_sample: Sampler | None = None) -> Path:
     """Train ``learn`` on minibatches ``sample(batch, seed) -> (net, air)``; returns the checkpoint path.
 
     ``opts``' unset model fields come from ``learn.train_defaults``.  The module, the minibatches (moved
     from wherever ``sample`` draws them) and the evaluation live on ``opts.device``; checkpoints are
-    written on the CPU."""
+    written on the CPU.  ``val_sample`` (default ``sample``) draws the validation set."""
     opts = resolve_options(opts, learn.train_defaults)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = resolve_device(opts.device)
+    val_sample = _on_device(val_sample or sample, device)
     sample = _on_device(sample, device)
     module = learn.module.to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
@@ -200,7 +207,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
         sched.load_state_dict(ck["scheduler"])
         start, log = int(ck["step"]), list(ck["log"])
     module.train()
-    val_net, val_air = sample(opts.val_size, batch_seed(seed, -1))
+    val_net, val_air = val_sample(opts.val_size, batch_seed(seed, -1))
     bar = None
     if opts.progress:
         from tqdm import tqdm
@@ -281,14 +288,16 @@ def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
     learn = get_learnable(opts.algorithm, opts.options)
     scn = _get(cfg, "scenario")
     scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
-    fixed = scenario_sampler(scn, precision)
-    if opts.vary:
-        varied = scenario_sampler(scn, precision, vary=opts.vary)
-
-        def sample(batch: int, s: int):
-            return fixed(batch, s) if s == batch_seed(seed, -1) else varied(batch, s)
+    fresh = scenario_sampler(scn, precision)
+    if opts.train_samples is not None and opts.vary:
+        raise ValueError("train.vary: cannot be combined with train.train_samples (a fixed pool has one "
+                         "configuration); allowed: one of them")
+    if opts.train_samples is not None:
+        sample = pool_sampler(scn, opts.train_samples, batch_seed(seed, -2), precision)
+    elif opts.vary:
+        sample = scenario_sampler(scn, precision, vary=opts.vary)
     else:
-        sample = fixed
+        sample = fresh
     return train(learn, sample, opts, Path(out_dir), seed, resume=resume,
                  meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision,
-                       "vary": {k: list(v) for k, v in (opts.vary or {}).items()}})
+                       "vary": {k: list(v) for k, v in (opts.vary or {}).items()}}, val_sample=fresh)

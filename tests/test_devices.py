@@ -45,6 +45,10 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "gcn_wmmse": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "shipped"}],
     "wmmse_admm": [{"max_inner": 200}],
     "icgnn": [{"checkpoint": "untrained", "layers": 2}, {"adapt_steps": 1, "adapt_batch": 2}],
+    "model_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}, {"checkpoint": "shipped"}],
+    "vanilla_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}],
+    "icgnn_cellular": [{"checkpoint": "untrained"}],  # untrained: N_t from the scenario (the shipped model has 16)
+    "licgnn": [{"checkpoint": "untrained", "cg_steps": 2}],
 }
 #: per scenario index: (wire policy, message-loss probability, missing-link probability)
 WIRES = [("q8", 0.3, 0.3), ("float32", 0.2, 0.0)]  # float16: tests/test_devices.py::test_wire_roundtrip_*
@@ -203,10 +207,11 @@ def train_once(name: str, tmp: Path) -> dict[str, torch.Tensor]:
     from dsim.train import TrainOptions, train
 
     spec = registry.algorithm(name)
-    small = {"layers": 2, "bn_batches": 1, "bn_batch": 2}
+    scn = scenario_options(spec.families[0])[0]
+    small = {"layers": 2, "bn_batches": 1, "bn_batch": 2, "hidden": [4, 6], "antennas": scn.get("bs_antennas")}
     opts = {k: v for k, v in small.items() if k in spec.options.model_fields}
     learn = get_learnable(name, opts)
-    sample = scenario_sampler(scenario_options(spec.families[0])[0], "double")
+    sample = scenario_sampler(scn, "double")
     topts = TrainOptions(algorithm=name, options=opts, steps=1, batch=BATCH, val_size=BATCH, val_every=1,
                          progress=False)
     ck = load_checkpoint(train(learn, sample, topts, tmp, seed=3))
@@ -233,8 +238,10 @@ def test_forward_backward_meta_default_device(name: str) -> None:
     from dsim.learn import forward_loss, get_learnable, scenario_sampler
 
     spec = registry.algorithm(name)
-    opts = {k: v for k, v in {"layers": 2}.items() if k in spec.options.model_fields}
-    sample = scenario_sampler(scenario_options(spec.families[0])[-1], "double")
+    scn = scenario_options(spec.families[0])[-1]
+    small = {"layers": 2, "hidden": [4, 6], "antennas": scn.get("bs_antennas")}
+    opts = {k: v for k, v in small.items() if k in spec.options.model_fields}
+    sample = scenario_sampler(scn, "double")
 
     def step() -> list[torch.Tensor]:
         learn = get_learnable(name, opts)

@@ -20,6 +20,12 @@ Layouts:
   ring 1 (6 sites), ring 2 (12 sites), ..., each ring counter-clockwise from its site on the +x axis).
   Each UE is uniform in its own cell's hexagon (apothem D/2, circumradius D/sqrt(3)) at least r0 from
   its BS.  n_bs = 1 is single-cell MU-MIMO; ues_per_bs = 1 an interference channel.
+* ``iid`` (Model-GNN paper Sec. IV-A): no geometry; every entry of every H_ik is i.i.d. CN(0, 1) (no path
+  loss, no positions).  With ``snr_db`` set, sigma^2 = P_k / 10^(snr_db/10) (SNR = P/sigma^2), else
+  ``noise_dbm``.
+* ``disk`` (ICGNN paper Sec. V-A): ``n_bs`` sites of the hex grid (one BS at the origin for n_bs = 1),
+  each UE uniform in the disk of radius ``disk_radius_m`` around its BS at least r0 from it (uniform in
+  area, :func:`annulus_radius`); path loss per ``pathloss`` (ICGNN: exponent, 30.5 dB + 36.7 log10 d).
 
 UE i = k * ues_per_bs + j is the j-th UE of BS k.  Power budgets P_k and noise powers sigma_i^2 (per
 receive antenna) are in W, positions in m.  Rates on these channels are in nat/Hz.
@@ -109,7 +115,7 @@ class MulticellScenario(CrossChecked):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["multicell"] = "multicell"
-    layout: Literal["triangle", "hex"] = "triangle"
+    layout: Literal["triangle", "hex", "iid", "disk"] = "triangle"
     bs_distance_m: float = Field(200.0, gt=0)
     n_bs: int = Field(3, ge=1)
     ues_per_bs: int = Field(4, ge=1)
@@ -123,9 +129,14 @@ class MulticellScenario(CrossChecked):
     min_distance_m: float = Field(10.0, gt=0)
     range_m: float | None = Field(None, gt=0)
     ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    snr_db: float | None = Field(None, allow_inf_nan=False,
+                                 description="SNR = P/sigma^2 [dB]; overrides noise_dbm")
+    disk_radius_m: float = Field(500.0, gt=0, description="layout disk: cell radius [m]")
 
     def cross_errors(self) -> list[tuple[str, str]]:
         errs = []
+        if self.layout in ("iid", "disk"):
+            return _iid_disk_errors(self)
         if self.layout == "triangle" and self.n_bs != 3:
             errs.append(("n_bs", f"layout 'triangle' has exactly 3 BSs (got {self.n_bs}); allowed: 3 "
                                  "(use layout: hex for other counts)"))
@@ -326,6 +337,42 @@ def _hex_offsets(B: int, I: int, isd: float, r0: float, gen: torch.Generator,
     return out.reshape(B, I, 2)
 
 
+def _iid_disk_errors(o: MulticellScenario) -> list[tuple[str, str]]:
+    """Cross-field errors of the layouts ``iid`` / ``disk``."""
+    if o.layout == "disk" and not o.min_distance_m < o.disk_radius_m:
+        return [("min_distance_m", f"must be below disk_radius_m = {o.disk_radius_m:g} m (got {o.min_distance_m:g})")]
+    return []
+
+
+def noise_power_w(o: MulticellScenario) -> float:
+    """sigma^2 [W] per receive antenna: P / 10^(snr_db/10) when ``snr_db`` is set, else ``noise_dbm``."""
+    if o.snr_db is not None:
+        return dbm_to_w(o.bs_power_dbm) / 10.0 ** (o.snr_db / 10.0)
+    return dbm_to_w(o.noise_dbm)
+
+
+def _disk_offsets(B: int, I: int, radius: float, r0: float, gen: torch.Generator) -> Tensor:
+    """UE offsets from their BS (B, I, 2) uniform in area on r0 <= r <= radius: u_r (B, I) then u_phi (B, I)."""
+    dev = gen.device
+    r = annulus_radius(torch.rand(B, I, generator=gen, dtype=_F64, device=dev), r0, radius)
+    phi = (2 * math.pi) * torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=-1)
+
+
+def _generate_iid(o: MulticellScenario, B: int, generator: torch.Generator, dtype: torch.dtype) -> MulticellChannels:
+    """Layout ``iid``: H (B, I, K, N, M) i.i.d. CN(0, 1) from one draw (B, I, K, N, M, 2) ~ N(0, 1), no positions."""
+    K, N, M, U = int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    I, dev = K * U, generator.device
+    z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
+    H = torch.view_as_complex(z) / math.sqrt(2.0)
+    return MulticellChannels(
+        H=H.to(dtype), assign=torch.arange(K, device=dev).repeat_interleave(U),
+        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64, device=dev),
+        noise_w=torch.full((I,), noise_power_w(o), dtype=_F64, device=dev),
+        weights=torch.full((I,), float(o.ue_weight), dtype=_F64, device=dev),
+        inrange=torch.ones(B, I, K, dtype=torch.bool, device=dev))
+
+
 def generate_multicell(options: MulticellScenario, batch: int, generator: torch.Generator,
                        dtype: torch.dtype = torch.complex128) -> MulticellChannels:
     """Draw ``batch`` multicell scenario realizations of ``options`` (module docstring).
@@ -341,12 +388,17 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     o = options
     B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    if o.layout == "iid":
+        return _generate_iid(o, B, generator, dtype)
     I = K * U
     dev = generator.device  # the channels live on the generator's device (the CPU: DESIGN §11)
     assign = torch.arange(K, device=dev).repeat_interleave(U)  # (I,) int64
     if o.layout == "triangle":
         sites = triangle_sites(o.bs_distance_m, dev)
         offsets = _triangle_offsets(B, K, U, float(o.bs_distance_m), float(o.min_distance_m), generator)
+    elif o.layout == "disk":
+        sites = hex_sites(K, float(o.bs_distance_m), dev)
+        offsets = _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator)
     else:
         sites = hex_sites(K, float(o.bs_distance_m), dev)
         offsets = _hex_offsets(B, I, float(o.bs_distance_m), float(o.min_distance_m), generator)
@@ -364,7 +416,7 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     return MulticellChannels(
         H=H.to(dtype), assign=assign,
         power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64, device=dev),
-        noise_w=torch.full((I,), dbm_to_w(o.noise_dbm), dtype=_F64, device=dev),
+        noise_w=torch.full((I,), noise_power_w(o), dtype=_F64, device=dev),
         weights=torch.full((I,), float(o.ue_weight), dtype=_F64, device=dev),
         inrange=inrange, bs_xy=bs_xy, ue_xy=ue_xy,
     )
