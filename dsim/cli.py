@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a learnable protocol (the config's `train:` section)")
     common(t)
     t.add_argument("--resume", action="store_true", help="resume from the output directory's checkpoint")
+    f = sub.add_parser("finetune", help="federated fine-tuning across sites (the config's `federated:` section)")
+    common(f)
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from dsim.scenarios.channel_file import ChannelFileError
 
     try:
+        if args.cmd == "finetune":
+            from dsim.federated import finetune_main
+
+            return finetune_main(args.config, args.overrides, args.out, args.engine, not args.no_progress)
         cfg = load_config(args.config, args.overrides, out=args.out, engine=args.engine)
         if args.cmd == "run":
             from dsim.run import run

@@ -620,6 +620,20 @@ def finetune(cfg: FinetuneConfig, raw: Any = None, progress: bool = True) -> lis
     return results
 
 
+def finetune_main(path: str, overrides: list[str], out: str | None, engine: str | None, progress: bool) -> int:
+    """``python -m dsim finetune CONFIG``: validate (a :class:`dsim.config.ConfigError` propagates to the CLI's
+    one-line report), run, print one line per method and the run directory."""
+    from dsim.config import _read_yaml
+    from dsim.fl_config import load_finetune
+
+    cfg = load_finetune(path, overrides, out=out, engine=engine)
+    raw = _read_yaml(Path(path))
+    results = finetune(cfg, raw, progress)
+    print("\n".join(summary_lines(results)))
+    print(f"run directory: {cfg.output}")
+    return 0
+
+
 def summary_lines(results: list[MethodResult]) -> list[str]:
     """One line per method: final average relative WSR, fl bytes, simulated time."""
     return [f"{r.label:>16}: {r.rel[-1].mean():7.2f} % avg rel. WSR "
