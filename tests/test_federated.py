@@ -215,3 +215,19 @@ def test_config_errors_name_key():
         cfg_of([site("a", 1)], faults={"crash": {"zz": 2}})
     with pytest.raises(ConfigError, match=r"federated.strategies\[0\].min_fit_clients: must be <= the number"):
         cfg_of([site("a", 1)], [{"strategy": "fedavg", "min_fit_clients": 2}])
+
+
+def test_hotspot_layout_places_ues_in_the_disk():
+    from dsim.scenarios.multicell import MulticellScenario, generate_multicell
+
+    R, centre = 25.0, (90.0, 40.0)
+    o = MulticellScenario(hotspot_radius_m=R, hotspot_xy_m=centre, hotspot_fraction=0.5)
+    ch = generate_multicell(o, 4000, torch.Generator().manual_seed(1))
+    base = generate_multicell(MulticellScenario(), 4000, torch.Generator().manual_seed(1))
+    inside = torch.arange(12) % 4 < 2                       # the first 2 of every BS's 4 UEs
+    r = (ch.ue_xy[:, inside] - torch.tensor(centre, dtype=torch.float64)).norm(dim=-1)
+    assert float(r.max()) <= R
+    # uniform in area: E[r^2] = R^2 / 2 (standard error ~ R^2 / sqrt(12 * 4000 * 2))
+    assert float((r ** 2).mean()) == pytest.approx(R * R / 2, rel=0.01)
+    # the other UEs keep the layout's positions (the hotspot draws come after the layout's)
+    assert torch.equal(ch.ue_xy[:, ~inside], base.ue_xy[:, ~inside])
