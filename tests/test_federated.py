@@ -231,3 +231,43 @@ def test_hotspot_layout_places_ues_in_the_disk():
     assert float((r ** 2).mean()) == pytest.approx(R * R / 2, rel=0.01)
     # the other UEs keep the layout's positions (the hotspot draws come after the layout's)
     assert torch.equal(ch.ue_xy[:, ~inside], base.ue_xy[:, ~inside])
+
+
+def test_cli_finetune_writes_run_dir_and_reports_bad_keys(tmp_path, capsys):
+    import csv
+    import json
+
+    import yaml
+
+    from dsim.cli import main
+
+    cfg = {"seed": 0, "engine": {"kind": "local"}, "output": str(tmp_path / "run"),
+           "federated": {"algorithm": "gcn_wmmse", "reference": {"name": "wmmse", "rounds": 3},
+                         "sites": [site("a", 1), site("b", 2, bs_power_dbm=20)], "rounds": 2,
+                         "strategies": [{"strategy": "fedavg"}, {"strategy": "fedadam", "eta": 0.01}]}}
+    path = tmp_path / "fl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    methods = {r["method"] for r in rows}
+    assert methods == {"transfer", "alone", "pooled", "fl-fedavg", "fl-fedadam"}
+    avg = [r for r in rows if r["method"] == "fl-fedavg" and r["site"] == "average"]
+    assert [int(r["round"]) for r in avg] == [0, 1, 2]
+    assert float(avg[0]["rel_wsr_pct"]) == pytest.approx(
+        float(next(r for r in rows if r["method"] == "transfer" and r["site"] == "average")["rel_wsr_pct"]))
+    summary = json.loads((run / "summary.json").read_text())
+    pooled = summary["methods"]["pooled"]
+    # each site uploads its 4 samples: H (4, I=3, K=3, N=2, M=3) complex, positions (4, 3, 2) x 2, and the
+    # per-BS / per-UE power, noise and weight vectors (3 each): 489 reals as float32, one message per site
+    reals = 4 * 3 * 3 * 2 * 3 * 2 + 2 * 4 * 3 * 2 + 3 * 3
+    assert pooled["sample_upload_bytes"] == 2 * len(msgpack.packb([bytes(4 * reals)], use_bin_type=True))
+    assert summary["methods"]["fl-fedavg"]["fl_bytes"] > 0
+    assert (run / "plots" / "rel_wsr_vs_round.png").is_file() and (run / "plots" / "rel_wsr_vs_bytes.png").is_file()
+    capsys.readouterr()
+    cfg["federated"]["sites"][0]["truncate"] = {"ue_antenas": 1}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "federated.sites[0].truncate.ue_antenas: not a scenario key" in err[0]
+    assert str(path) in err[0]
