@@ -545,13 +545,16 @@ def _plots(out: Path, results: list[MethodResult]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "plots").mkdir(exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
     for xname, fname in (("round", "rel_wsr_vs_round.png"), ("bytes", "rel_wsr_vs_bytes.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for res in results:
+        for k, res in enumerate(results):
             y = res.rel.mean(axis=1)
+            if xname == "bytes" and not res.cum_bytes.any():  # no fl traffic: its final quality as a level
+                ax.axhline(y[-1], ls="--", lw=1, color=f"C{k}", label=f"{res.label} (no fl bytes)")
+                continue
             x = np.arange(len(y)) if xname == "round" else np.maximum(res.cum_bytes, 1.0)
-            ax.plot(x, y, marker="o", ms=3, label=res.label)
+            ax.plot(x, y, marker="o", ms=3, color=f"C{k}", label=res.label)
         if xname == "bytes":
             ax.set_xscale("log")
         ax.set_xlabel("FL round" if xname == "round" else "cumulative fl bytes")
