@@ -50,7 +50,15 @@ from dsim.evaluate import evaluate_rounds
 from dsim.faults import FaultModel
 from dsim.fl_config import FinetuneConfig
 from dsim.fl_strategies import Strategy, proximal_term
-from dsim.learn import Learnable, forward_loss, get_flat, get_learnable, scenario_sampler, set_flat
+from dsim.learn import (
+    Learnable,
+    forward_loss,
+    get_flat,
+    get_learnable,
+    recalibrate_bn,
+    scenario_sampler,
+    set_flat,
+)
 from dsim.network import EdgeSet, Network
 from dsim.protocol import AgentBlock, EdgeView, Field, Inbox, Local, Message, Output, Protocol
 from dsim.results import jsonable, package_versions, write_csv
@@ -77,7 +85,8 @@ def local_train(learn: Learnable, data: list[tuple[Network, Any]], steps: int, o
                 mu: float = 0.0) -> float:
     """``steps`` full-batch steps of ``learn``'s loss on ``data`` (one or more (net, air) sample batches; the
     loss is their average weighted by batch size), plus FedProx's (mu/2)||w - w_0||^2 around the weights at
-    the call (mu > 0).  The one local-training routine of sites, the site-alone and the pooled runs.
+    the call (mu > 0); then the batch-norm statistics (if any) are re-estimated on ``data`` at the new
+    weights.  The one local-training routine of sites, the site-alone and the pooled runs.
     Returns the last step's loss (without the proximal term)."""
     module = learn.module
     module.train()
@@ -92,6 +101,9 @@ def local_train(learn: Learnable, data: list[tuple[Network, Any]], steps: int, o
         obj.backward()
         opt.step()
         last = float(loss.detach())
+    # batch-norm statistics at the new weights on these samples (precise BN; no batch norm: nothing), so
+    # that evaluation in eval mode does not lag behind the weights (dsim.learn.recalibrate_bn)
+    recalibrate_bn(learn, lambda _batch, i: data[i], list(range(len(data))), 0)
     return last
 
 
