@@ -578,11 +578,18 @@ def _plots(out: Path, results: list[MethodResult]) -> None:
         plt.close(fig)
 
 
-def write_run(cfg: FinetuneConfig, out: Path, results: list[MethodResult], sites: list[HeldOut], raw: Any) -> None:
-    """config.yaml, metrics.csv (method, round, site, rel_wsr_pct, cum_fl_bytes, sim_time_s; site 'average'
-    too), overhead.csv (method, round, phase, link, messages, reals, bytes), summary.json, plots/."""
+def resolved(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The resolved configuration (defaults filled, overrides applied), valid input of ``dsim finetune``."""
+    return {"seed": cfg.seed, "precision": cfg.precision, "engine": jsonable(cfg.engine, finite=False),
+            "output": cfg.output, "federated": cfg.federated.model_dump(mode="json")}
+
+
+def write_run(cfg: FinetuneConfig, out: Path, results: list[MethodResult], sites: list[HeldOut]) -> None:
+    """config.yaml (:func:`resolved`), metrics.csv (method, round, site, rel_wsr_pct, cum_fl_bytes,
+    sim_time_s; site 'average' too), overhead.csv (method, round, phase, link, messages, reals, bytes),
+    summary.json, plots/."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(jsonable(raw, finite=False), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved(cfg), sort_keys=False))
     names = [s.name for s in sites]
     rows = []
     for res in results:
@@ -610,7 +617,7 @@ def write_run(cfg: FinetuneConfig, out: Path, results: list[MethodResult], sites
     _plots(out, results)
 
 
-def finetune(cfg: FinetuneConfig, raw: Any = None, progress: bool = True) -> list[MethodResult]:
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> list[MethodResult]:
     """``dsim finetune``: held-out samples and reference per site, then the comparisons and the federated
     strategies; writes the run directory ``cfg.output``; returns the results."""
     fed = cfg.federated
@@ -631,19 +638,17 @@ def finetune(cfg: FinetuneConfig, raw: Any = None, progress: bool = True) -> lis
             results.append(run_federated(cfg, k, engine, net, evaluate, start, progress)[0])
     finally:
         engine.close()
-    write_run(cfg, Path(cfg.output), results, sites, raw if raw is not None else cfg.model_dump(mode="json"))
+    write_run(cfg, Path(cfg.output), results, sites)
     return results
 
 
 def finetune_main(path: str, overrides: list[str], out: str | None, engine: str | None, progress: bool) -> int:
     """``python -m dsim finetune CONFIG``: validate (a :class:`dsim.config.ConfigError` propagates to the CLI's
     one-line report), run, print one line per method and the run directory."""
-    from dsim.config import _read_yaml
     from dsim.fl_config import load_finetune
 
     cfg = load_finetune(path, overrides, out=out, engine=engine)
-    raw = _read_yaml(Path(path))
-    results = finetune(cfg, raw, progress)
+    results = finetune(cfg, progress)
     print("\n".join(summary_lines(results)))
     print(f"run directory: {cfg.output}")
     return 0

@@ -17,7 +17,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dsim.config import _read_yaml  # noqa: E402
 from dsim.federated import finetune, summary_lines  # noqa: E402
 from dsim.fl_config import load_finetune  # noqa: E402
 
@@ -33,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sets = [f"federated.wire={args.wire}"] if args.wire else []
     cfg = load_finetune(args.config, sets, out=args.out, engine=args.engine)
-    results = finetune(cfg, _read_yaml(args.config))
+    results = finetune(cfg)
     print("\n".join(summary_lines(results)))
     names = [s.name for s in cfg.federated.sites]
     by = {r.label: r for r in results}
