@@ -143,13 +143,14 @@ def fl_network(n_sites: int) -> Network:
     """The FL network: one ``server``, ``n_sites`` ``site`` agents, edges server->site s and site s->server
     with edge id s (link class ``fl``), batch 1 (one federation)."""
     S = int(n_sites)
-    ar = torch.arange(S)
-    zero = torch.zeros(S, dtype=torch.int64)
-    mask = torch.ones(1, S, dtype=torch.bool)
+    cpu = torch.device("cpu")  # the federation's own (tiny) data: on the CPU, whatever the default device
+    ar = torch.arange(S, device=cpu)
+    zero = torch.zeros(S, dtype=torch.int64, device=cpu)
+    mask = torch.ones(1, S, dtype=torch.bool, device=cpu)
     edges = {DOWN: EdgeSet(DOWN, SERVER, SITE, LINK, zero, ar, mask),
              UP: EdgeSet(UP, SITE, SERVER, LINK, ar, zero, mask.clone())}
-    local = {SERVER: {"present": torch.ones(1, 1, dtype=torch.float64)},
-             SITE: {"present": torch.ones(1, S, dtype=torch.float64)}}
+    local = {SERVER: {"present": torch.ones(1, 1, dtype=torch.float64, device=cpu)},
+             SITE: {"present": torch.ones(1, S, dtype=torch.float64, device=cpu)}}
     return Network("federation", 1, {SERVER: 1, SITE: S}, edges, local, {"batch": 1, "seed": 0})
 
 
@@ -244,14 +245,14 @@ class FLFaults(FaultModel):
 
     def _draw(self, rnd: int, phase: int) -> Tensor:
         S = len(self.crash_round)
-        return FaultModel.delivered(self, rnd, phase, torch.arange(S), 1, S)[0]
+        return FaultModel.delivered(self, rnd, phase, torch.arange(S, device="cpu"), 1, S)[0]
 
     def alive(self, rnd: int) -> Tensor:
-        return torch.tensor([c == 0 or rnd < c for c in self.crash_round], dtype=torch.bool)
+        return torch.tensor([c == 0 or rnd < c for c in self.crash_round], dtype=torch.bool, device="cpu")
 
     def addressed(self, rnd: int) -> Tensor:
         """Sites the server sends the model to in round ``rnd`` (it does not know of crashes)."""
-        return torch.tensor(self.selected[rnd], dtype=torch.bool)
+        return torch.tensor(self.selected[rnd], dtype=torch.bool, device="cpu")
 
     def got_model(self, rnd: int) -> Tensor:
         """Sites that receive the model (addressed, alive, not lost): they train and upload."""
@@ -281,7 +282,7 @@ def plan_faults(n_sites: int, rounds: int, fraction_fit: float, min_fit_clients:
     for r in range(1, rounds + 1):
         g = torch.Generator(device="cpu")
         g.manual_seed(seed * 1_000_003 + 7919 * r)
-        pick = set(torch.randperm(S, generator=g)[:m].tolist())
+        pick = set(torch.randperm(S, generator=g, device="cpu")[:m].tolist())
         rows.append(tuple(i in pick for i in range(S)))
     return FLFaults(message_loss=message_loss, seed=seed, selected=tuple(rows),
                     crash_round=tuple(int(crash.get(i, 0)) for i in range(S)))

@@ -37,7 +37,7 @@ def weighted_mean(updates: Tensor, examples: Tensor) -> Tensor:
 def proximal_term(params: list[Tensor], anchor: list[Tensor], mu: float) -> Tensor:
     """FedProx's (mu/2) sum_j ||w_j - x_j||^2 over the trainable tensors ``params`` and their values
     ``anchor`` at the start of the round (complex tensors: squared modulus)."""
-    total = params[0].new_zeros((), dtype=params[0].real.dtype) if params else torch.zeros(())
+    total = params[0].new_zeros((), dtype=params[0].real.dtype) if params else torch.zeros((), device="cpu")
     for p, a in zip(params, anchor):
         total = total + (p - a).abs().pow(2).sum()
     return 0.5 * mu * total

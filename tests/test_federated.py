@@ -271,3 +271,23 @@ def test_cli_finetune_writes_run_dir_and_reports_bad_keys(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "federated.sites[0].truncate.ue_antenas: not a scenario key" in err[0]
     assert str(path) in err[0]
+
+
+def test_meta_default_device():
+    """DESIGN §11: with the default device ``meta`` the FL round (sites drawing their samples, local training,
+    aggregation, FedAdam state) and the hotspot generator create nothing on it: bit-identical to a CPU run."""
+    from dsim.scenarios.multicell import MulticellScenario, generate_multicell
+
+    sites = [site("a", 1, hotspot_radius_m=20.0), site("b", 2)]
+    cfg = cfg_of(sites, [{"strategy": "fedadam", "eta": 0.01}], rounds=2, wire="float16")
+    ref = fed_vectors(cfg)[0]
+    opts = MulticellScenario(hotspot_radius_m=15.0, hotspot_fraction=0.5)
+    h_ref = generate_multicell(opts, 3, torch.Generator().manual_seed(4)).H
+    torch.set_default_device("meta")
+    try:
+        got = fed_vectors(cfg)[0]
+        h = generate_multicell(opts, 3, torch.Generator().manual_seed(4)).H
+    finally:
+        torch.set_default_device(None)
+    assert all(torch.equal(v, w) for v, w in zip(got, ref))
+    assert torch.equal(h, h_ref)
