@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="values of one config key (repeat for a cartesian grid); the config's `sweep:` "
                         "section gives the default grid")
     w.add_argument("--point-plots", action="store_true", help="also write each point's run plots")
+    f = sub.add_parser("finetune", help="federated fine-tuning across sites (the config's `federated:` section)")
+    common(f)
     return p
 
 
@@ -86,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             where = "finished sweep points are kept; re-run the same command to go on"
             return sweep_main(args.config, args.grid, args.overrides, out=args.out, engine=args.engine,
                               progress=not args.no_progress, point_plots=args.point_plots)
+        if args.cmd == "finetune":
+            from dsim.federated import finetune_main
+
+            where = "the finished methods' results are kept in the output directory"
+            return finetune_main(args.config, args.overrides, args.out, args.engine, not args.no_progress)
         cfg = load_config(args.config, args.overrides, out=args.out, engine=args.engine)
         family_scenario = not isinstance(cfg.scenario, FileScenario)
         if family_scenario and args.cmd != "train":

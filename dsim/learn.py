@@ -542,3 +542,49 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
     return {"adapt_steps": opts.adapt_steps, "adapt_samples": int(res["samples"]),
             "adapt_s": round(time.perf_counter() - t0, 6), "adapt_seed": seed,
             "adapt_loss_first": res["loss_first"], "adapt_loss_last": res["loss_last"]}
+
+
+# =============================================================================== flat parameter vectors
+def state_names(module: nn.Module) -> list[str]:
+    """Names of the floating-point entries of ``module.state_dict()`` (parameters and floating buffers such as
+    batch-norm or running-mean statistics), in state-dict order: what :func:`get_flat` exchanges.  Integer
+    buffers (batch-norm's ``num_batches_tracked``) are left out."""
+    return [k for k, v in module.state_dict().items() if v.is_floating_point() or v.is_complex()]
+
+
+def flat_size(module: nn.Module) -> int:
+    """Reals in :func:`get_flat`'s vector: a real entry counts its elements, a complex one twice."""
+    sd = module.state_dict()
+    return sum(sd[k].numel() * (2 if sd[k].is_complex() else 1) for k in state_names(module))
+
+
+def get_flat(module: nn.Module) -> Tensor:
+    """The module's floating state (:func:`state_names`) as one float64 vector ``(P,)`` of reals (complex
+    entries as interleaved real/imaginary parts, :func:`torch.view_as_real`), detached, on the CPU: the
+    parameter vector a federated client uploads."""
+    sd = module.state_dict()
+    parts = [(torch.view_as_real(sd[k]) if sd[k].is_complex() else sd[k]).detach().reshape(-1).to("cpu", torch.float64)
+             for k in state_names(module)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def set_flat(module: nn.Module, vec: Tensor) -> None:
+    """Inverse of :func:`get_flat`: copy the reals of ``vec`` ``(P,)`` into the module's floating state, each
+    entry keeping its dtype and device; ``ValueError`` if the length is not :func:`flat_size`."""
+    sd = module.state_dict()
+    names = state_names(module)
+    need = sum(sd[k].numel() * (2 if sd[k].is_complex() else 1) for k in names)
+    if vec.numel() != need:
+        raise ValueError(f"parameter vector has {vec.numel()} reals; the module holds {need}")
+    vec = vec.detach().reshape(-1)
+    at = 0
+    with torch.no_grad():
+        for k in names:
+            t = sd[k]
+            n = t.numel() * (2 if t.is_complex() else 1)
+            chunk = vec[at:at + n].to(t.device)
+            if t.is_complex():
+                t.copy_(torch.view_as_complex(chunk.to(t.real.dtype).reshape(*t.shape, 2).clone()))
+            else:
+                t.copy_(chunk.to(t.dtype).reshape(t.shape))
+            at += n

@@ -27,6 +27,11 @@ Layouts:
   each UE uniform in the disk of radius ``disk_radius_m`` around its BS at least r0 from it (uniform in
   area, :func:`annulus_radius`); path loss per ``pathloss`` (ICGNN: exponent, 30.5 dB + 36.7 log10 d).
 
+Hotspot option (any geometric layout; the analogue of DeepMIMO S4b in GCN-WMMSE Sec. IV-D): with
+``hotspot_radius_m`` set, the first round(``hotspot_fraction`` * ues_per_bs) UEs of every BS are placed
+uniformly (in area) in the disk of that radius around ``hotspot_xy_m`` instead (still served by their BS);
+their BS distances are floored at ``min_distance_m``.
+
 UE i = k * ues_per_bs + j is the j-th UE of BS k.  Power budgets P_k and noise powers sigma_i^2 (per
 receive antenna) are in W, positions in m.  Rates on these channels are in nat/Hz.
 
@@ -126,6 +131,10 @@ class MulticellScenario(CrossChecked):
     pathloss: Pathloss = "pico"
     pathloss_exponent: float = Field(3.0, gt=0)
     pathloss_ref_db: float = Field(30.0, allow_inf_nan=False)
+    hotspot_radius_m: float | None = Field(None, gt=0, description="UEs clustered in a disk of this radius [m]")
+    hotspot_xy_m: tuple[float, float] = Field((100.0, 57.735), description="hotspot centre [m] (default: the "
+                                              "triangle's centroid for d = 200 m)")
+    hotspot_fraction: float = Field(1.0, gt=0, le=1, description="share of each BS's UEs in the hotspot")
     min_distance_m: float = Field(10.0, gt=0)
     range_m: float | None = Field(None, gt=0)
     ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
@@ -294,6 +303,22 @@ def in_hexagon(xy: Tensor, apothem: float) -> Tensor:
     return (x.abs() <= apothem) & ((0.5 * x + s * y).abs() <= apothem) & ((-0.5 * x + s * y).abs() <= apothem)
 
 
+def hotspot_positions(ue_xy: Tensor, ues_per_bs: int, options: MulticellScenario, gen: torch.Generator) -> Tensor:
+    """UE positions (B, I, 2) with the hotspot UEs (the first round(hotspot_fraction * ues_per_bs) of every
+    BS) moved uniformly in area into the disk of radius ``hotspot_radius_m`` around ``hotspot_xy_m``.
+    Draws u_r (B, I) then u_phi (B, I) (for every UE, so the draws do not depend on the fraction)."""
+    B, I, _ = ue_xy.shape
+    dev = gen.device
+    u_r = torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
+    u_phi = torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
+    r = float(options.hotspot_radius_m) * torch.sqrt(u_r)
+    phi = 2 * math.pi * u_phi
+    centre = torch.tensor(options.hotspot_xy_m, dtype=_F64, device=dev)
+    spot = centre + torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=-1)
+    inside = torch.arange(I, device=dev) % ues_per_bs < round(options.hotspot_fraction * ues_per_bs)
+    return torch.where(inside[None, :, None], spot, ue_xy.to(dev))
+
+
 def _triangle_offsets(B: int, n_bs: int, ues_per_bs: int, d: float, r0: float,
                       gen: torch.Generator) -> Tensor:
     """UE offsets from their BS (B, I, 2): uniform on the interior-facing sextant, r0 <= r <= d/sqrt(3).
@@ -404,7 +429,11 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
         offsets = _hex_offsets(B, I, float(o.bs_distance_m), float(o.min_distance_m), generator)
     bs_xy = sites.expand(B, K, 2).clone()
     ue_xy = sites[assign] + offsets  # (B, I, 2)
+    if o.hotspot_radius_m is not None:
+        ue_xy = hotspot_positions(ue_xy, U, o, generator)
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
+    if o.hotspot_radius_m is not None:
+        dist = dist.clamp_min(float(o.min_distance_m))
     pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
     amp = 10.0 ** (-pl / 20.0)  # sqrt of the per-entry variance 10^(-PL/10)
     z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
