@@ -188,24 +188,32 @@ def test_shipped_beats_lsf_and_adaptation_meta(shipped):
     p_lsf, _ = _powers(build_lsf(None, net), net, air)
     se, se_lsf = air.evaluate(p)[0].mean(), air.evaluate(p_lsf)[0].mean()
     assert se > se_lsf, (float(se), float(se_lsf))
-    adapted = build(ICGNNOptions(adapt_steps=1, adapt_batch=4), net)
-    assert adapted.meta["adapt_steps"] == 1 and adapted.meta["adapt_samples"] == 4
-    pa, _ = _powers(adapted, net, air)
-    torch.testing.assert_close(pa.sum(-1), p.sum(-1), rtol=0, atol=1e-9)
-    torch.testing.assert_close(pa, _one_adam_step_reference(net, air, seed=77, batch=4), rtol=1e-9, atol=1e-12)
+    # the shipped model was trained with frozen normalization (train.freeze_norm): adaptation keeps it frozen
+    for norm, frozen in ((None, True), ("batch", False)):
+        adapted = build(ICGNNOptions(adapt_steps=1, adapt_batch=4, adapt_norm=norm), net)
+        assert adapted.meta["adapt_steps"] == 1 and adapted.meta["adapt_samples"] == 4
+        pa, _ = _powers(adapted, net, air)
+        torch.testing.assert_close(pa.sum(-1), p.sum(-1), rtol=0, atol=1e-9)
+        want = _one_adam_step_reference(net, air, seed=77, batch=4, frozen=frozen)
+        torch.testing.assert_close(pa, want, rtol=1e-9, atol=1e-12)
 
 
-def _one_adam_step_reference(net, air, seed: int, batch: int) -> torch.Tensor:
+def _one_adam_step_reference(net, air, seed: int, batch: int, frozen: bool) -> torch.Tensor:
     """ICGNN's powers after ``adapt_steps: 1`` rebuilt from the documented recipe: one minibatch of the run's
     scenario (adaptation seed s = seed * 1_000_003 + 999_983, minibatch seed s * 1_000_003 + 1), the
     gradient g of loss (28) in training mode, Adam's first step in closed form (the bias-corrected moments
-    are g and g^2: theta - lr g / (|g| + eps)), then batch-norm statistics of that minibatch at the new
-    weights, eval mode."""
+    are g and g^2: theta - lr g / (|g| + eps)), then, with batch statistics (``frozen`` False), batch-norm
+    statistics of that minibatch at the new weights; with ``frozen`` the batch-norm layers keep their
+    running statistics throughout.  Eval mode."""
     from dsim.evaluate import evaluate_rounds
     from dsim.learn import recalibrate_bn, scenario_sampler
 
     learn = learnable({"checkpoint": "shipped"})
     module = learn.module.train()
+    if frozen:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     s = seed * 1_000_003 + 999_983
     sample = scenario_sampler(dict(net.info["scenario_config"]), "double")
     mb = sample(batch, s * 1_000_003 + 1)
@@ -216,6 +224,7 @@ def _one_adam_step_reference(net, air, seed: int, batch: int) -> torch.Tensor:
         for p, g in zip(module.parameters(), grads):
             if g is not None:
                 p -= 1e-3 * g / (g.abs() + 1e-8)
-    recalibrate_bn(learn, lambda b, sd: mb, [0], batch)
+    if not frozen:
+        recalibrate_bn(learn, lambda b, sd: mb, [0], batch)
     module.eval().requires_grad_(False)
     return _powers(icgnn_protocol(module, net), net, air)[0]
