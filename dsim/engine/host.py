@@ -127,8 +127,8 @@ class Host:
     def deliver(self, k: int, rnd: int, eids: Tensor, payload: dict[str, Tensor]) -> None:
         """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host).
 
-        Lost messages are replaced by the edge's last value (or the phase's initial one); then, for a
-        phase with ``aggr`` != 'none', the messages are aggregated over each receiver's present in-edges.
+        Lost messages are replaced by the edge's last value (or the phase's initial one); then the phase's
+        ``combine`` (if any) maps them per in-edge; then, for a phase with ``aggr`` != 'none', they are aggregated over each receiver's present in-edges.
         """
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
@@ -153,6 +153,8 @@ class Host:
                 merged[n] = torch.where(m, v, last[n])
             payload = merged
             self.last[ph.name] = payload
+        if ph.combine is not None:
+            payload = ph.combine(self.block, ev, payload)
         if ph.aggr != "none":
             payload = {n: ev.reduce_dst(v, ph.aggr) for n, v in payload.items()}
         ph.receive(self.block, Inbox(payload=payload, delivered=ok & ev.mask, edges=ev))
