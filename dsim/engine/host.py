@@ -128,7 +128,8 @@ class Host:
         """Receive phase ``k``'s messages on in-edges ``eids`` (any order; all in-edges of this host).
 
         Lost messages are replaced by the edge's last value (or the phase's initial one); then the phase's
-        ``combine`` (if any) maps them per in-edge; then, for a phase with ``aggr`` != 'none', they are aggregated over each receiver's present in-edges.
+        ``combine`` (if any) maps them per in-edge; then, for a phase with ``aggr`` != 'none', they are
+        aggregated over each receiver's present in-edges.
         """
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)

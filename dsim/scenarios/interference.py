@@ -371,7 +371,8 @@ def load_interference(path: str | Path, dtype: torch.dtype = torch.complex128) -
     check_family(path, data, FAMILY)
     H = data["H"]
     if H.dtype.kind != "c" or H.ndim != 5 or H.shape[1] != H.shape[2] or H.shape[3] != 1 or min(H.shape) < 1:
-        raise ChannelFileError(f"{path}: key 'H': expected a complex array of shape (B, K, K, 1, N_t), found {found(H)}")
+        raise ChannelFileError(f"{path}: key 'H': expected a complex array of shape (B, K, K, 1, N_t), "
+                               f"found {found(H)}")
     B, K = H.shape[:2]
     check_array(path, "H", H, "c", "a complex array", H.shape, "(B, K, K, 1, N_t)")
     assign = data["assign"]
