@@ -114,7 +114,7 @@ class WCGCNParams(LearnedModule):
             torch.manual_seed(seed)
             self.mlp1 = MLP(u1, relu_out=True)
             self.mlp2 = MLP(u2, relu_out=False)
-        self.register_buffer("scale", torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("scale", torch.zeros(2, dtype=torch.float64, device="cpu"))
 
     def observe(self, net: Network) -> None:
         """Set ``scale`` from the first training minibatch (mean ln(1 + snr) of direct links / present edges)."""
@@ -283,7 +283,12 @@ MODEL = LearnableSpec("wcgcn", WCGCNParams, WCGCNOptions, _protocol, SHIPPED_MOD
 
 
 def build(opts: WCGCNOptions, net: Network) -> Protocol:
-    """Inference protocol (shipped checkpoints resolved against the scenario)."""
+    """Inference protocol (shipped checkpoints resolved against the scenario; an untrained model without
+    ``mode`` / ``tx_antennas`` takes them from the scenario: beamforming when N_t > 1)."""
+    if opts.checkpoint == "untrained":
+        n_t = int(net.info["bs_antennas"])
+        opts = opts.model_copy(update={"mode": opts.mode or ("bf" if n_t > 1 else "pc"),
+                                       "tx_antennas": opts.tx_antennas or n_t})
     return MODEL.build(resolve_checkpoint(opts, net), net)
 
 

@@ -407,9 +407,9 @@ def load_interference(path: str | Path, dtype: torch.dtype = torch.complex128) -
     weights = torch.as_tensor(np.broadcast_to(wts, (B, K)).copy(), device="cpu").to(_F64)
     if "inrange" in data:
         check_array(path, "inrange", data["inrange"], "b", "a bool array", (B, K, K), "(B, K, K)")
-        inrange = torch.as_tensor(data["inrange"], device="cpu") | torch.eye(K, dtype=torch.bool)
+        inrange = torch.as_tensor(data["inrange"], device="cpu") | torch.eye(K, dtype=torch.bool, device="cpu")
     else:
-        inrange = torch.ones(B, K, K, dtype=torch.bool)
+        inrange = torch.ones(B, K, K, dtype=torch.bool, device="cpu")
     xy = {}
     for key in ("bs_xy", "ue_xy"):
         if key in data:
