@@ -98,6 +98,44 @@ class MLP(nn.Module):
         return x
 
 
+def split_first_layer(mlp1: MLP, mode: str, n_t: int) -> tuple[Tensor, Tensor, Tensor]:
+    """MLP1's first layer W [x_j, e_ji] + b split as W_send [sender's fields] + (W_recv e_recv + b).
+
+    Power control: inputs (x_j (3), f(|h_ji|) measured by the receiver, f(|h_ij|) sent by j); beamforming:
+    (x_j (4 N_t), f(h_ji) (2 N_t) measured by the receiver).  Returns (W_send, W_recv, b)."""
+    lin = mlp1.linear[0]
+    W, b = lin.weight, lin.bias
+    if mode == "pc":
+        return torch.cat([W[:, :3], W[:, 4:5]], 1), W[:, 3:4], b
+    return W[:, :4 * n_t], W[:, 4 * n_t:], b
+
+
+def edge_constant(params: WCGCNParams, e_recv: Tensor) -> Tensor:
+    """W_recv e_ji + b for each in-edge (B, E, d1): the part of MLP1's first layer that only depends on what
+    the receiver measured, the same in every layer (computed once)."""
+    _, W_r, b = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
+    return F.linear(e_recv, W_r.to(e_recv.device, e_recv.dtype), b.to(e_recv.device, e_recv.dtype))
+
+
+def edge_messages(params: WCGCNParams, sent: Tensor, const: Tensor) -> Tensor:
+    """MLP1(x_j, e_ji) per edge (..., d): ``sent`` (..., n_send) the sender's fields, ``const`` (..., d1) from
+    :func:`edge_constant` (eq. (8), inner part)."""
+    W_s, _, _ = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
+    h = torch.relu(F.linear(sent, W_s.to(sent.device, sent.dtype)) + const)
+    for lin in params.mlp1.linear[1:]:
+        h = torch.relu(F.linear(h, lin.weight.to(h.device, h.dtype), lin.bias.to(h.device, h.dtype)))
+    return h
+
+
+def node_update(params: WCGCNParams, x: Tensor, m: Tensor) -> Tensor:
+    """x <- sigma(MLP2(x, m)) (eq. (8), outer part): power control x = [f(|h_kk|), w_k, p_k / P_max] gets the
+    new p; beamforming x = [v_k, f(h_kk)] the new v with ||v|| <= 1.  x (..., n_x), m (..., d)."""
+    y = params.mlp2(torch.cat([x, m], -1))
+    if params.mode == "pc":
+        return torch.cat([x[..., :2], 1.0 / (1.0 + torch.exp(-y))], -1)  # sigmoid (identical on any host size)
+    return torch.cat([ball(y), x[..., 2 * params.tx_antennas:]], -1)
+
+
 class WCGCNParams(LearnedModule):
     """WCGCN weights (MLP1, MLP2 shared by all layers) and the feature scales ``scale`` = [s_direct, s_edge]
     (0 until observed: then 1 is used)."""
@@ -181,13 +219,14 @@ def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
         real = loc["p_max"].dtype
         if mode == "pc":
             block.state["x"] = torch.stack([own[..., 0].abs(), loc["w"], torch.ones_like(loc["w"])], -1)
-            block.state["e_in"] = e_in[..., 0].abs()[..., None]
+            e_recv = e_in[..., 0].abs()[..., None]
             block.state["V"] = loc["p_max"].sqrt().to(loc["h_own"].dtype)[..., None, None]
         else:
             v = torch.full(own.shape, 1.0 / math.sqrt(n_t), dtype=real, device=block.device).to(own.dtype)
             block.state["x"] = torch.cat([as_reals(v), as_reals(own)], -1)
-            block.state["e_in"] = as_reals(e_in)
+            e_recv = as_reals(e_in)
             block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
+        block.state["edge_const"] = edge_constant(params, e_recv)
 
     def send_state(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         out = {"x": ev.gather_src(block.state["x"])}
@@ -200,12 +239,12 @@ def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
 
     def message_fn(block: AgentBlock, ev: EdgeView, payload: dict[str, Tensor]) -> dict[str, Tensor]:
         """MLP1(x_j, e_ji) on the present in-edges (absent ones: 0, left out of the MAX by the engine)."""
-        parts = [payload["x"], block.state["e_in"]] + ([payload["g"]] if mode == "pc" else [])
-        z = torch.cat(parts, -1)
+        sent = torch.cat([payload["x"], payload["g"]], -1) if mode == "pc" else payload["x"]
+        const = block.state["edge_const"]
         if bool(ev.mask.all()):
-            return {"m": params.mlp1(z)}
-        m = params.mlp1(z[ev.mask])
-        out = torch.zeros(z.shape[:-1] + (m.shape[-1],), dtype=m.dtype, device=m.device)
+            return {"m": edge_messages(params, sent, const)}
+        m = edge_messages(params, sent[ev.mask], const[ev.mask])
+        out = torch.zeros(sent.shape[:-1] + (m.shape[-1],), dtype=m.dtype, device=m.device)
         return {"m": out.index_put((ev.mask,), m)}
 
     def store(block: AgentBlock, inbox: Inbox) -> None:
@@ -213,16 +252,13 @@ def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
 
     def update(block: AgentBlock) -> None:
         current_layer(block, params.layers, "wcgcn")
-        x, loc = block.state["x"], block.local
-        y = params.mlp2(torch.cat([x, block.state["m"]], -1))
+        loc = block.local
+        x = block.state["x"] = node_update(params, block.state["x"], block.state["m"])
         if mode == "pc":
-            p = 1.0 / (1.0 + torch.exp(-y))  # sigmoid (as icgnn: identical on every host size)
-            block.state["x"] = torch.cat([x[..., :2], p], -1)
-            block.state["V"] = (p[..., 0] * loc["p_max"]).sqrt().to(loc["h_own"].dtype)[..., None, None]
+            block.state["V"] = (x[..., 2] * loc["p_max"]).sqrt().to(loc["h_own"].dtype)[..., None, None]
         else:
-            v = ball(y)
-            block.state["x"] = torch.cat([v, x[..., 2 * n_t:]], -1)
-            block.state["V"] = (loc["p_max"].sqrt()[..., None].to(loc["h_own"].dtype) * as_complex(v))[..., None]
+            v = as_complex(x[..., :2 * n_t])
+            block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
 
     fields = ((MsgField("x", "real", (3,)), MsgField("g", "real", (1,))) if mode == "pc"
               else (MsgField("x", "real", (4 * n_t,)),))
