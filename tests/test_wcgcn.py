@@ -44,8 +44,8 @@ def run(params, s, engine=None) -> tuple[dict[int, torch.Tensor], list]:
 
 
 def permuted(ch: InterferenceChannels, perm: torch.Tensor) -> InterferenceChannels:
-    return replace(ch, H=ch.H[:, perm][:, :, perm], weights=ch.weights[:, perm], inrange=ch.inrange[:, perm][:, :, perm],
-                   tx_xy=ch.tx_xy[:, perm], rx_xy=ch.rx_xy[:, perm])
+    return replace(ch, H=ch.H[:, perm][:, :, perm], weights=ch.weights[:, perm],
+                   inrange=ch.inrange[:, perm][:, :, perm], tx_xy=ch.tx_xy[:, perm], rx_xy=ch.rx_xy[:, perm])
 
 
 @pytest.mark.parametrize("scn,mode,n_t", [(PC, "pc", 1), (BF, "bf", 2)], ids=["pc", "bf"])
