@@ -5,8 +5,8 @@ maximum-ratio initialisation), both averaged over the same held-out layouts, in 
 normalisation).  Held-out seeds: layouts are drawn with seeds >= 100 (training used seed 7's minibatch
 stream; see scenarios/train_wcgcn_*.yaml).  Also the strongest-links baseline.
 
-    OMP_NUM_THREADS=1 python examples/wcgcn_tables.py [--layouts 500] [--k1000-layouts 4] [--out runs/wcgcn_tables]
-    (--quick: 100 layouts, 2 at K = 1000)
+    OMP_NUM_THREADS=1 python examples/wcgcn_tables.py [--layouts 500] [--small-layouts 200] [--fig3-layouts 200]
+        [--k1000-layouts 3] [--out runs/wcgcn_tables]     (--quick: 100 layouts, 2 at K = 1000)
 
 Writes ``tables.md`` (markdown tables), ``tables.json`` and ``fig3_layers_vs_wmmse.png`` to ``--out``.
 """
@@ -85,8 +85,10 @@ def pct(res: dict[str, float], key: str, ref: str = "wmmse@100") -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layouts", type=int, default=500, help="held-out layouts per K <= 50 entry")
-    ap.add_argument("--k1000-layouts", type=int, default=4, help="held-out layouts per K >= 200 entry")
+    ap.add_argument("--layouts", type=int, default=500, help="held-out layouts per K = 50 entry")
+    ap.add_argument("--small-layouts", type=int, default=200, help="held-out layouts per K = 10, 30 entry")
+    ap.add_argument("--fig3-layouts", type=int, default=200, help="held-out layouts of Fig. 3")
+    ap.add_argument("--k1000-layouts", type=int, default=3, help="held-out layouts per K >= 200 entry")
     ap.add_argument("--large-k", type=int, nargs="*", default=[1000], help="K of T III / T VI (paper: 200..1000)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip", nargs="*", default=[], help="tables to skip: T1 T2 T3 T5 T6 F3")
@@ -94,13 +96,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.quick:
-        args.layouts, args.k1000_layouts = 100, 2
+        args.layouts, args.small_layouts, args.fig3_layouts, args.k1000_layouts = 100, 100, 100, 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "baselines.json"
     if cache.exists():
         BASELINE_CACHE.update(json.loads(cache.read_text()))
-    results: dict = {"layouts": args.layouts, "k1000_layouts": args.k1000_layouts, "seeds": "100 + chunk"}
+    results: dict = {"layouts_K50": args.layouts, "layouts_K10_K30": args.small_layouts, "fig3_layouts": args.fig3_layouts,
+                     "k1000_layouts": args.k1000_layouts, "seeds": "100 (T I), 200 (T II, V), 300 (K = 1000), 400 (Fig. 3) "
+                     "+ chunk index"}
     lines = ["# WCGCN vs the MPGNN paper (% of WMMSE, 100 iterations, full CSI)", ""]
     t0 = time.perf_counter()
     if "T1" not in args.skip:
@@ -109,7 +113,8 @@ def main() -> None:
         for snr in (0, 10):
             for K in (10, 30, 50):
                 scn = {"family": GAUSS, "layout": "gaussian", "n_pairs": K, "snr_db": float(snr)}
-                r = evaluate(scn, f"gauss_K{K}_{snr}dB", args.layouts, 100, 100, desc=f"T I K{K} {snr}dB")
+                n = args.layouts if K >= 50 else args.small_layouts
+                r = evaluate(scn, f"gauss_K{K}_{snr}dB", n, 100, 100, desc=f"T I K{K} {snr}dB")
                 results[f"T I K{K} {snr}dB"] = r
                 lines.append(f"| {K}, {snr} dB | {PAPER['T I'][(K, snr)]:.1f} | {pct(r, 'wcgcn@3'):.1f} | "
                              f"{pct(r, 'strongest'):.1f} |")
@@ -138,7 +143,7 @@ def main() -> None:
     if "F3" not in args.skip:
         scn = {"family": GAUSS, "layout": "gaussian", "n_pairs": 50, "snr_db": 10.0}
         its = (1, 2, 5, 10, 20, 30, 50, 100)
-        r = evaluate(scn, "gauss_K50_10dB", args.layouts, 400, 100, wmmse_rounds=its, desc="Fig. 3")
+        r = evaluate(scn, "gauss_K50_10dB", args.fig3_layouts, 400, 100, wmmse_rounds=its, desc="Fig. 3")
         results["Fig 3"] = r
         lines += ["## Fig. 3: K = 50, 10 dB Gaussian: WCGCN layers vs WMMSE iterations (sum rate, bit/s/Hz)", "",
                   "| | sum rate |", "|---|---|"]
