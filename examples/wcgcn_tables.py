@@ -102,9 +102,9 @@ def main() -> None:
     cache = out / "baselines.json"
     if cache.exists():
         BASELINE_CACHE.update(json.loads(cache.read_text()))
-    results: dict = {"layouts_K50": args.layouts, "layouts_K10_K30": args.small_layouts, "fig3_layouts": args.fig3_layouts,
-                     "k1000_layouts": args.k1000_layouts, "seeds": "100 (T I), 200 (T II, V), 300 (K = 1000), 400 (Fig. 3) "
-                     "+ chunk index"}
+    results: dict = {"layouts_K50": args.layouts, "layouts_K10_K30": args.small_layouts,
+                     "fig3_layouts": args.fig3_layouts, "k1000_layouts": args.k1000_layouts,
+                     "seeds": "100 (T I), 200 (T II, V), 300 (K = 1000), 400 (Fig. 3) + chunk index"}
     lines = ["# WCGCN vs the MPGNN paper (% of WMMSE, 100 iterations, full CSI)", ""]
     t0 = time.perf_counter()
     if "T1" not in args.skip:
