@@ -152,6 +152,10 @@ class WCGCNParams(LearnedModule):
             torch.manual_seed(seed)
             self.mlp1 = MLP(u1, relu_out=True)
             self.mlp2 = MLP(u2, relu_out=False)
+        if mode == "bf":  # start inside the unit ball: where ||y|| > 1, sigma(y) = y/||y|| has no radial gradient,
+            with torch.no_grad():  # so power control could never be learned for that node
+                self.mlp2.linear[-1].weight.mul_(0.1)
+                self.mlp2.linear[-1].bias.zero_()
         self.register_buffer("scale", torch.zeros(2, dtype=torch.float64, device="cpu"))
 
     def observe(self, net: Network) -> None:
