@@ -49,7 +49,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "wmmse": [{"init": "random"}, {"init": "mrc"}],
     "gcn_wmmse": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "shipped"}],
     "wmmse_admm": [{"max_inner": 200}],
-    "wcgcn": [{"checkpoint": "untrained"}],
+    "wcgcn": [{"checkpoint": "untrained"}, {"checkpoint": "shipped"}],
     "icgnn": [{"checkpoint": "untrained", "layers": 2}, {"adapt_steps": 1, "adapt_batch": 2}],
 }
 #: per scenario index: (wire policy, message-loss probability, missing-link probability)
