@@ -9,7 +9,8 @@ Distributed, one round:
      it has a signaling link with (with ``wmmse_csi: full``, the default, every Tx: the ranking is global as
      in the paper; with ``range``, the ranking is among the pairs within range).
   2. ``decide`` (local): Tx k counts the received gains above its own (ties: lower pair index first) and
-     transmits when fewer than n_on are.
+     transmits when fewer than n_on(fraction, n + 1) are, n the number of gains it received (n + 1 = K with
+     full CSI).
 The decision is made at the end of round 1; round 0 (initialisation) is all pairs at P_max.
 """
 
@@ -61,11 +62,15 @@ def build(opts: StrongestOptions, net) -> Protocol:
         g = inbox["g"][..., 0]
         mine = ev.gather_dst(own)
         ahead = (g > mine) | ((g == mine) & (ev.src < ev.dst))
-        ahead = ahead & (ev.src != ev.dst)
-        block.state["ahead"] = ev.sum_dst(ahead.to(own.dtype))
+        other = (ev.src != ev.dst).to(own.dtype)
+        block.state["ahead"] = ev.sum_dst((ahead & (ev.src != ev.dst)).to(own.dtype))
+        block.state["heard"] = ev.sum_dst(other * ev.mask.to(own.dtype))  # gains received from other pairs
 
     def decide(block: AgentBlock) -> None:
-        on = (block.state["ahead"] < top).to(block.local["h_own"].dtype)
+        # n_on(fraction, pairs ranked against): K with full CSI (the paper), the neighbourhood with range CSI
+        heard = block.state["heard"]
+        quota = torch.clamp(torch.round(opts.fraction * (heard + 1.0)), min=1.0)
+        on = (block.state["ahead"] < quota).to(block.local["h_own"].dtype)
         block.state["V"] = full_power(block) * on[..., None, None]
 
     phases = [Message("ul_gain", UL, (MsgField("g", "real", (1,)),), send_gain, recv_gain),
