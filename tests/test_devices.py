@@ -33,10 +33,10 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
         {"family": "multicell", "layout": "hex", "n_bs": 2, "ues_per_bs": 2, "bs_antennas": 3, "ue_antennas": 2,
          "range_m": 120.0},
     ],
-    "interference": [
-        {"family": "interference", "layout": "d2d", "n_pairs": 6, "field_m": 200.0, "range_m": 120.0},
-        {"family": "interference", "layout": "d2d", "n_pairs": 5, "tx_antennas": 2, "field_m": 200.0,
-         "range_m": 120.0, "wmmse_csi": "range"},
+    "interference": [  # N_t = 1: the training-step tests train the default (power-control) wcgcn on them
+        {"family": "interference", "layout": "d2d", "n_pairs": 5, "field_m": 200.0, "range_m": 120.0,
+         "wmmse_csi": "range"},
+        {"family": "interference", "layout": "gaussian", "n_pairs": 6, "snr_db": 10.0},
     ],
     "cellfree": [
         {"family": "cellfree", "n_aps": 3, "n_ues": 3, "ap_antennas": 2, "realizations": 6},

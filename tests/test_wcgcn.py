@@ -149,3 +149,20 @@ def test_registry_build_untrained_infers_mode_and_trains_one_step() -> None:
     grads = [p.grad for p in learn.module.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert float(loss.detach()) == pytest.approx(-float(wsr[3].detach().mean()))
+
+
+def test_beamforming_meta_default_device() -> None:
+    """Generation, network and the beamforming protocol under the meta default device equal the CPU run
+    bit for bit (the power-control case runs in tests/test_devices.py)."""
+    from tests.test_devices import default_device
+
+    def once() -> dict[int, torch.Tensor]:
+        _, s = scenario(BF, batch=2)
+        with torch.no_grad():
+            return run(trained_like("bf", 2), s)[0]
+
+    ref = once()
+    with default_device("meta"):
+        got = once()
+    for r in ref:
+        assert got[r].device.type == "cpu" and torch.equal(got[r], ref[r])
