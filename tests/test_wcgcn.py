@@ -30,7 +30,7 @@ def trained_like(mode: str, n_t: int, seed: int = 3):
     from agents.wcgcn import WCGCNParams
 
     m = WCGCNParams(mode, n_t, 3, seed=seed)
-    m.scale.copy_(torch.tensor([15.0, 6.0], dtype=torch.float64))
+    m.scale.copy_(torch.tensor([15.0, 6.0], dtype=torch.float64, device="cpu"))
     return m
 
 
