@@ -283,6 +283,6 @@ def build(opts: WMMSEOptions, net) -> Protocol:
                     rounds=opts.rounds, output=Output("bs", "V", SERVE), unit="nat/Hz")
 
 
-register_algorithm(AlgorithmSpec("wmmse", ("multicell",), WMMSEOptions, build,
+register_algorithm(AlgorithmSpec("wmmse", ("multicell", "interference"), WMMSEOptions, build,
                                  "distributed WMMSE, GCN-WMMSE paper eq. (3)-(9); init random|mrc",
                                  random_init=True))

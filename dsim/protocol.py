@@ -98,12 +98,17 @@ def segment_reduce(x: Tensor, index: Tensor, n: int, how: str, dim: int = 1, mas
     shape = x.shape[:dim] + (n,) + x.shape[dim + 1:]
     m = None if mask is None else mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
     if how == "max":
-        # left-out items go to an extra slot n, dropped afterwards; include_self=False keeps 0 in empty slots
-        idx = index.reshape((-1,) + (1,) * (x.dim() - dim - 1)).expand(x.shape[dim:])
-        idx = idx.expand(x.shape).clone() if m is None else torch.where(m, idx, n).expand(x.shape)
-        out = torch.zeros(x.shape[:dim] + (n + 1,) + x.shape[dim + 1:], dtype=x.dtype, device=x.device)
-        out = out.scatter_reduce(dim, idx, x, reduce="amax", include_self=False)
-        return out.narrow(dim, 0, n)
+        # the items of each slot side by side (padded to the largest group with -inf, left-out items -inf),
+        # then a dense amax: much faster than a scatter, forward and backward; empty slots get 0
+        slot, deg = group_slots(index, n)
+        if deg == 0:
+            return torch.zeros(shape, dtype=x.dtype, device=x.device)
+        neg = torch.full((), -torch.inf, dtype=x.dtype, device=x.device)
+        xm = x if m is None else torch.where(m, x, neg)
+        pad = torch.full(x.shape[:dim] + (n * deg,) + x.shape[dim + 1:], -torch.inf, dtype=x.dtype, device=x.device)
+        pad = pad.index_copy(dim, index * deg + slot, xm)
+        out = pad.reshape(x.shape[:dim] + (n, deg) + x.shape[dim + 1:]).amax(dim=dim + 1)
+        return torch.where(out == neg, torch.zeros((), dtype=x.dtype, device=x.device), out)
     xm = x if m is None else torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
     out = torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, index, xm)
     if how == "mean":
@@ -314,6 +319,11 @@ class Message:
                               'exclude': the edge is left out this round, like an absent edge (the
                               aggregation runs over the messages that arrived; with aggr 'none' the payload
                               is 0 there and ``inbox.delivered`` says so).
+    combine(block, in_edges, payload) -> {name: (B, E_in, ...)}: optional receiver-side map of each
+                              in-edge's message (what arrived, after the fault model's substitutions) with
+                              what the receiver holds about that edge (e.g. a GNN's message function of the
+                              sender's state and the edge feature the receiver measured), applied before
+                              ``aggr``; compute only, the ledger counts the fields sent.
     """
 
     name: str
@@ -325,6 +335,7 @@ class Message:
     aggr: str = "none"
     when: str = "every"
     silent: str = "last"
+    combine: Callable[[AgentBlock, EdgeView, dict[str, Tensor]], dict[str, Tensor]] | None = None
     kind: str = field(default="message", init=False)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,11 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
         {"family": "multicell", "layout": "hex", "n_bs": 2, "ues_per_bs": 2, "bs_antennas": 3, "ue_antennas": 2,
          "range_m": 120.0},
     ],
+    "interference": [  # N_t = 1: the training-step tests train the default (power-control) wcgcn on them
+        {"family": "interference", "layout": "d2d", "n_pairs": 5, "field_m": 200.0, "range_m": 120.0,
+         "wmmse_csi": "range"},
+        {"family": "interference", "layout": "gaussian", "n_pairs": 6, "snr_db": 10.0},
+    ],
     "cellfree": [
         {"family": "cellfree", "n_aps": 3, "n_ues": 3, "ap_antennas": 2, "realizations": 6},
         {"family": "cellfree", "n_aps": 3, "n_ues": 3, "ap_antennas": 2, "realizations": 6, "csi": "mmse",
@@ -44,6 +49,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "wmmse": [{"init": "random"}, {"init": "mrc"}],
     "gcn_wmmse": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "shipped"}],
     "wmmse_admm": [{"max_inner": 200}],
+    "wcgcn": [{"checkpoint": "untrained"}, {"checkpoint": "shipped"}],
     "icgnn": [{"checkpoint": "untrained", "layers": 2}, {"adapt_steps": 1, "adapt_batch": 2}],
     "model_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}, {"checkpoint": "shipped"}],
     "vanilla_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}],

@@ -154,8 +154,9 @@ class Host:
 
         Lost and late messages are replaced by the edge's last value (or the phase's initial one); a late one
         becomes the edge's last value for the next round (:mod:`dsim.faults`) -- or, for a phase with
-        ``silent='exclude'``, left out like absent edges this round; then, for a
-        phase with ``aggr`` != 'none', the messages are aggregated over each receiver's present in-edges.
+        ``silent='exclude'``, left out like absent edges this round; then the phase's ``combine`` (if any)
+        maps them per in-edge; then, for a phase with ``aggr`` != 'none', they are aggregated over each
+        receiver's present in-edges.
         """
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
@@ -188,6 +189,8 @@ class Host:
                 held[n] = torch.where(late.reshape(m.shape), v, merged[n])  # a late message arrives for next round
             payload = merged
             self.last[ph.name] = held
+        if ph.combine is not None:
+            payload = ph.combine(self.block, ev, payload)
         if ph.aggr != "none":
             payload = {n: ev.reduce_dst(v, ph.aggr) for n, v in payload.items()}
         ph.receive(self.block, Inbox(payload=payload, delivered=ok & ev.mask, edges=ev))

@@ -1,0 +1,344 @@
+"""MPGNN / WCGCN for power control and beamforming in K-pair interference channels (MPGNN paper eq. (7)-(8),
+Sec. V; SPECS §1).
+
+Graph: node k = pair k (hosted by agent ``bs`` k: Tx k with its Rx k); edge j -> i (edge set ``pair``,
+link class ``d2d``) when dist(Tx j, Rx i) <= range_m (Gaussian layout: complete graph).  One layer, eq. (8):
+
+    m_i = MAX_{j in N(i)} MLP1(x_j, e_ji),    y_i = MLP2(x_i, m_i),    x_i <- sigma(y_i),
+
+ReLU after every layer of MLP1 and after the hidden layers of MLP2; the same weights in all
+``layers`` (3) layers (Sec. V).  Features (``f`` below is the feature map of a channel):
+
+* power control (N_t = 1, Sec. V-A/B): x_k = [f(|h_kk|), w_k, p_k/P_max] (p initialised to P_max),
+  e_ji = [f(|h_ji|), f(|h_ij|)]; MLP1 {5, 32, 32}, MLP2 {35, 16, 1}, sigma = sigmoid:
+  p_k = P_max sigmoid(y_k), v_k = sqrt(p_k) -- the power constraint holds by construction.
+* beamforming (Sec. V-C): x_k = [v_k, f(h_kk)] (4 N_t reals, complex as (re, im)), e_ji = f(h_ji)
+  (2 N_t reals); MLP1 {6 N_t, 64, 64}, MLP2 {64 + 4 N_t, 32, 2 N_t} with a linear last layer,
+  sigma(y) = y / max(||y||, 1), v_k = sqrt(P_max) sigma(y_k), so ||v_k||^2 <= P_max exactly;
+  v initialised to (1, ..., 1) / sqrt(N_t).
+
+Feature map (channels span ~100 dB in the D2D layouts, so raw amplitudes cannot be fed): for a channel
+h (N_t,) seen by a receiver with noise sigma^2, snr = ||h||^2 P_max / sigma^2 and
+f(h) = (h / ||h||) ln(1 + snr) / s  (power control: the magnitude ln(1 + snr) / s), with s the mean
+of ln(1 + snr) over the training set -- one s for the direct links, one for the edges -- stored in the
+checkpoint (buffer ``scale``, set from the first training minibatch by :meth:`WCGCNParams.observe`).
+Monotone in |h|, so no information is lost; the direction of h (beamforming) is kept.
+
+Distributed (one protocol round = one layer, DESIGN §4):
+  1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
+     3 reals plus f(|h_ij|), the reverse gain Rx j measured (it differs per neighbour): 4 reals per
+     edge; beamforming 4 N_t reals per edge.  Receiver i evaluates MLP1(x_j, e_ji) with the edge feature
+     it measured itself (``combine``) and the inbox is their MAX, declared on the message (``aggr='max'``).
+  2. ``update`` (local): y_i = MLP2(x_i, m_i), x_i <- sigma(y_i).
+The ledger counts reals per neighbour edge: dsim delivers (and loses) every message per edge, and the
+power-control message carries a per-neighbour reverse gain; a radio broadcast of the node state alone
+would cost 3 (4 N_t) reals once per node, i.e. the edge count divided by the mean degree.
+
+Training (``python -m dsim train scenarios/train_wcgcn_*.yaml``): unsupervised, loss = -mean over the
+minibatch of sum_k w_k log2(1 + SINR_k) at the last layer (Sec. V), Adam lr 1e-3, batch 64 (:data:`TRAIN_DEFAULTS`).
+Shipped models ``agents/models/wcgcn_*.pt`` (:data:`SHIPPED_MODELS`), each reproduced by its train YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions, current_layer
+from dsim.network import Network
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
+from dsim.protocol import Field as MsgField
+from dsim.registry import AlgorithmSpec, register_algorithm
+
+Tensor = torch.Tensor
+
+EDGES = "pair"
+MODELS = Path(__file__).resolve().parent / "models"
+#: shipped checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` picks one from the scenario
+SHIPPED_MODELS = {
+    **{f"gauss_K{k}_{s}dB": MODELS / f"wcgcn_gauss_K{k}_{s}dB.pt" for k in (10, 30, 50) for s in (0, 10)},
+    "d2d_pc": MODELS / "wcgcn_d2d_pc_K50.pt",
+    "d2d_bf": MODELS / "wcgcn_d2d_bf_K50_Nt2.pt",
+}
+#: training defaults (Sec. V and the authors' recipe): Adam lr 1e-3, batch 64, lr x 0.9 every 20 epochs of
+#: 10^4 samples (~3125 steps of 64)
+TRAIN_DEFAULTS = {"steps": 2000, "batch": 64, "lr": 1e-3, "lr_decay_every": 3125, "lr_decay": 0.9,
+                  "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0}
+
+
+def units(mode: str, n_t: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(MLP1 units, MLP2 units) of SPECS §1 for ``mode`` 'pc' | 'bf' with N_t antennas."""
+    if mode == "pc":
+        return (5, 32, 32), (35, 16, 1)
+    return (6 * n_t, 64, 64), (64 + 4 * n_t, 32, 2 * n_t)
+
+
+class MLP(nn.Module):
+    """Fully connected net, ReLU after every hidden layer and, when ``relu_out``, after the last one.
+    Parameters in float64; :meth:`forward` computes in the input's dtype."""
+
+    def __init__(self, sizes: tuple[int, ...], relu_out: bool) -> None:
+        super().__init__()
+        self.relu_out = relu_out
+        self.linear = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64, device="cpu")
+                                    for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = len(self.linear)
+        for i, lin in enumerate(self.linear):
+            x = F.linear(x, lin.weight.to(x.device, x.dtype), lin.bias.to(x.device, x.dtype))
+            if i < n - 1 or self.relu_out:
+                x = torch.relu(x)
+        return x
+
+
+def split_first_layer(mlp1: MLP, mode: str, n_t: int) -> tuple[Tensor, Tensor, Tensor]:
+    """MLP1's first layer W [x_j, e_ji] + b split as W_send [sender's fields] + (W_recv e_recv + b).
+
+    Power control: inputs (x_j (3), f(|h_ji|) measured by the receiver, f(|h_ij|) sent by j); beamforming:
+    (x_j (4 N_t), f(h_ji) (2 N_t) measured by the receiver).  Returns (W_send, W_recv, b)."""
+    lin = mlp1.linear[0]
+    W, b = lin.weight, lin.bias
+    if mode == "pc":
+        return torch.cat([W[:, :3], W[:, 4:5]], 1), W[:, 3:4], b
+    return W[:, :4 * n_t], W[:, 4 * n_t:], b
+
+
+def edge_constant(params: WCGCNParams, e_recv: Tensor) -> Tensor:
+    """W_recv e_ji + b for each in-edge (B, E, d1): the part of MLP1's first layer that only depends on what
+    the receiver measured, the same in every layer (computed once)."""
+    _, W_r, b = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
+    return F.linear(e_recv, W_r.to(e_recv.device, e_recv.dtype), b.to(e_recv.device, e_recv.dtype))
+
+
+def edge_messages(params: WCGCNParams, sent: Tensor, const: Tensor) -> Tensor:
+    """MLP1(x_j, e_ji) per edge (..., d): ``sent`` (..., n_send) the sender's fields, ``const`` (..., d1) from
+    :func:`edge_constant` (eq. (8), inner part)."""
+    W_s, _, _ = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
+    h = torch.relu(F.linear(sent, W_s.to(sent.device, sent.dtype)) + const)
+    for lin in params.mlp1.linear[1:]:
+        h = torch.relu(F.linear(h, lin.weight.to(h.device, h.dtype), lin.bias.to(h.device, h.dtype)))
+    return h
+
+
+def node_update(params: WCGCNParams, x: Tensor, m: Tensor) -> Tensor:
+    """x <- sigma(MLP2(x, m)) (eq. (8), outer part): power control x = [f(|h_kk|), w_k, p_k / P_max] gets the
+    new p; beamforming x = [v_k, f(h_kk)] the new v with ||v|| <= 1.  x (..., n_x), m (..., d)."""
+    y = params.mlp2(torch.cat([x, m], -1))
+    if params.mode == "pc":
+        return torch.cat([x[..., :2], 1.0 / (1.0 + torch.exp(-y))], -1)  # sigmoid (identical on any host size)
+    return torch.cat([ball(y), x[..., 2 * params.tx_antennas:]], -1)
+
+
+class WCGCNParams(LearnedModule):
+    """WCGCN weights (MLP1, MLP2 shared by all layers) and the feature scales ``scale`` = [s_direct, s_edge]
+    (0 until observed: then 1 is used)."""
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers")
+
+    def __init__(self, mode: str = "pc", tx_antennas: int = 1, layers: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        if mode not in ("pc", "bf"):
+            raise ValueError(f"wcgcn mode must be 'pc' or 'bf', got {mode!r}")
+        self.mode, self.tx_antennas, self.layers = mode, int(tx_antennas), int(layers)
+        u1, u2 = units(mode, self.tx_antennas)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.mlp1 = MLP(u1, relu_out=True)
+            self.mlp2 = MLP(u2, relu_out=False)
+        if mode == "bf":  # start inside the unit ball: where ||y|| > 1, sigma(y) = y/||y|| has no radial gradient,
+            with torch.no_grad():  # so power control could never be learned for that node
+                self.mlp2.linear[-1].weight.mul_(0.1)
+                self.mlp2.linear[-1].bias.zero_()
+        self.register_buffer("scale", torch.zeros(2, dtype=torch.float64, device="cpu"))
+
+    def observe(self, net: Network) -> None:
+        """Set ``scale`` from the first training minibatch (mean ln(1 + snr) of direct links / present edges)."""
+        if float(self.scale[0]) > 0:
+            return
+        loc = net.local["bs"]
+        c2 = loc["p_max"] / loc["sigma2"]
+        own = torch.log1p(c2 * (loc["h_own"].abs() ** 2).sum(-1)).mean()
+        es = net.edges[EDGES]
+        if es.size:
+            g = (loc["H_rx"][:, es.dst, es.src].abs() ** 2).sum(-1) * c2[:, es.dst]
+            edge = torch.log1p(g)[es.mask].mean()
+        else:
+            edge = own
+        with torch.no_grad():
+            self.scale.copy_(torch.stack([own, edge]).to(torch.float64).clamp_min(1e-6))
+
+
+def _scales(params: WCGCNParams) -> tuple[float, float]:
+    s = [float(v) for v in params.scale]
+    return (s[0] if s[0] > 0 else 1.0, s[1] if s[1] > 0 else 1.0)
+
+
+def channel_feature(h: Tensor, c2: Tensor, s: float) -> Tensor:
+    """f(h) = (h/||h||) ln(1 + c2 ||h||^2) / s: h (..., N_t) complex, c2 = P_max / sigma^2 (...) -> (..., N_t)
+    complex (a zero channel maps to 0)."""
+    g = (h.abs() ** 2).sum(-1)
+    nrm = g.sqrt().clamp_min(torch.finfo(g.dtype).tiny)
+    mag = torch.log1p(c2 * g) / s
+    return h * (mag / nrm)[..., None].to(h.dtype)
+
+
+def as_reals(z: Tensor) -> Tensor:
+    """(..., n) complex -> (..., 2n) real: (re_1, im_1, ..., re_n, im_n)."""
+    return torch.view_as_real(z).flatten(-2)
+
+
+def as_complex(x: Tensor) -> Tensor:
+    """(..., 2n) real -> (..., n) complex (inverse of :func:`as_reals`)."""
+    return torch.view_as_complex(x.reshape(x.shape[:-1] + (-1, 2)).contiguous())
+
+
+def ball(y: Tensor) -> Tensor:
+    """sigma(y) = y / max(||y||, 1) over the last dim (beamforming output, Sec. V-C): ||sigma(y)|| <= 1."""
+    return y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1.0)
+
+
+def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
+    """The ``params.layers``-round WCGCN protocol on an interference network (module docstring)."""
+    mode, n_t = params.mode, params.tx_antennas
+    if int(net.info["bs_antennas"]) != n_t:
+        raise ValueError(f"wcgcn model has tx_antennas={n_t}, the scenario has {net.info['bs_antennas']}")
+    if mode == "pc" and n_t != 1:
+        raise ValueError("wcgcn power control needs tx_antennas = 1")
+    s_own, s_edge = _scales(params)
+
+    def init_bs(block: AgentBlock) -> None:
+        loc = block.local
+        c2 = loc["p_max"] / loc["sigma2"]
+        own = channel_feature(loc["h_own"], c2, s_own)  # (B, n, N_t) complex
+        ev = block.edges[EDGES]  # in-edges j -> i, i in this block
+        h_in = loc["H_rx"][:, ev.dst_local, ev.src]  # h_ji as Rx i measured it, (B, E, N_t)
+        e_in = channel_feature(h_in, ev.gather_dst(c2), s_edge)
+        real = loc["p_max"].dtype
+        if mode == "pc":
+            block.state["x"] = torch.stack([own[..., 0].abs(), loc["w"], torch.ones_like(loc["w"])], -1)
+            e_recv = e_in[..., 0].abs()[..., None]
+            block.state["V"] = loc["p_max"].sqrt().to(loc["h_own"].dtype)[..., None, None]
+        else:
+            v = torch.full(own.shape, 1.0 / math.sqrt(n_t), dtype=real, device=block.device).to(own.dtype)
+            block.state["x"] = torch.cat([as_reals(v), as_reals(own)], -1)
+            e_recv = as_reals(e_in)
+            block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
+        block.state["edge_const"] = edge_constant(params, e_recv)
+
+    def send_state(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
+        out = {"x": ev.gather_src(block.state["x"])}
+        if mode == "pc":  # f(|h_ij|): the reverse gain Rx j (the sender's receiver) measured from Tx i
+            loc = block.local
+            h_rev = loc["H_rx"][:, ev.src_local, ev.dst]
+            c2 = ev.gather_src(loc["p_max"] / loc["sigma2"])
+            out["g"] = channel_feature(h_rev, c2, s_edge)[..., 0].abs()[..., None]
+        return out
+
+    def message_fn(block: AgentBlock, ev: EdgeView, payload: dict[str, Tensor]) -> dict[str, Tensor]:
+        """MLP1(x_j, e_ji) on the present in-edges (absent ones: 0, left out of the MAX by the engine)."""
+        sent = torch.cat([payload["x"], payload["g"]], -1) if mode == "pc" else payload["x"]
+        const = block.state["edge_const"]
+        if bool(ev.mask.all()):
+            return {"m": edge_messages(params, sent, const)}
+        m = edge_messages(params, sent[ev.mask], const[ev.mask])
+        out = torch.zeros(sent.shape[:-1] + (m.shape[-1],), dtype=m.dtype, device=m.device)
+        return {"m": out.index_put((ev.mask,), m)}
+
+    def store(block: AgentBlock, inbox: Inbox) -> None:
+        block.state["m"] = inbox["m"]
+
+    def update(block: AgentBlock) -> None:
+        current_layer(block, params.layers, "wcgcn")
+        loc = block.local
+        x = block.state["x"] = node_update(params, block.state["x"], block.state["m"])
+        if mode == "pc":
+            block.state["V"] = (x[..., 2] * loc["p_max"]).sqrt().to(loc["h_own"].dtype)[..., None, None]
+        else:
+            v = as_complex(x[..., :2 * n_t])
+            block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
+
+    fields = ((MsgField("x", "real", (3,)), MsgField("g", "real", (1,))) if mode == "pc"
+              else (MsgField("x", "real", (4 * n_t,)),))
+    phases = [Message("state", EDGES, fields, send_state, store, aggr="max", combine=message_fn),
+              Local("update", "bs", update)]
+    return Protocol("wcgcn", ("bs",), {"bs": init_bs}, phases, params.layers, Output("bs", "V"), unit="bit/s/Hz",
+                    meta={"layers": params.layers, "mode": mode, "trainable_parameters": params.n_trainable()},
+                    module=params)
+
+
+# =============================================================================== options, declaration
+class WCGCNOptions(LearnedOptions):
+    """YAML options of ``name: wcgcn``.  checkpoint: 'shipped' (picked from the scenario: beamforming
+    model when N_t > 1, the Gaussian model of the same K and SNR, else the D2D power-control model),
+    'shipped:<name>' (one of :data:`SHIPPED_MODELS`), 'untrained' or a path; the hyper-parameters must
+    match the checkpoint's."""
+
+    mode: Literal["pc", "bf"] | None = Field(None, description="power control | beamforming; default: checkpoint's")
+    tx_antennas: int | None = Field(None, ge=1)
+    layers: int | None = Field(None, ge=1, description="GNN layers (shared weights); default 3")
+
+
+def shipped_for(net: Network) -> str:
+    """Name of the shipped model that fits ``net`` (WCGCNOptions docstring)."""
+    if int(net.info["bs_antennas"]) > 1:
+        return "d2d_bf"
+    scn = net.info.get("scenario_config") or {}
+    if scn.get("layout") == "gaussian":
+        name = f"gauss_K{int(net.info['n_pairs'])}_{int(round(float(scn.get('snr_db', 10.0))))}dB"
+        if name in SHIPPED_MODELS:
+            return name
+    return "d2d_pc"
+
+
+def resolve_checkpoint(opts: WCGCNOptions, net: Network | None) -> WCGCNOptions:
+    """``opts`` with 'shipped' / 'shipped:<name>' replaced by the checkpoint's path."""
+    ck = opts.checkpoint
+    if not ck.startswith("shipped"):
+        return opts
+    name = ck.split(":", 1)[1] if ":" in ck else (shipped_for(net) if net is not None else "d2d_pc")
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"wcgcn: checkpoint 'shipped:{name}' is not allowed; allowed: "
+                         f"{', '.join('shipped:' + n for n in SHIPPED_MODELS)}")
+    return opts.model_copy(update={"checkpoint": str(SHIPPED_MODELS[name])})
+
+
+def loss_wsr(wsr: dict[int, Tensor]) -> Tensor:
+    """-mean over samples (and loss layers) of the WSR [bit/s/Hz] (Sec. V)."""
+    return -torch.stack([w.mean() for w in wsr.values()]).mean()
+
+
+def _protocol(params: WCGCNParams, net: Network, opts: WCGCNOptions) -> Protocol:
+    return wcgcn_protocol(params, net)
+
+
+MODEL = LearnableSpec("wcgcn", WCGCNParams, WCGCNOptions, _protocol, SHIPPED_MODELS["d2d_pc"],
+                      "scenarios/train_wcgcn_d2d_pc.yaml", TRAIN_DEFAULTS, loss=loss_wsr)
+
+
+def build(opts: WCGCNOptions, net: Network) -> Protocol:
+    """Inference protocol (shipped checkpoints resolved against the scenario; an untrained model without
+    ``mode`` / ``tx_antennas`` takes them from the scenario: beamforming when N_t > 1)."""
+    if opts.checkpoint == "untrained":
+        n_t = int(net.info["bs_antennas"])
+        opts = opts.model_copy(update={"mode": opts.mode or ("bf" if n_t > 1 else "pc"),
+                                       "tx_antennas": opts.tx_antennas or n_t})
+    return MODEL.build(resolve_checkpoint(opts, net), net)
+
+
+def learnable(options: dict) -> object:
+    """Training: the learnable of the YAML options (default untrained; 'shipped:<name>' resolved)."""
+    opts = WCGCNOptions(**({"checkpoint": "untrained"} | dict(options)))
+    return MODEL.learnable(resolve_checkpoint(opts, None).model_dump())
+
+
+register_algorithm(AlgorithmSpec("wcgcn", ("interference",), WCGCNOptions, build,
+                                 "MPGNN/WCGCN eq. (7)-(8): 3 layers, shared weights, MAX aggregation; "
+                                 "power control (N_t = 1) or beamforming; checkpoint shipped|shipped:NAME|"
+                                 "untrained|PATH", learnable=learnable))
