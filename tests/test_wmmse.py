@@ -153,7 +153,7 @@ def test_wmmse_mrc_equals_reference_on_a_channel_file(tmp_path, engine, request)
         request.getfixturevalue("ray_session")
         from dsim.engine.ray import RayEngine
 
-        eng = RayEngine("float64")
+        eng = RayEngine("float64", shards=2)
     else:
         eng = LocalEngine("float64")
     Vs = []
