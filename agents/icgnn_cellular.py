@@ -45,12 +45,12 @@ from pydantic import Field
 from torch import nn
 
 from agents.icgnn import MLP, pair_max_messages, update_nodes
-from agents.model_gnn import pack_served
+from agents.model_gnn import bs_precoding_protocol
 from agents.wmmse import SERVE
 from dsim.learn import BatchNormOptions, LearnableSpec, LearnedModule
 from dsim.linalg import conjugate_gradient
 from dsim.network import Network
-from dsim.protocol import AgentBlock, Local, Output, Protocol
+from dsim.protocol import AgentBlock, Protocol
 from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
@@ -123,17 +123,11 @@ def icgnn_cellular_protocol(name: str, params: ICGNNCellularParams, net: Network
         raise ValueError(f"{name}: the model has N_t = {params.antennas} antennas, the scenario bs_antennas = "
                          f"{net.info['bs_antennas']}; use a model trained for it or checkpoint: untrained")
 
-    def init(block: AgentBlock) -> None:
+    def precoders(block: AgentBlock, G: torch.Tensor, filled: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         sv = block.edges[SERVE]
-        block.state["V"] = torch.zeros(block.batch, sv.size, block.info["bs_antennas"], N,
-                                       dtype=block.info["dtype"], device=block.device)
-
-    def precode(block: AgentBlock) -> None:
-        sv = block.edges[SERVE]
-        G, filled, slot = pack_served(block.local["H"], sv)                     # (B, n_bs, U N, M)
         if not bool(filled.all()):
             raise ValueError(f"{name}: every BS must serve the same number of UEs")
-        B, C, V, M = G.shape
+        B, C, V, M = G.shape                                                    # (B, n_bs, U N, M)
         power = block.local["power"]                                           # (B, n_bs)
         noise = block.local["noise"][:, sv.dst_local, sv.src]                   # (B, S) of each served UE
         nz = torch.zeros(B, C, V // N, dtype=noise.dtype, device=noise.device)
@@ -141,14 +135,10 @@ def icgnn_cellular_protocol(name: str, params: ICGNNCellularParams, net: Network
         nz = nz.repeat_interleave(N, dim=-1)                                    # (B, n_bs, V)
         gamma = icgnn_layers(params, vn_features(G, power, nz))
         p, lam = power[..., None] * gamma[..., 0], power[..., None] * gamma[..., 1]
-        Vall = recover_precoders(G, p, lam, nz, cg_steps)                       # (B, n_bs, M, U N)
-        Vall = Vall.reshape(B, C, M, -1, N).movedim(3, 1)                       # (B, U, n_bs, M, N)
-        block.state["V"] = Vall[:, slot, sv.dst_local]
+        return recover_precoders(G, p, lam, nz, cg_steps)                       # (B, n_bs, M, U N)
 
-    return Protocol(name, ("bs", "ue"), {"bs": init}, [Local("bs_precode", "bs", precode)], 1,
-                    Output("bs", "V", SERVE), unit="nat/Hz",
-                    meta={"layers": params.layers, "cg_steps": cg_steps, "trainable_parameters": params.n_trainable()},
-                    module=params)
+    return bs_precoding_protocol(name, net, precoders, params, {"layers": params.layers, "cg_steps": cg_steps,
+                                                                "trainable_parameters": params.n_trainable()})
 
 
 class ICGNNCellularOptions(BatchNormOptions):

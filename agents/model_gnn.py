@@ -36,8 +36,9 @@ shipped model ``agents/models/model_gnn_N{N}K{K}.pt`` was produced).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -163,9 +164,16 @@ def pack_served(H: Tensor, sv: EdgeView) -> tuple[Tensor, Tensor, Tensor]:
 
 
 # =============================================================================== protocol
-def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
-    """One round: every BS runs the GNN on its own CSI (local phase ``bs_precode``); decision V per served UE
-    (B, S, M, N): column r of V_i is the precoder of UE i's virtual user r (its receive antenna r)."""
+#: a BS's precoders from its packed served channels: (block, G (B, n_bs, U N, M), filled, slot) -> (B, n_bs, M, U N)
+Precoders = Callable[[AgentBlock, Tensor, Tensor, Tensor], Tensor]
+
+
+def bs_precoding_protocol(name: str, net: Network, precoders: Precoders, module: nn.Module,
+                          meta: dict[str, Any]) -> Protocol:
+    """One round in which every BS computes its own users' precoders from its own CSI (local phase
+    ``bs_precode``, no signaling); decision V per served UE (B, S, M, N): column r of V_i is the precoder of
+    UE i's virtual user r (its receive antenna r).  ``precoders`` maps the BS's packed channels
+    (:func:`pack_served`) to one precoder column per virtual user."""
     N = int(net.info["ue_antennas"])
 
     def init(block: AgentBlock) -> None:
@@ -176,14 +184,20 @@ def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
     def precode(block: AgentBlock) -> None:
         sv = block.edges[SERVE]
         G, filled, slot = pack_served(block.local["H"], sv)
-        V = gnn_precoders(params, G, filled, block.local["power"])              # (B, n_bs, M, U N)
+        V = precoders(block, G, filled, slot)                                   # (B, n_bs, M, U N)
         B, C, M, _ = V.shape
         V = V.reshape(B, C, M, -1, N).movedim(3, 1)                             # (B, U, n_bs, M, N)
         block.state["V"] = V[:, slot, sv.dst_local]                             # (B, S, M, N)
 
     return Protocol(name, ("bs", "ue"), {"bs": init}, [Local("bs_precode", "bs", precode)], 1,
-                    Output("bs", "V", SERVE), unit="nat/Hz",
-                    meta={"layers": params.layers, "trainable_parameters": params.n_trainable()}, module=params)
+                    Output("bs", "V", SERVE), unit="nat/Hz", meta=meta, module=module)
+
+
+def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
+    """Model-GNN / Vanilla-GNN at every BS (:func:`bs_precoding_protocol` with :func:`gnn_precoders`)."""
+    return bs_precoding_protocol(
+        name, net, lambda block, G, filled, slot: gnn_precoders(params, G, filled, block.local["power"]), params,
+        {"layers": params.layers, "trainable_parameters": params.n_trainable()})
 
 
 class ModelGNNOptions(LearnedOptions):

@@ -70,3 +70,21 @@ def check_family(path: Path, data: dict[str, np.ndarray], family: str) -> None:
         raise ChannelFileError(f"{path}: key 'family': expected a string scalar, found {found(fam)}")
     if str(fam) != family:
         raise ChannelFileError(f"{path}: key 'family': expected {family!r}, found {str(fam)!r}")
+
+
+def read_family_file(path: Path, family: str, required: tuple[str, ...],
+                     optional: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of channel file ``path`` of ``family``: readable, no key outside ``required + optional``,
+    every ``required`` key present, and its ``family`` key (when present) is ``family``; otherwise a
+    :class:`ChannelFileError` naming the file and the key."""
+    data = read_npz(path)
+    allowed = required + optional
+    for key in data:
+        if key not in allowed:
+            raise ChannelFileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+    for key in required:
+        if key not in data:
+            raise ChannelFileError(f"{path}: missing key {key!r}; required keys: {', '.join(required)}, "
+                                   f"found: {', '.join(sorted(data)) or 'none'}")
+    check_family(path, data, family)
+    return data

@@ -69,7 +69,7 @@ from pydantic import ConfigDict, Field
 from dsim.faults import FaultModel
 from dsim.network import EdgeSet, Network
 from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
-from dsim.scenarios.channel_file import ChannelFileError, check_array, check_family, found, read_npz, write_npz
+from dsim.scenarios.channel_file import ChannelFileError, check_array, found, read_family_file, write_npz
 from dsim.scenarios.multicell import MulticellAir
 from dsim.units import dbm_to_w
 
@@ -374,15 +374,7 @@ def load_interference(path: str | Path, dtype: torch.dtype = torch.complex128) -
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     path = Path(path)
-    data = read_npz(path)
-    allowed = REQUIRED + OPTIONAL
-    for key in data:
-        if key not in allowed:
-            raise ChannelFileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-    for key in REQUIRED:
-        if key not in data:
-            raise ChannelFileError(f"{path}: missing key {key!r}; required keys: {', '.join(REQUIRED)}")
-    check_family(path, data, FAMILY)
+    data = read_family_file(path, FAMILY, REQUIRED, OPTIONAL)
     H = data["H"]
     if H.dtype.kind != "c" or H.ndim != 5 or H.shape[1] != H.shape[2] or H.shape[3] != 1 or min(H.shape) < 1:
         raise ChannelFileError(f"{path}: key 'H': expected a complex array of shape (B, K, K, 1, N_t), "

@@ -94,7 +94,7 @@ from dsim.metrics import weighted_sum_rate
 from dsim.network import EdgeSet, Network
 from dsim.protocol import group_slots
 from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
-from dsim.scenarios.channel_file import ChannelFileError, check_array, check_family, found, read_npz, write_npz
+from dsim.scenarios.channel_file import ChannelFileError, check_array, found, read_family_file, write_npz
 from dsim.units import DBM_LIMIT, dbm_to_w, log_distance_db
 
 Tensor = torch.Tensor
@@ -618,16 +618,7 @@ def load_multicell(path: str | Path, dtype: torch.dtype = torch.complex128) -> M
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     path = Path(path)
-    data = read_npz(path)
-    allowed = REQUIRED + OPTIONAL
-    for key in data:
-        if key not in allowed:
-            raise ChannelFileError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-    for key in REQUIRED:
-        if key not in data:
-            raise ChannelFileError(f"{path}: missing key {key!r}; required keys: {', '.join(REQUIRED)}, "
-                                   f"found: {', '.join(sorted(data)) or 'none'}")
-    check_family(path, data, FAMILY)
+    data = read_family_file(path, FAMILY, REQUIRED, OPTIONAL)
     H = data["H"]
     if H.dtype.kind != "c" or H.ndim != 5 or min(H.shape, default=0) < 1:
         raise ChannelFileError(f"{path}: key 'H': expected a complex array of shape (B, I, K, N, M) with "
