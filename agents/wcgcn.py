@@ -204,8 +204,11 @@ def ball(y: Tensor) -> Tensor:
     return y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1.0)
 
 
-def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
-    """The ``params.layers``-round WCGCN protocol on an interference network (module docstring)."""
+def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Protocol:
+    """The ``params.layers``-round WCGCN protocol on an interference network (module docstring).
+
+    ``aggr``: the aggregation of eq. (7), MAX as in the paper; 'sum' / 'mean' swap it at inference for the
+    same trained weights (the robustness check of the MPGNN paper's claim that MAX tolerates missing edges)."""
     mode, n_t = params.mode, params.tx_antennas
     if int(net.info["bs_antennas"]) != n_t:
         raise ValueError(f"wcgcn model has tx_antennas={n_t}, the scenario has {net.info['bs_antennas']}")
@@ -266,7 +269,7 @@ def wcgcn_protocol(params: WCGCNParams, net: Network) -> Protocol:
 
     fields = ((MsgField("x", "real", (3,)), MsgField("g", "real", (1,))) if mode == "pc"
               else (MsgField("x", "real", (4 * n_t,)),))
-    phases = [Message("state", EDGES, fields, send_state, store, aggr="max", combine=message_fn),
+    phases = [Message("state", EDGES, fields, send_state, store, aggr=aggr, combine=message_fn),
               Local("update", "bs", update)]
     return Protocol("wcgcn", ("bs",), {"bs": init_bs}, phases, params.layers, Output("bs", "V"), unit="bit/s/Hz",
                     meta={"layers": params.layers, "mode": mode, "trainable_parameters": params.n_trainable()},
@@ -283,6 +286,9 @@ class WCGCNOptions(LearnedOptions):
     mode: Literal["pc", "bf"] | None = Field(None, description="power control | beamforming; default: checkpoint's")
     tx_antennas: int | None = Field(None, ge=1)
     layers: int | None = Field(None, ge=1, description="GNN layers (shared weights); default 3")
+    aggr: Literal["max", "sum", "mean"] = Field(
+        "max", description="aggregation of eq. (7) at inference: max (the paper's, what the models were trained "
+        "with) | sum | mean (a swap for robustness studies)")
 
 
 def shipped_for(net: Network) -> str:
@@ -315,7 +321,7 @@ def loss_wsr(wsr: dict[int, Tensor]) -> Tensor:
 
 
 def _protocol(params: WCGCNParams, net: Network, opts: WCGCNOptions) -> Protocol:
-    return wcgcn_protocol(params, net)
+    return wcgcn_protocol(params, net, opts.aggr)
 
 
 MODEL = LearnableSpec("wcgcn", WCGCNParams, WCGCNOptions, _protocol, SHIPPED_MODELS["d2d_pc"],

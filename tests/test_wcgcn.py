@@ -166,3 +166,27 @@ def test_beamforming_meta_default_device() -> None:
         got = once()
     for r in ref:
         assert got[r].device.type == "cpu" and torch.equal(got[r], ref[r])
+
+
+def test_aggregation_swap_changes_only_receivers_with_several_neighbours() -> None:
+    """`aggr: sum | mean` (the robustness swap of eq. (7)'s MAX): after one layer, a receiver with at most one
+    present in-edge gets the same output under max, sum and mean (one message: all three agree; none: 0),
+    while receivers with several neighbours differ between max and sum."""
+    from agents.wcgcn import WCGCNParams, wcgcn_protocol
+
+    ch, s = scenario(PC | {"range_m": 60.0}, batch=2)
+    params = WCGCNParams("pc", 1, 1, seed=4)
+    params.scale.copy_(torch.tensor([15.0, 6.0], dtype=torch.float64, device="cpu"))
+    out = {}
+    with torch.no_grad():
+        for aggr in ("max", "sum", "mean"):
+            V: dict[int, torch.Tensor] = {}
+            LocalEngine("float64").run(wcgcn_protocol(params, s.net, aggr), s.net, s.air, on_round=V.__setitem__)
+            out[aggr] = V[1][..., 0, 0].abs()  # (B, K) sqrt(p_k)
+    es = s.net.edges["pair"]
+    deg = torch.zeros(ch.H.shape[0], ch.n_pairs, dtype=torch.long).index_add_(1, es.dst, es.mask.long())
+    few, many = deg <= 1, deg >= 2
+    assert bool(few.any()) and bool(many.any())
+    for aggr in ("sum", "mean"):
+        torch.testing.assert_close(out[aggr][few], out["max"][few], rtol=1e-12, atol=1e-15)
+    assert float((out["sum"][many] - out["max"][many]).abs().max()) > 1e-6
