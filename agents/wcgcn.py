@@ -63,6 +63,7 @@ MODELS = Path(__file__).resolve().parent / "models"
 #: shipped checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` picks one from the scenario
 SHIPPED_MODELS = {
     **{f"gauss_K{k}_{s}dB": MODELS / f"wcgcn_gauss_K{k}_{s}dB.pt" for k in (10, 30, 50) for s in (0, 10)},
+    **{f"gauss_K50_10dB_L{n}": MODELS / f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)},  # Fig. 3
     "d2d_pc": MODELS / "wcgcn_d2d_pc_K50.pt",
     "d2d_bf": MODELS / "wcgcn_d2d_bf_K50_Nt2.pt",
 }
