@@ -219,16 +219,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_sigterm_keeps_finished_results_local_engine(tmp_path):
-    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}])
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+def _start_long_run(tmp_path, **over) -> tuple[subprocess.Popen, Path]:
+    """`dsim run` of ZF then a 100 000-round WMMSE in a subprocess; returns once ZF's results are on disk."""
+    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}], **over)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-m", "dsim", "run", str(cfg), "--no-progress"], cwd=str(ROOT),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.csv"
     t0 = time.time()
     while not (metrics.exists() and "zf" in metrics.read_text()) and time.time() - t0 < 90:
         time.sleep(0.2)
+    return proc, metrics
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_finished_results_local_engine(tmp_path):
+    proc, metrics = _start_long_run(tmp_path)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -240,15 +246,7 @@ def test_sigterm_keeps_finished_results_local_engine(tmp_path):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])
 def test_interrupt_keeps_finished_results_and_leaves_no_ray_workers(tmp_path, sig, code):
-    cfg = _cfg(tmp_path, algorithms=[{"name": "zf"}, {"name": "wmmse", "rounds": 100000}],
-               engine={"kind": "ray", "shards": 1, "num_cpus": 1})
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen([sys.executable, "-m", "dsim", "run", str(cfg), "--no-progress"], cwd=str(ROOT),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.csv"
-    t0 = time.time()
-    while not (metrics.exists() and "zf" in metrics.read_text()) and time.time() - t0 < 90:
-        time.sleep(0.2)
+    proc, metrics = _start_long_run(tmp_path, engine={"kind": "ray", "shards": 1, "num_cpus": 1})
     time.sleep(1.0)  # the second algorithm is running on the actors
     procs = _descendants(proc.pid)
     assert procs, "the run started no Ray processes"
