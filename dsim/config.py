@@ -219,18 +219,35 @@ class StaleCsiConfig(BaseModel):
 
 
 class CrashConfig(BaseModel):
-    """One ``faults.crash`` entry: agent ``agent`` (its id, e.g. 'ue3', 'bs0', 'cpu') is silent from ``round``
-    (1-based) on, its share of the decision frozen."""
+    """One ``faults.crash`` entry: agent ``agent`` (its id, e.g. 'ue3', 'bs0', 'cpu') goes down at ``round``
+    (1-based): from then on it is silent, receives and computes nothing, its pilots and share of the decision
+    frozen -- for good, or with ``restart: true`` for ``down_rounds`` rounds, after which it goes on from its
+    state of the round before the crash.  On the Ray engine the hosting actor is really killed (and restarted
+    by Ray); :mod:`dsim.engine.restart`."""
 
     model_config = _CFG
     agent: Annotated[str, Field(pattern=r"^[a-z_]+[0-9]*$")]
     round: int = Field(ge=1)
+    restart: bool = False
+    down_rounds: int = Field(1, ge=1, description="rounds the agent is down before it is back (restart: true)")
 
     @field_validator("agent")
     @classmethod
     def _known_role(cls, v: str) -> str:
         _role_name(v.rstrip("0123456789"))
         return v
+
+    @model_validator(mode="after")
+    def _down_needs_restart(self) -> CrashConfig:
+        if "down_rounds" in self.model_fields_set and not self.restart:
+            raise PydanticCustomError("cross_field", "{message}", {
+                "field": "down_rounds", "message": "down_rounds needs restart: true (without a restart the agent "
+                "stays down for good)"})
+        return self
+
+    def entry(self) -> tuple[str, int] | tuple[str, int, int]:
+        """The :attr:`dsim.faults.FaultModel.crash` entry: (agent, round) or (agent, round, down rounds)."""
+        return (self.agent, self.round, self.down_rounds) if self.restart else (self.agent, self.round)
 
 
 class FaultsConfig(BaseModel):

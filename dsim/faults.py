@@ -13,10 +13,17 @@
   flight exceeds its link's deadline is *late*: lost for this round, and the receiver holds it from the
   next round on (delivered stale: it replaces the receiver's last value unless a fresher message arrives).
   The flights per message phase are set per protocol run with :meth:`FaultModel.with_flights`.
-* ``crash`` -- (agent id, round) pairs: from that round on the agent is silent (none of its messages is
-  delivered; each receiver applies its protocol's silent-neighbour rule) and its share of the decision
-  stays what it was after the round before (a crashed transmitter keeps its last setting).  Both engines
-  apply it in the same host code; the Ray engine does not kill the actor (see the issue notes).
+* ``crash`` -- (agent id, round[, down rounds]) entries: the agent goes down right after round ``round - 1``
+  ends and stays down for ``down rounds`` rounds (0 or absent: for good).  While down it takes part in
+  nothing: none of its messages is delivered (each receiver applies its protocol's silent-neighbour rule),
+  it receives, measures and computes nothing, so its protocol state stays that of the end of round
+  ``round - 1``; the air keeps seeing its pilots and the run keeps its share of the decision as that frozen
+  state gives them (a crashed transmitter keeps its last setting).  When it is back (a restart) it goes on
+  from that state.  The engines host each crashed agent alone (:mod:`dsim.engine.restart`): the local
+  engine simulates the crash by skipping that host's phases; the Ray engine really kills the hosting actor
+  at the crash round (``ray.kill``) and lets Ray restart it (``max_restarts``) -- or, without a restart,
+  replaces it by a stand-in that stays down -- restoring the state it snapshotted after each round.  Both
+  give the same numbers.
 * ``csi_rho`` (``stale_csi``) -- the CSI a node holds was measured a while before the channel the air
   evaluates: Gauss–Markov aging h_now = rho h_held + sqrt(1 - rho^2) g^(1/2) e, e ~ CN(0, 1) i.i.d., g the
   link's average gain (mean |h|^2 over its antenna pairs).  rho is given, or Jakes' rho = J0(2 pi f_D tau)
@@ -76,7 +83,8 @@ class FaultModel:
     csi_rho:       Gauss–Markov correlation between the CSI held and the channel evaluated, in [-1, 1].
     csi_error:     channel-estimation error variance relative to the link gain, >= 0.
     delay, deadline: (link class, mean extra latency s) / (link class, deadline s) pairs.
-    crash:         (agent id, round) pairs: the agent is silent from that round on.
+    crash:         (agent id, round) or (agent id, round, down rounds) entries: the agent is down from that
+                   round on, for good or (down rounds > 0) for that many rounds, then back (a restart).
     """
 
     message_loss: float = 0.0
@@ -86,7 +94,7 @@ class FaultModel:
     csi_error: float = 0.0
     delay: tuple[tuple[str, float], ...] = ()
     deadline: tuple[tuple[str, float], ...] = ()
-    crash: tuple[tuple[str, int], ...] = ()
+    crash: tuple[tuple[str, int] | tuple[str, int, int], ...] = ()
     #: phase index -> (base flight times (B, E) s of the phase's edges, mean extra delay s, deadline s)
     flights: dict[int, tuple[Tensor, float, float]] = field(default_factory=dict, compare=False, hash=False)
 
@@ -109,12 +117,21 @@ class FaultModel:
         values then."""
         return self.message_loss > 0.0 or bool(self.flights) or bool(self.crash)
 
+    def crash_windows(self) -> list[tuple[str, int, float]]:
+        """(agent id, first round down, first round back (inf: never)) of every ``crash`` entry."""
+        out = []
+        for entry in self.crash:
+            agent, at = entry[0], int(entry[1])
+            down = int(entry[2]) if len(entry) > 2 else 0
+            out.append((agent, at, at + down if down > 0 else math.inf))
+        return out
+
     def crashed(self, role: str, ids: Tensor, rnd: int, name: str | None = None) -> Tensor:
-        """(len(ids),) bool: agents ``ids`` (global indices) of ``role`` have crashed by round ``rnd``.
+        """(len(ids),) bool: agents ``ids`` (global indices) of ``role`` are down in round ``rnd``.
         Agent ids are ``<role><index>`` (``name``: a role whose single agent has its own id, e.g. 'cpu')."""
         out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
-        for agent, at in self.crash:
-            if rnd < at:
+        for agent, at, back in self.crash_windows():
+            if not at <= rnd < back:
                 continue
             if agent == name:
                 out |= ids == 0

@@ -74,8 +74,6 @@ class Host:
         self.n_edges = {name: es.size for name, es in net.edges.items()}
         self.src_role = {name: es.src_role for name, es in net.edges.items()}
         self.singles = {r for r, n in net.counts.items() if n == 1 and net.agent_ids(r) == [r]}
-        self.last_out: Tensor | None = None
-        self.last_sig: dict[int, dict[str, Tensor]] = {}
         self.block = AgentBlock(role=role, ids=self.ids, local=local, state={}, edges=edges, info=dict(net.info))
         self.last: dict[str, dict[str, Tensor]] = {}
 
@@ -86,22 +84,12 @@ class Host:
         if fn is not None:
             fn(self.block)
         self.last = {}
-        self.last_out = None
-        self.last_sig: dict[int, dict[str, Tensor]] = {}
 
     def output(self) -> tuple[Tensor, Tensor]:
-        """(global ids of the items, decision tensor (B, n_items, ...)) for the protocol's output.  Items of an
-        agent that has crashed (:mod:`dsim.faults`) keep the value of the previous call."""
+        """(global ids of the items, decision tensor (B, n_items, ...)) for the protocol's output."""
         out = self.proto.output
         x = self.block.state[out.key]
         idx = self.ids if out.index == "agents" else self.in_edges[out.index].eid
-        if self.faults.crash:
-            dead = self._crashed(self.role, self.ids, self.block.round)
-            if out.index != "agents":
-                dead = dead.index_select(0, self.in_edges[out.index].dst_local)
-            if self.last_out is not None and self.block.round > 0:
-                x = torch.where(dead.reshape((1, -1) + (1,) * (x.dim() - 2)), self.last_out, x)
-            self.last_out = x
         return idx, x
 
     def _crashed(self, role: str, ids: Tensor, rnd: int) -> Tensor:
@@ -114,15 +102,6 @@ class Host:
         self.block.round = rnd
         sig = ph.transmit(self.block)
         idx = self.ids if ph.index == "agents" else self.in_edges[ph.index].eid
-        if self.faults.crash:  # a transmitter that crashed in an earlier round keeps its last signal
-            dead = self._crashed(self.role, self.ids, rnd - 1)
-            if ph.index != "agents":
-                dead = dead.index_select(0, self.in_edges[ph.index].dst_local)
-            prev = self.last_sig.get(k)
-            if prev is not None:
-                sig = {n: torch.where(dead.reshape((1, -1) + (1,) * (v.dim() - 2)), prev[n], v)
-                       for n, v in sig.items()}
-            self.last_sig[k] = sig
         return idx, sig
 
     def measured(self, k: int, rnd: int, meas: dict[str, Tensor]) -> None:
@@ -170,7 +149,7 @@ class Host:
             payload = {n: v.index_select(1, order) for n, v in payload.items()}
         payload = {n: ev.masked(v) for n, v in payload.items()}  # nothing travels on an absent edge
         ok, late = self.faults.arrivals(rnd, k, ev.eid, self.block.batch, self.n_edges[ph.edges])
-        if self.faults.crash:  # a crashed sender is silent
+        if self.faults.crash:  # a sender that is down is silent (its host runs nothing: dsim.engine.restart)
             alive = ~self._crashed(self.src_role[ph.edges], ev.src, rnd)
             ok, late = ok & alive, late & alive
         if ph.silent == "exclude":  # a missing message is an absent edge this round

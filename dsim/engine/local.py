@@ -1,5 +1,8 @@
 """The local engine: every role's agents in one in-process host; messages as batched tensors.
 
+A role with crashed agents (``faults.crash``) is held by a :class:`dsim.engine.restart.HostGroup` that
+simulates the crash (each crashed agent in its own host, which runs nothing while it is down).
+
 A message phase is a gather along the edge index (the sender's ``send`` returns one payload per edge),
 the wire's numeric round trip (:func:`dsim.wire.roundtrip`), the seeded fault mask, and a scatter onto
 the receivers (inside the protocol's ``receive``).  Fast, differentiable (autograd flows through when
@@ -16,7 +19,7 @@ import torch
 
 from dsim.devices import resolve_device
 from dsim.engine.base import Engine
-from dsim.engine.host import Host
+from dsim.engine.restart import role_host
 from dsim.faults import FaultModel
 from dsim.network import Network
 from dsim.protocol import Message, Protocol
@@ -42,8 +45,7 @@ class LocalEngine(Engine):
 
     def _setup(self, proto: Protocol, net: Network) -> None:
         self.proto, self.net = proto, net
-        self.hosts = {role: Host(proto, net, role, torch.arange(net.counts[role], device=net.device), self.faults)
-                      for role in net.counts}
+        self.hosts = {role: role_host(proto, net, role, self.faults) for role in net.counts}
 
     def _init(self) -> None:
         for h in self.hosts.values():

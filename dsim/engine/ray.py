@@ -24,6 +24,9 @@
   computes on CUDA.
 * A dead actor (killed, its node lost) ends the algorithm with :class:`ActorLost` naming the agents it
   hosted; the pool is rebuilt for the next algorithm.
+* ``faults.crash`` is a real crash: each crashed agent gets an actor of its own, which snapshots its state
+  after every round and is killed at its crash round, then restarted by Ray (``max_restarts``) and restored,
+  or replaced by a stand-in that stays down (:mod:`dsim.engine.restart`; :attr:`RayEngine.crash_log`).
 * Logical agents keep their ids (``bs0``, ``ue12``) whatever actor hosts them; results are assembled
   sorted by agent id, never in completion order (DESIGN §9).
 """
@@ -40,6 +43,9 @@ import torch
 
 from dsim.engine.base import Engine
 from dsim.engine.host import Host
+from dsim.engine.restart import CrashEvent, CrashPlan, complete_inbox, crash_indices, isolate, muted, silence
+from dsim.engine.restart import restore as restore_host
+from dsim.engine.restart import snapshot as snapshot_host
 from dsim.faults import FaultModel
 from dsim.network import Network
 from dsim.protocol import Measure, Message, Protocol, runs_in
@@ -84,6 +90,7 @@ class HostActorImpl:
         net = net.to(device)
         self.net, self.role, self.ids, self.owners = net, role, ids, owners
         self.host: Host | None = None
+        self.down_until: float | None = None  # a crashed actor: down until this round (dsim.engine.restart)
         self.spent: dict[str, float] = defaultdict(float)
         self.sent: dict[str, int] = defaultdict(int)
 
@@ -105,6 +112,20 @@ class HostActorImpl:
         self.cdtype = net.info.get("dtype", torch.complex128)
         self.spent = defaultdict(float)
         self.sent = defaultdict(int)
+        self.down_until = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """This actor's host state and counters after the last round (:func:`dsim.engine.restart.snapshot`)."""
+        return snapshot_host(self.host, {"spent": self.spent, "sent": self.sent})
+
+    def revive(self, proto: Protocol, times: int, faults: FaultModel, wire: str, snap: dict[str, Any],
+               until: float) -> None:
+        """After a crash (a restart or a stand-in): :meth:`configure`, restore ``snap``, down until round ``until``."""
+        self.configure(proto, times, faults, wire)
+        counters = restore_host(self.host, snap)
+        self.spent.update(counters["spent"])
+        self.sent.update(counters["sent"])
+        self.down_until = until
 
     def _timed(self, k: int, t0: float) -> None:
         self.spent[self.proto.phases[k].name] += time.perf_counter() - t0
@@ -123,7 +144,9 @@ class HostActorImpl:
         out: list[Any] = []
         for step in steps:
             kind = step[0]
-            if kind == "init":
+            if self.down_until is not None and muted(step, self.down_until):
+                out.extend(silence(step))
+            elif kind == "init":
                 self.host.init()
             elif kind == "measured":
                 self._measured(*step[1:])
@@ -198,6 +221,8 @@ class HostActorImpl:
                       for f in ph.fields}]
         eid = torch.cat(eids).to(self.device)
         payload = {f.name: torch.cat([p[f.name] for p in parts], dim=1).to(self.device) for f in ph.fields}
+        if self.host.faults.crash:  # a down sender's bundle is empty
+            eid, payload = complete_inbox(self.host.in_edges[ph.edges].eid, eid, payload, ph.fields, self.cdtype)
         self.host.deliver(k, rnd, eid, payload)
         self._timed(k, t0)
 
@@ -256,6 +281,10 @@ class RayEngine(Engine):
         self._open: dict[str, int] = {}
         self.pids: dict[tuple[str, int], int] = {}  # (role, actor index) -> process id
         self._pending: list[Any] = []
+        self._pool_crash: tuple = ()  # the crash entries the pool's layout isolates
+        self._crash_plan: CrashPlan | None = None
+        #: the real crashes of the last run (:class:`dsim.engine.restart.CrashEvent`)
+        self.crash_log: list[CrashEvent] = []
 
     # ------------------------------------------------------------------ the pool
     def layout(self, net: Network) -> dict[str, list[Tensor]]:
@@ -271,7 +300,8 @@ class RayEngine(Engine):
         import ray
 
         self.close()
-        self.parts = self.layout(net)
+        self.parts = isolate(self.layout(net), crash_indices(self.faults, net))
+        self._pool_crash = self.faults.crash
         owners = {}
         for role, parts in self.parts.items():
             own = torch.empty(net.counts[role], dtype=torch.int64)
@@ -282,20 +312,31 @@ class RayEngine(Engine):
         opts: dict[str, Any] = {"num_cpus": 0, "num_gpus": self.gpus if use_gpu else 0}
         if self.placement == "spread":
             opts["scheduling_strategy"] = "SPREAD"
-        Actor = ray.remote(HostActorImpl).options(**opts)
-        self.actors = {}
+        base_cls = ray.remote(HostActorImpl)
+        self._actor_cls = Actor = base_cls.options(**opts)
+        crashed = crash_indices(self.faults, net)
+        self.actors, self._actor_args = {}, {}
         for role, parts in self.parts.items():
             acts = []
             for ids in parts:
                 mine = {k: v.index_select(1, ids) for k, v in net.local.get(role, {}).items()}
                 lite = Network(net.family, net.batch, net.counts, net.edges, {role: mine}, dict(net.info))
-                acts.append(Actor.remote(lite, role, ids, owners, "cuda" if use_gpu else "cpu"))
+                self._actor_args[(role, len(acts))] = (lite, role, ids, owners, "cuda" if use_gpu else "cpu")
+                restarts = set(ids.tolist()) & crashed.get(role, set())
+                cls = base_cls.options(**opts, max_restarts=-1) if restarts else Actor
+                acts.append(cls.remote(*self._actor_args[(role, len(acts))]))
             self.actors[role] = acts
         self.pool_net = net
         where = iter(self._get([a.node.remote() for acts in self.actors.values() for a in acts]))
         placed = {(role, i): next(where) for role, acts in self.actors.items() for i in range(len(acts))}
         self.pids = {key: pid for key, (pid, _) in placed.items()}
         self.nodes = {role: [placed[(role, i)][1] for i in range(len(acts))] for role, acts in self.actors.items()}
+
+    def spawn(self, role: str, j: int) -> Any:
+        """A new actor for the agents of ``role``'s actor ``j`` (a stand-in for one killed for good)."""
+        actor = self._actor_cls.remote(*self._actor_args[(role, j)])
+        self.actors[role][j] = actor
+        return actor
 
     def _hosted(self) -> dict[str, tuple[str, list[str]]]:
         """actor id (hex) -> (role, the logical ids of the agents it hosts)."""
@@ -405,11 +446,13 @@ class RayEngine(Engine):
 
         ensure_ray(self.address, self.num_cpus)
         base, times = net.origin or net, net.times
-        alive = self.actors and self.pool_net is base
+        alive = self.actors and self.pool_net is base and self._pool_crash == self.faults.crash
         if not alive:
             self._start_pool(base)
         self.proto, self.net = proto, net
-        proto_ref = ray.put(proto)
+        self._proto_ref = proto_ref = ray.put(proto)
+        self._times, self.crash_log = times, []
+        self._crash_plan = CrashPlan(self) if self.faults.crash else None
         self._segs, self._open = [], {}
         self._pending = [a.configure.remote(proto_ref, times, self.faults, self.wire)
                          for acts in self.actors.values() for a in acts]
@@ -424,23 +467,29 @@ class RayEngine(Engine):
         self._prefetched: dict[tuple[int, int], list[Any]] = {}
         return super().run(proto, net, air, on_round=on_round, rounds=rounds)
 
-    def _transmit(self, k: int, rnd: int, role: str):
+    def _enter(self, rnd: int) -> None:
+        """The engine is at round ``rnd`` (its first call there: real crashes happen, :class:`CrashPlan`)."""
+        if rnd != self._round and self._crash_plan is not None:
+            self._crash_plan.before_round(self, rnd)
         self._round = rnd
+
+    def _transmit(self, k: int, rnd: int, role: str):
+        self._enter(rnd)
         got = self._prefetched.pop((k, rnd), None)
         if got is None:
             got = self._flush(self._add(role, ("transmit", k, rnd), 1))[0]
         return [(_to_torch(i), _to_torch(sig)) for i, sig in got]
 
     def _measured(self, k: int, rnd: int, role: str, meas: dict[str, Tensor]) -> None:
-        self._round = rnd
+        self._enter(rnd)
         self._add(role, ("measured", k, rnd, meas))
 
     def _compute(self, k: int, rnd: int, role: str) -> None:
-        self._round = rnd
+        self._enter(rnd)
         self._add(role, ("compute", k, rnd))
 
     def _message(self, k: int, rnd: int) -> int:
-        self._round = rnd
+        self._enter(rnd)
         ph = self.proto.phases[k]
         assert isinstance(ph, Message)
         es = self.net.edges[ph.edges]

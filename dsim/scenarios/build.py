@@ -173,7 +173,7 @@ def build_scenario(family: str, channels: Any, faults: FaultModel | None, seed: 
         raise ScenarioError(str(exc)) from None
     check_finite(net, "scenario")
     ids = [a for role in net.counts for a in net.agent_ids(role)]
-    for agent, _ in (faults.crash if faults is not None else ()):
+    for agent, *_ in (faults.crash if faults is not None else ()):
         if agent not in ids:
             raise ScenarioError(f"faults.crash: agent {agent!r} is not in this scenario; allowed: "
                                 f"{', '.join(ids[:12])}{' ...' if len(ids) > 12 else ''}")
@@ -190,7 +190,7 @@ def fault_model(cfg: Any) -> FaultModel:
                       csi_error=float(getattr(f, "csi_error", 0.0)),
                       delay=tuple(sorted(getattr(f, "delay", {}).items())),
                       deadline=tuple(sorted(getattr(f, "deadline_s", {}).items())),
-                      crash=tuple((c.agent, c.round) for c in getattr(f, "crash", [])))
+                      crash=tuple(c.entry() for c in getattr(f, "crash", [])))
 
 
 def scenario_from_config(cfg: Any) -> Scenario:
