@@ -281,7 +281,7 @@ class RayEngine(Engine):
         self._open: dict[str, int] = {}
         self.pids: dict[tuple[str, int], int] = {}  # (role, actor index) -> process id
         self._pending: list[Any] = []
-        self._pool_crash: tuple = ()  # the crash entries the pool's layout isolates
+        self._pool_crash: dict[str, set[int]] = {}  # the crashed agents the pool's layout isolates
         self._crash_plan: CrashPlan | None = None
         #: the real crashes of the last run (:class:`dsim.engine.restart.CrashEvent`)
         self.crash_log: list[CrashEvent] = []
@@ -301,7 +301,7 @@ class RayEngine(Engine):
 
         self.close()
         self.parts = isolate(self.layout(net), crash_indices(self.faults, net))
-        self._pool_crash = self.faults.crash
+        self._pool_crash = crash_indices(self.faults, net)
         owners = {}
         for role, parts in self.parts.items():
             own = torch.empty(net.counts[role], dtype=torch.int64)
@@ -313,18 +313,17 @@ class RayEngine(Engine):
         if self.placement == "spread":
             opts["scheduling_strategy"] = "SPREAD"
         base_cls = ray.remote(HostActorImpl)
-        self._actor_cls = Actor = base_cls.options(**opts)
-        crashed = crash_indices(self.faults, net)
-        self.actors, self._actor_args = {}, {}
+        Actor = base_cls.options(**opts)
+        self.actors, self._actor_args, self._actor_cls = {}, {}, {}
         for role, parts in self.parts.items():
             acts = []
             for ids in parts:
                 mine = {k: v.index_select(1, ids) for k, v in net.local.get(role, {}).items()}
                 lite = Network(net.family, net.batch, net.counts, net.edges, {role: mine}, dict(net.info))
                 self._actor_args[(role, len(acts))] = (lite, role, ids, owners, "cuda" if use_gpu else "cpu")
-                restarts = set(ids.tolist()) & crashed.get(role, set())
-                cls = base_cls.options(**opts, max_restarts=-1) if restarts else Actor
-                acts.append(cls.remote(*self._actor_args[(role, len(acts))]))
+                restartable = set(ids.tolist()) & self._pool_crash.get(role, set())  # Ray restarts it after a crash
+                self._actor_cls[(role, len(acts))] = base_cls.options(**opts, max_restarts=-1) if restartable else Actor
+                acts.append(self._actor_cls[(role, len(acts))].remote(*self._actor_args[(role, len(acts))]))
             self.actors[role] = acts
         self.pool_net = net
         where = iter(self._get([a.node.remote() for acts in self.actors.values() for a in acts]))
@@ -334,7 +333,7 @@ class RayEngine(Engine):
 
     def spawn(self, role: str, j: int) -> Any:
         """A new actor for the agents of ``role``'s actor ``j`` (a stand-in for one killed for good)."""
-        actor = self._actor_cls.remote(*self._actor_args[(role, j)])
+        actor = self._actor_cls[(role, j)].remote(*self._actor_args[(role, j)])
         self.actors[role][j] = actor
         return actor
 
@@ -446,7 +445,7 @@ class RayEngine(Engine):
 
         ensure_ray(self.address, self.num_cpus)
         base, times = net.origin or net, net.times
-        alive = self.actors and self.pool_net is base and self._pool_crash == self.faults.crash
+        alive = self.actors and self.pool_net is base and self._pool_crash == crash_indices(self.faults, base)
         if not alive:
             self._start_pool(base)
         self.proto, self.net = proto, net
