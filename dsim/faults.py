@@ -161,21 +161,25 @@ class FaultModel:
         """Whether the nodes' CSI differs from the air's channel (stale or noisy)."""
         return self.csi_rho != 1.0 or self.csi_error > 0.0
 
-    def csi(self, H: Tensor, link_dims: int = 2) -> tuple[Tensor, Tensor]:
+    def csi(self, H: Tensor, link_dims: int = 2, gain: Tensor | None = None,
+            estimate: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(CSI the nodes hold, channel the air evaluates) of channels ``H`` (complex, any shape whose last
         ``link_dims`` dims are one link's antenna pairs, e.g. (B, I, K, N, M) with link_dims = 2).
 
-        held = H + sqrt(csi_error g) e'  and  air = csi_rho H + sqrt(1 - csi_rho^2) sqrt(g) e, with g the
-        mean |H|^2 over each link's antenna pairs and e, e' i.i.d. CN(0, 1) drawn on seeded CPU generators
-        (identical on every engine and device).  Without a CSI fault both are ``H`` itself."""
+        held = H_est + sqrt(csi_error g) e'  and  air = csi_rho H + sqrt(1 - csi_rho^2) sqrt(g) e, with g the
+        link's average gain -- ``gain`` (real, broadcastable to H, e.g. a large-scale fading coefficient), else
+        the mean |H|^2 over each link's antenna pairs -- H_est the nodes' own estimate ``estimate`` (same
+        shape as H; default H: perfect CSI before the fault), and e, e' i.i.d. CN(0, 1) drawn on seeded CPU
+        generators (identical on every engine and device).  Without a CSI fault: (H_est, H)."""
+        est = H if estimate is None else estimate
         if not self.csi_faulty:
-            return H, H
+            return est, H
         dims = tuple(range(H.dim() - link_dims, H.dim()))
-        g = (H.abs() ** 2).mean(dim=dims, keepdim=True)
-        held, air = H, H
+        g = (H.abs() ** 2).mean(dim=dims, keepdim=True) if gain is None else gain.to(H.real.dtype)
+        held, air = est, H
         if self.csi_error > 0.0:
             e = _cn(tuple(H.shape), _gen(self.seed, 3), H.dtype).to(H.device)
-            held = H + torch.sqrt(self.csi_error * g).to(H.dtype) * e
+            held = est + torch.sqrt(self.csi_error * g).to(H.dtype) * e
         if self.csi_rho != 1.0:
             e = _cn(tuple(H.shape), _gen(self.seed, 4), H.dtype).to(H.device)
             air = self.csi_rho * H + math.sqrt(max(0.0, 1.0 - self.csi_rho ** 2)) * torch.sqrt(g).to(H.dtype) * e

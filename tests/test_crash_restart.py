@@ -133,3 +133,43 @@ def test_real_crash_on_ray_equals_the_silent_run(ray_session):
     finally:
         engine.close()
         ray.cloudpickle.unregister_pickle_by_value(sys.modules["tests.test_extension"])
+
+
+# ------------------------------------------------------------------------------------ configuration
+def _crash_cfg(tmp_path, crash) -> str:
+    import yaml
+
+    data = {"seed": 0, "batch": 2, "scenario": {"family": "multicell", "layout": "triangle"},
+            "algorithms": [{"name": "wmmse", "rounds": 4}], "engine": {"kind": "local"},
+            "faults": {"crash": crash}, "output": str(tmp_path / "run")}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+@pytest.mark.parametrize("entry,needles", [
+    ({"agent": "ue1", "round": 2, "down_rounds": 2}, ["faults.crash[0].down_rounds", "needs restart: true"]),
+    ({"agent": "ue1", "round": 2, "restart": True, "down_rounds": 0}, ["faults.crash[0].down_rounds", ">= 1"]),
+    ({"agent": "ue1", "round": 2, "restart": "maybe"}, ["faults.crash[0].restart", "true or false"]),
+    ({"agent": "ue1", "round": 2, "restrat": True}, ["faults.crash[0].restrat", "down_rounds", "restart"]),
+    ({"agent": "ue99", "round": 2, "restart": True}, ["faults.crash", "'ue99'"]),
+])
+def test_bad_crash_entries_one_line(tmp_path, capsys, entry, needles):
+    from dsim.cli import main
+
+    rc = main(["run", _crash_cfg(tmp_path, [entry]), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_crash_restart_config_reaches_the_engines(tmp_path):
+    from dsim.config import load_config
+    from dsim.scenarios.build import fault_model
+
+    cfg = load_config(_crash_cfg(tmp_path, [{"agent": "ue1", "round": 2, "restart": True, "down_rounds": 3},
+                                            {"agent": "bs0", "round": 3}]))
+    fm = fault_model(cfg)
+    assert fm.crash == (("ue1", 2, 3), ("bs0", 3))
+    assert fm.crash_windows() == [("ue1", 2, 5), ("bs0", 3, math.inf)]

@@ -345,6 +345,65 @@ def test_rho_zero_makes_csi_useless_in_expectation():
     assert gain_ratio(1.0) > 2.0
 
 
+
+def _interference(batch: int, seed: int, faults=None):
+    from dsim.scenarios.interference import InterferenceScenario, generate_interference, interference_network
+
+    ch = generate_interference(InterferenceScenario(layout="gaussian", n_pairs=3, tx_antennas=4), batch,
+                               torch.Generator().manual_seed(seed), torch.complex128)
+    return ch, *interference_network(ch, faults)
+
+
+def test_interference_csi_faults():
+    """The interference family takes stale / noisy CSI: no fault is exactly fault-free; rho = 0 makes the
+    held CSI useless in expectation -- full-power MRT v_k = sqrt(P) h_kk / ||h_kk|| from the held h_kk gives
+    E|h_kk,air^H v_k|^2 = g P (a random direction, g the per-antenna gain) against N_t g P with fresh CSI."""
+    ch, net, air = _interference(2, 1)
+    _, net0, air0 = _interference(2, 1, FaultModel(csi_rho=1.0, csi_error=0.0, seed=5))
+    assert torch.equal(air0.H, air.H) and all(torch.equal(net0.local["bs"][k], v) for k, v in net.local["bs"].items())
+    ch, _, _ = _interference(300, 2)
+
+    def gain_ratio(rho, err=0.0):
+        f = FaultModel(csi_rho=rho, csi_error=err, seed=2)
+        _, net, air = _interference(300, 2, f)
+        V = run_local("strongest", net, air, faults=f, fraction=1.0)[0][-1]  # (B, K, N_t, 1)
+        own = torch.einsum("bkn,bkn->bk", air.H.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)[:, :, 0], V[..., 0])
+        g = (ch.H.diagonal(dim1=1, dim2=2).abs() ** 2).mean(dim=-2)[:, 0]  # (B, K) per-antenna gain, fresh
+        return float((own.abs() ** 2 / (g * 1.0)).mean())
+
+    assert gain_ratio(1.0) == pytest.approx(4.0, rel=0.15)  # N_t = 4: E||h||^2 / g
+    assert gain_ratio(0.0) == pytest.approx(1.0, abs=0.12)
+    assert 1.3 < gain_ratio(1.0, err=1.0) < 3.5  # an estimate as noisy as the channel loses part of the gain
+
+
+def test_cellfree_csi_faults():
+    """Cell-free takes stale / noisy CSI: no fault is exactly fault-free; with rho = 0 the channel the air
+    evaluates is independent of the APs' estimates, so the coherent gain E{h_kl^H w_kl} of eq. (25) vanishes
+    (|a_kl| / sqrt(beta_kl) within the Monte-Carlo error), while with fresh CSI it is large; csi_error adds
+    error of relative variance csi_error (per link, beta_kl) to the estimates only."""
+    from dsim.scenarios.cellfree import CellfreeScenario, cellfree_network, generate_cellfree
+
+    ch = generate_cellfree(CellfreeScenario(n_aps=4, ap_antennas=4, n_ues=3, realizations=400), 2,
+                           torch.Generator().manual_seed(3), torch.complex128)
+    net, air = cellfree_network(ch)
+    net0, air0 = cellfree_network(ch, FaultModel(csi_rho=1.0, csi_error=0.0, seed=1))
+    assert torch.equal(air0.a, air.a) and torch.equal(air0.Bmat, air.Bmat)
+    assert all(torch.equal(net0.local["ap"][k], v) for k, v in net.local["ap"].items())
+    beta = ch.beta  # (B, K, L)
+
+    def coherent(rho):
+        _, air = cellfree_network(ch, FaultModel(csi_rho=rho, seed=4))
+        return (air.a.abs() / beta.sqrt()).mean().item()
+
+    fresh, useless = coherent(1.0), coherent(0.0)
+    assert fresh > 1.0 and useless < 0.15 * fresh
+    net_e, air_e = cellfree_network(ch, FaultModel(csi_error=0.5, seed=4))
+    assert torch.equal(net_e.local["ap"]["h"], net.local["ap"]["h"])  # the channel itself is untouched
+    d = net_e.local["ap"]["h_hat"] - net.local["ap"]["h_hat"]  # (B, L, S, K, N)
+    rel = (d.abs() ** 2).mean(dim=(2, 4)) / beta.permute(0, 2, 1)
+    assert float(rel.mean()) == pytest.approx(0.5, rel=0.05)
+
+
 # ------------------------------------------------------------------------------------ delay and deadlines
 def _deadline_setup(deadline, delay=None, batch=2):
     from dsim.clock import RoundClock
@@ -491,17 +550,22 @@ def test_crash_silences_the_agent_and_freezes_its_decision():
 
 
 def test_crash_local_equals_ray(ray_session):
+    """WMMSE (pilots, both message directions) with message loss, bs1 down in rounds 2-3 and back (restart),
+    ue0 down for good from round 3: the Ray engine really kills both actors (Ray restarts bs1's and it is
+    restored from its snapshot; a stand-in holds ue0's) and equals the local engine's simulated crash bit for
+    bit, ledger included.  bs1's beamformers in rounds 2-3 are those of round 1, then move again."""
     from dsim.engine.local import LocalEngine
     from dsim.engine.ray import RayEngine
     from dsim.registry import algorithm
 
     ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
-    f = FaultModel(message_loss=0.2, crash=(("bs1", 2), ("ue0", 3)), seed=2)
+    f = FaultModel(message_loss=0.2, crash=(("bs1", 2, 2), ("ue0", 3)), seed=2)
     net, air = multicell_network(ch, f)
     spec = algorithm("wmmse")
-    proto = spec.build(spec.options(rounds=4), net)
+    proto = spec.build(spec.options(rounds=5), net)
     out = []
-    for eng in (LocalEngine("float64", f), RayEngine("float64", f, shards=1)):
+    ray_engine = RayEngine("float64", f, shards=1)
+    for eng in (LocalEngine("float64", f), ray_engine):
         dec = []
         try:
             trace = eng.run(proto, net, air, on_round=lambda r, V, d=dec: d.append(V))
@@ -509,6 +573,11 @@ def test_crash_local_equals_ray(ray_session):
             eng.close()
         out.append((torch.stack(dec), trace.ledger))
     assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1]
+    assert [(e.agents, e.round, e.restarted) for e in ray_engine.crash_log] == [(["bs1"], 2, True),
+                                                                               (["ue0"], 3, False)]
+    V, served = out[0][0], ch.assign == 1
+    assert torch.equal(V[2][:, served], V[1][:, served]) and torch.equal(V[3][:, served], V[1][:, served])
+    assert not torch.equal(V[5][:, served], V[1][:, served])
 
 
 def test_interrupted_training_keeps_the_last_finished_step(tmp_path):

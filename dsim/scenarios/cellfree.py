@@ -511,23 +511,29 @@ class CellfreeAir(Air):
 # --------------------------------------------------------------------------------------------------
 def cellfree_network(ch: CellfreeChannels, faults: FaultModel | None = None,
                      seed: int = 0) -> tuple[Network, CellfreeAir]:
-    """Network (module docstring) and air of a :class:`CellfreeChannels` batch."""
-    if faults is not None and faults.csi_faulty:
-        raise ValueError("faults.stale_csi / faults.csi_error apply to multicell channels; cellfree's CSI model "
-                         "is scenario.csi (perfect | mmse)")
+    """Network (module docstring) and air of a :class:`CellfreeChannels` batch.
+
+    Stale / noisy CSI (``faults.stale_csi``, ``faults.csi_error``, :meth:`dsim.faults.FaultModel.csi`, per
+    draw s and link (k, l) with the link's large-scale gain beta_kl): the channel the air evaluates (the
+    statistics E{h_kl^H w_il}, E{|h_kl^H w_il|^2} of eq. (25)) is the aged h_air = rho h + sqrt(1 - rho^2)
+    beta^(1/2) e, while the APs' precoders (22) use their estimates h_hat (+ sqrt(csi_error beta) e')
+    of the channel before it aged."""
     if faults is not None and faults.missing_links > 0:
         raise ValueError("faults.missing_links applies to multicell BS-UE links; cellfree has no such links "
                          "(use faults.message_loss)")
     B, S, K, L, N = ch.h.shape
     real = ch.beta.dtype
     P = ch.power_w.to(real).reshape(1, L).expand(B, L).clone()
-    local_ap = {"h": ch.h_per_ap, "h_hat": ch.h_hat_per_ap, "beta": ch.beta.permute(0, 2, 1).contiguous(),
-                "power": P}
+    h_hat, h = ch.h_hat, ch.h
+    if faults is not None and faults.csi_faulty:  # per link (draw s, UE k, AP l) with its gain beta_kl
+        h_hat, h = faults.csi(ch.h, link_dims=1, gain=ch.beta[:, None, :, :, None], estimate=ch.h_hat)
+    h_l, h_hat_l = h.permute(0, 3, 1, 2, 4), h_hat.permute(0, 3, 1, 2, 4)  # agent-major (B, L, S, K, N)
+    local_ap = {"h": h_l, "h_hat": h_hat_l, "beta": ch.beta.permute(0, 2, 1).contiguous(), "power": P}
     C = ch.error_cov_per_ap()
     if C is not None:
         local_ap["error_cov"] = C.contiguous()
     local_ap["mean"], local_ap["second"] = stats = ap_statistics(
-        ch.h_per_ap, lmmse_precoders(ch.h_hat_per_ap, ch.ue_power_w, ch.noise_w, C))
+        h_l, lmmse_precoders(h_hat_l, ch.ue_power_w, ch.noise_w, C))
     dev = ch.h.device
     local_cpu = {"power": P.reshape(B, 1, L).clone(),
                  "noise": torch.full((B, 1), float(ch.noise_w), dtype=real, device=dev)}

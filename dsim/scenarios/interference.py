@@ -302,9 +302,11 @@ def _union_edges(present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def interference_network(ch: InterferenceChannels, faults: FaultModel | None = None,
                          seed: int = 0) -> tuple[Network, InterferenceAir]:
     """Network and air of a batch (module docstring).  Missing links (faults) remove CSI/signaling edges
-    (never a pair's own link)."""
+    (never a pair's own link); stale / noisy CSI (``faults.stale_csi``, ``faults.csi_error``) ages the
+    channel the air evaluates and perturbs what every node holds (``H``, ``h_own``, ``H_rx``,
+    ``direct_gain``), per link h_jk (1 x N_t) with its own mean gain (:meth:`dsim.faults.FaultModel.csi`)."""
     faults = faults or FaultModel()
-    H = ch.H
+    H, H_air = faults.csi(ch.H)  # stale / noisy CSI (dsim.faults): the nodes hold H, the air evaluates H_air
     B, K = H.shape[:2]
     Nt = H.shape[4]
     real = torch.float64 if H.dtype == torch.complex128 else torch.float32
@@ -343,7 +345,7 @@ def interference_network(ch: InterferenceChannels, faults: FaultModel | None = N
     info = {"family": FAMILY, "batch": B, "n_bs": K, "n_ue": K, "n_pairs": K, "bs_antennas": Nt, "ue_antennas": 1,
             "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real}
     net = Network(FAMILY, B, {"bs": K, "ue": K}, edges, local, info)
-    air = InterferenceAir(H, ar.clone(), nz, w, pw)
+    air = InterferenceAir(H_air, ar.clone(), nz, w, pw)
     return net, air
 
 
