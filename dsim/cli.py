@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_out_dir(cfg.output)
             where = f"results of the finished algorithms are in {cfg.output}"
             try:
-                run(cfg, progress=not args.no_progress)
+                run(cfg, progress=not args.no_progress, source=args.config)
             except RuntimeError as exc:
                 print(f"dsim: some algorithms failed (results of the others are written): {exc}", file=sys.stderr)
                 return 1

@@ -76,9 +76,15 @@ class ClockConfig:
     compute_s: dict[str, float] = field(default_factory=dict)
     air_symbol_s: float = 0.0
     air_latency_s: float = 0.0
+    #: message phase name -> deadline (s) of that phase's messages, replacing its link class's
+    phase_deadline_s: dict[str, float] = field(default_factory=dict)
 
     def link(self, name: str) -> LinkSpec:
         return self.links.get(name) or LinkSpec()
+
+    def deadline(self, link: str, phase: str) -> float:
+        """Deadline (s) of the messages of ``phase`` on ``link``: the phase's own, else the link's."""
+        return self.phase_deadline_s.get(phase, self.link(link).deadline_s)
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,7 @@ def _build_step(env: simpy.Environment, phase: PhaseTrace, cfg: ClockConfig, rad
             delivered = env.event()
             tx_s = m.nbytes * 8 / spec.bandwidth_bps
             step.outbox.setdefault(m.src, []).append((radios[key], tx_s, spec.latency_s, delivered,
-                                                      spec.deadline_s, flight, (p, j)))
+                                                      cfg.deadline(m.link, phase.name), flight, (p, j)))
             step.waits.setdefault(m.dst, []).append(delivered)
     else:
         symbols: dict[str, int] = {}

@@ -253,7 +253,7 @@ class CrashConfig(BaseModel):
 class FaultsConfig(BaseModel):
     """``faults``: message loss and missing-link probabilities, stale CSI, the nodes' channel-estimation
     error variance (relative to each link's gain), random extra message latency and deadlines per link
-    class, their seed (None = the run's seed); :mod:`dsim.faults`."""
+    class or per message phase, their seed (None = the run's seed); :mod:`dsim.faults`."""
 
     model_config = _CFG
     message_loss: float = Field(0.0, ge=0, lt=1)
@@ -264,7 +264,10 @@ class FaultsConfig(BaseModel):
         default_factory=dict, description="link class -> mean random extra latency of a message (s, exponential)")
     deadline_s: dict[LinkName, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="link class -> deadline (s) after which a message is late (lost this "
-        "round, delivered stale next round)")
+        "round, delivered stale next round), for every message phase on that link")
+    phase_deadline_s: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="message phase name (of the run's algorithms, e.g. ul_uw) -> deadline "
+        "(s) of that phase's messages, replacing its link class's")
     crash: list[CrashConfig] = Field(default_factory=list)
     seed: int | None = Field(None, ge=0)
 

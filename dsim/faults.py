@@ -7,12 +7,13 @@
 * ``message_loss`` -- each message (one edge, one realization, one phase, one round) is lost with this
   probability.  The receiver keeps the last value it got on that edge (or the phase's initial value).
 
-* ``delay`` + ``deadline_s`` (per link class) -- each message's flight time is the SimPy clock's (queueing,
-  transmission, latency: :attr:`dsim.clock.RoundTiming.flight_s`) plus a random extra latency, exponential
-  with the link class's mean ``delay`` [s], drawn per (round, phase, edge, realization).  A message whose
-  flight exceeds its link's deadline is *late*: lost for this round, and the receiver holds it from the
-  next round on (delivered stale: it replaces the receiver's last value unless a fresher message arrives).
-  The flights per message phase are set per protocol run with :meth:`FaultModel.with_flights`.
+* ``delay`` + ``deadline_s`` (per link class, or per message phase of a link class) -- each message's flight
+  time is the SimPy clock's (queueing, transmission, latency: :attr:`dsim.clock.RoundTiming.flight_s`) plus a
+  random extra latency, exponential with the link class's mean ``delay`` [s], drawn per (round, phase, edge,
+  realization).  A message whose flight exceeds its phase's deadline (:meth:`FaultModel.phase_deadline`) is
+  *late*: lost for this round, and the receiver holds it from the next round on (delivered stale: it
+  replaces the receiver's last value unless a fresher message arrives).  The flights per message phase are
+  set per protocol run with :meth:`FaultModel.with_flights`.
 * ``crash`` -- (agent id, round[, down rounds]) entries: the agent goes down right after round ``round - 1``
   ends and stays down for ``down rounds`` rounds (0 or absent: for good).  While down it takes part in
   nothing: none of its messages is delivered (each receiver applies its protocol's silent-neighbour rule),
@@ -83,6 +84,7 @@ class FaultModel:
     csi_rho:       Gauss–Markov correlation between the CSI held and the channel evaluated, in [-1, 1].
     csi_error:     channel-estimation error variance relative to the link gain, >= 0.
     delay, deadline: (link class, mean extra latency s) / (link class, deadline s) pairs.
+    phase_deadlines: (message phase name, deadline s) pairs, each replacing its phase's link deadline.
     crash:         (agent id, round) or (agent id, round, down rounds) entries: the agent is down from that
                    round on, for good or (down rounds > 0) for that many rounds, then back (a restart).
     """
@@ -94,6 +96,7 @@ class FaultModel:
     csi_error: float = 0.0
     delay: tuple[tuple[str, float], ...] = ()
     deadline: tuple[tuple[str, float], ...] = ()
+    phase_deadlines: tuple[tuple[str, float], ...] = ()
     crash: tuple[tuple[str, int] | tuple[str, int, int], ...] = ()
     #: phase index -> (base flight times (B, E) s of the phase's edges, mean extra delay s, deadline s)
     flights: dict[int, tuple[Tensor, float, float]] = field(default_factory=dict, compare=False, hash=False)
@@ -102,9 +105,15 @@ class FaultModel:
         """Mean extra latency [s] of messages on ``link`` (0: none)."""
         return dict(self.delay).get(link, 0.0)
 
-    def link_deadline(self, link: str) -> float:
-        """Deadline [s] of messages on ``link`` (inf: none)."""
-        return dict(self.deadline).get(link, math.inf)
+    def phase_deadline(self, link: str, phase: str) -> float:
+        """Deadline [s] of the messages of message phase ``phase`` on ``link`` (inf: none): the phase's own
+        (``phase_deadlines``) if it has one, else the link class's (``deadline``)."""
+        return dict(self.phase_deadlines).get(phase, dict(self.deadline).get(link, math.inf))
+
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether any message phase may have a finite deadline."""
+        return bool(self.deadline or self.phase_deadlines)
 
     def with_flights(self, flights: dict[int, tuple[Tensor, float, float]]) -> FaultModel:
         """This model with the base flight times of a protocol's message phases (:attr:`flights`); only

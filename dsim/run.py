@@ -25,6 +25,7 @@ from dsim.air import Air
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
 from dsim.devices import resolve_device
 from dsim.engine.base import Engine, LedgerRow
+from dsim.faults import FaultModel
 from dsim.network import Network
 from dsim.protocol import Local, Measure, Message, Protocol, runs_in
 from dsim.results import AlgorithmResult, RunWriter
@@ -54,7 +55,8 @@ def make_engine(cfg: RunConfig) -> Engine:
 def clock_config(cfg: RunConfig, with_delay: bool = True) -> ClockConfig:
     """The SimPy clock's settings of a RunConfig (link classes, fixed compute times per role, air).
 
-    The faults' deadlines (``faults.deadline_s``) are the links' deadlines; ``with_delay``: the faults' mean
+    The faults' deadlines are the links' (``faults.deadline_s``) and the message phases' own
+    (``faults.phase_deadline_s``); ``with_delay``: the faults' mean
     extra latency (``faults.delay``) is added to each link's latency (the simulated time is the mean-field
     one; the engine draws each message's own delay, :mod:`dsim.faults`)."""
     c = cfg.clock
@@ -65,15 +67,16 @@ def clock_config(cfg: RunConfig, with_delay: bool = True) -> ClockConfig:
              for name, s in c.links.items()}
     fixed = {role: float(v) for role, v in c.compute_s.items() if v != "measured"}
     return ClockConfig(links=links, compute_s=fixed, air_symbol_s=c.air_symbol_s,
-                       air_latency_s=c.air_latency_s)
+                       air_latency_s=c.air_latency_s, phase_deadline_s=dict(f.phase_deadline_s))
 
 
 # ------------------------------------------------------------------------------------------ clock traces
-def message_flights(proto: Protocol, net: Network, wire: str, clock: RoundClock, links: Iterable[str]
+def message_flights(proto: Protocol, net: Network, wire: str, clock: RoundClock, phases: Iterable[int]
                     ) -> dict[int, torch.Tensor]:
-    """Phase index -> (B, E) flight time [s] of each message of the protocol's message phases on ``links``
-    (edges absent in a realization: 0), from the SimPy clock's round 1 of each realization's structure."""
-    want = {k for k, ph in enumerate(proto.phases) if isinstance(ph, Message) and net.edges[ph.edges].link in links}
+    """Phase index -> (B, E) flight time [s] of each message of the protocol's message phases ``phases``
+    (indices into ``proto.phases``; edges absent in a realization: 0), from the SimPy clock's round 1 of each
+    realization's structure."""
+    want = {k for k in phases if isinstance(proto.phases[k], Message)}
     if not want:
         return {}
     traces, inv, edge_of = _round_traces(proto, net, wire, 1, None)
@@ -86,6 +89,34 @@ def message_flights(proto: Protocol, net: Network, wire: str, clock: RoundClock,
                 vals = np.array([flight.get((t, j), 0.0) for j in range(len(eids))])
                 out[k][np.ix_(rows, eids)] = vals
     return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def with_deadline_flights(faults: FaultModel, proto: Protocol, net: Network, wire: str, clock: RoundClock
+                          ) -> FaultModel:
+    """``faults`` with the flights (:meth:`dsim.faults.FaultModel.with_flights`) of every message phase of
+    ``proto`` that has a finite deadline (its link's or its own): the deadline fault needs each message's
+    flight time on the clock ``clock`` (without the mean extra delays)."""
+    if not faults.has_deadlines:
+        return faults
+    limit = {k: faults.phase_deadline(net.edges[ph.edges].link, ph.name) for k, ph in enumerate(proto.phases)
+             if isinstance(ph, Message)}
+    limit = {k: d for k, d in limit.items() if math.isfinite(d)}
+    flights = message_flights(proto, net, wire, clock, limit)
+    return faults.with_flights({k: (f, faults.link_delay(net.edges[proto.phases[k].edges].link), limit[k])
+                                for k, f in flights.items()})
+
+
+def check_phase_deadlines(faults: FaultModel, built: dict[str, tuple[Protocol, Network]], source: str) -> None:
+    """Every message phase named in ``faults.phase_deadline_s`` is a message phase of at least one of the
+    run's algorithms (``built``: label -> (protocol, network)); else a :class:`dsim.config.ConfigError`
+    naming the key and the message phases there are."""
+    from dsim.config import ConfigError
+
+    there = sorted({ph.name for proto, _ in built.values() for ph in proto.phases if isinstance(ph, Message)})
+    for name, _ in faults.phase_deadlines:
+        if name not in there:
+            raise ConfigError(f"{source}: faults.phase_deadline_s.{name}: no algorithm of this run has a message "
+                              f"phase {name!r}; allowed: {', '.join(there) or '(none: no algorithm sends messages)'}")
 
 
 def round_traces(proto: Protocol, net: Network, wire: str, rnd: int = 1, measured: dict[str, float] | None = None
@@ -227,7 +258,7 @@ def build_algorithm(alg: AlgorithmConfig, scn: Scenario) -> tuple[Protocol, Netw
 
 def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: RoundClock, wire: str,
                   progress: bool = True, measured_roles: Iterable[str] = (),
-                  flight_clock: RoundClock | None = None) -> AlgorithmRun:
+                  flight_clock: RoundClock | None = None, built: tuple | None = None) -> AlgorithmRun:
     """Run one algorithm entry (``alg.name``, ``alg.label``, ``alg.restarts``, ``alg.options``) on a built
     scenario.
 
@@ -237,10 +268,11 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
     the mean over the n initialisations.  ``measured_roles``: roles whose local-phase compute time in the
     simulated clock is the measured one (:func:`measured_compute`) instead of the configured constant.
     ``flight_clock``: the clock without the faults' mean extra delays, whose message flight times the
-    deadline fault uses (default ``clock``)."""
+    deadline fault uses (default ``clock``).  ``built``: :func:`build_algorithm`'s result, when the caller
+    built the protocol already."""
     from tqdm.auto import tqdm
 
-    proto, net, air, build_s = build_algorithm(alg, scn)
+    proto, net, air, build_s = built if built is not None else build_algorithm(alg, scn)
     restarts, base = alg.restarts, scn.net.batch
     wsr_rounds: list[np.ndarray] = []
     last: dict[str, Any] = {}
@@ -257,13 +289,8 @@ def run_algorithm(alg: AlgorithmConfig, scn: Scenario, engine: Engine, clock: Ro
             bar.update(1)
 
     faults = engine.faults
-    deadlines = dict(faults.deadline)
-    if deadlines:  # the deadline fault needs each message's flight time on the clock (dsim.faults)
-        base_clock = flight_clock if flight_clock is not None else clock
-        flights = message_flights(proto, net, wire, base_clock, deadlines)
-        engine.faults = faults.with_flights({
-            k: (f, faults.link_delay(net.edges[proto.phases[k].edges].link),
-                deadlines[net.edges[proto.phases[k].edges].link]) for k, f in flights.items()})
+    engine.faults = with_deadline_flights(faults, proto, net, wire, flight_clock if flight_clock is not None
+                                          else clock)
     t0 = time.perf_counter()
     try:
         trace = engine.run(proto, net, air, on_round=on_round)
@@ -315,9 +342,10 @@ def place_scenario(scn: Scenario, device: torch.device | str) -> Scenario:
     return Scenario(scn.family, scn.net.to(device), scn.air.to(device), scn.channels)
 
 
-def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print, plots: bool = True) -> Path:
+def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = print, plots: bool = True,
+        source: str = "config") -> Path:
     """Run every algorithm of ``cfg``; returns the run directory.  Raises after writing if any failed.
-    ``plots=False``: the tables only (a sweep's points)."""
+    ``plots=False``: the tables only (a sweep's points); ``source``: the config's name in error messages."""
     from dsim.config import resolved_dict
 
     torch.manual_seed(cfg.seed)
@@ -332,12 +360,16 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], Any] = p
     clock = RoundClock(clock_config(cfg))
     flight_clock = RoundClock(clock_config(cfg, with_delay=False)) if cfg.faults.delay else clock
     failures: dict[str, str] = defaultdict(str)
+    built: dict[str, tuple] = {}
+    if engine.faults.phase_deadlines:  # per-phase deadlines name phases: check them before running any
+        built = {alg.label: build_algorithm(alg, scn) for alg in cfg.algorithms}
+        check_phase_deadlines(engine.faults, {k: b[:2] for k, b in built.items()}, source)
     try:
         for i, alg in enumerate(cfg.algorithms):
             try:
                 res = run_algorithm(alg, scn, engine, clock, cfg.wire.dtype, progress,
                                     [r for r, v in cfg.clock.compute_s.items() if v == "measured"],
-                                    flight_clock)
+                                    flight_clock, built.pop(alg.label, None))
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the finished algorithms stay written, with plots
                 writer.fail(alg.label, "interrupted")
                 for later in cfg.algorithms[i + 1:]:

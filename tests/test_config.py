@@ -207,7 +207,7 @@ CASES = [
      ["unknown key; allowed:", "bs_antennas", "bs_distance_m", "ues_per_bs"]),
     ("engine.shard", 2, "engine.shard", [f"unknown key; allowed: {ENGINE_KEYS}"]),
     ("faults.loss", 0.1, "faults.loss",
-     ["allowed: crash, csi_error, deadline_s, delay, message_loss, missing_links, seed, stale_csi"]),
+     ["allowed: crash, csi_error, deadline_s, delay, message_loss, missing_links, phase_deadline_s, seed, stale_csi"]),
     ("clock.links.ul.delay", 1, "clock.links.ul.delay", ["allowed: bandwidth_bps, latency_s, shared"]),
     ("batch", "20", "batch", ["must be an integer >= 1 (got '20')"]),
     ("batch", 2.5, "batch", ["must be an integer >= 1 (got 2.5)"]),

@@ -29,7 +29,8 @@ TOP = ["seed", "precision", "batch", "scenario", "algorithms", "engine", "wire",
        "train", "sweep"]
 SCENARIO_KEYS = ["family", "layout", "n_bs", "ues_per_bs", "bs_antennas", "ue_antennas", "bs_power_dbm",
                  "noise_dbm", "range_m", "n_aps", "n_ues", "ap_power_dbm", "realizations", "file"]
-FAULT_KEYS = ["message_loss", "missing_links", "stale_csi", "csi_error", "delay", "deadline_s", "seed"]
+FAULT_KEYS = ["message_loss", "missing_links", "stale_csi", "csi_error", "delay", "deadline_s",
+              "phase_deadline_s", "seed"]
 
 
 def _has_nan(x) -> bool:

@@ -409,10 +409,11 @@ def _deadline_setup(deadline, delay=None, batch=2):
     from dsim.clock import RoundClock
     from dsim.config import config_from_dict
     from dsim.registry import algorithm
-    from dsim.run import clock_config, message_flights
+    from dsim.run import clock_config, with_deadline_flights
     from dsim.scenarios.build import fault_model, scenario_from_config
 
-    faults = {"deadline_s": {"ul": deadline}} | ({"delay": {"ul": delay}} if delay else {})
+    faults = ({"phase_deadline_s": deadline} if isinstance(deadline, dict) else {"deadline_s": {"ul": deadline}}) | (
+        {"delay": {"ul": delay}} if delay else {})
     cfg = config_from_dict({"seed": 1, "batch": batch, "scenario": {"family": "multicell"},
                             "algorithms": [{"name": "wmmse", "rounds": 4}], "wire": {"dtype": "float64"},
                             "clock": {"links": {"ul": {"latency_s": 1e-3, "bandwidth_bps": 1e6}}},
@@ -420,9 +421,8 @@ def _deadline_setup(deadline, delay=None, batch=2):
     scn = scenario_from_config(cfg)
     spec = algorithm("wmmse")
     proto = spec.build(spec.options(rounds=4), scn.net)
-    fm = fault_model(cfg)
-    fl = message_flights(proto, scn.net, "float64", RoundClock(clock_config(cfg, with_delay=False)), ["ul"])
-    fm = fm.with_flights({k: (f, fm.link_delay("ul"), deadline) for k, f in fl.items()})
+    fm = with_deadline_flights(fault_model(cfg), proto, scn.net, "float64",
+                               RoundClock(clock_config(cfg, with_delay=False)))
     return scn, proto, fm
 
 
@@ -451,6 +451,49 @@ def test_deadline_drops_exactly_the_messages_the_clock_says_are_late():
     ok, late = fm.arrivals(1, k_uw, torch.arange(12), 2, 12)
     assert bool(late.all()) and not bool(ok.any())
     assert isinstance(proto.phases[k_uwu], Message)
+
+
+def test_per_phase_deadline_applies_to_that_phase_only(tmp_path):
+    """``phase_deadline_s: {ul_uw: d}`` with d = 1 ms + 2.5 t_x (the case above): every U W is late, no
+    U W U^H is (their phase has no deadline, although BS 2's flight 1 ms + 3 t_x exceeds d); the simulated
+    round waits at most d for a U W, and a phase name no algorithm has is one line, exit 2."""
+    from dsim.clock import RoundClock
+    from dsim.run import clock_config, round_time_s
+    from dsim.wire import message_nbytes
+
+    ph = {p.name: p for p in _deadline_setup(1.0)[1].phases}
+    tx = message_nbytes(ph["ul_uwu"].fields, "float64") * 8 / 1e6
+    d = 1e-3 + 2.5 * tx
+    scn, proto, fm = _deadline_setup({"ul_uw": d})
+    k_uwu = next(k for k, p in enumerate(proto.phases) if p.name == "ul_uwu")
+    k_uw = next(k for k, p in enumerate(proto.phases) if p.name == "ul_uw")
+    assert k_uwu not in fm.flights and fm.flights[k_uw][2] == d
+    ok, late = fm.arrivals(1, k_uwu, torch.arange(36), 2, 36)
+    assert bool(ok.all()) and not bool(late.any())
+    ok, late = fm.arrivals(1, k_uw, torch.arange(12), 2, 12)
+    assert bool(late.all()) and not bool(ok.any())
+
+    from dsim.config import config_from_dict
+
+    def cfg_with(deadline):
+        return config_from_dict({"seed": 1, "batch": 2, "scenario": {"family": "multicell"},
+                                 "algorithms": [{"name": "wmmse", "rounds": 4}], "wire": {"dtype": "float64"},
+                                 "clock": {"links": {"ul": {"latency_s": 1e-3, "bandwidth_bps": 1e6}}},
+                                 "faults": deadline, "output": "unused"})
+    t_phase = round_time_s(proto, scn.net, "float64", RoundClock(clock_config(cfg_with({"phase_deadline_s":
+                                                                                       {"ul_uw": d}}))))
+    t_link = round_time_s(proto, scn.net, "float64", RoundClock(clock_config(cfg_with({"deadline_s": {"ul": d}}))))
+    t_none = round_time_s(proto, scn.net, "float64", RoundClock(clock_config(cfg_with({}))))
+    assert t_link <= t_phase < t_none  # the U W wait is cut in both; only the link deadline cuts U W U^H too
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("seed: 1\nbatch: 2\nscenario: {family: multicell}\nalgorithms: [{name: wmmse, rounds: 2}]\n"
+                   f"faults: {{phase_deadline_s: {{nope: 0.001}}}}\noutput: {tmp_path / 'out'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dsim", "run", str(cfg), "--no-progress"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "faults.phase_deadline_s.nope" in lines[0] and "ul_uw" in lines[0], lines
 
 
 def test_late_message_is_delivered_stale_next_round():
@@ -496,7 +539,7 @@ def test_faults_local_equals_ray(ray_session):
     from dsim.engine.local import LocalEngine
     from dsim.engine.ray import RayEngine
     from dsim.registry import algorithm
-    from dsim.run import message_flights
+    from dsim.run import with_deadline_flights
 
     ch = base_channels(batch=2, seed=6, n_bs=2, ues_per_bs=2, bs_antennas=4, layout="hex")
     spec = algorithm("wmmse")
@@ -505,8 +548,7 @@ def test_faults_local_equals_ray(ray_session):
     proto = spec.build(spec.options(rounds=3), net)
     clock = RoundClock(ClockConfig(links={"ul": LinkSpec(1e-3, 1e6)}))
     late = FaultModel(message_loss=0.1, delay=(("ul", 5e-4),), deadline=(("ul", 2.0e-3),), seed=4)
-    late = late.with_flights({k: (f, 5e-4, 2.0e-3) for k, f in message_flights(proto, net, "float64", clock,
-                                                                                 ["ul"]).items()})
+    late = with_deadline_flights(late, proto, net, "float64", clock)
     ray_engine = RayEngine("float64", FaultModel(), shards=1)
     try:
         for fm in (csi, late):

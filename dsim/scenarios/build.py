@@ -190,6 +190,7 @@ def fault_model(cfg: Any) -> FaultModel:
                       csi_error=float(getattr(f, "csi_error", 0.0)),
                       delay=tuple(sorted(getattr(f, "delay", {}).items())),
                       deadline=tuple(sorted(getattr(f, "deadline_s", {}).items())),
+                      phase_deadlines=tuple(sorted(getattr(f, "phase_deadline_s", {}).items())),
                       crash=tuple(c.entry() for c in getattr(f, "crash", [])))
 
 
