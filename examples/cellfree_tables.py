@@ -2,14 +2,15 @@
 
 For every configuration this runs the full dsim pipeline (``dsim.run.run`` on the local engine: AP-local
 L-MMSE precoding and statistics, then each protocol) with Equal, LSF, WMMSE-ADMM (100 outer iterations),
-the shipped ICGNN (trained on L = 7, N = 2, K = 5) without adaptation and with ``adapt_steps: 4`` (four
-gradient steps of loss (28) on fresh samples of the target configuration), and prints / writes:
+the shipped default ICGNN (``agents/models/icgnn_general.pt``, trained across configurations:
+``scenarios/train_icgnn_general.yaml``) without adaptation and with ``adapt_steps: 4`` (four Adam steps,
+lr 1e-4, of loss (28) on fresh samples of the target configuration), and prints / writes:
 
 * Tab. III: L = 7, N = 2, K = 3..7;      * Tab. IV: N = 2, K = 3, L = 6..10;
 * Tab. V:   L = 7, K = 3, N = 1..4,
 each row with the paper's values next to ours (sum-SE in bit/s/Hz, ICGNN also as % of WMMSE-ADMM).
 The paper trained a separate base model per table (K = 5; L = 8; N = 2); here the one shipped model
-(L = 7, N = 2, K = 5) serves all three, which is the harder generalization for Tab. IV.
+serves all three.
 
 Outputs in ``--out``: ``cellfree_tables.md``, ``cellfree_tables.csv``, ``cellfree_tables.png`` and one
 run directory per configuration.
