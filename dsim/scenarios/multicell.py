@@ -27,13 +27,13 @@ Layouts:
   each UE uniform in the disk of radius ``disk_radius_m`` around its BS at least r0 from it (uniform in
   area, :func:`annulus_radius`); path loss per ``pathloss`` (ICGNN: exponent, 30.5 dB + 36.7 log10 d).
 
-* ``square`` (ENGNN paper Sec. IV, SPECS §4): ``n_bs`` BSs uniform in a ``field_m`` x ``field_m`` square,
-  pairwise at least ``bs_separation_m`` apart (:func:`square_sites`, sequential rejection).  With ``serve:
+* ``field`` (ENGNN paper Sec. IV, SPECS §4): ``n_bs`` BSs uniform in a ``field_m`` x ``field_m`` square,
+  pairwise at least ``bs_separation_m`` apart (:func:`field_sites`, sequential rejection).  With ``serve:
   cell`` each UE is uniform in area in the annulus ``min_distance_m`` <= r <= ``disk_radius_m`` around its BS
   (Ex2: 50-250 m, the paper's Sec. IV-B); with ``serve: all`` (cooperative beamforming, Ex3: every BS serves
   every UE) the ``n_ue`` UEs are uniform in the square, their BS distances floored at ``min_distance_m``.
 
-Cooperative option ``serve: all`` (layout ``square`` only, single-antenna UEs, ENGNN paper (13)-(15)): UE i
+Cooperative option ``serve: all`` (layout ``field`` only, single-antenna UEs, ENGNN paper (13)-(15)): UE i
 is served by every BS; the decision is one beamformer v_ki (M x 1) per (UE i, BS k) pair on the ``ue>bs``
 edges (edge id i*K + k), the air is :class:`CoopAir` (rate (14), per-BS power (15b)).  ``assign`` is then
 i mod K (only a label).
@@ -52,6 +52,8 @@ class ``ul``:
 * ``ue>bs``       -- every (UE i, BS k) pair, edge id ``i*K + k``; present where BS k has CSI of UE i
   (range cut-off, minus missing links; the serving pair is always present).
 * ``ue>bs:serve`` -- (UE i, serving BS a(i)), edge id ``i``.
+* ``bs>ue`` (``dl``) -- the reverse of ``ue>bs`` (same pairs, ids and masks): BS -> UE signaling (ENGNN's
+  Tx -> Rx messages, ``agents.engnn_multicell``).
 
 Local data (only what the agent may know):
 
@@ -132,7 +134,7 @@ class MulticellScenario(CrossChecked):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["multicell"] = "multicell"
-    layout: Literal["triangle", "hex", "iid", "disk", "square"] = "triangle"
+    layout: Literal["triangle", "hex", "iid", "disk", "field"] = "triangle"
     bs_distance_m: float = Field(200.0, gt=0)
     n_bs: int = Field(3, ge=1)
     ues_per_bs: int = Field(4, ge=1)
@@ -152,17 +154,17 @@ class MulticellScenario(CrossChecked):
     ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     snr_db: float | None = Field(None, allow_inf_nan=False,
                                  description="SNR = P/sigma^2 [dB]; overrides noise_dbm")
-    disk_radius_m: float = Field(500.0, gt=0, description="layouts disk / square: cell radius [m]")
-    field_m: float = Field(2000.0, gt=0, description="layout square: side of the square field [m]")
-    bs_separation_m: float = Field(500.0, ge=0, description="layout square: least BS-BS distance [m]")
+    disk_radius_m: float = Field(500.0, gt=0, description="layouts disk / field: cell radius [m]")
+    field_m: float = Field(2000.0, gt=0, description="layout field: side of the square field [m]")
+    bs_separation_m: float = Field(500.0, ge=0, description="layout field: least BS-BS distance [m]")
     serve: Literal["cell", "all"] = Field("cell", description="cell: each UE served by its own BS; all: every "
-                                          "BS serves every UE (cooperative beamforming, layout square)")
+                                          "BS serves every UE (cooperative beamforming, layout field)")
     n_ue: int | None = Field(None, ge=1, description="serve all: number of UEs (default n_bs * ues_per_bs)")
 
     def cross_errors(self) -> list[tuple[str, str]]:
         errs = []
-        if self.serve == "all" or self.layout == "square" or self.n_ue is not None:
-            return _square_errors(self)
+        if self.serve == "all" or self.layout == "field" or self.n_ue is not None:
+            return _field_errors(self)
         if self.layout in ("iid", "disk"):
             return _iid_disk_errors(self)
         if self.layout == "triangle" and self.n_bs != 3:
@@ -390,19 +392,19 @@ def _iid_disk_errors(o: MulticellScenario) -> list[tuple[str, str]]:
     return []
 
 
-def _square_errors(o: MulticellScenario) -> list[tuple[str, str]]:
-    """Cross-field errors of the layout ``square`` and the option ``serve: all``."""
+def _field_errors(o: MulticellScenario) -> list[tuple[str, str]]:
+    """Cross-field errors of the layout ``field`` and the option ``serve: all``."""
     errs = []
-    if o.serve == "all" and o.layout != "square":
-        errs.append(("serve", f"'all' (cooperative) needs layout 'square' (got {o.layout!r}); allowed: cell | all "
-                              "with layout square"))
+    if o.serve == "all" and o.layout != "field":
+        errs.append(("serve", f"'all' (cooperative) needs layout 'field' (got {o.layout!r}); allowed: cell | all "
+                              "with layout field"))
     if o.n_ue is not None and o.serve != "all":
         errs.append(("n_ue", "is only used with serve: all (cell layouts have n_bs * ues_per_bs UEs); allowed: null"))
     if o.serve == "all" and o.ue_antennas != 1:
         errs.append(("ue_antennas", f"serve: all has single-antenna UEs (got {o.ue_antennas}); allowed: 1"))
     if o.serve == "all" and o.range_m is not None:
         errs.append(("range_m", "serve: all needs every BS-UE link (got a range cut-off); allowed: null"))
-    if o.layout == "square":
+    if o.layout == "field":
         if o.serve == "cell" and not o.min_distance_m < o.disk_radius_m:
             errs.append(("min_distance_m", f"must be below disk_radius_m = {o.disk_radius_m:g} m "
                                            f"(got {o.min_distance_m:g})"))
@@ -414,7 +416,7 @@ def _square_errors(o: MulticellScenario) -> list[tuple[str, str]]:
     return errs
 
 
-def square_sites(B: int, n_bs: int, field_m: float, separation_m: float, gen: torch.Generator,
+def field_sites(B: int, n_bs: int, field_m: float, separation_m: float, gen: torch.Generator,
                  max_rounds: int = 10_000) -> Tensor:
     """BS positions (B, n_bs, 2) [m] uniform in [0, field_m]^2, pairwise >= ``separation_m`` apart.
 
@@ -443,16 +445,16 @@ def square_sites(B: int, n_bs: int, field_m: float, separation_m: float, gen: to
     return out
 
 
-def _generate_square(o: MulticellScenario, B: int, generator: torch.Generator,
+def _generate_field(o: MulticellScenario, B: int, generator: torch.Generator,
                      dtype: torch.dtype) -> MulticellChannels:
-    """Layout ``square`` (module docstring).  Draws: the BS sites (:func:`square_sites`), then the UE positions
+    """Layout ``field`` (module docstring).  Draws: the BS sites (:func:`field_sites`), then the UE positions
     (serve cell: u_r (B, I), u_phi (B, I) of :func:`_disk_offsets`; serve all: (B, I, 2) ~ U(0, field_m)), then
     the fading (B, I, K, N, M, 2) ~ N(0, 1), all float64 on the generator's device."""
     K, N, M, U = int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
     dev = generator.device
     serve_all = o.serve == "all"
     I = (int(o.n_ue) if o.n_ue is not None else K * U) if serve_all else K * U
-    bs_xy = square_sites(B, K, float(o.field_m), float(o.bs_separation_m), generator)
+    bs_xy = field_sites(B, K, float(o.field_m), float(o.bs_separation_m), generator)
     if serve_all:
         assign = torch.arange(I, device=dev) % K
         ue_xy = float(o.field_m) * torch.rand(B, I, 2, generator=generator, dtype=_F64, device=dev)
@@ -523,8 +525,8 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
     if o.layout == "iid":
         return _generate_iid(o, B, generator, dtype)
-    if o.layout == "square":
-        return _generate_square(o, B, generator, dtype)
+    if o.layout == "field":
+        return _generate_field(o, B, generator, dtype)
     I = K * U
     dev = generator.device  # the channels live on the generator's device (the CPU: DESIGN §11)
     assign = torch.arange(K, device=dev).repeat_interleave(U)  # (I,) int64
@@ -752,6 +754,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
         "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_idx, bs_idx, present.reshape(B, I * K)),
         "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I, device=dev), assign.clone(),
                                torch.ones(B, I, dtype=torch.bool, device=dev)),
+        "bs>ue": EdgeSet("bs>ue", "bs", "ue", "dl", bs_idx.clone(), ue_idx.clone(), present.reshape(B, I * K).clone()),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
     H_held, H_air = faults.csi(H)  # stale / noisy CSI (dsim.faults): the BSs hold H_held, the air is H_air
