@@ -54,7 +54,7 @@ def compare(layouts: int = 100, batch: int = 100, repeats: int = 3, wmmse_rounds
             proto = spec.build(spec.options(**opts), s.net)
             out: dict[int, torch.Tensor] = {}
 
-            def go(proto=proto, out=out) -> None:
+            def go(proto=proto, out=out, s=s) -> None:
                 with torch.no_grad():
                     LocalEngine("float64").run(proto, s.net, s.air, on_round=lambda r, d: out.__setitem__(r, d))
 

@@ -13,7 +13,6 @@ import torch
 from pydantic import ValidationError
 
 from dsim.engine.local import LocalEngine
-from dsim.evaluate import evaluate_rounds
 from dsim.registry import algorithm
 from dsim.scenarios.multicell import (
     MulticellChannels,
@@ -150,7 +149,7 @@ def numpy_zf_wmmse(ch: MulticellChannels, b: int, rounds: int) -> list[float]:
         for k in range(K):
             mine = np.flatnonzero(assign == k)
 
-            def used(mu: float, mine=mine) -> float:
+            def used(mu: float, mine=mine, num=num, den=den) -> float:
                 return float(np.sum(np.abs(num[mine] / (den[mine] + mu)) ** 2))
 
             mu = 0.0
