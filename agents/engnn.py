@@ -43,6 +43,8 @@ holds f_rx,k:
   3. ``rx_reply`` (``ue>bs``, ``ul``): Rx k -> Tx m: [f_rx,k (layer l-1), LOO_mk] (d_node + d_msg reals).
   4. ``tx_layer`` (local, Tx): (21) f_tx,m', the Tx-side branch MAX_{k1 != k} MLP5 (its own edges) and
      (24) E_mk' = MLP7(E_mk, max(Tx branch, LOO_mk)); then the beamformer.
+At the last layer only what the read-out needs is computed (ENGNN-E: E^(L); ENGNN-N: f_tx^(L)); the
+messages are the same in every layer.
 Both directions are counted per edge in the ledger (M K messages each way per layer, complete graph).
 
 Training (``python -m dsim train scenarios/train_engnn_ex1_*.yaml``): unsupervised, loss = -mean sum rate
@@ -355,16 +357,18 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         block.state["from_tx"] = inbox
 
     def rx_layer(block: AgentBlock) -> None:
-        w = core.layers[current_layer(block, L, "engnn") - 1]
+        layer = current_layer(block, L, "engnn")
+        w = core.layers[layer - 1]
         inbox = block.state.pop("from_tx")
         ev = inbox.edges  # in-edges m -> k, k in this block
         mask = _dense(ev.mask, ev.src, ev.dst_local, n_tx_all, block.n, ())
         E = _dense(inbox["E"], ev.src, ev.dst_local, n_tx_all, block.n, (d_edge,))
-        f_tx_e = _dense(inbox["f_tx"], ev.src, ev.dst_local, n_tx_all, block.n, (d_node,))
         f_rx = block.state["f_rx"]
         loo = rx_edge_branch(w, E, f_rx[:, None], mask)  # (B, M, n, d_msg)
         block.state["loo"], block.state["f_rx_prev"] = loo, f_rx
-        block.state["f_rx"] = rx_update(w, f_rx, f_tx_e, E, mask)
+        if layer < L:  # f_rx^(L) reaches no decision: not computed
+            f_tx_e = _dense(inbox["f_tx"], ev.src, ev.dst_local, n_tx_all, block.n, (d_node,))
+            block.state["f_rx"] = rx_update(w, f_rx, f_tx_e, E, mask)
 
     def send_rx(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         return {"f_rx": ev.gather_src(block.state["f_rx_prev"]), "loo": block.state["loo"][:, ev.dst, ev.src_local]}
@@ -373,15 +377,19 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         block.state["from_rx"] = inbox
 
     def tx_layer(block: AgentBlock) -> None:
-        w = core.layers[current_layer(block, L, "engnn") - 1]
+        layer = current_layer(block, L, "engnn")
+        w = core.layers[layer - 1]
         inbox = block.state.pop("from_rx")
         ev = inbox.edges  # in-edges k -> m, m in this block
         mask = block.state["mask"]
-        f_rx_e = _dense(inbox["f_rx"], ev.dst_local, ev.src, block.n, n_rx_all, (d_node,))
-        loo = _dense(inbox["loo"], ev.dst_local, ev.src, block.n, n_rx_all, (d_msg,))
         E, f_tx = block.state["E"], block.state["f_tx"]
-        block.state["f_tx"] = tx_update(w, f_tx, f_rx_e, E, mask)
-        block.state["E"] = edge_update(w, E, tx_edge_branch(w, E, f_tx, mask), loo, mask)
+        last = layer == L  # at the last layer only what the read-out needs is computed
+        if not last or params.readout == "node":
+            f_rx_e = _dense(inbox["f_rx"], ev.dst_local, ev.src, block.n, n_rx_all, (d_node,))
+            block.state["f_tx"] = tx_update(w, f_tx, f_rx_e, E, mask)
+        if not last or params.readout == "edge":
+            loo = _dense(inbox["loo"], ev.dst_local, ev.src, block.n, n_rx_all, (d_msg,))
+            block.state["E"] = edge_update(w, E, tx_edge_branch(w, E, f_tx, mask), loo, mask)
         readout(block)
 
     phases = [

@@ -55,6 +55,8 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "vanilla_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}],
     "icgnn_cellular": [{"checkpoint": "untrained"}],  # untrained: N_t from the scenario (the shipped model has 16)
     "licgnn": [{"checkpoint": "untrained", "cg_steps": 2}],
+    # untrained: N_t from the scenario (the shipped Ex1 models have 2); ENGNN-E and ENGNN-N
+    "engnn": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "untrained", "readout": "node"}],
 }
 #: small ENGNN-paper problems of the multicell family (Ex2: power over fixed ZF beams; Ex3: every BS serves every UE)
 EX2_SMALL = {"family": "multicell", "layout": "field", "n_bs": 3, "ues_per_bs": 2, "bs_antennas": 4, "ue_antennas": 1,
@@ -296,6 +298,27 @@ def test_forward_backward_meta_default_device(name: str) -> None:
     with default_device("meta"):
         got = step()
     assert_identical(got, ref, name)
+
+
+def test_engnn_layout_meta_default_device() -> None:
+    """The interference family's ``engnn`` layout (ENGNN paper Ex1 channel model), the shipped ENGNN model
+    and WMMSE on it under the meta default device: the CPU run's numbers, bit for bit."""
+    scn = {"family": "interference", "layout": "engnn", "n_pairs": 4}
+
+    def once() -> list[torch.Tensor]:
+        s = build(scn, None)
+        out: list[torch.Tensor] = [s.channels.H, s.channels.tx_xy, s.channels.rx_xy]
+        for name, opts in (("engnn", {"checkpoint": "shipped"}), ("wmmse", {"rounds": 2})):
+            spec = registry.algorithm(name)
+            proto = spec.build(spec.options(**opts), s.net)
+            with torch.no_grad():
+                LocalEngine("float32").run(proto, s.net, s.air, on_round=lambda r, d: out.append(d))
+        return out
+
+    ref = once()
+    with default_device("meta"):
+        got = once()
+    assert_identical(got, ref, "engnn layout")
 
 
 @pytest.mark.parametrize("policy", ["float64", "float32", "float16", "q8", "q3"])
