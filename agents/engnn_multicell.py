@@ -37,7 +37,8 @@ channels to every UE, by reciprocity, and its own beams), UE k holds f_rx,k:
      (d_node + U d_msg reals).
   4. ``tx_layer`` (local, BS): (21), the Tx-side branch MAX_{k1 != k} MLP5 over its own edges and (24)
      E' = MLP7(E, max(Tx branch, LOO)); then the read-out.
-Both directions are counted per (BS, UE) edge in the ledger.
+Both directions are counted per (BS, UE) edge in the ledger.  At the last layer only what the edge read-out
+needs is computed (E^(L); the node updates reach no decision); the messages are the same in every layer.
 
 Training: ``python -m dsim train scenarios/train_engnn_ex2_n{2,5,10}.yaml`` / ``train_engnn_ex3.yaml``
 (RMSProp lr 1e-4, the paper's; loss -mean sum rate in nat/Hz).
@@ -271,7 +272,8 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
         return store
 
     def rx_layer(block: AgentBlock) -> None:
-        w = core.layers[current_layer(block, L, name) - 1]
+        layer = current_layer(block, L, name)
+        w = core.layers[layer - 1]
         inbox = block.state.pop("from_tx")
         ev = inbox.edges                                                       # in-edges BS b -> UE k
         n_tx = K_bs * U
@@ -289,7 +291,8 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
         loo = rx_edge_branch(w, E, f_rx[:, None], mask)                        # (B, K U, n, d_msg)
         block.state["loo"] = loo.reshape(-1, K_bs, U, block.n, d_msg)
         block.state["f_rx_prev"] = f_rx
-        block.state["f_rx"] = rx_update(w, f_rx, f_tx, E, mask)
+        if layer < L:  # f_rx^(L) reaches no decision (the read-out is on the edges): not computed
+            block.state["f_rx"] = rx_update(w, f_rx, f_tx, E, mask)
 
     def send_rx(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         loo = block.state["loo"]                                               # (B, K, U, n, d)
@@ -297,7 +300,8 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
                 "loo": loo.permute(0, 1, 3, 2, 4)[:, ev.dst, ev.src_local]}   # (B, E, U, d)
 
     def tx_layer(block: AgentBlock) -> None:
-        w = core.layers[current_layer(block, L, name) - 1]
+        layer = current_layer(block, L, name)
+        w = core.layers[layer - 1]
         inbox = block.state.pop("from_rx")
         ev = inbox.edges                                                       # in-edges UE k -> BS b
         B, n_tx = block.batch, block.n * U
@@ -306,7 +310,8 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
         loo = _dense(inbox["loo"], ev.dst_local, ev.src, block.n, I)           # (B, n, I, U, d)
         loo = loo.movedim(3, 2).reshape(B, n_tx, I, d_msg)
         E, f_tx, mask = block.state["E"], block.state["f_tx"], block.state["mask"]
-        block.state["f_tx"] = tx_update(w, f_tx, f_rx_e, E, mask)
+        if layer < L:  # f_tx^(L) reaches no decision: not computed
+            block.state["f_tx"] = tx_update(w, f_tx, f_rx_e, E, mask)
         block.state["E"] = edge_update(w, E, tx_edge_branch(w, E, f_tx, mask), loo, mask)
         readout(block)
 

@@ -113,10 +113,19 @@ def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOption
     return opts.model_copy(update=update)
 
 
+class CpuStepRMSprop(torch.optim.RMSprop):
+    """torch's RMSprop with its step counters on the CPU, as AdamW keeps them: torch creates them on the
+    default device (DESIGN §11: nothing may land there; the meta-device tests catch it)."""
+
+    def _init_group(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch's private signature
+        with torch.device("cpu"):
+            return super()._init_group(*args, **kwargs)
+
+
 def make_optimizer(params, opts: TrainOptions) -> torch.optim.Optimizer:
     """The optimizer of resolved ``opts``: AdamW (lr, betas, weight decay) or RMSProp (lr, weight decay)."""
     if opts.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        return CpuStepRMSprop(params, lr=opts.lr, weight_decay=opts.weight_decay)
     return torch.optim.AdamW(params, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
 
 
