@@ -17,7 +17,8 @@ Per step t:
   (:func:`dsim.evaluate.evaluate_rounds`) and the learnable's loss taken over them
   (:func:`dsim.learn.forward_loss`; default the normalized loss :func:`dsim.learn.normalized_loss`).
   The log reports ``loss`` = -mean WSR over the loss rounds (in the air's unit), the quantity maximized;
-* AdamW (betas, weight decay), gradient-norm clipping, lr multiplied by ``lr_decay`` every
+* AdamW (betas, weight decay) or RMSProp (``optimizer: rmsprop``, torch's defaults: smoothing 0.99,
+  eps 1e-8; weight decay), gradient-norm clipping, lr multiplied by ``lr_decay`` every
   ``lr_decay_every`` steps;
 * on ``device`` (cpu | cuda | auto): the module, the minibatches (drawn on the CPU as always, so a seed
   gives the same data everywhere) and the evaluation; checkpoints are saved on the CPU.
@@ -76,6 +77,8 @@ class TrainOptions(BaseModel):
     betas: tuple[float, float] | None = None
     weight_decay: float | None = Field(None, ge=0)
     clip: float | None = Field(None, gt=0, description="gradient-norm clipping value")
+    optimizer: Literal["adamw", "rmsprop"] | None = Field(
+        None, description="adamw (betas, weight_decay) | rmsprop (weight_decay); default: the model's, else adamw")
     layers_in_loss: list[int] | None = Field(None, description="rounds l in the loss set; default [L]")
     val_every: int = Field(100, ge=1)
     val_size: int = Field(500, ge=1, description="fixed validation realizations")
@@ -104,7 +107,26 @@ def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOption
     missing = [k for k in unset if k not in defaults]
     if missing:
         raise ValueError(f"train.{missing[0]}: not set, and {opts.algorithm!r} has no default for it")
-    return opts.model_copy(update={k: defaults[k] for k in unset})
+    update = {k: defaults[k] for k in unset}
+    if opts.optimizer is None:
+        update["optimizer"] = defaults.get("optimizer", "adamw")
+    return opts.model_copy(update=update)
+
+
+class CpuStepRMSprop(torch.optim.RMSprop):
+    """torch's RMSprop with its step counters on the CPU, as AdamW keeps them: torch creates them on the
+    default device (DESIGN §11: nothing may land there; the meta-device tests catch it)."""
+
+    def _init_group(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch's private signature
+        with torch.device("cpu"):
+            return super()._init_group(*args, **kwargs)
+
+
+def make_optimizer(params, opts: TrainOptions) -> torch.optim.Optimizer:
+    """The optimizer of resolved ``opts``: AdamW (lr, betas, weight decay) or RMSProp (lr, weight decay)."""
+    if opts.optimizer == "rmsprop":
+        return CpuStepRMSprop(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.AdamW(params, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
 
 
 def validate(learn: Learnable, net, air) -> float:
@@ -188,7 +210,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
     val_sample = _on_device(val_sample or sample, device)
     sample = _on_device(sample, device)
     module = learn.module.to(device)
-    opt = torch.optim.AdamW(module.parameters(), lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
+    opt = make_optimizer(module.parameters(), opts)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=opts.lr_decay_every, gamma=opts.lr_decay)
     log: list[dict] = []
     start = 0

@@ -55,7 +55,27 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "vanilla_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}],
     "icgnn_cellular": [{"checkpoint": "untrained"}],  # untrained: N_t from the scenario (the shipped model has 16)
     "licgnn": [{"checkpoint": "untrained", "cg_steps": 2}],
+    # untrained: N_t from the scenario (the shipped Ex1 models have 2); ENGNN-E and ENGNN-N
+    "engnn": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "untrained", "readout": "node"}],
 }
+#: small ENGNN-paper problems of the multicell family (Ex2: power over fixed ZF beams; Ex3: every BS serves every UE)
+EX2_SMALL = {"family": "multicell", "layout": "field", "n_bs": 3, "ues_per_bs": 2, "bs_antennas": 4, "ue_antennas": 1,
+             "field_m": 1000.0, "bs_separation_m": 300.0, "min_distance_m": 20.0, "disk_radius_m": 150.0,
+             "pathloss": "exponent", "pathloss_ref_db": 30.5, "pathloss_exponent": 3.67}
+EX3_SMALL = {"family": "multicell", "layout": "field", "serve": "all", "n_bs": 3, "n_ue": 2, "bs_antennas": 2,
+             "ue_antennas": 1, "field_m": 1000.0, "bs_separation_m": 300.0, "pathloss": "exponent",
+             "pathloss_ref_db": 30.5, "pathloss_exponent": 3.67}
+#: algorithms that only run on their own problem's scenario (not on the family's scenarios above)
+OWN_SCENARIO: dict[str, dict[str, Any]] = {"engnn_ex2": EX2_SMALL, "engnn_ex3": EX3_SMALL, "coop_wmmse": EX3_SMALL,
+                                           "coop_gp": EX3_SMALL}
+#: small model options of learnable algorithms for the training-step tests (default: the generic small dict)
+LEARN_OPTIONS: dict[str, dict[str, Any]] = {
+    "engnn": {"layers": 2, "d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
+    "engnn_ex2": {"d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
+    "engnn_ex3": {"layers": 2, "d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
+}
+OPTIONS.update({"engnn_ex2": [{"checkpoint": "untrained"}, {"checkpoint": "shipped"}],
+                "engnn_ex3": [{"checkpoint": "untrained"}, {"checkpoint": "shipped"}]})
 #: per scenario index: (wire policy, message-loss probability, missing-link probability)
 WIRES = [("q8", 0.3, 0.3), ("float32", 0.2, 0.0)]  # float16: tests/test_devices.py::test_wire_roundtrip_*
 ROUNDS = 3  # rounds run per protocol (at most its own)
@@ -98,11 +118,13 @@ def tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def run_protocols(family: str, k: int, device: str | None = None, wire: str | None = None) -> dict[str, Any]:
-    """Scenario ``k`` of ``family`` and every registered protocol of it on the local engine (``device``):
-    {what: result} with the channels, the network's local data and, per protocol run, every round's
-    decision, WSR, per-user rate, power ratio and the ledger."""
-    scn = scenario_options(family)[k % len(scenario_options(family))]
+def run_protocols(family: str, k: int, device: str | None = None, wire: str | None = None,
+                  own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scenario ``k`` of ``family`` (or the scenario ``own`` of :data:`OWN_SCENARIO`, with the wires of k) and
+    every registered protocol that runs on it on the local engine (``device``): {what: result} with the
+    channels, the network's local data and, per protocol run, every round's decision, WSR, per-user rate,
+    power ratio and the ledger."""
+    scn = own if own is not None else scenario_options(family)[k % len(scenario_options(family))]
     policy, loss, missing = WIRES[k % len(WIRES)]
     if family != "multicell":  # missing links are multicell's; a lost first-round statistics upload leaves
         # wmmse_admm's CPU without data (a singular QP), and so do statistics (~1e-12) under float16
@@ -112,6 +134,8 @@ def run_protocols(family: str, k: int, device: str | None = None, wire: str | No
     out: dict[str, Any] = {"channels": s.channels, "local": s.net.local,
                            "masks": {n: e.mask for n, e in s.net.edges.items()}}
     for name in registry.algorithm_names(family):
+        if OWN_SCENARIO.get(name) is not own:
+            continue
         spec = registry.algorithm(name)
         for i, opts in enumerate(OPTIONS.get(name, [{}])):
             net, air = s.net, s.air
@@ -168,6 +192,19 @@ def test_protocols_scenarios_meta_default_device(family: str, k: int) -> None:
         assert_identical(got[key], ref[key], f"{family}/{k}/{key}")
 
 
+@pytest.mark.parametrize("own", [EX2_SMALL, EX3_SMALL], ids=["ex2", "ex3"])
+@pytest.mark.parametrize("k", [0, 1])
+def test_own_scenario_protocols_meta_default_device(own: dict[str, Any], k: int) -> None:
+    """As above for the protocols of :data:`OWN_SCENARIO` on their own scenario (ENGNN Ex2 / Ex3, the
+    cooperative baselines), with scenario k's wire and faults."""
+    ref = run_protocols("multicell", k, own=own)
+    with default_device("meta"):
+        got = run_protocols("multicell", k, own=own)
+    assert strip(got) == strip(ref)
+    for key in ref:
+        assert_identical(got[key], ref[key], f"own/{k}/{key}")
+
+
 def test_channel_files_meta_default_device(tmp_path: Path) -> None:
     """Channel files load on the CPU whatever the default device is."""
     from dsim.scenarios.build import load_channels_file, save_channels_file
@@ -213,9 +250,9 @@ def train_once(name: str, tmp: Path) -> dict[str, torch.Tensor]:
     from dsim.train import TrainOptions, train
 
     spec = registry.algorithm(name)
-    scn = scenario_options(spec.families[0])[0]
+    scn = OWN_SCENARIO.get(name) or scenario_options(spec.families[0])[0]
     small = {"layers": 2, "bn_batches": 1, "bn_batch": 2, "hidden": [4, 6], "antennas": scn.get("bs_antennas")}
-    opts = {k: v for k, v in small.items() if k in spec.options.model_fields}
+    opts = LEARN_OPTIONS.get(name) or {k: v for k, v in small.items() if k in spec.options.model_fields}
     learn = get_learnable(name, opts)
     sample = scenario_sampler(scn, "double")
     topts = TrainOptions(algorithm=name, options=opts, steps=1, batch=BATCH, val_size=BATCH, val_every=1,
@@ -244,9 +281,9 @@ def test_forward_backward_meta_default_device(name: str) -> None:
     from dsim.learn import forward_loss, get_learnable, scenario_sampler
 
     spec = registry.algorithm(name)
-    scn = scenario_options(spec.families[0])[-1]
+    scn = OWN_SCENARIO.get(name) or scenario_options(spec.families[0])[-1]
     small = {"layers": 2, "hidden": [4, 6], "antennas": scn.get("bs_antennas")}
-    opts = {k: v for k, v in small.items() if k in spec.options.model_fields}
+    opts = LEARN_OPTIONS.get(name) or {k: v for k, v in small.items() if k in spec.options.model_fields}
     sample = scenario_sampler(scn, "double")
 
     def step() -> list[torch.Tensor]:
@@ -262,6 +299,27 @@ def test_forward_backward_meta_default_device(name: str) -> None:
     with default_device("meta"):
         got = step()
     assert_identical(got, ref, name)
+
+
+def test_engnn_layout_meta_default_device() -> None:
+    """The interference family's ``engnn`` layout (ENGNN paper Ex1 channel model), the shipped ENGNN model
+    and WMMSE on it under the meta default device: the CPU run's numbers, bit for bit."""
+    scn = {"family": "interference", "layout": "engnn", "n_pairs": 4}
+
+    def once() -> list[torch.Tensor]:
+        s = build(scn, None)
+        out: list[torch.Tensor] = [s.channels.H, s.channels.tx_xy, s.channels.rx_xy]
+        for name, opts in (("engnn", {"checkpoint": "shipped"}), ("wmmse", {"rounds": 2})):
+            spec = registry.algorithm(name)
+            proto = spec.build(spec.options(**opts), s.net)
+            with torch.no_grad():
+                LocalEngine("float32").run(proto, s.net, s.air, on_round=lambda r, d: out.append(d))
+        return out
+
+    ref = once()
+    with default_device("meta"):
+        got = once()
+    assert_identical(got, ref, "engnn layout")
 
 
 @pytest.mark.parametrize("policy", ["float64", "float32", "float16", "q8", "q3"])
@@ -404,6 +462,8 @@ def host_actor_run(family: str, device: str, shards: int = 2) -> list[Any]:
     threads, prev = torch.get_num_threads(), torch.get_default_device()
     try:
         for name in registry.algorithm_names(family):
+            if name in OWN_SCENARIO:  # run on their own scenario by test_own_scenario_protocols_meta_default_device
+                continue
             spec = registry.algorithm(name)
             proto = spec.build(spec.options(**OPTIONS.get(name, [{}])[0]), net)
             parts = {r: [t for t in torch.tensor_split(torch.arange(n, device="cpu"), min(shards, n)) if t.numel()]

@@ -26,11 +26,16 @@ Layouts:
   P_max = 40 dBm, sigma^2 = -169 dBm/Hz x 5 MHz; w_k ~ U[0, 1] (``weights: uniform``, default) or 1.
   ``range_m`` (500 m): Rx k hears / has CSI of Tx j, and the pairs j -> k exchange signaling, only when
   dist(Tx j, Rx k) <= range_m (a pair always knows its own link).
+* ``engnn`` (ENGNN paper Sec. IV, Ex1; SPECS §4): the d2d geometry with the ENGNN paper's channel and its
+  defaults (:data:`ENGNN_DEFAULTS`, each overridable): K = 20 pairs, N_t = 2, 2000 m x 2000 m field, Rx at
+  U[50, 250] m from its Tx, PL = 30.5 + 36.7 log10 d [dB] (d in m, clamped to >= 1 m), no shadowing, no
+  antenna gain, Rayleigh fading, P_max = 33 dBm, noise -99 dBm (``noise_dbm``), w_k = 1, complete graph
+  (``range_m`` None).
 
 Random draws: one 62-bit seed from the run's CPU torch generator seeds a numpy PCG64 stream
-(:func:`draw_rng`), which draws, in float64 and in this order: d2d -- Tx positions (B, K, 2), Rx
-distance (B, K), Rx angle (B, K); both -- weights (B, K) when uniform; both -- fading (B, K, K, 1, N_t, 2);
-d2d -- shadowing (B, K, K).  Only the final cast depends on the precision.
+(:func:`draw_rng`), which draws, in float64 and in this order: d2d/engnn -- Tx positions (B, K, 2),
+Rx distance (B, K), Rx angle (B, K); all -- weights (B, K) when uniform; all -- fading (B, K, K, 1, N_t, 2);
+d2d/engnn -- shadowing (B, K, K).  Only the final cast depends on the precision.
 
 Network (:func:`interference_network`) -- the multicell network of DESIGN §5 with one UE per BS, so
 that the multicell protocols (WMMSE) run unchanged: role ``bs`` = the K transmitters (bs k also is
@@ -38,6 +43,7 @@ pair k's agent for the GNN protocols), role ``ue`` = the K receivers, ``assign``
 
 * ``ue>bs`` (``ul``): Rx i -> Tx k, edges (i, k) present in some realization; mask: Tx k has CSI of Rx i
   (``wmmse_csi: full``: every pair, the tables' denominator; ``range``: within ``range_m``).
+* ``bs>ue`` (``dl``): Tx k -> Rx i, the reverse of ``ue>bs`` (same pairs, same masks; ENGNN's Tx -> Rx messages).
 * ``ue>bs:serve`` (``ul``): Rx i -> Tx i.
 * ``pair`` (``d2d``, bs -> bs): pair j -> pair i for j != i within ``range_m`` (edges present in some
   realization of the batch, so a single K = 1000 layout has about 40 K edges, not K^2); the GNN's graph.
@@ -64,7 +70,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from dsim.faults import FaultModel
 from dsim.network import EdgeSet, Network
@@ -82,6 +88,15 @@ SPEED_OF_LIGHT = 2.998e8
 #: density reference of the d2d layout: 50 pairs per 1000 m x 1000 m (MPGNN Sec. V-B)
 REF_PAIRS, REF_FIELD_M = 50, 1000.0
 _F64 = torch.float64
+#: defaults of the ``engnn`` layout (ENGNN paper Sec. IV-A, Ex1; SPECS §4), for the keys a config leaves out
+ENGNN_DEFAULTS = {"n_pairs": 20, "tx_antennas": 2, "field_m": 2000.0, "d_min_m": 50.0, "d_max_m": 250.0,
+                  "range_m": None, "weights": "fixed", "shadowing_db": 0.0, "antenna_gain_db": 0.0,
+                  "tx_power_dbm": 33.0, "noise_dbm": -99.0}
+
+
+def engnn_pathloss_db(distance_m: Tensor) -> Tensor:
+    """ENGNN paper Sec. IV: PL = 30.5 + 36.7 log10 d [dB], d in m (clamped to >= 1 m)."""
+    return 30.5 + 36.7 * torch.log10(distance_m.clamp_min(1.0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,7 +110,7 @@ class InterferenceScenario(CrossChecked):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["interference"] = "interference"
-    layout: Literal["gaussian", "d2d"] = "d2d"
+    layout: Literal["gaussian", "d2d", "engnn"] = "d2d"
     n_pairs: int = Field(50, ge=1, description="K transmitter-receiver pairs")
     tx_antennas: int = Field(1, ge=1, description="N_t (1: power control)")
     snr_db: float = Field(10.0, description="gaussian: sigma^2 = 10^(-snr_db/10), P_max = 1")
@@ -112,8 +127,23 @@ class InterferenceScenario(CrossChecked):
     tx_power_dbm: float = 40.0
     noise_dbm_hz: float = -169.0
     bandwidth_hz: float = Field(5e6, gt=0)
+    noise_dbm: float | None = Field(None, description="total noise power sigma^2 [dBm]; None: noise_dbm_hz + "
+                                    "10 log10(bandwidth_hz) (engnn layout default: -99)")
     wmmse_csi: Literal["full", "range"] = Field(
         "full", description="edges ue>bs: WMMSE with full CSI (tables' denominator) or within range_m")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_defaults(cls, data: object) -> object:
+        """The engnn layout's defaults (:data:`ENGNN_DEFAULTS`) for the keys the config leaves out."""
+        if isinstance(data, dict) and data.get("layout") == "engnn":
+            return ENGNN_DEFAULTS | data
+        return data
+
+    def noise_w(self) -> float:
+        """sigma^2 [W] of the geometric layouts: ``noise_dbm``, else noise_dbm_hz + 10 log10(bandwidth_hz)."""
+        dbm = self.noise_dbm if self.noise_dbm is not None else self.noise_dbm_hz + 10.0 * math.log10(self.bandwidth_hz)
+        return float(dbm_to_w(dbm))
 
     def cross_errors(self) -> list[tuple[str, str]]:
         errs = []
@@ -223,7 +253,8 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
         return torch.from_numpy(rng.standard_normal(shape)).to(dev)
 
     tx_xy = rx_xy = None
-    if o.layout == "d2d":
+    geometric = o.layout in ("d2d", "engnn")
+    if geometric:
         tx_xy = o.side_m() * uniform(B, K, 2)
         dist = o.d_min_m + (o.d_max_m - o.d_min_m) * uniform(B, K)
         ang = 2.0 * math.pi * uniform(B, K)
@@ -231,15 +262,16 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
     weights = uniform(B, K) if o.resolved_weights() == "uniform" else torch.ones(B, K, dtype=_F64, device=dev)
     eye = torch.eye(K, dtype=torch.bool, device=dev)
     H = torch.view_as_complex(normal(B, K, K, 1, Nt, 2))  # CN(0, 2): scaled below
-    if o.layout == "d2d":
+    if geometric:
         d = torch.cdist(rx_xy, tx_xy)  # (B, K rx, K tx)
-        gain_db = o.antenna_gain_db * eye - p1411_pathloss_db(d, o.carrier_hz, o.antenna_height_m,
-                                                               o.antenna_height_m)
+        pl = (engnn_pathloss_db(d) if o.layout == "engnn"
+              else p1411_pathloss_db(d, o.carrier_hz, o.antenna_height_m, o.antenna_height_m))
+        gain_db = o.antenna_gain_db * eye - pl
         gain_db += o.shadowing_db * normal(B, K, K)
         amp = torch.exp(gain_db * (math.log(10.0) / 20.0) - 0.5 * math.log(2.0))  # sqrt(g s^2 / 2)
         H = H * amp[..., None, None]
         inrange = torch.ones_like(d, dtype=torch.bool) if o.range_m is None else (d <= o.range_m) | eye
-        power, noise = dbm_to_w(o.tx_power_dbm), dbm_to_w(o.noise_dbm_hz + 10.0 * math.log10(o.bandwidth_hz))
+        power, noise = dbm_to_w(o.tx_power_dbm), o.noise_w()
     else:
         H = H * math.sqrt(0.5)
         inrange = torch.ones(B, K, K, dtype=torch.bool, device=dev)
@@ -322,6 +354,7 @@ def interference_network(ch: InterferenceChannels, faults: FaultModel | None = N
     ar = torch.arange(K, device=dev)
     edges = {
         "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_src, bs_dst, ue_mask),
+        "bs>ue": EdgeSet("bs>ue", "bs", "ue", "dl", bs_dst.clone(), ue_src.clone(), ue_mask.clone()),
         "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", ar.clone(), ar.clone(),
                                torch.ones(B, K, dtype=torch.bool, device=dev)),
         "pair": EdgeSet("pair", "bs", "bs", "d2d", p_src, p_dst, p_mask),
@@ -419,6 +452,7 @@ register_family(FamilySpec(
     name=FAMILY, options=InterferenceScenario, generate=generate_interference, build=interference_network,
     save=save_interference, load=load_interference, file_keys=REQUIRED + ("family",), roles=("bs", "ue"),
     links=(LinkClass("ul", 1e-3, 1e6, "Rx -> Tx signaling"),
-           LinkClass("d2d", 1e-3, 1e6, "pair -> pair signaling (GNN node states)")),
+           LinkClass("d2d", 1e-3, 1e6, "pair -> pair signaling (GNN node states)"),
+           LinkClass("dl", 1e-3, 1e6, "Tx -> Rx signaling (ENGNN node and edge states)")),
     unit=UNIT, summary="interference channel: K Tx-Rx pairs (N_t antennas), layouts gaussian | d2d",
 ))

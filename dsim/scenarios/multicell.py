@@ -27,6 +27,17 @@ Layouts:
   each UE uniform in the disk of radius ``disk_radius_m`` around its BS at least r0 from it (uniform in
   area, :func:`annulus_radius`); path loss per ``pathloss`` (ICGNN: exponent, 30.5 dB + 36.7 log10 d).
 
+* ``field`` (ENGNN paper Sec. IV, SPECS §4): ``n_bs`` BSs uniform in a ``field_m`` x ``field_m`` square,
+  pairwise at least ``bs_separation_m`` apart (:func:`field_sites`, sequential rejection).  With ``serve:
+  cell`` each UE is uniform in area in the annulus ``min_distance_m`` <= r <= ``disk_radius_m`` around its BS
+  (Ex2: 50-250 m, the paper's Sec. IV-B); with ``serve: all`` (cooperative beamforming, Ex3: every BS serves
+  every UE) the ``n_ue`` UEs are uniform in the square, their BS distances floored at ``min_distance_m``.
+
+Cooperative option ``serve: all`` (layout ``field`` only, single-antenna UEs, ENGNN paper (13)-(15)): UE i
+is served by every BS; the decision is one beamformer v_ki (M x 1) per (UE i, BS k) pair on the ``ue>bs``
+edges (edge id i*K + k), the air is :class:`CoopAir` (rate (14), per-BS power (15b)).  ``assign`` is then
+i mod K (only a label).
+
 Hotspot option (any geometric layout; the analogue of DeepMIMO S4b in GCN-WMMSE Sec. IV-D): with
 ``hotspot_radius_m`` set, the first round(``hotspot_fraction`` * ues_per_bs) UEs of every BS are placed
 uniformly (in area) in the disk of that radius around ``hotspot_xy_m`` instead (still served by their BS);
@@ -41,6 +52,8 @@ class ``ul``:
 * ``ue>bs``       -- every (UE i, BS k) pair, edge id ``i*K + k``; present where BS k has CSI of UE i
   (range cut-off, minus missing links; the serving pair is always present).
 * ``ue>bs:serve`` -- (UE i, serving BS a(i)), edge id ``i``.
+* ``bs>ue`` (``dl``) -- the reverse of ``ue>bs`` (same pairs, ids and masks): BS -> UE signaling (ENGNN's
+  Tx -> Rx messages, ``agents.engnn_multicell``).
 
 Local data (only what the agent may know):
 
@@ -68,6 +81,7 @@ inrange    bool (B, I, K), optional    BS k has CSI of / a link with UE i (defau
 family     str (), optional            'multicell' (files without it are multicell)
 bs_xy      real (B, K, 2), optional    BS positions [m]
 ue_xy      real (B, I, 2), optional    UE positions [m]
+serve_all  bool (), optional           every BS serves every UE (cooperative; default False)
 =========  ==========================  ==========================================================
 
 "real" means a floating or integer (not bool, not complex) array.  Any other key, a missing key, a wrong
@@ -120,7 +134,7 @@ class MulticellScenario(CrossChecked):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["multicell"] = "multicell"
-    layout: Literal["triangle", "hex", "iid", "disk"] = "triangle"
+    layout: Literal["triangle", "hex", "iid", "disk", "field"] = "triangle"
     bs_distance_m: float = Field(200.0, gt=0)
     n_bs: int = Field(3, ge=1)
     ues_per_bs: int = Field(4, ge=1)
@@ -140,10 +154,17 @@ class MulticellScenario(CrossChecked):
     ue_weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     snr_db: float | None = Field(None, allow_inf_nan=False,
                                  description="SNR = P/sigma^2 [dB]; overrides noise_dbm")
-    disk_radius_m: float = Field(500.0, gt=0, description="layout disk: cell radius [m]")
+    disk_radius_m: float = Field(500.0, gt=0, description="layouts disk / field: cell radius [m]")
+    field_m: float = Field(2000.0, gt=0, description="layout field: side of the square field [m]")
+    bs_separation_m: float = Field(500.0, ge=0, description="layout field: least BS-BS distance [m]")
+    serve: Literal["cell", "all"] = Field("cell", description="cell: each UE served by its own BS; all: every "
+                                          "BS serves every UE (cooperative beamforming, layout field)")
+    n_ue: int | None = Field(None, ge=1, description="serve all: number of UEs (default n_bs * ues_per_bs)")
 
     def cross_errors(self) -> list[tuple[str, str]]:
         errs = []
+        if self.serve == "all" or self.layout == "field" or self.n_ue is not None:
+            return _field_errors(self)
         if self.layout in ("iid", "disk"):
             return _iid_disk_errors(self)
         if self.layout == "triangle" and self.n_bs != 3:
@@ -169,7 +190,8 @@ class MulticellChannels:
     float64 BS power budget P_k [W]; noise_w (I,) float64 noise power sigma_i^2 per antenna [W];
     weights (I,) float64 WSR weights alpha_i; inrange (B, I, K) bool: BS k has CSI of / a signaling
     link with UE i (always True for the serving BS); bs_xy (B, K, 2), ue_xy (B, I, 2) positions [m]
-    or None (e.g. channels read from a file without positions).
+    or None (e.g. channels read from a file without positions); serve_all: every BS serves every UE
+    (cooperative beamforming, :class:`CoopAir`).
     """
 
     H: Tensor
@@ -180,6 +202,7 @@ class MulticellChannels:
     inrange: Tensor
     bs_xy: Tensor | None = None
     ue_xy: Tensor | None = None
+    serve_all: bool = False
 
     family: ClassVar[str] = FAMILY
 
@@ -369,6 +392,93 @@ def _iid_disk_errors(o: MulticellScenario) -> list[tuple[str, str]]:
     return []
 
 
+def _field_errors(o: MulticellScenario) -> list[tuple[str, str]]:
+    """Cross-field errors of the layout ``field`` and the option ``serve: all``."""
+    errs = []
+    if o.serve == "all" and o.layout != "field":
+        errs.append(("serve", f"'all' (cooperative) needs layout 'field' (got {o.layout!r}); allowed: cell | all "
+                              "with layout field"))
+    if o.n_ue is not None and o.serve != "all":
+        errs.append(("n_ue", "is only used with serve: all (cell layouts have n_bs * ues_per_bs UEs); allowed: null"))
+    if o.serve == "all" and o.ue_antennas != 1:
+        errs.append(("ue_antennas", f"serve: all has single-antenna UEs (got {o.ue_antennas}); allowed: 1"))
+    if o.serve == "all" and o.range_m is not None:
+        errs.append(("range_m", "serve: all needs every BS-UE link (got a range cut-off); allowed: null"))
+    if o.layout == "field":
+        if o.serve == "cell" and not o.min_distance_m < o.disk_radius_m:
+            errs.append(("min_distance_m", f"must be below disk_radius_m = {o.disk_radius_m:g} m "
+                                           f"(got {o.min_distance_m:g})"))
+        # hexagonal packing bound: n_bs disks of radius sep/2 must fit in the field grown by sep/2 on each side
+        need = o.n_bs * math.sqrt(3.0) / 2 * o.bs_separation_m ** 2
+        if need > (o.field_m + o.bs_separation_m) ** 2:
+            errs.append(("bs_separation_m", f"{o.n_bs} BSs cannot be {o.bs_separation_m:g} m apart in a "
+                                            f"{o.field_m:g} m square; allowed: a smaller separation or n_bs"))
+    return errs
+
+
+def field_sites(B: int, n_bs: int, field_m: float, separation_m: float, gen: torch.Generator,
+                 max_rounds: int = 10_000) -> Tensor:
+    """BS positions (B, n_bs, 2) [m] uniform in [0, field_m]^2, pairwise >= ``separation_m`` apart.
+
+    Sequential rejection, batched over realizations: BS k draws a candidate (m, 2) ~ U(0, field_m)^2 for the
+    m realizations still without one and keeps it where it is ``separation_m`` from BSs 0..k-1 (the
+    conditional law of k given the others: uniform on the allowed set).  ``ValueError`` after ``max_rounds``
+    rounds (an arrangement that leaves no room)."""
+    dev = gen.device
+    out = torch.empty(B, n_bs, 2, dtype=_F64, device=dev)
+    for k in range(n_bs):
+        todo = torch.arange(B, device=dev)
+        for _ in range(max_rounds):
+            if todo.numel() == 0:
+                break
+            cand = field_m * torch.rand(todo.numel(), 2, generator=gen, dtype=_F64, device=dev)
+            if k == 0:
+                ok = torch.ones(todo.numel(), dtype=torch.bool, device=dev)
+            else:
+                d = torch.linalg.vector_norm(out[todo, :k] - cand[:, None, :], dim=-1)
+                ok = (d >= separation_m).all(-1)
+            out[todo[ok], k] = cand[ok]
+            todo = todo[~ok]
+        if todo.numel():
+            raise ValueError(f"could not place BS {k} at least {separation_m:g} m from the others in a "
+                             f"{field_m:g} m square after {max_rounds} draws")
+    return out
+
+
+def _generate_field(o: MulticellScenario, B: int, generator: torch.Generator,
+                     dtype: torch.dtype) -> MulticellChannels:
+    """Layout ``field`` (module docstring).  Draws: the BS sites (:func:`field_sites`), then the UE positions
+    (serve cell: u_r (B, I), u_phi (B, I) of :func:`_disk_offsets`; serve all: (B, I, 2) ~ U(0, field_m)), then
+    the fading (B, I, K, N, M, 2) ~ N(0, 1), all float64 on the generator's device."""
+    K, N, M, U = int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    dev = generator.device
+    serve_all = o.serve == "all"
+    I = (int(o.n_ue) if o.n_ue is not None else K * U) if serve_all else K * U
+    bs_xy = field_sites(B, K, float(o.field_m), float(o.bs_separation_m), generator)
+    if serve_all:
+        assign = torch.arange(I, device=dev) % K
+        ue_xy = float(o.field_m) * torch.rand(B, I, 2, generator=generator, dtype=_F64, device=dev)
+    else:
+        assign = torch.arange(K, device=dev).repeat_interleave(U)
+        ue_xy = bs_xy[:, assign] + _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator)
+    dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
+    dist = dist.clamp_min(float(o.min_distance_m))
+    pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
+    amp = 10.0 ** (-pl / 20.0)
+    z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
+    H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)
+    serving = torch.zeros(B, I, K, dtype=torch.bool, device=dev)
+    serving[:, torch.arange(I, device=dev), assign] = True
+    inrange = (torch.ones(B, I, K, dtype=torch.bool, device=dev) if o.range_m is None
+               else (dist <= o.range_m) | serving)
+    return MulticellChannels(
+        H=H.to(dtype), assign=assign,
+        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64, device=dev),
+        noise_w=torch.full((I,), noise_power_w(o), dtype=_F64, device=dev),
+        weights=torch.full((I,), float(o.ue_weight), dtype=_F64, device=dev),
+        inrange=inrange, bs_xy=bs_xy, ue_xy=ue_xy, serve_all=serve_all)
+
+
 def noise_power_w(o: MulticellScenario) -> float:
     """sigma^2 [W] per receive antenna: P / 10^(snr_db/10) when ``snr_db`` is set, else ``noise_dbm``."""
     if o.snr_db is not None:
@@ -415,6 +525,8 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
     if o.layout == "iid":
         return _generate_iid(o, B, generator, dtype)
+    if o.layout == "field":
+        return _generate_field(o, B, generator, dtype)
     I = K * U
     dev = generator.device  # the channels live on the generator's device (the CPU: DESIGN §11)
     assign = torch.arange(K, device=dev).repeat_interleave(U)  # (I,) int64
@@ -549,6 +661,78 @@ class MulticellAir(Air):
         return MulticellAir(self.H.repeat(n, 1, 1, 1, 1), self.assign, self.noise_w, self.weights, self.power_w)
 
 
+def coop_effective(H: Tensor, V: Tensor) -> Tensor:
+    """s_ji = sum_k h_kj^H v_ki, the effective channel of stream i at UE j (ENGNN paper (13)).
+
+    H: (B, I, K, 1, M) channel BS k -> UE j (the row h_kj^H); V: (B, I*K, M, 1) beamformer v_ki of BS k for
+    UE i on edge i*K + k.  Returns (B, I (receiver j), I (stream i)) complex."""
+    B, I, K, _, M = H.shape
+    return torch.einsum("bjkm,bikm->bji", H[:, :, :, 0, :], V.reshape(B, I, K, M))
+
+
+def coop_rates(S: Tensor, noise_w: Tensor) -> Tensor:
+    """Rates (14): log(1 + |s_jj|^2 / (sum_{i != j} |s_ji|^2 + sigma_j^2)) = log J_j - log(J_j - |s_jj|^2) nat/Hz,
+    J_j = sum_i |s_ji|^2 + sigma_j^2.  S (B, I, I), noise_w (I,) W -> (B, I)."""
+    g = S.abs() ** 2
+    J = g.sum(-1) + noise_w.to(g.dtype)
+    own = torch.diagonal(g, dim1=-2, dim2=-1)
+    return torch.log(J) - torch.log(J - own)
+
+
+def coop_power(V: Tensor, n_ue: int, n_bs: int) -> Tensor:
+    """Per-BS power sum_i ||v_ki||^2 (15b) [W]: V (B, I*K, M, 1) -> (B, K)."""
+    p = (V.abs() ** 2).sum(dim=(-1, -2))
+    return p.reshape(V.shape[0], n_ue, n_bs).sum(1)
+
+
+class CoopAir(Air):
+    """Cooperative downlink (ENGNN paper (13)-(15)): every BS serves every single-antenna UE.
+
+    H: (B, I, K, 1, M); decisions V (B, I*K, M, 1) on the ``ue>bs`` edges (edge i*K + k: v_ki).
+    Measurement ``coop_pilots``: the BSs send precoded pilots (one per stream) with V; UE j measures
+    S (B, I, I): row j the effective channels s_ji of every stream, and J (B, I) its received power
+    sum_i |s_ji|^2 + sigma_j^2."""
+
+    unit = UNIT
+
+    def __init__(self, H: Tensor, noise_w: Tensor, weights: Tensor, power_w: Tensor) -> None:
+        self.H, self.noise_w, self.weights, self.power_w = H, noise_w, weights, power_w
+
+    def _check(self, V: Tensor) -> None:
+        B, I, K, _, M = self.H.shape
+        if V.dim() != 4 or V.shape[1] != I * K:
+            raise ValueError(f"{FAMILY} with serve: all needs one beamformer per (UE, BS) edge, (B, {I * K}, {M}, 1)"
+                             f"; got {tuple(V.shape)} (use a cooperative protocol: coop_wmmse, coop_gp, engnn_ex3)")
+
+    def measure(self, name: str, signals: dict[str, Tensor]) -> dict[str, Tensor]:
+        if name != "coop_pilots":
+            raise KeyError(f"{FAMILY} cooperative air has no measurement {name!r}; allowed: coop_pilots")
+        self._check(signals["V"])
+        S = coop_effective(self.H, signals["V"])
+        return {"S": S, "J": (S.abs() ** 2).sum(-1) + self.noise_w.to(S.real.dtype)}
+
+    def rates(self, V: Tensor) -> Tensor:
+        """Per-UE rates (B, I), nat/Hz."""
+        self._check(V)
+        return coop_rates(coop_effective(self.H, V), self.noise_w)
+
+    def evaluate(self, V: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.rates(V)
+        return weighted_sum_rate(r, self.weights), r
+
+    def power(self, V: Tensor) -> Tensor:
+        """Per-BS transmit power (B, K), W."""
+        return coop_power(V, self.H.shape[1], self.H.shape[2])
+
+    def power_ratio(self, V: Tensor) -> Tensor:
+        return self.power(V) / self.power_w.reshape(1, -1)
+
+    def repeat(self, n: int) -> CoopAir:
+        if n == 1:
+            return self
+        return CoopAir(self.H.repeat(n, 1, 1, 1, 1), self.noise_w, self.weights, self.power_w)
+
+
 # --------------------------------------------------------------------------------------------------
 # network of local knowledge
 # --------------------------------------------------------------------------------------------------
@@ -570,6 +754,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
         "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_idx, bs_idx, present.reshape(B, I * K)),
         "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I, device=dev), assign.clone(),
                                torch.ones(B, I, dtype=torch.bool, device=dev)),
+        "bs>ue": EdgeSet("bs>ue", "bs", "ue", "dl", bs_idx.clone(), ue_idx.clone(), present.reshape(B, I * K).clone()),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
     H_held, H_air = faults.csi(H)  # stale / noisy CSI (dsim.faults): the BSs hold H_held, the air is H_air
@@ -583,8 +768,11 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
         "ue": {"alpha": w.reshape(1, I).expand(B, I).clone(), "noise": nz.reshape(1, I).expand(B, I).clone()},
     }
     info = {"family": FAMILY, "batch": B, "n_bs": K, "n_ue": I, "bs_antennas": M, "ue_antennas": N,
-            "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real}
+            "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real,
+            "serve": "all" if ch.serve_all else "cell"}
     net = Network(FAMILY, B, {"bs": K, "ue": I}, edges, local, info)
+    if ch.serve_all:
+        return net, CoopAir(H_air, nz, w, ch.power_w.to(real))
     air = MulticellAir(H_air, assign, nz, w, ch.power_w.to(real))
     return net, air
 
@@ -593,7 +781,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
 # channel file
 # --------------------------------------------------------------------------------------------------
 REQUIRED = ("H", "assign", "power_w", "noise_w", "weights")
-OPTIONAL = ("inrange", "family", "bs_xy", "ue_xy")
+OPTIONAL = ("inrange", "family", "bs_xy", "ue_xy", "serve_all")
 
 
 def save_multicell(path: str | Path, ch: MulticellChannels) -> None:
@@ -604,6 +792,8 @@ def save_multicell(path: str | Path, ch: MulticellChannels) -> None:
         "power_w": ch.power_w.cpu().numpy(), "noise_w": ch.noise_w.cpu().numpy(),
         "weights": ch.weights.cpu().numpy(), "inrange": ch.inrange.cpu().numpy().astype(bool),
     }
+    if ch.serve_all:
+        arrays["serve_all"] = np.array(True)
     for key in ("bs_xy", "ue_xy"):
         t = getattr(ch, key)
         if t is not None:
@@ -656,9 +846,19 @@ def load_multicell(path: str | Path, dtype: torch.dtype = torch.complex128) -> M
     def real(key: str) -> torch.Tensor | None:
         return torch.as_tensor(data[key], device="cpu").to(torch.float64) if key in data else None
 
+    serve_all = False
+    if "serve_all" in data:
+        a = data["serve_all"]
+        if a.dtype.kind != "b" or a.shape != ():
+            raise ChannelFileError(f"{path}: key 'serve_all': expected a bool scalar, found {found(a)}")
+        serve_all = bool(a)
+        if serve_all and H.shape[3] != 1:
+            raise ChannelFileError(f"{path}: key 'serve_all': cooperative channels need single-antenna UEs "
+                                   f"(N = 1), found N = {H.shape[3]}")
+
     return MulticellChannels(H=torch.as_tensor(H, device="cpu").to(dtype), assign=assign_t, power_w=real("power_w"),
                              noise_w=real("noise_w"), weights=real("weights"), inrange=inrange,
-                             bs_xy=real("bs_xy"), ue_xy=real("ue_xy"))
+                             bs_xy=real("bs_xy"), ue_xy=real("ue_xy"), serve_all=serve_all)
 
 
 register_family(FamilySpec(

@@ -1,0 +1,271 @@
+"""ENGNN (eq. (19)-(26)): exact properties -- the edge update (24) against an implementation with explicit
+loops written here, permutation equivariance (Tx and Rx relabelled independently in the layer math, pairs
+relabelled in the Ex1 protocol), the Ex1 power constraint, local engine == Ray engine (numbers and ledger),
+the ledger rows of the edge messages with their bytes counted by hand -- the ``engnn`` layout's channel
+model, and one training step (RMSProp)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dsim import registry
+from dsim.engine.local import LocalEngine
+from dsim.faults import FaultModel
+from dsim.scenarios.build import build_scenario, generate_channels
+from dsim.scenarios.interference import InterferenceChannels
+
+EX1 = {"family": "interference", "layout": "engnn", "n_pairs": 6}
+RANGED = {"family": "interference", "layout": "engnn", "n_pairs": 7, "field_m": 600.0, "range_m": 300.0,
+          "wmmse_csi": "range"}  # some Tx-Rx edges absent
+
+
+def scenario(scn: dict, batch: int = 3, seed: int = 21, faults: FaultModel | None = None):
+    fam, ch = generate_channels(scn, batch, seed, "double")
+    return ch, build_scenario(fam, ch, faults, 0)
+
+
+def params(layers: int = 2, readout: str = "edge", seed: int = 3):
+    from agents.engnn import ENGNNParams
+
+    return ENGNNParams(2, layers, readout=readout, seed=seed)
+
+
+def run(p, s, engine=None) -> tuple[dict[int, torch.Tensor], list]:
+    from agents.engnn import engnn_protocol
+
+    out: dict[int, torch.Tensor] = {}
+    trace = (engine or LocalEngine("float64")).run(engnn_protocol(p, s.net), s.net, s.air,
+                                                   on_round=lambda r, d: out.__setitem__(r, d))
+    return out, trace.ledger
+
+
+# ----------------------------------------------------------------------------------------- layer math
+def loop_layer(w, f_tx, f_rx, E, mask):
+    """(21), (22), (24) with explicit loops over Tx, Rx and neighbours (one realization at a time)."""
+    B, M, K, _ = E.shape
+    new_tx, new_rx, new_E = torch.zeros_like(f_tx), torch.zeros_like(f_rx), torch.zeros_like(E)
+    for b in range(B):
+        for m in range(M):
+            msgs = [w.mlp1(torch.cat([f_rx[b, k], E[b, m, k]])) for k in range(K) if mask[b, m, k]]
+            agg = torch.stack(msgs).amax(0) if msgs else torch.zeros(w.mlp2.linear[0].in_features - f_tx.shape[-1],
+                                                                   dtype=E.dtype)
+            new_tx[b, m] = w.mlp2(torch.cat([f_tx[b, m], agg]))
+        for k in range(K):
+            msgs = [w.mlp3(torch.cat([f_tx[b, m], E[b, m, k]])) for m in range(M) if mask[b, m, k]]
+            agg = torch.stack(msgs).amax(0) if msgs else torch.zeros(w.mlp4.linear[0].in_features - f_rx.shape[-1],
+                                                                   dtype=E.dtype)
+            new_rx[b, k] = w.mlp4(torch.cat([f_rx[b, k], agg]))
+        for m in range(M):
+            for k in range(K):
+                if not mask[b, m, k]:
+                    continue
+                nb = [w.mlp5(torch.cat([E[b, m, k1], f_tx[b, m]])) for k1 in range(K) if k1 != k and mask[b, m, k1]]
+                nb += [w.mlp6(torch.cat([E[b, m1, k], f_rx[b, k]])) for m1 in range(M) if m1 != m and mask[b, m1, k]]
+                agg = torch.stack(nb).amax(0) if nb else torch.zeros(w.mlp7.linear[0].in_features - E.shape[-1],
+                                                                   dtype=E.dtype)
+                new_E[b, m, k] = w.mlp7(torch.cat([E[b, m, k], agg]))
+    return new_tx, new_rx, new_E
+
+
+def random_graph(B=2, M=3, K=4, d_in=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    E_in = torch.randn(B, M, K, d_in, dtype=torch.float64, generator=g)
+    f_tx = torch.rand(B, M, 2, dtype=torch.float64, generator=g)
+    f_rx = torch.rand(B, K, 1, dtype=torch.float64, generator=g)
+    mask = torch.rand(B, M, K, generator=g) > 0.3
+    mask[0] = True
+    mask[1, 0, :] = False  # a Tx without edges
+    mask[1, :, 1] = False  # an Rx without edges
+    return E_in, f_tx, f_rx, mask
+
+
+def test_layer_equals_loop_implementation() -> None:
+    from agents.engnn import ENGNNCore, engnn_layer, preprocess
+
+    E_in, f_tx_in, f_rx_in, mask = random_graph()
+    core = ENGNNCore(5, 2, 1, d_edge=4, d_node=3, hidden=6, d_msg=5, layers=2, seed=1)
+    with torch.no_grad():
+        E, f_tx, f_rx = preprocess(core, E_in, f_tx_in, f_rx_in, mask)
+        for w in core.layers:
+            got = engnn_layer(w, f_tx, f_rx, E, mask)
+            want = loop_layer(w, f_tx, f_rx, E, mask)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+            f_tx, f_rx, E = got
+        assert float(E.abs().max()) > 0
+
+
+def test_leave_one_out_max_brute_force() -> None:
+    from agents.engnn import leave_one_out_max
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 4, (3, 5, 6, 2), generator=g).to(torch.float64)  # ties on purpose
+    mask = torch.rand(3, 5, 6, generator=g) > 0.4
+    for dim in (1, 2):
+        got = leave_one_out_max(x, dim, mask)
+        want = torch.zeros_like(x)
+        for idx in torch.cartesian_prod(*(torch.arange(n) for n in x.shape[:3])):
+            b, m, k = idx.tolist()
+            others = [x[b, i, k] if dim == 1 else x[b, m, i] for i in range(x.shape[dim])
+                      if i != (m if dim == 1 else k) and (mask[b, i, k] if dim == 1 else mask[b, m, i])]
+            if others:
+                want[b, m, k] = torch.stack(others).amax(0)
+        assert torch.equal(got, want), dim
+
+
+def test_layer_permutation_equivariance_tx_and_rx() -> None:
+    """Tx and Rx relabelled independently: the outputs are relabelled the same way (Proposition 1)."""
+    from agents.engnn import ENGNNCore, engnn_forward
+
+    E_in, f_tx, f_rx, mask = random_graph(M=4, K=5)
+    core = ENGNNCore(5, 2, 1, d_edge=4, d_node=3, hidden=6, d_msg=5, layers=2, seed=4)
+    pt, pr = torch.tensor([2, 0, 3, 1]), torch.tensor([4, 1, 0, 2, 3])
+    with torch.no_grad():
+        E, ft, fr = engnn_forward(core, E_in, f_tx, f_rx, mask)
+        E2, ft2, fr2 = engnn_forward(core, E_in[:, pt][:, :, pr], f_tx[:, pt], f_rx[:, pr], mask[:, pt][:, :, pr])
+    torch.testing.assert_close(E2, E[:, pt][:, :, pr], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(ft2, ft[:, pt], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(fr2, fr[:, pr], rtol=1e-13, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------------------- Ex1 protocol
+def permuted(ch: InterferenceChannels, perm: torch.Tensor) -> InterferenceChannels:
+    return replace(ch, H=ch.H[:, perm][:, :, perm], weights=ch.weights[:, perm],
+                   inrange=ch.inrange[:, perm][:, :, perm], tx_xy=ch.tx_xy[:, perm], rx_xy=ch.rx_xy[:, perm])
+
+
+@pytest.mark.parametrize("readout", ["edge", "node"])
+def test_protocol_equals_centralized_forward_equivariance_and_power(readout: str) -> None:
+    from agents.engnn import engnn_forward, ex1_edge_features, ex1_power_normalize, post_edge, post_tx
+
+    ch, s = scenario(RANGED)
+    p = params(2, readout)
+    with torch.no_grad():
+        V, _ = run(p, s)
+        # centralized: dense features of the whole graph, Tx m x Rx k, edges where Tx m has CSI of Rx k
+        B, K = ch.H.shape[:2]
+        h = ch.H[:, :, :, 0, :].conj().transpose(1, 2)  # [b, m, k] = h_mk
+        mask = ch.inrange.transpose(1, 2)
+        eye = torch.eye(K, dtype=torch.bool).expand(B, K, K)
+        e_in = ex1_edge_features(h / ch.noise_w.sqrt()[None, None, :, None], eye)
+        E, f_tx, _ = engnn_forward(p.core, e_in * mask[..., None], ch.power_w[None, :, None].expand(B, K, 1),
+                                   torch.ones(B, K, 1, dtype=torch.float64), mask)
+        v = (post_edge(p.core, E.diagonal(dim1=1, dim2=2).transpose(1, 2)) if readout == "edge"
+             else post_tx(p.core, f_tx))
+        want = ex1_power_normalize(v, ch.power_w[None].expand(B, K))
+        torch.testing.assert_close(V[2][..., 0], want, rtol=1e-12, atol=1e-12)
+        perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
+        V2, _ = run(p, build_scenario("interference", permuted(ch, perm), None, 0))
+    for r in V:
+        torch.testing.assert_close(V2[r], V[r][:, perm], rtol=1e-10, atol=1e-13)
+    pw = (V[2].abs() ** 2).sum((-1, -2))
+    assert bool((pw <= ch.power_w[0] * (1 + 1e-12)).all()) and float(pw.max()) > 1e-3 * float(ch.power_w[0])
+
+
+def test_power_normalization_exact() -> None:
+    from agents.engnn import ex1_power_normalize
+
+    g = torch.Generator().manual_seed(1)
+    v = torch.complex(torch.randn(500, 2, dtype=torch.float64, generator=g),
+                      torch.randn(500, 2, dtype=torch.float64, generator=g)) * torch.logspace(-3, 3, 500)[:, None]
+    P = torch.full((500,), 2.0, dtype=torch.float64)
+    out = ex1_power_normalize(v, P)
+    nrm2 = (out.abs() ** 2).sum(-1)
+    inside = (v.abs() ** 2).sum(-1) <= 2.0
+    assert bool((nrm2 <= 2.0 * (1 + 1e-15)).all())
+    torch.testing.assert_close(nrm2[~inside], P[~inside], rtol=1e-15, atol=0)  # on the boundary when outside
+    assert torch.equal(out[inside], v[inside])  # untouched inside
+
+
+def test_local_equals_ray_and_ledger(ray_session) -> None:
+    """Message loss on (a lost message: the last value received) and agents in 2 shards."""
+    from dsim.engine.ray import RayEngine
+
+    faults = FaultModel(message_loss=0.3, seed=4)
+    _, s = scenario(RANGED, batch=2, faults=faults)
+    p = params(2)
+    with torch.no_grad():
+        V_loc, led_loc = run(p, s, LocalEngine("float64", faults))
+        eng = RayEngine("float64", faults, shards=2)
+        try:
+            V_ray, led_ray = run(p, s, eng)
+        finally:
+            eng.close()
+    for r in V_loc:
+        torch.testing.assert_close(V_ray[r], V_loc[r], rtol=1e-12, atol=1e-14)
+    assert [x.as_dict() for x in led_ray] == [x.as_dict() for x in led_loc]
+    # per layer: one tx_edge (dl) and one rx_reply (ul) message per present Tx-Rx edge, 16 reals each
+    # (f_tx 8 + E 8; f_rx 8 + leave-one-out max 8); msgpack: fixarray (1 byte) + per field bin8 header (2)
+    # + 8 float64 (64) -> 1 + 2 * 66 = 133 bytes
+    present = int(s.net.edges["ue>bs"].mask.sum())
+    assert present < 2 * 7 * 7  # some edges absent
+    for phase, link in (("tx_edge", "dl"), ("rx_reply", "ul")):
+        rows = [x for x in led_loc if x.phase == phase]
+        assert [x.round for x in rows] == [1, 2]
+        assert all(x.link == link and x.messages == present and x.reals == 16 * present for x in rows)
+        assert all(x.bytes == 133 * present for x in rows)
+
+
+def test_ledger_float32_bytes() -> None:
+    _, s = scenario(EX1, batch=1)
+    with torch.no_grad():
+        _, led = run(params(1), s, LocalEngine("float32"))
+    # complete graph K = 6: 36 edges each way; float32: 1 + 2 * (2 + 32) = 69 bytes a message
+    assert {(x.phase, x.messages, x.bytes) for x in led} == {("tx_edge", 36, 36 * 69), ("rx_reply", 36, 36 * 69)}
+
+
+# ----------------------------------------------------------------------------------------- engnn layout
+def test_engnn_layout_channel_model() -> None:
+    """Geometry and the ENGNN paper's channel: Rx 50-250 m from its Tx, 33 dBm, -99 dBm, and |h|^2 / N over
+    the path gain 10^(-(30.5 + 36.7 log10 d)/10) is Exp(1) (Rayleigh): mean 1 over many links."""
+    from dsim.scenarios.interference import InterferenceScenario
+
+    o = InterferenceScenario(family="interference", layout="engnn")
+    assert (o.n_pairs, o.tx_antennas, o.side_m(), o.range_m) == (20, 2, 2000.0, None)
+    ch, s = scenario({"family": "interference", "layout": "engnn"}, batch=40, seed=3)
+    d_own = (ch.rx_xy - ch.tx_xy).norm(dim=-1)
+    assert float(d_own.min()) >= 50.0 - 1e-9 and float(d_own.max()) <= 250.0 + 1e-9
+    assert 0.0 <= float(ch.tx_xy.min()) and float(ch.tx_xy.max()) <= 2000.0
+    assert float(ch.power_w[0]) == pytest.approx(10 ** 0.3, rel=1e-12)
+    assert float(ch.noise_w[0]) == pytest.approx(10 ** (-12.9), rel=1e-12)
+    d = torch.cdist(ch.rx_xy, ch.tx_xy)  # [b, rx, tx]
+    gain = 10 ** (-(30.5 + 36.7 * torch.log10(d)) / 10)
+    ratio = (ch.H[:, :, :, 0, :].abs() ** 2).sum(-1) / (2 * gain)
+    n = ratio.numel()  # 16000 links, mean of Exp(1): std 1/sqrt(n)
+    assert abs(float(ratio.mean()) - 1.0) < 5 / math.sqrt(n)
+    assert bool(ch.inrange.all()) and s.net.edges["bs>ue"].size == 400
+
+
+# ----------------------------------------------------------------------------------------- training
+def test_registry_and_one_rmsprop_training_step(tmp_path) -> None:
+    from dsim.learn import forward_loss, get_learnable, scenario_sampler
+    from dsim.train import TrainOptions, train
+
+    _, s = scenario(EX1, batch=2)
+    spec = registry.algorithm("engnn")
+    proto = spec.build(spec.options(checkpoint="untrained"), s.net)
+    assert proto.rounds == 1 and proto.meta["readout"] == "edge"
+    learn = get_learnable("engnn", {"tx_antennas": 2})
+    loss, wsr = forward_loss(learn, s.net, s.air)
+    loss.backward()
+    core = learn.module.core  # L = 1, read-out on the edge: (21), (22) do not reach the beamformer
+    used = [core.pre_edge, core.pre_tx, core.pre_rx, core.layers[0].mlp5, core.layers[0].mlp6, core.layers[0].mlp7,
+            core.post_edge]
+    grads = [q.grad for mod in used for q in mod.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and float(g.abs().sum()) > 0 for g in grads[:2] + grads[-2:])
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert float(loss.detach()) == pytest.approx(-float(wsr[1].detach().mean()))
+    # one dsim-train step with RMSProp (the model's default optimizer) moves the weights
+    learn = get_learnable("engnn", {"tx_antennas": 2})
+    before = [q.detach().clone() for q in learn.module.parameters()]
+    opts = TrainOptions(algorithm="engnn", options={"tx_antennas": 2}, steps=1, batch=2, val_size=2, progress=False)
+    train(learn, scenario_sampler(EX1, "double"), opts, tmp_path, seed=3)
+    from dsim.learn import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["meta"]["train_options"]["optimizer"] == "rmsprop" and "square_avg" in str(ck["optimizer"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, learn.module.parameters()))
