@@ -42,6 +42,11 @@ class ``ul``:
   (range cut-off, minus missing links; the serving pair is always present).
 * ``ue>bs:serve`` -- (UE i, serving BS a(i)), edge id ``i``.
 
+and on link class ``bh`` (:func:`backhaul_edges`):
+
+* ``bs>bs``       -- every ordered pair (BS k, BS k') with k != k', edge id ``k*(K-1) + k' - [k' > k]``; always
+  present (no edge for K = 1).  Coordinated protocols exchange over it (e.g. multi-cell Model-GNN).
+
 Local data (only what the agent may know):
 
 * ``bs``: ``H`` (B, K, I, N, M) channels of the UEs in range (zeros elsewhere, by reciprocity from
@@ -552,6 +557,17 @@ class MulticellAir(Air):
 # --------------------------------------------------------------------------------------------------
 # network of local knowledge
 # --------------------------------------------------------------------------------------------------
+def backhaul_edges(n_bs: int, batch: int, device: torch.device | str = "cpu") -> EdgeSet:
+    """Edge set ``bs>bs`` on link class ``bh``: every ordered pair (k, k'), k != k', of the ``n_bs`` BSs, in
+    order of k then k' (edge id k (K - 1) + k' - [k' > k]), present in every realization; empty for one BS."""
+    K = int(n_bs)
+    src = torch.arange(K, device=device).repeat_interleave(K)
+    dst = torch.arange(K, device=device).repeat(K)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    return EdgeSet("bs>bs", "bs", "bs", "bh", src, dst, torch.ones(batch, src.numel(), dtype=torch.bool, device=device))
+
+
 def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
                       seed: int = 0) -> tuple[Network, MulticellAir]:
     """The network (module docstring) and air of a :class:`MulticellChannels` batch."""
@@ -570,6 +586,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
         "ue>bs": EdgeSet("ue>bs", "ue", "bs", "ul", ue_idx, bs_idx, present.reshape(B, I * K)),
         "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I, device=dev), assign.clone(),
                                torch.ones(B, I, dtype=torch.bool, device=dev)),
+        "bs>bs": backhaul_edges(K, B, dev),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
     H_held, H_air = faults.csi(H)  # stale / noisy CSI (dsim.faults): the BSs hold H_held, the air is H_air
