@@ -1,4 +1,4 @@
-"""Model-GNN paper tables on held-out samples: T II (SNR 10 dB, % of WMMSE) and T III (100 training samples).
+"""Model-GNN paper tables on held-out samples: T II (SNR 10 dB), T III (100 training samples), T V, Fig. 6.
 
 T II: the shipped models ``agents/models/model_gnn_N{N}K{K}.pt`` (scenarios/train_model_gnn_N{N}K{K}.yaml) and
 the Vanilla-GNN ``vanilla_gnn_N8K4.pt`` on ``--samples`` fresh i.i.d. CN(0, 1) channels (seed ``--seed``, never
@@ -9,10 +9,14 @@ T III (``--t3``): Model-GNN trained on a fixed set of 100 samples (train.train_s
 T V (``--t5``): the multi-cell Model-GNN ``model_gnn_mc`` (coordinated beamforming, problem P2, per-BS power)
 with the shipped ``agents/models/model_gnn_mc_M{M}N{N}K{K}.pt`` at (M, N, K) = (2, 16, 8), (3, 16, 8), (3, 8, 4)
 beside WMMSE (MRT initialisation, per-BS power: the P2 baseline), and per-cell ZF and MRT (no coordination);
-the backhaul bytes per realization of each layer (ledger rows of link ``bh``).  Every algorithm runs as a dsim
-protocol on the local engine.
+the backhaul bytes per realization of each layer (ledger rows of link ``bh``).
+Fig. 6 (``--fig6 2,4,8,16,24,30``): K-generalisation at N = 32, SNR 10 dB: the shipped single-cell models
+(trained at (8, 4) and (32, 16)) run unchanged (their weights do not depend on N, K) for each K of the list,
+% of WMMSE beside ZF.  The paper trains its Fig. 6 model on K ~ Exp(mean 4); ours are the T II models.  Every
+algorithm runs as a dsim protocol on the local engine.
 
-    python examples/model_gnn_tables.py --samples 200 [--t3 8x4,32x16] [--t5] [--skip-t2] [--out runs/model_gnn_tables]
+    python examples/model_gnn_tables.py --samples 200 [--t3 8x4,32x16] [--t5 all] [--fig6 2,8,16,30] [--skip-t2]
+        [--out runs/model_gnn_tables]
 """
 
 from __future__ import annotations
@@ -109,10 +113,12 @@ def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: i
     return rows
 
 
-def table5(samples: int, seed: int, wmmse_iters: int) -> list[dict]:
+def table5(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None) -> list[dict]:
     """T V: % of WMMSE (per-BS power, MRT init) of the shipped multi-cell Model-GNNs, and their backhaul."""
     rows = []
     for (M, N, K), (p_model, p_van) in PAPER_T5.items():
+        if only and (M, N, K) not in only:
+            continue
         algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {}), "mrt": ("mrc", {})}
         ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
         if ck.exists():
@@ -125,6 +131,42 @@ def table5(samples: int, seed: int, wmmse_iters: int) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def fig6(ks: list[int], samples: int, seed: int, wmmse_iters: int, N: int = 32) -> list[dict]:
+    """Fig. 6: % of WMMSE of the shipped single-cell Model-GNNs at N antennas for every K in ``ks``."""
+    rows = []
+    for K in ks:
+        algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {})}
+        for n, k in ((8, 4), (32, 16)):
+            ck = MODELS / f"model_gnn_N{n}K{k}.pt"
+            if ck.exists():
+                algos[f"model_gnn_N{n}K{k}"] = ("model_gnn", {"checkpoint": str(ck)})
+        r = sum_rates(iid(N, K), algos, samples, seed + K)
+        row = {"N": N, "K": K, "wmmse_nat": r["wmmse"]} | {a: 100 * r[a] / r["wmmse"] for a in algos}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def plot6(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ks = [r["K"] for r in rows]
+    for key in [k for k in rows[0] if k not in ("N", "K", "wmmse_nat", "wmmse")]:
+        ax.plot(ks, [r[key] for r in rows], marker="o", label=key.replace("model_gnn_", "Model-GNN trained at "))
+    ax.set_xlabel("K (users at test)")
+    ax.set_ylabel("% of WMMSE sum rate")
+    ax.set_title(f"Model-GNN Fig. 6: generalisation to K, N = {rows[0]['N']}, SNR 10 dB")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot5(rows: list[dict], path: Path) -> None:
@@ -179,7 +221,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="test seed (training used 2024 * 1_000_003 + t)")
     ap.add_argument("--wmmse", type=int, default=100, help="WMMSE iterations")
     ap.add_argument("--t3", default="", help="also train on 100 samples (T III) at these sizes, e.g. 8x4,32x16")
-    ap.add_argument("--t5", action="store_true", help="also T V (multi-cell coordinated beamforming)")
+    ap.add_argument("--t5", default="", help="also T V (multi-cell coordinated beamforming) at these (M, N, K), "
+                    "e.g. 2x16x8,3x16x8,3x8x4 or 'all'")
+    ap.add_argument("--fig6", default="", help="also Fig. 6 at N = 32 for these K, e.g. 2,4,8,16,24,30")
     ap.add_argument("--skip-t2", action="store_true", help="no T II")
     ap.add_argument("--out", default="runs/model_gnn_tables")
     args = ap.parse_args()
@@ -191,7 +235,8 @@ def main() -> None:
         sizes = [tuple(int(v) for v in nk.split("x")) for nk in args.t3.split(",")]
         res["t3"] = table3(sizes, args.samples, args.seed, args.wmmse, out)
     if args.t5:
-        res["t5"] = table5(args.samples, args.seed, args.wmmse)
+        only = None if args.t5 == "all" else [tuple(int(v) for v in mnk.split("x")) for mnk in args.t5.split(",")]
+        res["t5"] = table5(args.samples, args.seed, args.wmmse, only)
         plot5(res["t5"], out / "table5.png")
         print(f"\nT V, SNR 10 dB: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
         print("| (M, N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | per-cell ZF | per-cell MRT | "
@@ -202,6 +247,9 @@ def main() -> None:
             print(f"| ({r['M']}, {r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | "
                   f"{r.get('model_gnn_mc', float('nan')):.2f} | {r['paper_vanilla_gnn']:.2f} | {r['zf']:.2f} | "
                   f"{r['mrt']:.2f} | {bh} |")
+    if args.fig6:
+        res["fig6"] = fig6([int(k) for k in args.fig6.split(",")], args.samples, args.seed, args.wmmse)
+        plot6(res["fig6"], out / "fig6.png")
     if args.skip_t2:
         (out / "tables_t3_t5.json").write_text(json.dumps(res, indent=1))
         return

@@ -50,3 +50,20 @@ def test_icgnn_cellular_table1_k5():
                          "licgnn": ("licgnn", {"checkpoint": "shipped", "cg_steps": 6})}, 200, seed=3)
     assert 100 * r["icgnn"] / r["wmmse"] >= 96.0, r
     assert abs(r["licgnn"] / r["icgnn"] - 1) <= 0.01, r
+
+
+@pytest.mark.parametrize("M,N,K", [(3, 8, 4), (2, 16, 8), (3, 16, 8)])
+def test_model_gnn_mc_table5(M, N, K):
+    """T V (coordinated beamforming, 10 dB): the shipped multi-cell Model-GNN against WMMSE (MRT init, per-BS
+    power) on held-out seed 1; the issue's target is +-2 points of the paper.  A size without a shipped model
+    is skipped (its recipe is scenarios/train_model_gnn_mc_M{M}N{N}K{K}.yaml)."""
+    ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
+    if not ck.exists():
+        pytest.skip(f"{ck.name} not shipped")
+    r = mean_rates(tables.iid(N, K, M=M), {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
+                                           "gnn": ("model_gnn_mc", {"checkpoint": str(ck)}),
+                                           "zf": ("zf", {})}, 200, seed=1)
+    ratio = 100 * r["gnn"] / r["wmmse"]
+    assert abs(ratio - tables.PAPER_T5[(M, N, K)][0]) <= 2.0, ratio
+    assert r["gnn"] > r["zf"]
+    assert len(r["gnn_bh"]) == 4 and all(v > 0 for v in r["gnn_bh"].values())
