@@ -47,7 +47,8 @@ from torch import nn
 from agents.wmmse import SERVE, edge_channels
 from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions
 from dsim.network import Network
-from dsim.protocol import AgentBlock, EdgeView, Local, Output, Protocol
+from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
+from dsim.protocol import Field as MsgField
 from dsim.registry import AlgorithmSpec, register_algorithm
 
 Tensor = torch.Tensor
@@ -231,3 +232,206 @@ register_algorithm(AlgorithmSpec("model_gnn", ("multicell",), ModelGNNOptions, M
 register_algorithm(AlgorithmSpec("vanilla_gnn", ("multicell",), VanillaGNNOptions, VANILLA.build,
                                  "Vanilla edge-GNN MISO precoding per BS, eq. (7) (Model-GNN paper's baseline)",
                                  learnable=VANILLA.learnable))
+
+
+# =============================================================================== multi-cell P2 (Sec. III-E)
+#: the aggregations of the multi-cell layer whose weights depend on the edge type, in the order of W_agg's axis 1
+MC_TERMS = ("p_a", "p_r", "q_a", "q_r")
+#: the backhaul edge set the multi-cell Model-GNN exchanges its cross-cell antenna sums over (link class bh)
+BACKHAUL = "bs>bs"
+
+
+class ModelGNNMCParams(LearnedModule):
+    """Weights of the multi-cell Model-GNN (Sec. III-E), per layer l: ``w_self[l]`` = s and ``w_agg[l]`` =
+    (2, 4) blocks for p_a, p_r, q_a, q_r of the P2 update: axis 0 the edge type (0: intra-cell edge, the user
+    is served by the antenna's BS; 1: inter-cell edge), axis 1 the terms :data:`MC_TERMS`.  s is shared by
+    both types (the type enters through the aggregations: the per-edge product c s is the layer's one large
+    matmul).  Widths (2, *hidden, 2) as the single-cell Model-GNN (Tab. I: [32, 32, 8]).
+
+    ``complex_weights`` (default False: the paper's unconstrained real weights): every weight is complex-linear
+    on the complex feature pairs, a (J_l x J_{l+1}/2) complex matrix w = w_r + j w_i acting as the real block
+    [[w_r, w_i], [-w_i, w_r]] on (Re, Im) -- a subset of the paper's real weights (2 J_l x J_{l+1}) that never
+    mixes h with conj(h), so the policy commutes with a common phase rotation of all channels (as the optimal
+    P2 policy does).
+    Measured at (3, 8, 4): no faster escape from the initial plateau than real weights (2.7 nat/Hz after 80
+    steps either way).  Init U(-1/sqrt(2 J_l), 1/sqrt(2 J_l)) from ``seed``."""
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "complex_weights")
+
+    def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), complex_weights: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.hidden = tuple(int(h) for h in hidden)
+        self.complex_weights = bool(complex_weights)
+        if any(h % 2 for h in self.hidden):
+            raise ValueError(f"model_gnn_mc: hidden widths must be even (complex feature pairs), got {self.hidden}")
+        widths = (2, *self.hidden, 2)
+        g = torch.Generator(device="cpu")
+        g.manual_seed(seed)
+        cw = self.complex_weights
+
+        def init(*lead: int, a: int, b: int) -> nn.Parameter:
+            shape = (*lead, a, b // 2, 2) if cw else (*lead, 2 * a, b)  # complex: a = 2 J_l / 2 input pairs
+            u = torch.rand(*shape, generator=g, dtype=torch.float64, device="cpu")
+            return nn.Parameter((2 * u - 1) / math.sqrt(2 * a))
+
+        self.w_self = nn.ParameterList(init(a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
+        self.w_agg = nn.ParameterList(init(2, len(MC_TERMS), a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
+
+    @property
+    def layers(self) -> int:
+        return len(self.w_self)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (2, *self.hidden, 2)
+
+    def real_weights(self, ell: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(s (2 J_l, J_{l+1}), W (2, 4, 2 J_l, J_{l+1})) of layer ``ell`` as real matrices on the interleaved
+        (Re, Im) features (:func:`complex_block` of the complex weights)."""
+        S, W = self.w_self[ell].to(dtype), self.w_agg[ell].to(dtype)
+        return (complex_block(S), complex_block(W)) if self.complex_weights else (S, W)
+
+
+def complex_block(w: Tensor) -> Tensor:
+    """Complex weights (..., P, Q, 2) = (w_r, w_i) -> the real matrix (..., 2 P, 2 Q) acting on interleaved
+    (Re, Im) row features as z -> z w: out_r = z_r w_r - z_i w_i, out_i = z_r w_i + z_i w_r."""
+    wr, wi = w[..., 0], w[..., 1]
+    top = torch.stack([wr, wi], dim=-1)                                        # row Re z: (..., P, Q, 2)
+    bot = torch.stack([-wi, wr], dim=-1)                                       # row Im z
+    blk = torch.stack([top, bot], dim=-3)                                      # (..., P, 2, Q, 2)
+    *lead, P, _, Q, _ = blk.shape
+    return blk.reshape(*lead, 2 * P, 2 * Q)
+
+
+def antenna_sums(c: Tensor) -> Tensor:
+    """What a BS sends every other BS over the backhaul in one layer: the sums over its antennas of the
+    Step-1 features, sum_n c_{n_m, u} for every (virtual) user u.  c (B, n_bs, M, U, F) -> (B, n_bs, U, F)."""
+    return c.sum(-3)
+
+
+def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, csi: Tensor) -> Tensor:
+    """The P2 update of Sec. III-E before the activation, for the edges (n_m, u) of BS m's antennas:
+
+        y = s^T c_{n u} + p_a,t^T sum_{n'} c_{n' u} + p_r,t^T sum_{m' != m} sum_{n'} c_{n'_{m'} u}
+            + q_a,t^T sum_{u' ~ u} c_{n u'} + q_r,t^T sum_{u' !~ u} c_{n u'}
+
+    with t the edge type (intra-cell: u served by BS m; inter-cell: not), u' ~ u: u' in the same group as u
+    relative to BS m (both served by m, or both not) -- for an intra-cell edge exactly the paper's
+    q_a (its cell's users) and q_r (the other cells' users); sums include the edge itself (the s = s' - p - q
+    reparametrisation of (12)).
+
+    c (B, n_bs, M, U, F) Step-1 features [d, D A] (:func:`taylor_features`), remote (B, n_bs, U, F) the other
+    BSs' :func:`antenna_sums` summed (the ``bh`` inbox), S (F, F'), W (2, 4, F, F') (:class:`ModelGNNMCParams`),
+    own (n_bs, U) bool (u served by the BS), csi (B, n_bs, U) bool (the BS has u's CSI).  Returns
+    (B, n_bs, M, U, F'), zero on edges without CSI."""
+    rdt = c.dtype
+    ownf = own.to(rdt)[None, :, None, :, None]                                  # (1, n_bs, 1, U, 1)
+    s_own = (c * ownf).sum(-2, keepdim=True)                                   # (B, n_bs, M, 1, F)
+    s_other = c.sum(-2, keepdim=True) - s_own
+    per_user = torch.cat([c.sum(-3, keepdim=True), remote.unsqueeze(-3)], dim=-1)      # (B, n_bs, 1, U, 2F)
+    per_ant = (torch.cat([s_own, s_other], dim=-1), torch.cat([s_other, s_own], dim=-1))  # (B, n_bs, M, 1, 2F)
+    agg = [per_user @ W[t, :2].flatten(0, 1) + per_ant[t] @ W[t, 2:].flatten(0, 1) for t in (0, 1)]
+    y = c @ S + ownf * agg[0] + (1 - ownf) * agg[1]
+    return y * csi.to(rdt)[:, :, None, :, None]
+
+
+def mc_output(x: Tensor, own: Tensor, power: Tensor) -> Tensor:
+    """Precoders of the last layer: V_m = sqrt(P_m) V^_m / ||V^_m||_F over BS m's intra-cell edges (the per-BS
+    constraint Tr(V_m^H V_m) <= P_max of P2, met with equality).  x (B, n_bs, M, U, 2) real, own (n_bs, U),
+    power (B, n_bs) W -> (B, n_bs, M, U) complex, zero on inter-cell edges."""
+    rdt = x.dtype
+    V = torch.complex(x[..., 0], x[..., 1]) * own.to(rdt)[None, :, None, :]
+    nrm = torch.linalg.vector_norm(V, dim=(-2, -1)).clamp_min(torch.finfo(rdt).tiny)
+    return (power.to(rdt).sqrt() / nrm)[..., None, None].to(V.dtype) * V
+
+
+def mc_inputs(block: AgentBlock) -> tuple[Tensor, Tensor, Tensor]:
+    """A BS block's view of the graph: (G (B, n_bs, U, M) complex rows h_u^H of BS m's channel to every
+    virtual user u = i N + r (UE i, receive antenna r), own (n_bs, U) bool served by the BS, csi (B, n_bs, U))."""
+    H = block.local["H"]                                                       # (B, n_bs, I, N, M)
+    B, nb, I, N, M = H.shape
+    sv = block.edges[SERVE]
+    own = torch.zeros(nb, I, dtype=torch.bool, device=H.device)
+    own[sv.dst_local, sv.src] = True
+    return (H.reshape(B, nb, I * N, M), own.repeat_interleave(N, dim=-1),
+            block.local["csi"].repeat_interleave(N, dim=-1))
+
+
+def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
+    """Multi-cell Model-GNN for P2: every BS m holds the edges of its own antennas to every user (its local
+    CSI H_m, the Gram terms a_{j k} = h_{j,m}^H d_{m,k} of Step 1 need nothing else) and runs, per layer l:
+
+    * ``taylor_l`` (local): c = [D_m, D_m A_m] (:func:`taylor_features`) and the antenna sums to send;
+    * ``bh_sums_l`` (message on ``bs>bs``, link ``bh``, aggr sum): each BS sends every other BS the antenna sums
+      (U x 2 J_l reals; U = I N virtual users) -- the only cross-cell term of the update, p_r's;
+    * ``update_l`` (local): :func:`mc_edge_layer`, then sigma = X/||X||_F over the BS's edges (hidden layers)
+      or the per-BS power normalisation :func:`mc_output` (last layer).
+
+    One round; decision V per served UE (B, S, M, N).  With one BS nothing is sent."""
+    N = int(net.info["ue_antennas"])
+    U = int(net.info["n_ue"]) * N
+    L = params.layers
+
+    def init(block: AgentBlock) -> None:
+        G, _, _ = mc_inputs(block)
+        block.state["x"] = torch.stack([G.real, -G.imag], dim=-1).transpose(-3, -2)   # (B, n_bs, M, U, 2)
+        block.state["V"] = torch.zeros(block.batch, block.edges[SERVE].size, block.info["bs_antennas"], N,
+                                       dtype=block.info["dtype"], device=block.device)
+
+    def taylor(block: AgentBlock) -> None:
+        G, _, _ = mc_inputs(block)
+        block.state["c"] = taylor_features(G, block.state["x"])
+        block.state["sums"] = antenna_sums(block.state["c"])
+
+    def send(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
+        return {"sums": ev.gather_src(block.state["sums"])}
+
+    def receive(block: AgentBlock, inbox: Inbox) -> None:
+        block.state["remote"] = inbox["sums"]
+
+    def update(ell: int) -> Callable[[AgentBlock], None]:
+        def run(block: AgentBlock) -> None:
+            _, own, csi = mc_inputs(block)
+            rdt = block.state["c"].dtype
+            y = mc_edge_layer(block.state["c"], block.state["remote"], *params.real_weights(ell, rdt), own, csi)
+            if ell < L - 1:
+                block.state["x"] = normalize(y)
+                return
+            V = mc_output(y, own, block.local["power"])                       # (B, n_bs, M, U)
+            B, nb, M, _ = V.shape
+            sv = block.edges[SERVE]
+            V = V.reshape(B, nb, M, -1, N).permute(0, 1, 3, 2, 4)              # (B, n_bs, I, M, N)
+            block.state["V"] = V[:, sv.dst_local, sv.src]
+        return run
+
+    phases: list = []
+    for ell in range(L):
+        F = 2 * params.widths[ell]
+        phases += [Local(f"taylor_l{ell + 1}", "bs", taylor),
+                   Message(f"bh_sums_l{ell + 1}", BACKHAUL, (MsgField("sums", "real", (U, F)),), send, receive,
+                           aggr="sum", silent="exclude"),
+                   Local(f"update_l{ell + 1}", "bs", update(ell))]
+    meta = {"layers": L, "trainable_parameters": params.n_trainable(),
+            "bh_reals_per_message": [U * 2 * w for w in params.widths[:-1]]}
+    return Protocol("model_gnn_mc", ("bs", "ue"), {"bs": init}, phases, 1, Output("bs", "V", SERVE),
+                    unit="nat/Hz", meta=meta, module=params)
+
+
+class ModelGNNMCOptions(LearnedOptions):
+    """YAML options of ``name: model_gnn_mc``: checkpoint ('shipped' = M = 3, N = 8, K = 4 at 10 dB; or a path
+    such as agents/models/model_gnn_mc_M2N16K8.pt), init_seed, hidden widths (must match the checkpoint's)."""
+
+    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
+    complex_weights: bool | None = Field(None, description="complex-linear weights on the (Re, Im) pairs (True) or "
+                                         "the paper's unconstrained real weights; default the checkpoint's")
+
+
+MODEL_MC = LearnableSpec("model_gnn_mc", ModelGNNMCParams, ModelGNNMCOptions,
+                         lambda params, net, opts: model_gnn_mc_protocol(params, net),
+                         MODELS / "model_gnn_mc_M3N8K4.pt", "scenarios/train_model_gnn_mc_M3N8K4.yaml",
+                         TRAIN_DEFAULTS, loss=sum_rate_loss)
+
+register_algorithm(AlgorithmSpec("model_gnn_mc", ("multicell",), ModelGNNMCOptions, MODEL_MC.build,
+                                 "multi-cell Model-GNN coordinated beamforming (P2, Sec. III-E), antenna sums "
+                                 "over bs>bs backhaul; checkpoint shipped|untrained|PATH",
+                                 learnable=MODEL_MC.learnable))

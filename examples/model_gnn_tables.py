@@ -1,13 +1,22 @@
-"""Model-GNN paper tables on held-out samples: T II (SNR 10 dB, % of WMMSE) and T III (100 training samples).
+"""Model-GNN paper tables on held-out samples: T II (SNR 10 dB), T III (100 training samples), T V, Fig. 6.
 
 T II: the shipped models ``agents/models/model_gnn_N{N}K{K}.pt`` (scenarios/train_model_gnn_N{N}K{K}.yaml) and
 the Vanilla-GNN ``vanilla_gnn_N8K4.pt`` on ``--samples`` fresh i.i.d. CN(0, 1) channels (seed ``--seed``, never
 a training or validation seed: those are 2024 * 1_000_003 + t), beside WMMSE (MRT initialisation, ``--wmmse``
 iterations, sum-power constraint), ZF and MRT.  SE ratio = mean sum rate / mean WMMSE sum rate (%).
 T III (``--t3``): Model-GNN trained on a fixed set of 100 samples (train.train_samples = 100) at (8, 4) and
-(32, 16), same held-out test set.  Every algorithm runs as a dsim protocol on the local engine.
+(32, 16), same held-out test set.
+T V (``--t5``): the multi-cell Model-GNN ``model_gnn_mc`` (coordinated beamforming, problem P2, per-BS power)
+with the shipped ``agents/models/model_gnn_mc_M{M}N{N}K{K}.pt`` at (M, N, K) = (2, 16, 8), (3, 16, 8), (3, 8, 4)
+beside WMMSE (MRT initialisation, per-BS power: the P2 baseline), and per-cell ZF and MRT (no coordination);
+the backhaul bytes per realization of each layer (ledger rows of link ``bh``).
+Fig. 6 (``--fig6 2,4,8,16,24,30``): K-generalisation at N = 32, SNR 10 dB: the shipped single-cell models
+(trained at (8, 4) and (32, 16)) run unchanged (their weights do not depend on N, K) for each K of the list,
+% of WMMSE beside ZF.  The paper trains its Fig. 6 model on K ~ Exp(mean 4); ours are the T II models.  Every
+algorithm runs as a dsim protocol on the local engine.
 
-    python examples/model_gnn_tables.py --samples 200 [--t3 8x4,32x16] [--out runs/model_gnn_tables]
+    python examples/model_gnn_tables.py --samples 200 [--t3 8x4,32x16] [--t5 all] [--fig6 2,8,16,30] [--skip-t2]
+        [--out runs/model_gnn_tables]
 """
 
 from __future__ import annotations
@@ -25,16 +34,20 @@ from dsim.scenarios.build import build_scenario, generate_channels
 
 #: Tab. II at SNR 10 dB: (N, K) -> (Model-GNN, Vanilla-GNN) % of WMMSE
 PAPER_T2 = {(8, 4): (97.74, 67.7), (32, 16): (99.03, 42.74), (64, 16): (99.65, 42.05), (64, 32): (99.41, 37.45)}
+#: Tab. V (coordinated beamforming, SNR 10 dB, 1000 training samples): (M, N, K) -> (Model-GNN, Vanilla-GNN) %
+PAPER_T5 = {(2, 16, 8): (98.88, 40.65), (3, 16, 8): (97.33, 36.67), (3, 8, 4): (96.39, 35.7)}
 MODELS = Path(__file__).resolve().parents[1] / "agents" / "models"
 
 
-def iid(N: int, K: int, snr_db: float = 10.0) -> dict:
-    return {"family": "multicell", "layout": "iid", "n_bs": 1, "ues_per_bs": K, "bs_antennas": N, "ue_antennas": 1,
+def iid(N: int, K: int, snr_db: float = 10.0, M: int = 1) -> dict:
+    return {"family": "multicell", "layout": "iid", "n_bs": M, "ues_per_bs": K, "bs_antennas": N, "ue_antennas": 1,
             "snr_db": snr_db}
 
 
 def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed: int) -> dict[str, float]:
-    """Mean sum rate (nat/Hz) of every algorithm {label: (name, options)} on ``samples`` draws of ``scn``."""
+    """Mean sum rate (nat/Hz) of every algorithm {label: (name, options)} on ``samples`` draws of ``scn``; also
+    ``label + '_s'`` (wall time, s) and ``label + '_bh'`` ({phase: backhaul bytes per realization} of the
+    ledger's rows on link class ``bh``)."""
     family, ch = generate_channels(scn, samples, seed, "double")
     s = build_scenario(family, ch, None, seed)
     out = {}
@@ -44,8 +57,10 @@ def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed:
         dec = {}
         t0 = time.perf_counter()
         with torch.no_grad():
-            LocalEngine("float64").run(proto, s.net, s.air, on_round=lambda r, V, dec=dec: dec.__setitem__(r, V))
+            trace = LocalEngine("float64").run(proto, s.net, s.air,
+                                               on_round=lambda r, V, dec=dec: dec.__setitem__(r, V))
         V = dec[proto.rounds]
+        out[label + "_bh"] = {row.phase: row.bytes / samples for row in trace.ledger if row.link == "bh"}
         assert float(s.air.power_ratio(V).max()) <= 1 + 1e-9, label
         out[label] = float(s.air.evaluate(V)[0].mean())
         out[label + "_s"] = time.perf_counter() - t0
@@ -98,6 +113,85 @@ def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: i
     return rows
 
 
+def table5(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None) -> list[dict]:
+    """T V: % of WMMSE (per-BS power, MRT init) of the shipped multi-cell Model-GNNs, and their backhaul."""
+    rows = []
+    for (M, N, K), (p_model, p_van) in PAPER_T5.items():
+        if only and (M, N, K) not in only:
+            continue
+        algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {}), "mrt": ("mrc", {})}
+        ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
+        if ck.exists():
+            algos["model_gnn_mc"] = ("model_gnn_mc", {"checkpoint": str(ck)})
+        r = sum_rates(iid(N, K, M=M), algos, samples, seed)
+        row = {"M": M, "N": N, "K": K, "paper_model_gnn": p_model, "paper_vanilla_gnn": p_van, "wmmse_nat": r["wmmse"]}
+        for a in algos:
+            row[a] = 100 * r[a] / r["wmmse"]
+        row["bh_bytes_per_layer"] = r.get("model_gnn_mc_bh", {})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def fig6(ks: list[int], samples: int, seed: int, wmmse_iters: int, N: int = 32) -> list[dict]:
+    """Fig. 6: % of WMMSE of the shipped single-cell Model-GNNs at N antennas for every K in ``ks``."""
+    rows = []
+    for K in ks:
+        algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {})}
+        for n, k in ((8, 4), (32, 16)):
+            ck = MODELS / f"model_gnn_N{n}K{k}.pt"
+            if ck.exists():
+                algos[f"model_gnn_N{n}K{k}"] = ("model_gnn", {"checkpoint": str(ck)})
+        r = sum_rates(iid(N, K), algos, samples, seed + K)
+        row = {"N": N, "K": K, "wmmse_nat": r["wmmse"]} | {a: 100 * r[a] / r["wmmse"] for a in algos}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def plot6(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ks = [r["K"] for r in rows]
+    for key in [k for k in rows[0] if k not in ("N", "K", "wmmse_nat", "wmmse")]:
+        ax.plot(ks, [r[key] for r in rows], marker="o", label=key.replace("model_gnn_", "Model-GNN trained at "))
+    ax.set_xlabel("K (users at test)")
+    ax.set_ylabel("% of WMMSE sum rate")
+    ax.set_title(f"Model-GNN Fig. 6: generalisation to K, N = {rows[0]['N']}, SNR 10 dB")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot5(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    x = range(len(rows))
+    w = 0.2
+    for i, (key, lab) in enumerate((("paper_model_gnn", "Model-GNN (paper)"), ("model_gnn_mc", "Model-GNN (dsim)"),
+                                    ("zf", "per-cell ZF (dsim)"), ("mrt", "per-cell MRT (dsim)"))):
+        ax.bar([j + (i - 1.5) * w for j in x], [r.get(key, 0) for r in rows], w, label=lab)
+    ax.set_xticks(list(x), [f"({r['M']}, {r['N']}, {r['K']})" for r in rows])
+    ax.set_xlabel("(M, N, K)")
+    ax.set_ylabel("% of WMMSE sum rate")
+    ax.set_title("Model-GNN Tab. V (coordinated beamforming), SNR 10 dB, held-out samples")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -127,7 +221,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="test seed (training used 2024 * 1_000_003 + t)")
     ap.add_argument("--wmmse", type=int, default=100, help="WMMSE iterations")
     ap.add_argument("--t3", default="", help="also train on 100 samples (T III) at these sizes, e.g. 8x4,32x16")
-    ap.add_argument("--skip-t2", action="store_true", help="only T III")
+    ap.add_argument("--t5", default="", help="also T V (multi-cell coordinated beamforming) at these (M, N, K), "
+                    "e.g. 2x16x8,3x16x8,3x8x4 or 'all'")
+    ap.add_argument("--fig6", default="", help="also Fig. 6 at N = 32 for these K, e.g. 2,4,8,16,24,30")
+    ap.add_argument("--skip-t2", action="store_true", help="no T II")
     ap.add_argument("--out", default="runs/model_gnn_tables")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -137,8 +234,24 @@ def main() -> None:
     if args.t3:
         sizes = [tuple(int(v) for v in nk.split("x")) for nk in args.t3.split(",")]
         res["t3"] = table3(sizes, args.samples, args.seed, args.wmmse, out)
+    if args.t5:
+        only = None if args.t5 == "all" else [tuple(int(v) for v in mnk.split("x")) for mnk in args.t5.split(",")]
+        res["t5"] = table5(args.samples, args.seed, args.wmmse, only)
+        plot5(res["t5"], out / "table5.png")
+        print(f"\nT V, SNR 10 dB: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
+        print("| (M, N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | per-cell ZF | per-cell MRT | "
+              "backhaul bytes per realization, layers 1..L |")
+        print("|---|---|---|---|---|---|---|")
+        for r in res["t5"]:
+            bh = ", ".join(f"{v:.0f}" for v in r["bh_bytes_per_layer"].values())
+            print(f"| ({r['M']}, {r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | "
+                  f"{r.get('model_gnn_mc', float('nan')):.2f} | {r['paper_vanilla_gnn']:.2f} | {r['zf']:.2f} | "
+                  f"{r['mrt']:.2f} | {bh} |")
+    if args.fig6:
+        res["fig6"] = fig6([int(k) for k in args.fig6.split(",")], args.samples, args.seed, args.wmmse)
+        plot6(res["fig6"], out / "fig6.png")
     if args.skip_t2:
-        (out / "tables_t3.json").write_text(json.dumps(res, indent=1))
+        (out / "tables_t3_t5.json").write_text(json.dumps(res, indent=1))
         return
     res["t2"] = table2(args.samples, args.seed, args.wmmse)
     plot(res["t2"], out / "table2.png")

@@ -53,6 +53,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "icgnn": [{"checkpoint": "untrained", "layers": 2}, {"adapt_steps": 1, "adapt_batch": 2}],
     "model_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}, {"checkpoint": "shipped"}],
     "vanilla_gnn": [{"checkpoint": "untrained", "hidden": [4, 6]}],
+    "model_gnn_mc": [{"checkpoint": "untrained", "hidden": [4, 6]}, {"checkpoint": "shipped"}],
     "icgnn_cellular": [{"checkpoint": "untrained"}],  # untrained: N_t from the scenario (the shipped model has 16)
     "licgnn": [{"checkpoint": "untrained", "cg_steps": 2}],
     # untrained: N_t from the scenario (the shipped Ex1 models have 2); ENGNN-E and ENGNN-N

@@ -50,3 +50,31 @@ def test_icgnn_cellular_table1_k5():
                          "licgnn": ("licgnn", {"checkpoint": "shipped", "cg_steps": 6})}, 200, seed=3)
     assert 100 * r["icgnn"] / r["wmmse"] >= 96.0, r
     assert abs(r["licgnn"] / r["icgnn"] - 1) <= 0.01, r
+
+
+def _table5_rates(M, N, K):
+    ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
+    if not ck.exists():
+        pytest.skip(f"{ck.name} not shipped (recipe: scenarios/train_model_gnn_mc_M{M}N{N}K{K}.yaml)")
+    return mean_rates(tables.iid(N, K, M=M), {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
+                                              "gnn": ("model_gnn_mc", {"checkpoint": str(ck)}),
+                                              "zf": ("zf", {})}, 200, seed=1)
+
+
+@pytest.mark.parametrize("M,N,K", [(3, 8, 4), (2, 16, 8), (3, 16, 8)])
+def test_model_gnn_mc_coordinates(M, N, K):
+    """The shipped multi-cell Model-GNN beats per-cell ZF (no coordination) by far on held-out seed 1, and its
+    ledger has the backhaul bytes of every layer."""
+    r = _table5_rates(M, N, K)
+    assert r["gnn"] > 1.5 * r["zf"], r
+    assert len(r["gnn_bh"]) == 4 and all(v > 0 for v in r["gnn_bh"].values())
+
+
+@pytest.mark.xfail(strict=True, reason="T V not reached: measured 62.18 % (3, 8, 4) and 84.98 % (2, 16, 8) of WMMSE "
+                   "(examples/model_gnn_tables.py --t5, seed 1, 200 samples); see the issue's note")
+@pytest.mark.parametrize("M,N,K", [(3, 8, 4), (2, 16, 8)])
+def test_model_gnn_mc_table5(M, N, K):
+    """T V (coordinated beamforming, 10 dB): within the issue's +-2 points of the paper on held-out seed 1."""
+    r = _table5_rates(M, N, K)
+    ratio = 100 * r["gnn"] / r["wmmse"]
+    assert abs(ratio - tables.PAPER_T5[(M, N, K)][0]) <= 2.0, ratio

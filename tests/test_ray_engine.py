@@ -34,7 +34,7 @@ SCENARIOS = {
     "cellfree": {"family": "cellfree", "n_aps": 4, "n_ues": 3, "realizations": 20},
 }
 OPTIONS = {"wmmse": {"rounds": 3}, "wmmse_admm": {"rounds": 3}, "icgnn_cellular": {"checkpoint": "untrained"},
-           "licgnn": {"checkpoint": "untrained"}}
+           "licgnn": {"checkpoint": "untrained"}, "model_gnn_mc": {"checkpoint": "untrained", "hidden": [4, 6]}}
 #: protocols whose numbers may differ in the last bits between hosts of different sizes: ICGNN's MLPs are
 #: GEMMs over a host's stacked agents, and BLAS picks its kernel (so its summation order) by matrix size;
 #: measured: 4e-15 relative with one AP per actor, 0 with 2 shards.  DESIGN §1's tolerance is 1e-9.

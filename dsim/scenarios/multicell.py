@@ -55,6 +55,11 @@ class ``ul``:
 * ``bs>ue`` (``dl``) -- the reverse of ``ue>bs`` (same pairs, ids and masks): BS -> UE signaling (ENGNN's
   Tx -> Rx messages, ``agents.engnn_multicell``).
 
+and on link class ``bh`` (:func:`backhaul_edges`):
+
+* ``bs>bs``       -- every ordered pair (BS k, BS k') with k != k', edge id ``k*(K-1) + k' - [k' > k]``; always
+  present (no edge for K = 1).  Coordinated protocols exchange over it (e.g. multi-cell Model-GNN).
+
 Local data (only what the agent may know):
 
 * ``bs``: ``H`` (B, K, I, N, M) channels of the UEs in range (zeros elsewhere, by reciprocity from
@@ -736,6 +741,17 @@ class CoopAir(Air):
 # --------------------------------------------------------------------------------------------------
 # network of local knowledge
 # --------------------------------------------------------------------------------------------------
+def backhaul_edges(n_bs: int, batch: int, device: torch.device | str = "cpu") -> EdgeSet:
+    """Edge set ``bs>bs`` on link class ``bh``: every ordered pair (k, k'), k != k', of the ``n_bs`` BSs, in
+    order of k then k' (edge id k (K - 1) + k' - [k' > k]), present in every realization; empty for one BS."""
+    K = int(n_bs)
+    src = torch.arange(K, device=device).repeat_interleave(K)
+    dst = torch.arange(K, device=device).repeat(K)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    return EdgeSet("bs>bs", "bs", "bs", "bh", src, dst, torch.ones(batch, src.numel(), dtype=torch.bool, device=device))
+
+
 def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
                       seed: int = 0) -> tuple[Network, MulticellAir]:
     """The network (module docstring) and air of a :class:`MulticellChannels` batch."""
@@ -755,6 +771,7 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
         "ue>bs:serve": EdgeSet("ue>bs:serve", "ue", "bs", "ul", torch.arange(I, device=dev), assign.clone(),
                                torch.ones(B, I, dtype=torch.bool, device=dev)),
         "bs>ue": EdgeSet("bs>ue", "bs", "ue", "dl", bs_idx.clone(), ue_idx.clone(), present.reshape(B, I * K).clone()),
+        "bs>bs": backhaul_edges(K, B, dev),
     }
     csi = present.permute(0, 2, 1)  # (B, K, I)
     H_held, H_air = faults.csi(H)  # stale / noisy CSI (dsim.faults): the BSs hold H_held, the air is H_air
