@@ -116,7 +116,16 @@ def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOption
 def make_optimizer(params, opts: TrainOptions) -> torch.optim.Optimizer:
     """The optimizer of resolved ``opts``: AdamW (lr, betas, weight decay) or RMSProp (lr, weight decay)."""
     if opts.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        opt = torch.optim.RMSprop(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        # its state as torch would create it, but the step counter on the CPU (torch puts it on the default
+        # device, DESIGN §11)
+        from torch.optim.optimizer import _get_scalar_dtype
+
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p] = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device="cpu"),
+                                "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return opt
     return torch.optim.AdamW(params, lr=opts.lr, betas=opts.betas, weight_decay=opts.weight_decay)
 
 
