@@ -274,19 +274,19 @@ class ENGNNParams(LearnedModule):
     (5), Tx input P_m, Rx input the normalised noise std, and the beamformer read-out (26) from the edge
     (``readout='edge'``, ENGNN-E) or the Tx node (``'node'``, ENGNN-N)."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("tx_antennas", "layers", "d_edge", "d_node", "hidden", "d_msg",
+    hparam_names: ClassVar[tuple[str, ...]] = ("tx_antennas", "layers", "d_edge", "d_node", "mlp_width", "d_msg",
                                                "readout")
 
-    def __init__(self, tx_antennas: int = 1, layers: int = 1, d_edge: int = 8, d_node: int = 8, hidden: int = 32,
+    def __init__(self, tx_antennas: int = 1, layers: int = 1, d_edge: int = 8, d_node: int = 8, mlp_width: int = 32,
                  d_msg: int = 8, readout: str = "edge", seed: int = 0) -> None:
         super().__init__()
         if readout not in ("edge", "node"):
             raise ValueError(f"engnn readout must be 'edge' or 'node', got {readout!r}")
         self.tx_antennas, self.layers = int(tx_antennas), int(layers)
         self.d_edge, self.d_node = int(d_edge), int(d_node)
-        self.hidden, self.d_msg, self.readout = int(hidden), int(d_msg), readout
+        self.mlp_width, self.d_msg, self.readout = int(mlp_width), int(d_msg), readout
         n = self.tx_antennas
-        self.core = ENGNNCore(4 * n, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.hidden,
+        self.core = ENGNNCore(4 * n, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.mlp_width,
                               d_msg=self.d_msg, layers=self.layers, out_edge=n if readout == "edge" else 0,
                               out_tx=n if readout == "node" else 0, seed=seed)
 
@@ -415,7 +415,7 @@ class ENGNNOptions(LearnedOptions):
     layers: int | None = Field(None, ge=1, description="updating layers L (= communication rounds); Ex1: 1")
     d_edge: int | None = Field(None, ge=1, description="edge representation width d_E; Ex1: 8")
     d_node: int | None = Field(None, ge=1, description="node representation width")
-    hidden: int | None = Field(None, ge=1, description="MLP hidden width")
+    mlp_width: int | None = Field(None, ge=1, description="MLP hidden width")
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
     readout: Literal["edge", "node"] | None = Field(None, description="beamformer from the direct edge "
                                                     "(ENGNN-E) or the Tx node (ENGNN-N)")

@@ -1,0 +1,256 @@
+"""ENGNN paper (Sec. IV-A, Ex1) studies with the shipped models: sample efficiency, generalisation in K and
+sum rate vs signaling, ENGNN beside WCGCN (MPGNN) and WMMSE.
+
+* Sample efficiency (Fig. 8): ENGNN-E and WCGCN trained on the same 10 / 100 / 1000 samples
+  (``agents/models/{engnn,wcgcn}_ex1_<n>.pt``, recipes ``scenarios/train_{engnn,wcgcn}_ex1_<n>.yaml``), sum
+  rate at K = 20 beside WMMSE (100 iterations, full-power MRC start, full CSI).
+* Generalisation in K (Fig. 5): the models trained at K = 20 (``--n-train`` samples) tested at K = 20 ... 100
+  in the same 2 km x 2 km field; WMMSE truncated to ENGNN's rounds (L = 1), to WCGCN's (3) and full (100);
+  % of full WMMSE for ENGNN and WCGCN.
+* Signaling: bytes per realization per layer / round from dsim's ledger (wire ``--wire``), and sum rate vs
+  cumulative signaling bytes (WMMSE after each of its rounds, the GNNs after their last layer).
+
+Held-out layouts only: seeds >= 1000 (``--seed``); the training sets and validation sets were drawn from
+seed 7's streams (scenarios/train_*_ex1_*.yaml).  Rates in bit/s/Hz.  Written as functions, one per study,
+so that other problems' studies (Ex2, Ex3) can be added beside them.
+
+    OMP_NUM_THREADS=1 python examples/engnn_study.py [--layouts 100] [--out runs/engnn_study] [--quick]
+
+Writes ``study.md`` (markdown tables), ``study.json``, ``ex1_sample_efficiency.png``,
+``ex1_generalisation.png`` and ``ex1_rate_vs_bytes.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dsim import registry
+from dsim.engine.local import LocalEngine
+from dsim.scenarios.build import build_scenario, generate_channels
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "agents" / "models"
+EX1 = {"family": "interference", "layout": "engnn"}
+SAMPLES = (10, 100, 1000)
+#: the paper's Ex1 numbers (Sec. IV-A-4, bit/s/Hz): ENGNN and MPGNN trained on 10 and 100 samples
+PAPER_EX1 = {10: {"engnn": 83.39, "wcgcn": 68.60}, 100: {"engnn": 89.68, "wcgcn": 82.10}}
+
+
+def model(algo: str, n: int) -> dict:
+    """Options of the shipped Ex1 model of ``algo`` ('engnn' | 'wcgcn') trained on ``n`` samples."""
+    return {"checkpoint": str(MODELS / f"{algo}_ex1_{n}.pt")}
+
+
+def evaluate(scn: dict, entries: dict[str, tuple[str, dict, list[int]]], layouts: int, seed: int, batch: int,
+             wire: str = "float32", desc: str = "") -> dict[str, dict]:
+    """Run every entry label -> (algorithm, options, rounds to report) on ``layouts`` held-out layouts (chunks
+    of ``batch`` drawn with seeds seed, seed + 1, ...) on the local engine with wire policy ``wire``.
+
+    Returns label -> {"rate": {round: mean sum rate}, "bytes": {round: signaling bytes per realization in
+    that round}} (bytes: the ledger's rows of every link but ``air``, whose pilots are physics)."""
+    out: dict[str, dict] = {k: {"rate": {}, "bytes": {}} for k in entries}
+    n = 0
+    chunks = (layouts + batch - 1) // batch
+    for c in tqdm(range(chunks), desc=desc, leave=False):
+        b = min(batch, layouts - c * batch)
+        fam, ch = generate_channels(scn, b, seed + c, "double")
+        s = build_scenario(fam, ch, None, seed + c)
+        for label, (algo, opts, rounds) in entries.items():
+            spec = registry.algorithm(algo)
+            proto = spec.build(spec.options(**opts), s.net)
+            got: dict[int, float] = {}
+
+            def on_round(r: int, d: torch.Tensor, got=got, rounds=rounds, air=s.air) -> None:
+                if r in rounds:
+                    got[r] = float(air.evaluate(d)[0].sum())
+
+            with torch.no_grad():
+                trace = LocalEngine(wire).run(proto, s.net, s.air, on_round=on_round)
+            acc = out[label]
+            for r, v in got.items():
+                acc["rate"][r] = acc["rate"].get(r, 0.0) + v
+            for row in trace.ledger:
+                if row.link != "air":
+                    acc["bytes"][row.round] = acc["bytes"].get(row.round, 0.0) + row.bytes
+        n += b
+    for acc in out.values():
+        acc["rate"] = {r: v / n for r, v in sorted(acc["rate"].items())}
+        acc["bytes"] = {r: v / n for r, v in sorted(acc["bytes"].items())}
+    return out
+
+
+# =============================================================================== Ex1 studies
+def ex1_sample_efficiency(layouts: int, seed: int, batch: int, wire: str) -> list[dict]:
+    """ENGNN vs WCGCN trained on 10 / 100 / 1000 samples, K = 20, beside WMMSE-100: one row per n."""
+    entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [100])}
+    for n in SAMPLES:
+        entries[f"engnn_{n}"] = ("engnn", model("engnn", n), [1])
+        entries[f"wcgcn_{n}"] = ("wcgcn", model("wcgcn", n), [3])
+    res = evaluate(EX1, entries, layouts, seed, batch, wire, "Ex1 sample efficiency")
+    wm = res["wmmse"]["rate"][100]
+    rows = []
+    for n in SAMPLES:
+        e, w = res[f"engnn_{n}"]["rate"][1], res[f"wcgcn_{n}"]["rate"][3]
+        rows.append({"samples": n, "engnn": e, "wcgcn": w, "wmmse": wm, "engnn_pct": 100 * e / wm,
+                     "wcgcn_pct": 100 * w / wm, "paper": PAPER_EX1.get(n)})
+    return rows
+
+
+def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wire: str, n_train: int) -> list[dict]:
+    """Models trained at K = 20 on ``n_train`` samples, tested at each K in ``pairs`` (2 km field): ENGNN
+    (1 round), WCGCN (3 rounds), WMMSE after 1, 3 and 100 rounds; one row per K."""
+    rows = []
+    for K in tqdm(pairs, desc="Ex1 generalisation"):
+        entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [1, 3, 100]),
+                   "engnn": ("engnn", model("engnn", n_train), [1]),
+                   "wcgcn": ("wcgcn", model("wcgcn", n_train), [3])}
+        res = evaluate(EX1 | {"n_pairs": K}, entries, layouts, seed, batch, wire, f"K={K}")
+        wm = res["wmmse"]["rate"]
+        e, w = res["engnn"]["rate"][1], res["wcgcn"]["rate"][3]
+        rows.append({"K": K, "engnn": e, "wcgcn": w, "wmmse_1": wm[1], "wmmse_3": wm[3], "wmmse": wm[100],
+                     "engnn_pct": 100 * e / wm[100], "wcgcn_pct": 100 * w / wm[100]})
+    return rows
+
+
+def ex1_signaling(layouts: int, seed: int, batch: int, wire: str, n_train: int, K: int = 20) -> dict:
+    """Per-realization signaling bytes per layer / round and the sum rate after every WMMSE round, K = 20."""
+    entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, list(range(101))),
+               "engnn": ("engnn", model("engnn", n_train), [1]),
+               "wcgcn": ("wcgcn", model("wcgcn", n_train), [3])}
+    res = evaluate(EX1 | {"n_pairs": K}, entries, layouts, seed, batch, wire, "Ex1 signaling")
+    out = {}
+    for label, acc in res.items():
+        rounds = sorted(acc["bytes"])
+        cum, total = {}, 0.0
+        for r in rounds:
+            total += acc["bytes"][r]
+            cum[r] = total
+        out[label] = {"bytes_per_round": acc["bytes"][rounds[0]] if rounds else 0.0, "rounds": len(rounds),
+                      "rate": acc["rate"], "cumulative_bytes": cum}
+    return out
+
+
+# =============================================================================== output
+def ex1_markdown(eff: list[dict], gen: list[dict], sig: dict, n_train: int, layouts: int, wire: str) -> str:
+    lines = ["## Ex1: beamforming in interference channels (K = 20 training, N = 2, 2 km x 2 km)", "",
+             f"Held-out layouts: {layouts} per point (seeds >= 1000).  Sum rate [bit/s/Hz]; % of WMMSE (100 "
+             "iterations, MRC start).", "", "### Sample efficiency (K = 20)", "",
+             "| training samples | ENGNN | WCGCN | WMMSE | ENGNN % | WCGCN % | paper ENGNN / MPGNN |",
+             "|---|---|---|---|---|---|---|"]
+    for r in eff:
+        paper = f"{r['paper']['engnn']:.2f} / {r['paper']['wcgcn']:.2f}" if r["paper"] else "-"
+        lines.append(f"| {r['samples']} | {r['engnn']:.2f} | {r['wcgcn']:.2f} | {r['wmmse']:.2f} | "
+                     f"{r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} | {paper} |")
+    lines += ["", f"### Generalisation in K (models trained at K = 20 on {n_train} samples)", "",
+              "| K | ENGNN (1 round) | WMMSE 1 round | WCGCN (3 rounds) | WMMSE 3 rounds | WMMSE 100 | ENGNN % | "
+              "WCGCN % |", "|---|---|---|---|---|---|---|---|"]
+    for r in gen:
+        lines.append(f"| {r['K']} | {r['engnn']:.2f} | {r['wmmse_1']:.2f} | {r['wcgcn']:.2f} | {r['wmmse_3']:.2f} | "
+                     f"{r['wmmse']:.2f} | {r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} |")
+    lines += ["", f"### Signaling per realization (K = 20, wire {wire})", "",
+              "| method | bytes per layer / round | rounds | total bytes | sum rate |", "|---|---|---|---|---|"]
+    for label, last in (("engnn", 1), ("wcgcn", 3), ("wmmse", 100)):
+        s = sig[label]
+        lines.append(f"| {label} | {s['bytes_per_round']:.0f} | {s['rounds']} | "
+                     f"{s['cumulative_bytes'].get(last, 0.0):.0f} | {s['rate'][last]:.2f} |")
+    wm = sig["wmmse"]
+    for label, last in (("engnn", 1), ("wcgcn", 3)):
+        rate, spent = sig[label]["rate"][last], sig[label]["cumulative_bytes"].get(last, 0.0)
+        hit = [r for r in range(1, 101) if wm["rate"][r] >= rate]
+        if hit:
+            lines.append(f"\nWMMSE reaches {label}'s sum rate after {hit[0]} rounds, "
+                         f"{wm['cumulative_bytes'][hit[0]]:.0f} bytes ({label}: {spent:.0f}).")
+    return "\n".join(lines) + "\n"
+
+
+def ex1_plots(out: Path, eff: list[dict], gen: list[dict], sig: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ns = [r["samples"] for r in eff]
+    ax.semilogx(ns, [r["engnn"] for r in eff], "o-", label="ENGNN-E")
+    ax.semilogx(ns, [r["wcgcn"] for r in eff], "s-", label="WCGCN")
+    ax.axhline(eff[0]["wmmse"], color="k", ls="--", label="WMMSE (100 it.)")
+    ax.set_xlabel("training samples")
+    ax.set_ylabel("sum rate [bit/s/Hz]")
+    ax.set_title("Ex1 sample efficiency, K = 20")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ex1_sample_efficiency.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ks = [r["K"] for r in gen]
+    for key, style, label in (("engnn", "o-", "ENGNN-E (1 round)"), ("wcgcn", "s-", "WCGCN (3 rounds)"),
+                              ("wmmse", "k--", "WMMSE 100"), ("wmmse_1", "k:", "WMMSE 1 round"),
+                              ("wmmse_3", "k-.", "WMMSE 3 rounds")):
+        ax.plot(ks, [r[key] for r in gen], style, label=label)
+    ax.set_xlabel("K (trained at K = 20)")
+    ax.set_ylabel("sum rate [bit/s/Hz]")
+    ax.set_title("Ex1 generalisation in K, 2 km x 2 km")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ex1_generalisation.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    wm = sig["wmmse"]
+    rs = [r for r in range(1, 101) if r in wm["cumulative_bytes"]]
+    ax.semilogx([wm["cumulative_bytes"][r] for r in rs], [wm["rate"][r] for r in rs], "k.-", ms=3, label="WMMSE rounds")
+    for label, last, marker in (("engnn", 1, "o"), ("wcgcn", 3, "s")):
+        ax.semilogx([sig[label]["cumulative_bytes"][last]], [sig[label]["rate"][last]], marker, ms=8,
+                    label=label.upper())
+    ax.set_xlabel("signaling bytes per realization (cumulative)")
+    ax.set_ylabel("sum rate [bit/s/Hz]")
+    ax.set_title("Ex1: sum rate vs signaling, K = 20")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ex1_rate_vs_bytes.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layouts", type=int, default=100, help="held-out layouts per point (the paper tests 100)")
+    ap.add_argument("--batch", type=int, default=50, help="layouts per chunk")
+    ap.add_argument("--seed", type=int, default=1000, help="first held-out seed (>= 1000: never trained on)")
+    ap.add_argument("--pairs", type=int, nargs="+", default=[20, 40, 60, 80, 100], help="K of the generalisation")
+    ap.add_argument("--n-train", type=int, default=100, choices=SAMPLES, help="training-set size of the models "
+                    "in the generalisation and signaling studies")
+    ap.add_argument("--wire", default="float32", help="wire policy of the ledger")
+    ap.add_argument("--out", default="runs/engnn_study")
+    ap.add_argument("--quick", action="store_true", help="20 layouts, K in {20, 60, 100}")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    if a.quick:
+        a.layouts, a.pairs = 20, [20, 60, 100]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    eff = ex1_sample_efficiency(a.layouts, a.seed, a.batch, a.wire)
+    gen = ex1_generalisation(a.pairs, a.layouts, a.seed, a.batch, a.wire, a.n_train)
+    sig = ex1_signaling(a.layouts, a.seed, a.batch, a.wire, a.n_train)
+    md = ex1_markdown(eff, gen, sig, a.n_train, a.layouts, a.wire)
+    (out / "study.md").write_text(md)
+    (out / "study.json").write_text(json.dumps({"ex1": {"sample_efficiency": eff, "generalisation": gen,
+                                                        "signaling": sig}, "layouts": a.layouts, "seed": a.seed},
+                                               indent=1))
+    ex1_plots(out, eff, gen, sig)
+    print(md)
+    print(f"written to {out} in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

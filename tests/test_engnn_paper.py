@@ -1,0 +1,51 @@
+"""The shipped ENGNN and WCGCN Ex1 models against the issue's "Done when" (ENGNN paper Sec. IV-A) on held-out
+seeds of their own (5000+: never used for training, validation or examples/engnn_study.py, which uses 1000+).
+Slow: ``python -m pytest -m slow tests/test_engnn_paper.py``.  The numbers come from the example's functions
+(one implementation).  Thresholds: with 100 training samples ENGNN above WCGCN trained on the same samples and
+>= 95 % of WMMSE (100 iterations); trained at K = 20 and tested at K = 100, ENGNN >= WMMSE truncated to ENGNN's
+one round."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_EXAMPLE = Path(__file__).parents[1] / "examples" / "engnn_study.py"
+_spec = importlib.util.spec_from_file_location("engnn_study", _EXAMPLE)
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)  # type: ignore[union-attr]
+
+SEED, LAYOUTS = 5000, 100
+
+
+@pytest.fixture(scope="module")
+def k20_100_samples() -> dict:
+    entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [100]),
+               "engnn": ("engnn", study.model("engnn", 100), [1]),
+               "wcgcn": ("wcgcn", study.model("wcgcn", 100), [3])}
+    res = study.evaluate(study.EX1, entries, LAYOUTS, SEED, 50)
+    return {"wmmse": res["wmmse"]["rate"][100], "engnn": res["engnn"]["rate"][1], "wcgcn": res["wcgcn"]["rate"][3]}
+
+
+def test_ex1_100_samples_engnn_above_wcgcn(k20_100_samples: dict) -> None:
+    r = k20_100_samples
+    assert r["engnn"] > r["wcgcn"], r
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: the shipped 100-sample model (800 CPU steps) reaches ~80 % of "
+                   "WMMSE on held-out seeds (74.6 vs 93.1 bit/s/Hz, seeds 1000-1001)")
+def test_ex1_100_samples_engnn_95_percent_of_wmmse(k20_100_samples: dict) -> None:
+    r = k20_100_samples
+    assert r["engnn"] >= 0.95 * r["wmmse"], r
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model reaches 140.7 vs 162.6 bit/s/Hz for "
+                   "WMMSE after 1 round (20 held-out layouts, seeds 1000-1001)")
+def test_ex1_generalisation_k100_engnn_above_truncated_wmmse() -> None:
+    row = study.ex1_generalisation([100], 50, SEED, 25, "float32", 100)[0]
+    assert row["engnn"] >= row["wmmse_1"], row
+    assert 0 < row["engnn_pct"] and 0 < row["wcgcn_pct"]  # both reported (the example's table)
