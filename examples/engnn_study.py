@@ -10,20 +10,25 @@ sum rate vs signaling, ENGNN beside WCGCN (MPGNN) and WMMSE.
 * Signaling: bytes per realization per layer / round from dsim's ledger (wire ``--wire``), and sum rate vs
   cumulative signaling bytes (WMMSE after each of its rounds, the GNNs after their last layer).
 
-Held-out layouts only: seeds >= 1000 (``--seed``); the training sets and validation sets were drawn from
-seed 7's streams (scenarios/train_*_ex1_*.yaml).  Rates in bit/s/Hz.  Written as functions, one per study,
-so that other problems' studies (Ex2, Ex3) can be added beside them.
+* Ex2 (interference-broadcast power allocation) and Ex3 (cooperative beamforming), from
+  ``examples/engnn_multicell_parts.py``: ENGNN trained on 2 / 5 / 10 samples vs the ``zf_power`` baseline, and
+  Ex3's generalisation K 2 -> 8, M 5 -> 8 vs ``coop_wmmse`` and ``coop_gp``.
 
-    OMP_NUM_THREADS=1 python examples/engnn_study.py [--layouts 100] [--out runs/engnn_study] [--quick]
+Held-out layouts only: seeds >= 1000 (``--seed``) for Ex1, 100+ / 200+ for Ex2 / Ex3; the training sets and
+validation sets were drawn from seed 7's streams (scenarios/train_*_ex*.yaml).  Rates in bit/s/Hz.
+
+    OMP_NUM_THREADS=1 python examples/engnn_study.py [--parts ex1 ex2 ex3] [--layouts 100] [--quick]
 
 Writes ``study.md`` (markdown tables), ``study.json``, ``ex1_sample_efficiency.png``,
-``ex1_generalisation.png`` and ``ex1_rate_vs_bytes.png`` to ``--out``.
+``ex1_generalisation.png``, ``ex1_rate_vs_bytes.png``, ``ex2_table.png`` and ``ex3_generalisation.png`` to
+``--out`` (default runs/engnn_study).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +38,9 @@ from tqdm import tqdm
 from dsim import registry
 from dsim.engine.local import LocalEngine
 from dsim.scenarios.build import build_scenario, generate_channels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engnn_multicell_parts import ex2_table, ex3_generalisation  # noqa: E402  (Ex2 / Ex3 studies)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "agents" / "models"
@@ -232,6 +240,7 @@ def main() -> None:
     ap.add_argument("--wire", default="float32", help="wire policy of the ledger")
     ap.add_argument("--out", default="runs/engnn_study")
     ap.add_argument("--quick", action="store_true", help="20 layouts, K in {20, 60, 100}")
+    ap.add_argument("--parts", nargs="+", default=["ex1", "ex2", "ex3"], choices=["ex1", "ex2", "ex3"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.quick:
@@ -239,15 +248,25 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    eff = ex1_sample_efficiency(a.layouts, a.seed, a.batch, a.wire)
-    gen = ex1_generalisation(a.pairs, a.layouts, a.seed, a.batch, a.wire, a.n_train)
-    sig = ex1_signaling(a.layouts, a.seed, a.batch, a.wire, a.n_train)
-    md = ex1_markdown(eff, gen, sig, a.n_train, a.layouts, a.wire)
-    (out / "study.md").write_text(md)
-    (out / "study.json").write_text(json.dumps({"ex1": {"sample_efficiency": eff, "generalisation": gen,
-                                                        "signaling": sig}, "layouts": a.layouts, "seed": a.seed},
-                                               indent=1))
-    ex1_plots(out, eff, gen, sig)
+    mds, data = [], {"layouts": a.layouts, "seed": a.seed}
+    if "ex1" in a.parts:
+        eff = ex1_sample_efficiency(a.layouts, a.seed, a.batch, a.wire)
+        gen = ex1_generalisation(a.pairs, a.layouts, a.seed, a.batch, a.wire, a.n_train)
+        sig = ex1_signaling(a.layouts, a.seed, a.batch, a.wire, a.n_train)
+        mds.append(ex1_markdown(eff, gen, sig, a.n_train, a.layouts, a.wire))
+        data["ex1"] = {"sample_efficiency": eff, "generalisation": gen, "signaling": sig}
+        ex1_plots(out, eff, gen, sig)
+    if "ex2" in a.parts:
+        ex2 = ex2_table(a.layouts, figure=out / "ex2_table.png")
+        mds.append(ex2["markdown"])
+        data["ex2"] = ex2["rows"]
+    if "ex3" in a.parts:
+        ex3 = ex3_generalisation(a.layouts, figure=out / "ex3_generalisation.png")
+        mds.append(ex3["markdown"])
+        data["ex3"] = ex3["rows"]
+    md = "\n\n".join(mds)
+    (out / "study.md").write_text(md + "\n")
+    (out / "study.json").write_text(json.dumps(data, indent=1))
     print(md)
     print(f"written to {out} in {time.perf_counter() - t0:.0f} s")
 
