@@ -16,6 +16,14 @@ ReLU after every layer of MLP1 and after the hidden layers of MLP2; the same wei
   (2 N_t reals); MLP1 {6 N_t, 64, 64}, MLP2 {64 + 4 N_t, 32, 2 N_t} with a linear last layer,
   sigma(y) = y / max(||y||, 1), v_k = sqrt(P_max) sigma(y_k), so ||v_k||^2 <= P_max exactly;
   v initialised to (1, ..., 1) / sqrt(N_t).
+  Options of the beamforming model (hyper-parameters stored in the checkpoint; defaults = eq. (8) as printed):
+  ``edge_feature`` 'in' (default): e_ji = f(h_ji), the interference Tx j causes at Rx i; 'out': e_ji = f(h_ij),
+  the interference Tx i causes at Rx j -- the direction Tx i must steer away from, which f(h_ji) does not
+  carry; it is what the authors' public code feeds (their edge attribute of j -> i is the channel from the
+  receiving node's Tx to the sender's Rx) and keeps MLP1 {6 N_t, 64, 64}; Rx j measured it, so j sends it
+  (2 N_t more reals per edge); 'both': [f(h_ji), f(h_ij)], MLP1 {8 N_t, 64, 64}.  ``receiver_state``: MLP1
+  also takes the receiver's state, MLP1(x_j, e_ji, x_i) (4 N_t more inputs; nothing more is sent).
+  The shipped beamforming model uses edge_feature 'out' (scenarios/train_wcgcn_d2d_bf.yaml).
 
 Feature map (channels span ~100 dB in the D2D layouts, so raw amplitudes cannot be fed): for a channel
 h (N_t,) seen by a receiver with noise sigma^2, snr = ||h||^2 P_max / sigma^2 and
@@ -27,7 +35,8 @@ Monotone in |h|, so no information is lost; the direction of h (beamforming) is 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
      3 reals plus f(|h_ij|), the reverse gain Rx j measured (it differs per neighbour): 4 reals per
-     edge; beamforming 4 N_t reals per edge.  Receiver i evaluates MLP1(x_j, e_ji) with the edge feature
+     edge; beamforming 4 N_t reals per edge (+ 2 N_t, f(h_ij), with edge_feature 'out' | 'both').
+     Receiver i evaluates MLP1(x_j, e_ji) with the edge feature
      it measured itself (``combine``) and the inbox is their MAX, declared on the message (``aggr='max'``).
   2. ``update`` (local): y_i = MLP2(x_i, m_i), x_i <- sigma(y_i).
 The ledger counts reals per neighbour edge: dsim delivers (and loses) every message per edge, and the
