@@ -16,6 +16,14 @@ ReLU after every layer of MLP1 and after the hidden layers of MLP2; the same wei
   (2 N_t reals); MLP1 {6 N_t, 64, 64}, MLP2 {64 + 4 N_t, 32, 2 N_t} with a linear last layer,
   sigma(y) = y / max(||y||, 1), v_k = sqrt(P_max) sigma(y_k), so ||v_k||^2 <= P_max exactly;
   v initialised to (1, ..., 1) / sqrt(N_t).
+  Options of the beamforming model (hyper-parameters stored in the checkpoint; defaults = eq. (8) as printed):
+  ``edge_feature`` 'in' (default): e_ji = f(h_ji), the interference Tx j causes at Rx i; 'out': e_ji = f(h_ij),
+  the interference Tx i causes at Rx j -- the direction Tx i must steer away from, which f(h_ji) does not
+  carry; it is what the authors' public code feeds (their edge attribute of j -> i is the channel from the
+  receiving node's Tx to the sender's Rx) and keeps MLP1 {6 N_t, 64, 64}; Rx j measured it, so j sends it
+  (2 N_t more reals per edge); 'both': [f(h_ji), f(h_ij)], MLP1 {8 N_t, 64, 64}.  ``receiver_state``: MLP1
+  also takes the receiver's state, MLP1(x_j, e_ji, x_i) (4 N_t more inputs; nothing more is sent).
+  The shipped beamforming model uses edge_feature 'out' (scenarios/train_wcgcn_d2d_bf.yaml).
 
 Feature map (channels span ~100 dB in the D2D layouts, so raw amplitudes cannot be fed): for a channel
 h (N_t,) seen by a receiver with noise sigma^2, snr = ||h||^2 P_max / sigma^2 and
@@ -27,7 +35,8 @@ Monotone in |h|, so no information is lost; the direction of h (beamforming) is 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
      3 reals plus f(|h_ij|), the reverse gain Rx j measured (it differs per neighbour): 4 reals per
-     edge; beamforming 4 N_t reals per edge.  Receiver i evaluates MLP1(x_j, e_ji) with the edge feature
+     edge; beamforming 4 N_t reals per edge (+ 2 N_t, f(h_ij), with edge_feature 'out' | 'both').
+     Receiver i evaluates MLP1(x_j, e_ji) with the edge feature
      it measured itself (``combine``) and the inbox is their MAX, declared on the message (``aggr='max'``).
   2. ``update`` (local): y_i = MLP2(x_i, m_i), x_i <- sigma(y_i).
 The ledger counts reals per neighbour edge: dsim delivers (and loses) every message per edge, and the
@@ -73,11 +82,20 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 64, "lr": 1e-3, "lr_decay_every": 3125
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0}
 
 
-def units(mode: str, n_t: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(MLP1 units, MLP2 units) of SPECS §1 for ``mode`` 'pc' | 'bf' with N_t antennas."""
+#: beamforming edge features e_ji (``edge_feature``): 'in' = f(h_ji), the interference Tx j causes at Rx i,
+#: measured by Rx i (eq. (8) as printed, SPECS §1); 'out' = f(h_ij), the interference Tx i causes at Rx j
+#: (measured by Rx j and sent by j); 'both' = [f(h_ji), f(h_ij)]
+BF_EDGE_FEATURES = ("in", "out", "both")
+
+
+def units(mode: str, n_t: int, edge_feature: str = "in", receiver_state: bool = False
+          ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(MLP1 units, MLP2 units) of SPECS §1 for ``mode`` 'pc' | 'bf' with N_t antennas (beamforming with
+    ``edge_feature`` 'both': 2 N_t more MLP1 inputs; with ``receiver_state``: 4 N_t more, x_i)."""
     if mode == "pc":
         return (5, 32, 32), (35, 16, 1)
-    return (6 * n_t, 64, 64), (64 + 4 * n_t, 32, 2 * n_t)
+    n_in = (8 if edge_feature == "both" else 6) * n_t + (4 * n_t if receiver_state else 0)
+    return (n_in, 64, 64), (64 + 4 * n_t, 32, 2 * n_t)
 
 
 class MLP(nn.Module):
@@ -99,30 +117,42 @@ class MLP(nn.Module):
         return x
 
 
-def split_first_layer(mlp1: MLP, mode: str, n_t: int) -> tuple[Tensor, Tensor, Tensor]:
+def split_first_layer(mlp1: MLP, mode: str, n_t: int, edge_feature: str = "in") -> tuple[Tensor, Tensor, Tensor]:
     """MLP1's first layer W [x_j, e_ji] + b split as W_send [sender's fields] + (W_recv e_recv + b).
 
     Power control: inputs (x_j (3), f(|h_ji|) measured by the receiver, f(|h_ij|) sent by j); beamforming:
-    (x_j (4 N_t), f(h_ji) (2 N_t) measured by the receiver).  Returns (W_send, W_recv, b)."""
+    (x_j (4 N_t), then per ``edge_feature`` f(h_ji) (2 N_t) measured by the receiver and/or f(h_ij) (2 N_t)
+    sent by j).  The sender's fields are (x_j, f(h_ij) if sent).  Returns (W_send, W_recv, b)."""
     lin = mlp1.linear[0]
     W, b = lin.weight, lin.bias
     if mode == "pc":
         return torch.cat([W[:, :3], W[:, 4:5]], 1), W[:, 3:4], b
-    return W[:, :4 * n_t], W[:, 4 * n_t:], b
+    x, e = 4 * n_t, 2 * n_t
+    W = W[:, :x + e * (2 if edge_feature == "both" else 1)]  # without the receiver-state columns
+    if edge_feature == "in":
+        return W[:, :x], W[:, x:], b
+    if edge_feature == "out":
+        return W, W[:, :0], b
+    return torch.cat([W[:, :x], W[:, x + e:]], 1), W[:, x:x + e], b
 
 
 def edge_constant(params: WCGCNParams, e_recv: Tensor) -> Tensor:
     """W_recv e_ji + b for each in-edge (B, E, d1): the part of MLP1's first layer that only depends on what
     the receiver measured, the same in every layer (computed once)."""
-    _, W_r, b = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
+    _, W_r, b = split_first_layer(params.mlp1, params.mode, params.tx_antennas, params.edge_feature)
     return F.linear(e_recv, W_r.to(e_recv.device, e_recv.dtype), b.to(e_recv.device, e_recv.dtype))
 
 
-def edge_messages(params: WCGCNParams, sent: Tensor, const: Tensor) -> Tensor:
+def edge_messages(params: WCGCNParams, sent: Tensor, const: Tensor, own: Tensor | None = None) -> Tensor:
     """MLP1(x_j, e_ji) per edge (..., d): ``sent`` (..., n_send) the sender's fields, ``const`` (..., d1) from
-    :func:`edge_constant` (eq. (8), inner part)."""
-    W_s, _, _ = split_first_layer(params.mlp1, params.mode, params.tx_antennas)
-    h = torch.relu(F.linear(sent, W_s.to(sent.device, sent.dtype)) + const)
+    :func:`edge_constant` (eq. (8), inner part); ``own`` (..., 4 N_t) the receiver's state x_i per edge when
+    the model has ``receiver_state`` (MLP1(x_j, e_ji, x_i))."""
+    W_s, _, _ = split_first_layer(params.mlp1, params.mode, params.tx_antennas, params.edge_feature)
+    pre = F.linear(sent, W_s.to(sent.device, sent.dtype)) + const
+    if params.receiver_state:
+        W_o = params.mlp1.linear[0].weight[:, -4 * params.tx_antennas:]
+        pre = pre + F.linear(own, W_o.to(own.device, own.dtype))
+    h = torch.relu(pre)
     for lin in params.mlp1.linear[1:]:
         h = torch.relu(F.linear(h, lin.weight.to(h.device, h.dtype), lin.bias.to(h.device, h.dtype)))
     return h
@@ -141,14 +171,19 @@ class WCGCNParams(LearnedModule):
     """WCGCN weights (MLP1, MLP2 shared by all layers) and the feature scales ``scale`` = [s_direct, s_edge]
     (0 until observed: then 1 is used)."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers")
+    hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers", "edge_feature", "receiver_state")
 
-    def __init__(self, mode: str = "pc", tx_antennas: int = 1, layers: int = 3, seed: int = 0) -> None:
+    def __init__(self, mode: str = "pc", tx_antennas: int = 1, layers: int = 3, edge_feature: str = "in",
+                 receiver_state: bool = False, seed: int = 0) -> None:
         super().__init__()
         if mode not in ("pc", "bf"):
             raise ValueError(f"wcgcn mode must be 'pc' or 'bf', got {mode!r}")
+        if edge_feature not in BF_EDGE_FEATURES:
+            raise ValueError(f"wcgcn edge_feature must be one of {BF_EDGE_FEATURES}, got {edge_feature!r}")
         self.mode, self.tx_antennas, self.layers = mode, int(tx_antennas), int(layers)
-        u1, u2 = units(mode, self.tx_antennas)
+        self.edge_feature = edge_feature if mode == "bf" else "in"  # power control: always [|h_ji|, |h_ij|]
+        self.receiver_state = bool(receiver_state) and mode == "bf"
+        u1, u2 = units(mode, self.tx_antennas, self.edge_feature, self.receiver_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.mlp1 = MLP(u1, relu_out=True)
@@ -210,7 +245,8 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
 
     ``aggr``: the aggregation of eq. (7), MAX as in the paper; 'sum' / 'mean' swap it at inference for the
     same trained weights (the robustness check of the MPGNN paper's claim that MAX tolerates missing edges)."""
-    mode, n_t = params.mode, params.tx_antennas
+    mode, n_t, edge_feature = params.mode, params.tx_antennas, params.edge_feature
+    sends_reverse = mode == "pc" or edge_feature != "in"  # j sends what Rx j measured from Tx i
     if int(net.info["bs_antennas"]) != n_t:
         raise ValueError(f"wcgcn model has tx_antennas={n_t}, the scenario has {net.info['bs_antennas']}")
     if mode == "pc" and n_t != 1:
@@ -232,26 +268,28 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
         else:
             v = torch.full(own.shape, 1.0 / math.sqrt(n_t), dtype=real, device=block.device).to(own.dtype)
             block.state["x"] = torch.cat([as_reals(v), as_reals(own)], -1)
-            e_recv = as_reals(e_in)
+            e_recv = as_reals(e_in) if edge_feature != "out" else e_in.real[..., :0]
             block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
         block.state["edge_const"] = edge_constant(params, e_recv)
 
     def send_state(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         out = {"x": ev.gather_src(block.state["x"])}
-        if mode == "pc":  # f(|h_ij|): the reverse gain Rx j (the sender's receiver) measured from Tx i
+        if sends_reverse:  # f(h_ij): the reverse channel Rx j (the sender's receiver) measured from Tx i
             loc = block.local
             h_rev = loc["H_rx"][:, ev.src_local, ev.dst]
             c2 = ev.gather_src(loc["p_max"] / loc["sigma2"])
-            out["g"] = channel_feature(h_rev, c2, s_edge)[..., 0].abs()[..., None]
+            f_rev = channel_feature(h_rev, c2, s_edge)
+            out["g"] = f_rev[..., 0].abs()[..., None] if mode == "pc" else as_reals(f_rev)
         return out
 
     def message_fn(block: AgentBlock, ev: EdgeView, payload: dict[str, Tensor]) -> dict[str, Tensor]:
         """MLP1(x_j, e_ji) on the present in-edges (absent ones: 0, left out of the MAX by the engine)."""
-        sent = torch.cat([payload["x"], payload["g"]], -1) if mode == "pc" else payload["x"]
+        sent = torch.cat([payload["x"], payload["g"]], -1) if sends_reverse else payload["x"]
         const = block.state["edge_const"]
+        own = ev.gather_dst(block.state["x"]) if params.receiver_state else None
         if bool(ev.mask.all()):
-            return {"m": edge_messages(params, sent, const)}
-        m = edge_messages(params, sent[ev.mask], const[ev.mask])
+            return {"m": edge_messages(params, sent, const, own)}
+        m = edge_messages(params, sent[ev.mask], const[ev.mask], None if own is None else own[ev.mask])
         out = torch.zeros(sent.shape[:-1] + (m.shape[-1],), dtype=m.dtype, device=m.device)
         return {"m": out.index_put((ev.mask,), m)}
 
@@ -268,8 +306,10 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
             v = as_complex(x[..., :2 * n_t])
             block.state["V"] = (loc["p_max"].sqrt()[..., None].to(v.dtype) * v)[..., None]
 
-    fields = ((MsgField("x", "real", (3,)), MsgField("g", "real", (1,))) if mode == "pc"
-              else (MsgField("x", "real", (4 * n_t,)),))
+    if mode == "pc":
+        fields = (MsgField("x", "real", (3,)), MsgField("g", "real", (1,)))
+    else:
+        fields = (MsgField("x", "real", (4 * n_t,)),) + ((MsgField("g", "real", (2 * n_t,)),) if sends_reverse else ())
     phases = [Message("state", EDGES, fields, send_state, store, aggr=aggr, combine=message_fn),
               Local("update", "bs", update)]
     return Protocol("wcgcn", ("bs",), {"bs": init_bs}, phases, params.layers, Output("bs", "V"), unit="bit/s/Hz",
@@ -287,6 +327,12 @@ class WCGCNOptions(LearnedOptions):
     mode: Literal["pc", "bf"] | None = Field(None, description="power control | beamforming; default: checkpoint's")
     tx_antennas: int | None = Field(None, ge=1)
     layers: int | None = Field(None, ge=1, description="GNN layers (shared weights); default 3")
+    edge_feature: Literal["in", "out", "both"] | None = Field(
+        None, description="beamforming edge feature e_ji: in = h_ji (eq. (8) as printed; default) | out = h_ij "
+        "(the interference Tx i causes at Rx j, sent by j) | both = [h_ji, h_ij]; default: checkpoint's")
+    receiver_state: bool | None = Field(
+        None, description="beamforming: MLP1 also takes the receiver's own state, MLP1(x_j, e_ji, x_i) (default "
+        "false, eq. (8)); default: checkpoint's")
     aggr: Literal["max", "sum", "mean"] = Field(
         "max", description="aggregation of eq. (7) at inference: max (the paper's, what the models were trained "
         "with) | sum | mean (a swap for robustness studies)")

@@ -73,7 +73,10 @@ def main() -> None:
     c2 = loc["p_max"] / loc["sigma2"]
     own = channel_feature(loc["h_own"], c2, s_own)[0]                 # (K, 2) complex
     src, dst = es.src, es.dst
-    e_in = as_reals(channel_feature(loc["H_rx"][0, dst, src], c2[0, dst], s_edge))  # (E, 4)
+    e_in = as_reals(channel_feature(loc["H_rx"][0, dst, src], c2[0, dst], s_edge))  # (E, 4) f(h_ji) at Rx i
+    e_rev = as_reals(channel_feature(loc["H_rx"][0, src, dst], c2[0, src], s_edge))  # (E, 4) f(h_ij), sent by j
+    edge = params.edge_feature  # which channels form e_ji (agents.wcgcn.BF_EDGE_FEATURES)
+    e_recv = e_in[:, :0] if edge == "out" else e_in
     x0 = torch.cat([as_reals(torch.full_like(own, 2 ** -0.5)), as_reals(own)], -1)   # (K, 8)
     order_slot = torch.zeros_like(dst)
     deg = torch.bincount(dst, minlength=K)
@@ -84,9 +87,10 @@ def main() -> None:
     def edge_layers() -> torch.Tensor:
         """The protocol's layer functions (agents.wcgcn) on the whole edge list, without the engine."""
         x = x0
-        const = edge_constant(params, e_in)
+        const = edge_constant(params, e_recv)
         for _ in range(3):
-            m = edge_messages(params, x[src], const)
+            sent = x[src] if edge == "in" else torch.cat([x[src], e_rev], -1)
+            m = edge_messages(params, sent, const, x[dst] if params.receiver_state else None)
             pad = torch.full((K * dmax, m.shape[1]), -torch.inf).index_copy_(0, dst * dmax + order_slot, m)
             agg = pad.view(K, dmax, -1).amax(1).clamp_min(0.0)  # MLP1 ends in ReLU: empty rows -> 0
             x = node_update(params, x, agg)
@@ -95,11 +99,14 @@ def main() -> None:
     adj = torch.zeros(K, K, dtype=torch.bool)
     adj[dst, src] = True  # adj[i, j]: edge j -> i
     H_dense = as_reals(channel_feature(loc["H_rx"][0], c2[0][:, None], s_edge))  # (K i, K j, 4) f(h_ji) at Rx i
+    H_rev = H_dense.transpose(0, 1)  # [i, j] = f(h_ij) as Rx j measured it
+    E_dense = {"in": H_dense, "out": H_rev, "both": torch.cat([H_dense, H_rev], -1)}[edge]
 
     def dense_layers() -> torch.Tensor:
         x = x0
         for _ in range(3):
-            z = torch.cat([x[None, :, :].expand(K, K, -1), H_dense], -1)  # [i, j] = (x_j, e_ji)
+            z = torch.cat([x[None, :, :].expand(K, K, -1), E_dense]  # [i, j] = (x_j, e_ji[, x_i])
+                          + ([x[:, None, :].expand(K, K, -1)] if params.receiver_state else []), -1)
             m = params.mlp1(z).masked_fill(~adj[..., None], -torch.inf).amax(1).clamp_min(0.0)
             x = torch.cat([ball(params.mlp2(torch.cat([x, m], -1))), x[:, 4:]], -1)
         return x

@@ -25,11 +25,15 @@ def scenario(scn: dict, batch: int = 3, seed: int = 21, faults: FaultModel | Non
     return ch, build_scenario(fam, ch, faults, 0)
 
 
-def trained_like(mode: str, n_t: int, seed: int = 3):
+#: beamforming variants (edge_feature, receiver_state): eq. (8) as printed, and the shipped model's
+BF_VARIANTS = [("in", False), ("both", True)]
+
+
+def trained_like(mode: str, n_t: int, seed: int = 3, edge_feature: str = "in", receiver_state: bool = False):
     """An untrained module with observed feature scales (as a trained checkpoint has)."""
     from agents.wcgcn import WCGCNParams
 
-    m = WCGCNParams(mode, n_t, 3, seed=seed)
+    m = WCGCNParams(mode, n_t, 3, edge_feature, receiver_state, seed=seed)
     m.scale.copy_(torch.tensor([15.0, 6.0], dtype=torch.float64, device="cpu"))
     return m
 
@@ -48,10 +52,14 @@ def permuted(ch: InterferenceChannels, perm: torch.Tensor) -> InterferenceChanne
                    inrange=ch.inrange[:, perm][:, :, perm], tx_xy=ch.tx_xy[:, perm], rx_xy=ch.rx_xy[:, perm])
 
 
-@pytest.mark.parametrize("scn,mode,n_t", [(PC, "pc", 1), (BF, "bf", 2)], ids=["pc", "bf"])
-def test_permutation_equivariance_and_power(scn, mode, n_t) -> None:
+CASES = [(PC, "pc", 1, "in", False)] + [(BF, "bf", 2, e, r) for e, r in BF_VARIANTS]
+CASE_IDS = ["pc"] + [f"bf_{e}{'_rs' if r else ''}" for e, r in BF_VARIANTS]
+
+
+@pytest.mark.parametrize("scn,mode,n_t,edge,rs", CASES, ids=CASE_IDS)
+def test_permutation_equivariance_and_power(scn, mode, n_t, edge, rs) -> None:
     ch, s = scenario(scn)
-    params = trained_like(mode, n_t)
+    params = trained_like(mode, n_t, 3, edge, rs)
     with torch.no_grad():
         V, _ = run(params, s)
         perm = torch.randperm(ch.n_pairs, generator=torch.Generator().manual_seed(5))
@@ -70,13 +78,13 @@ def test_permutation_equivariance_and_power(scn, mode, n_t) -> None:
     assert torch.allclose(s.air.power_ratio(V[3]).max(), (p / ch.power_w[0]).max())
 
 
-@pytest.mark.parametrize("scn,mode,n_t", [(PC, "pc", 1), (BF, "bf", 2)], ids=["pc", "bf"])
-def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t) -> None:
+@pytest.mark.parametrize("scn,mode,n_t,edge,rs", CASES, ids=CASE_IDS)
+def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t, edge, rs) -> None:
     """Three layers computed with dense K x K feature arrays and a masked max (eq. (8)) = the protocol."""
     from agents.wcgcn import as_complex, as_reals, ball, channel_feature
 
     ch, s = scenario(scn)
-    params = trained_like(mode, n_t)
+    params = trained_like(mode, n_t, 3, edge, rs)
     s_own, s_edge = (float(v) for v in params.scale)
     P, nz = ch.power_w[0], ch.noise_w[0]
     c2 = P / nz
@@ -92,11 +100,14 @@ def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t) -> None:
             x = torch.cat([as_reals(torch.full_like(own, 2 ** -0.5)), as_reals(own)], -1)
         for _ in range(3):
             xj = x[:, None, :, :].expand(-1, K, -1, -1)  # [b, i, j] = x_j
+            xi = x[:, :, None, :].expand(-1, -1, K, -1)  # [b, i, j] = x_i
+            E_rev = E.transpose(1, 2)  # [b, i, j] = f(h_ij) as Rx j measured it (0 when Tx i is out of its range)
             if mode == "pc":
                 e = torch.stack([E[..., 0].abs(), E.transpose(1, 2)[..., 0].abs()], -1)
             else:
-                e = as_reals(E)
-            msg = params.mlp1(torch.cat([xj, e], -1))
+                e = {"in": as_reals(E), "out": as_reals(E_rev),
+                     "both": torch.cat([as_reals(E), as_reals(E_rev)], -1)}[edge]
+            msg = params.mlp1(torch.cat([xj, e] + ([xi] if rs else []), -1))
             msg = torch.where(adj[..., None], msg, torch.full_like(msg, -torch.inf)).amax(2)
             msg = torch.where(torch.isinf(msg), torch.zeros_like(msg), msg)
             y = params.mlp2(torch.cat([x, msg], -1))
@@ -111,13 +122,15 @@ def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t) -> None:
     assert torch.allclose(got, want.to(got.dtype), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("scn,mode,n_t,loss", [(PC, "pc", 1, 0.0), (BF, "bf", 2, 0.3)], ids=["pc", "bf_lossy"])
-def test_local_equals_ray(scn, mode, n_t, loss, ray_session) -> None:
+@pytest.mark.parametrize("scn,mode,n_t,loss,edge,rs", [(PC, "pc", 1, 0.0, "in", False), (BF, "bf", 2, 0.3, "in", False),
+                                                      (BF, "bf", 2, 0.3, "both", True)],
+                         ids=["pc", "bf_lossy", "bf_both_rs_lossy"])
+def test_local_equals_ray(scn, mode, n_t, loss, edge, rs, ray_session) -> None:
     from dsim.engine.ray import RayEngine
 
     faults = FaultModel(message_loss=loss, seed=4)
     _, s = scenario(scn, batch=2, faults=faults)
-    params = trained_like(mode, n_t)
+    params = trained_like(mode, n_t, 3, edge, rs)
     with torch.no_grad():
         V_loc, led_loc = run(params, s, LocalEngine("float64", faults))
         eng = RayEngine("float64", faults, shards=3)
@@ -128,11 +141,13 @@ def test_local_equals_ray(scn, mode, n_t, loss, ray_session) -> None:
     for r in V_loc:
         assert torch.allclose(V_ray[r], V_loc[r], rtol=1e-9, atol=0), r
     assert [x.as_dict() for x in led_ray] == [x.as_dict() for x in led_loc]
-    # ledger: one 'state' message per present pair edge and layer, 4 (pc) / 4 N_t (bf) reals each
+    # ledger: one 'state' message per present pair edge and layer, 4 (pc) / 4 N_t (bf; + 2 N_t for the
+    # reverse channel h_ij when the edge feature has it) reals each
     present = int(s.net.edges["pair"].mask.sum())
     rows = [x for x in led_loc if x.phase == "state"]
     assert len(rows) == 3 and all(x.link == "d2d" and x.messages == present for x in rows)
-    assert all(x.reals == present * (4 if mode == "pc" else 4 * n_t) for x in rows)
+    per_edge = 4 if mode == "pc" else 4 * n_t + (2 * n_t if edge != "in" else 0)
+    assert all(x.reals == present * per_edge for x in rows)
 
 
 def test_registry_build_untrained_infers_mode_and_trains_one_step() -> None:

@@ -31,7 +31,7 @@ def test_table_2_d2d_power_control() -> None:
     assert tables.pct(r, "wcgcn@3") >= 95.5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 open: the shipped beamforming model reaches ~80 % of WMMSE")
+@pytest.mark.xfail(strict=True, reason="issue 10 open: the beamforming model reaches ~86 % of WMMSE")
 def test_table_5_d2d_beamforming() -> None:
     r = tables.evaluate(tables.D2D_BF | {"n_pairs": 50}, "d2d_bf", 500, 900, 50)
     assert tables.pct(r, "wcgcn@3") >= 95.0
@@ -42,7 +42,7 @@ def test_table_3_power_control_k1000() -> None:
     assert tables.pct(r, "wcgcn@3") >= 96.9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 open: the shipped beamforming model reaches ~80 % of WMMSE")
+@pytest.mark.xfail(strict=True, reason="issue 10 open: the beamforming model reaches ~86 % of WMMSE")
 def test_table_6_beamforming_k1000() -> None:
     r = tables.evaluate(tables.D2D_BF | {"n_pairs": 1000}, "d2d_bf", 3, 900, 1)
     assert tables.pct(r, "wcgcn@3") >= 95.0
