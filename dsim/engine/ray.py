@@ -70,13 +70,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "error"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = root + os.pathsep + os.environ.get("PYTHONPATH", "")
     if address:
         kwargs["address"] = address
-    elif num_cpus is not None:
+        # an existing cluster's workers import dsim/agents from this checkout (when they share it)
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+        ray.init(**kwargs)
+        return
+    if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    # workers import dsim/agents from this checkout (an existing cluster's workers too, when they share it)
-    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
-    ray.init(**kwargs)
+    # An instance started here: its raylet inherits the environment, so workers import this checkout
+    # without a job runtime_env -- which would make Ray's prestarted idle workers unusable for the actors
+    # (two wasted worker start-ups, ~1 CPU-s each, and a runtime-env round trip per actor).
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path
+    try:
+        ray.init(**kwargs)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 class HostActorImpl:
