@@ -88,6 +88,26 @@ def test_local_crash_equals_silent_for_the_same_rounds(case):
     torch.testing.assert_close(got[:a], clean[:a], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ledger_leaves_out_the_messages_of_down_agents(case):
+    """A down agent sends nothing: per round and message phase, the ledger has the fault-free count minus
+    (realizations x present out-edges) of each agent down in that round (the toy's complete graph: K - 1
+    out-edges per transmitter, all present)."""
+    g, net, air, proto = toy()
+    _, clean = run_engine(LocalEngine("float64", FaultModel()), net, air, proto, ledger=True)
+    _, crashed = run_engine(LocalEngine("float64", FaultModel(crash=CASES[case])), net, air, proto, ledger=True)
+    down = _down(CASES[case])
+    B = g.shape[0]
+    assert len(clean) == len(crashed)
+    for c, d in zip(clean, crashed):
+        if c.link == "air":
+            assert d == c
+            continue
+        n_down = sum(a <= c.round < b for a, b in down.values())
+        assert d.messages == c.messages - B * (K - 1) * n_down, (c, d)
+        assert d.bytes * c.messages == c.bytes * d.messages
+
+
 def test_restart_after_the_last_round_is_a_crash_for_good():
     g, net, air, proto = toy()
     late = run_engine(LocalEngine("float64", FaultModel(crash=(("tx1", 3, ROUNDS),))), net, air, proto)

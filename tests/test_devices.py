@@ -71,7 +71,7 @@ OWN_SCENARIO: dict[str, dict[str, Any]] = {"engnn_ex2": EX2_SMALL, "engnn_ex3": 
                                            "coop_gp": EX3_SMALL}
 #: small model options of learnable algorithms for the training-step tests (default: the generic small dict)
 LEARN_OPTIONS: dict[str, dict[str, Any]] = {
-    "engnn": {"layers": 2, "d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
+    "engnn": {"layers": 2, "d_edge": 4, "d_node": 3, "mlp_width": 5, "d_msg": 4},
     "engnn_ex2": {"d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
     "engnn_ex3": {"layers": 2, "d_edge": 4, "d_node": 3, "hidden": 5, "d_msg": 4},
 }

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dsim.engine.restart import down_messages
 from dsim.faults import FaultModel
 from dsim.network import Network
 from dsim.protocol import Local, Measure, Message, Protocol, runs_in
@@ -121,7 +122,7 @@ class Engine:
                     self._measured(k, r, ph.receiver, meas)
                     ledger.append(LedgerRow(r, ph.name, "air", int(ph.pilots(net.info)) * net.batch, 0, 0))
                 elif isinstance(ph, Message):
-                    n_msgs = self._message(k, r)
+                    n_msgs = self._message(k, r) - down_messages(self.faults, net, ph.edges, r)
                     reals = sum(f.reals for f in ph.fields)
                     nb = message_nbytes(ph.fields, self.wire)
                     link = net.edges[ph.edges].link

@@ -79,6 +79,18 @@ def host_down(faults: FaultModel, role: str, ids: Tensor, rnd: int, name: str | 
     return bool(faults.crash) and bool(faults.crashed(role, ids, rnd, name).any())
 
 
+def down_messages(faults: FaultModel, net: Network, edges: str, rnd: int) -> int:
+    """Messages on edge set ``edges`` in round ``rnd`` (present edges, all realizations) whose sender is down:
+    never sent, so not in the ledger (a lost message was sent and is counted; a down agent sends nothing)."""
+    if not faults.crash:
+        return 0
+    es = net.edges[edges]
+    role = es.src_role
+    name = role if net.counts[role] == 1 and net.agent_ids(role) == [role] else None
+    down = faults.crashed(role, es.src, rnd, name)
+    return int(es.mask[:, down.to(es.mask.device)].sum()) if bool(down.any()) else 0
+
+
 def _silent_payload(fields: tuple[Field, ...], size: int, batch: int, cdtype: torch.dtype, device: Any
                     ) -> dict[str, Tensor]:
     """Zeros (B, size, *shape) per field: what stands for a down sender's messages (never heard)."""
