@@ -223,7 +223,7 @@ def _one_adam_step_reference(net, air, seed: int, batch: int, frozen: bool) -> t
     with torch.no_grad():
         for p, g in zip(module.parameters(), grads):
             if g is not None:
-                p -= 1e-3 * g / (g.abs() + 1e-8)
+                p -= ICGNNOptions().adapt_lr * g / (g.abs() + 1e-8)
     if not frozen:
         recalibrate_bn(learn, lambda b, sd: mb, [0], batch)
     module.eval().requires_grad_(False)

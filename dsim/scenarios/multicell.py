@@ -786,9 +786,9 @@ def multicell_network(ch: MulticellChannels, faults: FaultModel | None = None,
     }
     info = {"family": FAMILY, "batch": B, "n_bs": K, "n_ue": I, "bs_antennas": M, "ue_antennas": N,
             "seed": seed, "unit": UNIT, "dtype": H.dtype, "real_dtype": real,
-            "serve": "all" if ch.serve_all else "cell"}
+            "serve": "all" if getattr(ch, "serve_all", False) else "cell"}
     net = Network(FAMILY, B, {"bs": K, "ue": I}, edges, local, info)
-    if ch.serve_all:
+    if getattr(ch, "serve_all", False):
         return net, CoopAir(H_air, nz, w, ch.power_w.to(real))
     air = MulticellAir(H_air, assign, nz, w, ch.power_w.to(real))
     return net, air
