@@ -1,9 +1,11 @@
-"""Robustness study: how WMMSE, GCN-WMMSE (multicell) and WMMSE-ADMM, ICGNN (cell-free) degrade under the
-faults of a real network (DESIGN §12).
+"""Robustness study: how WMMSE, GCN-WMMSE (multicell), WMMSE-ADMM, ICGNN (cell-free) and WMMSE, WCGCN
+(interference, K = 50 D2D) degrade under the faults of a real network (DESIGN §12).
 
 Runs the sweeps ``scenarios/robustness.yaml`` (missing links 0-50 %, message loss 0-50 %, stale CSI
 rho 1 -> 0.9, deadline on the uplink with random extra latency) and ``scenarios/robustness_cellfree.yaml``
-(message loss, deadline on the fronthaul) -- finished points are reused, so a second call only redraws --
+(message loss, deadline on the fronthaul) and ``scenarios/robustness_interference.yaml`` (missing links,
+message loss, stale CSI, deadline on WCGCN's d2d links) -- finished points are reused, so a second call only
+redraws --
 then writes into ``<out>``:
 
 * ``robustness_<fault>.png``: final WSR (mean ± std over realizations) vs the fault's parameter, one line
@@ -12,7 +14,7 @@ then writes into ``<out>``:
 * a check that WMMSE's WSR is non-increasing in the loss / missing-link fraction (within the std of the
   mean over realizations), printed.
 
-    python examples/robustness.py [--out runs/robustness_study] [--no-cellfree]
+    python examples/robustness.py [--out runs/robustness_study] [--no-cellfree] [--no-interference]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ STUDIES = {  # study -> (swept key, axis label)
     "stale_csi": ("faults.stale_csi.rho", "CSI correlation rho (Gauss-Markov)"),
     "deadline": (None, "deadline [s] (exponential extra latency)"),
 }
-UNITS = {"multicell": "nat/Hz", "cellfree": "bit/s/Hz"}
+UNITS = {"multicell": "nat/Hz", "cellfree": "bit/s/Hz", "interference": "bit/s/Hz"}
 
 
 def read_sweep(path: Path) -> list[dict[str, str]]:
@@ -98,7 +100,7 @@ def table(data: dict[str, list[dict[str, str]]]) -> str:
                 rel = f3[1] / f0[1] if f0[1] else math.nan
                 lines.append(f"| {fam} | {study} | {alg} | {f0[1]:.2f} ± {f0[2]:.2f} | {f1[1]:.2f} ± {f1[2]:.2f} | "
                              f"{f3[1]:.2f} ± {f3[2]:.2f} | {rel:.3f} |")
-    return "\n".join(lines) + f"\n\nUnits: multicell {UNITS['multicell']}, cell-free {UNITS['cellfree']}.\n"
+    return "\n".join(lines) + "\n\nUnits: " + ", ".join(f"{f} {u}" for f, u in UNITS.items()) + ".\n"
 
 
 def monotone_check(rows: list[dict[str, str]], alg: str, batch: int) -> list[str]:
@@ -117,13 +119,16 @@ def monotone_check(rows: list[dict[str, str]], alg: str, batch: int) -> list[str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/robustness_study")
-    ap.add_argument("--no-cellfree", action="store_true", help="only the multicell sweep")
+    ap.add_argument("--no-cellfree", action="store_true", help="leave out the cell-free sweep")
+    ap.add_argument("--no-interference", action="store_true", help="leave out the interference sweep")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = {"multicell": ROOT / "scenarios" / "robustness.yaml"}
     if not args.no_cellfree:
         configs["cellfree"] = ROOT / "scenarios" / "robustness_cellfree.yaml"
+    if not args.no_interference:
+        configs["interference"] = ROOT / "scenarios" / "robustness_interference.yaml"
     data = {}
     for fam, cfg in configs.items():
         sweep_dir = out / fam
@@ -138,9 +143,11 @@ def main() -> int:
     print(text)
     import yaml
 
-    batch = int(yaml.safe_load(open(configs["multicell"]))["batch"])
-    for line in monotone_check(data["multicell"], "wmmse", batch):
-        print(line)
+    for fam in ("multicell", "interference"):
+        if fam in data:
+            batch = int(yaml.safe_load(open(configs[fam]))["batch"])
+            for line in monotone_check(data[fam], "wmmse", batch):
+                print(f"{fam}: {line}")
     return 0
 
 
