@@ -455,7 +455,7 @@ def _generate_field(o: MulticellScenario, B: int, generator: torch.Generator,
     """Layout ``field`` (module docstring).  Draws: the BS sites (:func:`field_sites`), then the UE positions
     (serve cell: u_r (B, I), u_phi (B, I) of :func:`_disk_offsets`; serve all: (B, I, 2) ~ U(0, field_m)), then
     the fading (B, I, K, N, M, 2) ~ N(0, 1), all float64 on the generator's device."""
-    K, N, M, U = int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    K, U = int(o.n_bs), int(o.ues_per_bs)
     dev = generator.device
     serve_all = o.serve == "all"
     I = (int(o.n_ue) if o.n_ue is not None else K * U) if serve_all else K * U
@@ -468,10 +468,21 @@ def _generate_field(o: MulticellScenario, B: int, generator: torch.Generator,
         ue_xy = bs_xy[:, assign] + _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator)
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
     dist = dist.clamp_min(float(o.min_distance_m))
+    return _rayleigh_channels(o, dist, assign, bs_xy, ue_xy, generator, dtype, serve_all)
+
+
+def _rayleigh_channels(o: MulticellScenario, dist: Tensor, assign: Tensor, bs_xy: Tensor, ue_xy: Tensor,
+                       generator: torch.Generator, dtype: torch.dtype, serve_all: bool = False) -> MulticellChannels:
+    """The channels of UEs at distances ``dist`` (B, I, K) [m] from the BSs: path loss ``o.pathloss`` and
+    Rayleigh fading, H = 10^(-PL/20) (x + j y)/sqrt(2) with (B, I, K, N, M, 2) ~ N(0, 1) drawn from
+    ``generator`` (float64 on its device), then the per-BS power, per-UE noise and weights of ``o``, and the
+    in-range mask (``o.range_m``; serving links always in range)."""
+    B, I, K = dist.shape
+    N, M, dev = int(o.ue_antennas), int(o.bs_antennas), generator.device
     pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
-    amp = 10.0 ** (-pl / 20.0)
+    amp = 10.0 ** (-pl / 20.0)  # sqrt of the per-entry variance 10^(-PL/10)
     z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
-    H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)
+    H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)  # CN(0, 10^(-PL/10)) entries
     serving = torch.zeros(B, I, K, dtype=torch.bool, device=dev)
     serving[:, torch.arange(I, device=dev), assign] = True
     inrange = (torch.ones(B, I, K, dtype=torch.bool, device=dev) if o.range_m is None
@@ -527,7 +538,7 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     if dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     o = options
-    B, K, N, M, U = int(batch), int(o.n_bs), int(o.ue_antennas), int(o.bs_antennas), int(o.ues_per_bs)
+    B, K, U = int(batch), int(o.n_bs), int(o.ues_per_bs)
     if o.layout == "iid":
         return _generate_iid(o, B, generator, dtype)
     if o.layout == "field":
@@ -551,21 +562,7 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
     if o.hotspot_radius_m is not None:
         dist = dist.clamp_min(float(o.min_distance_m))
-    pl = pathloss_db(dist, o.pathloss, o.pathloss_exponent, o.pathloss_ref_db)
-    amp = 10.0 ** (-pl / 20.0)  # sqrt of the per-entry variance 10^(-PL/10)
-    z = torch.randn(B, I, K, N, M, 2, generator=generator, dtype=_F64, device=dev)
-    H = amp[..., None, None] * torch.view_as_complex(z) / math.sqrt(2.0)  # CN(0, 10^(-PL/10)) entries
-    serving = torch.zeros(B, I, K, dtype=torch.bool, device=dev)
-    serving[:, torch.arange(I, device=dev), assign] = True
-    inrange = (torch.ones(B, I, K, dtype=torch.bool, device=dev) if o.range_m is None
-               else (dist <= o.range_m) | serving)
-    return MulticellChannels(
-        H=H.to(dtype), assign=assign,
-        power_w=torch.full((K,), dbm_to_w(o.bs_power_dbm), dtype=_F64, device=dev),
-        noise_w=torch.full((I,), noise_power_w(o), dtype=_F64, device=dev),
-        weights=torch.full((I,), float(o.ue_weight), dtype=_F64, device=dev),
-        inrange=inrange, bs_xy=bs_xy, ue_xy=ue_xy,
-    )
+    return _rayleigh_channels(o, dist, assign, bs_xy, ue_xy, generator, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
