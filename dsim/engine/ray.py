@@ -295,6 +295,7 @@ class RayEngine(Engine):
         self._open: dict[str, int] = {}
         self.pids: dict[tuple[str, int], int] = {}  # (role, actor index) -> process id
         self._pending: list[Any] = []
+        self._handles: dict[tuple[str, int, int], tuple[Any, Any]] = {}  # (role, actor, n) -> run_steps handle
         self._pool_crash: dict[str, set[int]] = {}  # the crashed agents the pool's layout isolates
         self._crash_plan: CrashPlan | None = None
         #: the real crashes of the last run (:class:`dsim.engine.restart.CrashEvent`)
@@ -433,7 +434,7 @@ class RayEngine(Engine):
                         steps.append(("deliver", k, rnd, lo, len(args)))
                     else:
                         steps.append(step)
-                refs = actor.run_steps.options(num_returns=seg.n_out + 1).remote(steps, *args)
+                refs = self._run_steps(seg.role, j, actor, seg.n_out + 1).remote(steps, *args)
                 refs = [refs] if seg.n_out == 0 else list(refs)
                 seg.refs.append(refs)
                 done.append(refs[-1])
@@ -442,6 +443,14 @@ class RayEngine(Engine):
         out = [[next(values) for _ in self._segs[i].refs] for i, _ in want]
         self._segs, self._open = [], {}
         return out
+
+    def _run_steps(self, role: str, j: int, actor: Any, n: int) -> Any:
+        """``actor.run_steps`` returning ``n`` refs: the ``.options`` handle built once per actor and ``n``
+        (building it costs the driver more than the call's own submission at small sizes)."""
+        hit = self._handles.get((role, j, n))
+        if hit is None or hit[0] is not actor:  # a replaced actor (crash stand-in) gets its own
+            hit = self._handles[(role, j, n)] = (actor, actor.run_steps.options(num_returns=n))
+        return hit[1]
 
     def _add(self, role: str, step: tuple, outputs: int = 0, after: int | None = None) -> tuple[int, int]:
         """Append ``step`` to ``role``'s open segment; (segment, position of the step's first output)."""
@@ -549,5 +558,5 @@ class RayEngine(Engine):
         for acts in self.actors.values():
             for a in acts:
                 ray.kill(a)
-        self.actors = {}
+        self.actors, self._handles = {}, {}
         self.pool_net = None
