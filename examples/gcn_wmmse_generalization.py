@@ -22,6 +22,13 @@ Writes ``<out>/gcn_wmmse_generalization.csv`` (one row per sweep point), ``<out>
 (statement, measured value, holds) and ``<out>/gcn_wmmse_generalization.png`` (Fig. 4's six panels).
 
     python examples/gcn_wmmse_generalization.py [--batch 50] [--inits 2] [--out runs/gcn_wmmse_generalization]
+
+Measured (``--batch 100 --inits 4``, ~6 min on one thread): DT >= PT - 0.8 % at every point and above it at
+the extremes the paper names (P_BS = 15 dBm 1.084, sigma^2 = -80 dBm 1.010, M = 24 1.034, N = 1 1.023,
+I = 3 1.075); DT also beats WMMSE RI(100) for M >= 16, N = 1 and I = 3.  Of the paper's PT statements,
+PT < RI TR at P_BS = 15 dBm, PT > RI TR over sigma^2, d_BS and N, and PT = 1.148 x RI TR at I = 18
+(paper: 1.13) hold; PT > RI(100) for M >= 12 and at N = 1 do not (0.987, 0.989), and PT / RI at
+P_BS >= 30 dBm is 0.950 (the claim's threshold 0.95 is ours).
 """
 
 from __future__ import annotations
@@ -179,6 +186,8 @@ def plot(rows: Rows, path: Path, batch: int, rounds: int) -> None:
         ax.annotate("PT trained", (pivot, ax.get_ylim()[0]), fontsize=7, color="0.4")
         if key == "bs_distance_m":
             ax.set_xscale("log")
+            ax.set_xticks(x, [f"{v:g}" for v in x])
+            ax.minorticks_off()
         ax.set_xlabel(title)
         ax.set_ylabel("mean WSR [nat/Hz]")
         ax.grid(alpha=0.3)
