@@ -340,26 +340,38 @@ def export_checkpoint(src: str | Path, dst: str | Path, recalibrate: bool = Fals
 
 # =============================================================================== forward, fine-tuning
 def scenario_sampler(scenario: Any, precision: str = "double", device: torch.device | str | None = None,
-                     vary: dict[str, tuple[float, float]] | None = None) -> Sampler:
+                     vary: dict[str, tuple] | None = None) -> Sampler:
     """(batch, seed) -> (net, air) of fresh draws of a scenario (the family's options model or a mapping
     with a ``family`` key), fault-free, the network seeded with the draw's seed.  Drawn on the CPU (same
     numbers on every device), then moved to ``device`` (None: left on the CPU).
 
     ``vary``: {scenario key: (low, high)}: each call first draws these keys uniformly from the draw's seed
-    (integers, inclusive, when both ends are integers), so every minibatch has its own configuration.
-    A key or range the family does not accept is a ``ValueError`` naming it (raised here, before any draw).
+    (integers, inclusive, when both ends are integers), so every minibatch has its own configuration;
+    (low, high, 'log'): log-uniform, exp U(ln low, ln high) (low > 0; for quantities spanning decades,
+    e.g. a distance).  A key or range the family does not accept is a ``ValueError`` naming it (raised
+    here, before any draw).
     """
     if vary:
-        for key, (lo, hi) in vary.items():
+        for key, rng_spec in vary.items():
+            lo, hi, *how = rng_spec
+            if how and (how != ["log"] or not lo > 0 or not hi > 0):
+                raise ValueError(f"train.vary.{key}: {list(rng_spec)} not allowed; allowed: [low, high] or "
+                                 "[low, high, log] with 0 < low, high")
             for v in (lo, hi):
                 _with(scenario, {key: v}, f"train.vary.{key}")
+
+    def draw_one(rng: np.random.Generator, lo: float, hi: float, *how: str) -> int | float:
+        if how:
+            return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        if isinstance(lo, int) and isinstance(hi, int):
+            return int(rng.integers(lo, hi + 1))
+        return float(rng.uniform(lo, hi))
 
     def sample(batch: int, seed: int) -> tuple[Any, Any]:
         scn = scenario
         if vary:
             rng = np.random.default_rng([seed % 2**63, 0x7661727])
-            draw = {k: int(rng.integers(lo, hi + 1)) if isinstance(lo, int) and isinstance(hi, int)
-                    else float(rng.uniform(lo, hi)) for k, (lo, hi) in vary.items()}
+            draw = {k: draw_one(rng, *spec) for k, spec in vary.items()}
             scn = _with(scenario, draw, "train.vary")
         family, ch = generate_channels(scn, batch, seed, precision)
         s = build_scenario(family, ch, None, seed)

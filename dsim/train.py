@@ -95,9 +95,10 @@ class TrainOptions(BaseModel):
     freeze_norm: bool = Field(False, description="normalization layers keep their running statistics during "
                               "training (eval-mode normalization: what inference uses), e.g. to fine-tune "
                               "across configurations whose batch statistics differ")
-    vary: dict[str, tuple[int | float, int | float]] | None = Field(
+    vary: dict[str, tuple[int | float, int | float] | tuple[float, float, Literal["log"]]] | None = Field(
         None, description="scenario keys drawn afresh for every training minibatch, key: [low, high] "
-        "(uniform; integers when both ends are integers); validation stays on the scenario as written")
+        "(uniform; integers when both ends are integers) or [low, high, log] (log-uniform, 0 < low); "
+        "validation stays on the scenario as written")
 
 
 def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOptions:

@@ -47,7 +47,7 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
 #: fast options per algorithm (several entries: several runs); an algorithm not listed runs its defaults
 OPTIONS: dict[str, list[dict[str, Any]]] = {
     "wmmse": [{"init": "random"}, {"init": "mrc"}],
-    "gcn_wmmse": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "shipped"}],
+    "gcn_wmmse": [{"checkpoint": "untrained", "layers": 2}, {"checkpoint": "shipped"}, {"checkpoint": "shipped-dt"}],
     "wmmse_admm": [{"max_inner": 200}],
     "wcgcn": [{"checkpoint": "untrained"}, {"checkpoint": "shipped"}],
     "icgnn": [{"checkpoint": "untrained", "layers": 2}, {"adapt_steps": 1, "adapt_batch": 2}],
