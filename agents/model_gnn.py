@@ -452,7 +452,8 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
 
     * ``taylor_l`` (local): c = [D_m, D_m A_m] (:func:`taylor_features`) and the antenna sums to send;
     * ``bh_sums_l`` (message on ``bs>bs``, link ``bh``, aggr sum): each BS sends every other BS the antenna sums
-      (U x 2 J_l reals; U = I N virtual users) -- the only cross-cell term of the update, p_r's;
+      (U x 2 J_l reals, U x 3 J_l with ``taylor_split``; U = I N virtual users) -- the only cross-cell term of
+      the update, p_r's;
     * ``update_l`` (local): :func:`mc_edge_layer`, then sigma = X/||X||_F over the BS's edges (hidden layers)
       or the per-BS power normalisation :func:`mc_output` (last layer).
 
