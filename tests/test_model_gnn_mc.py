@@ -21,9 +21,16 @@ def _channels(batch=2, seed=0, **kw):
     return generate_multicell(MulticellScenario(**kw), batch, torch.Generator().manual_seed(seed))
 
 
-def _params(hidden=(6, 4), seed=3, complex_weights=False):
+#: the shipped models' departures from the paper's layer (scenarios/train_model_gnn_mc_*.yaml)
+SHIPPED_VARIANT = {"aggr": "mean", "taylor_split": "self", "user_gate": True}
+
+
+def _params(hidden=(6, 4), seed=3, complex_weights=False, **variant):
     m = MODEL_MC.learnable({"checkpoint": "untrained", "hidden": hidden, "init_seed": seed,
-                            "complex_weights": complex_weights}).module
+                            "complex_weights": complex_weights} | variant).module
+    if getattr(m, "user_gate", False):
+        with torch.no_grad():                                          # untrained gamma = 0: give it a value
+            m.gamma.copy_(torch.tensor([[0.7, -0.4], [-0.3, 1.1]], dtype=torch.float64))
     return m.eval().requires_grad_(False)
 
 
@@ -44,7 +51,10 @@ def test_backhaul_edges_every_ordered_pair():
 
 def _direct(params, ch) -> np.ndarray:
     """The P2 Model-GNN on the whole graph, written from the paper's equations with explicit loops over the
-    BSs m (no engine, no messages): edges (n_m, u) for every antenna n of BS m and every user u."""
+    BSs m (no engine, no messages): edges (n_m, u) for every antenna n of BS m and every user u; with the
+    options aggr: mean, taylor_split: cell | self and user_gate written out per edge as well."""
+    mean = params.aggr == "mean"
+    split = params.taylor_split
     H = ch.H.numpy()[:, :, :, 0, :]                                   # (B, I, K, M): row H_ik = h^H
     B, I, K, M = H.shape
     assign = ch.assign.numpy()
@@ -57,13 +67,23 @@ def _direct(params, ch) -> np.ndarray:
     V = np.zeros((B, I, M), complex)
     for ell in range(len(ws)):
         J = x.shape[-1]
-        c = np.zeros(x.shape[:-1] + (2 * J,))
+        parts = 2 if split == "none" else 3
+        c = np.zeros(x.shape[:-1] + (parts * J,))
         for m in range(K):
             D = x[:, m, :, :, 0::2] + 1j * x[:, m, :, :, 1::2]         # (B, M, I, J/2)
             A = np.einsum("bjn,bnkf->bjkf", H[:, :, m], D)            # a_jk = h_{j,m}^H d_{m,k}
-            DA = np.einsum("bnjf,bjkf->bnkf", D, A)
+            if split == "none":
+                blocks = [np.einsum("bnjf,bjkf->bnkf", D, A)]
+            else:
+                first = np.zeros(D.shape, complex)
+                for k in range(I):
+                    for j in range(I):
+                        if (split == "self" and j == k) or (split == "cell" and assign[j] == m):
+                            first[:, :, k] += D[:, :, j] * A[:, j, k][:, None]
+                blocks = [first, np.einsum("bnjf,bjkf->bnkf", D, A) - first]
             c[:, m, :, :, :J] = x[:, m]
-            c[:, m, :, :, J::2], c[:, m, :, :, J + 1::2] = DA.real, DA.imag
+            for i, Z in enumerate(blocks):
+                c[:, m, :, :, (i + 1) * J:(i + 2) * J:2], c[:, m, :, :, (i + 1) * J + 1:(i + 2) * J:2] = Z.real, Z.imag
         y = np.zeros(x.shape[:-1] + (ws[ell].shape[1],))
         for b in range(B):
             for m in range(K):
@@ -75,7 +95,18 @@ def _direct(params, ch) -> np.ndarray:
                         terms = [c[b, m, :, u].sum(0),
                                  sum(c[b, mm, :, u].sum(0) for mm in range(K) if mm != m),
                                  c[b, m, n, same].sum(0), c[b, m, n, other].sum(0)]
+                        if mean:
+                            terms = [v / max(cnt, 1) for v, cnt in zip(terms, (M, M * (K - 1), len(same), len(other)))]
                         y[b, m, n, u] = c[b, m, n, u] @ ws[ell] + sum(v @ wa[ell][t, i] for i, v in enumerate(terms))
+        if ell < len(ws) - 1 and params.user_gate:
+            gamma = params.gamma[ell].numpy()
+            for b in range(B):
+                for m in range(K):
+                    e = (y[b, m] ** 2).mean(axis=(0, 2))                # (I,) energy of each user at BS m
+                    for u in range(I):
+                        t = 0 if assign[u] == m else 1
+                        grp = [v for v in range(I) if (assign[v] == m) == (assign[u] == m)]
+                        y[b, m, :, u] *= (e[u] / e[grp].mean()) ** gamma[t]
         if ell < len(ws) - 1:
             x = y / np.linalg.norm(y.reshape(B, K, -1), axis=-1)[:, :, None, None, None]
         else:
@@ -88,24 +119,27 @@ def _direct(params, ch) -> np.ndarray:
     return V
 
 
-@pytest.mark.parametrize("complex_weights", [True, False], ids=["complex", "real"])
-def test_protocol_equals_direct_full_graph_and_power_exact(complex_weights):
-    params = _params(complex_weights=complex_weights)
+@pytest.mark.parametrize("complex_weights,variant", [
+    (True, {}), (False, {}), (False, SHIPPED_VARIANT), (True, {"aggr": "mean", "taylor_split": "cell"})],
+    ids=["complex", "real", "shipped-variant", "complex-mean-cell"])
+def test_protocol_equals_direct_full_graph_and_power_exact(complex_weights, variant):
+    params = _params(complex_weights=complex_weights, **variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3)
     V, air, _ = _run(params, ch)
     np.testing.assert_allclose(V[..., 0].numpy(), _direct(params, ch), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(air.power(V), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
 
 
-def test_backhaul_ledger_per_layer():
-    params = _params(hidden=(6, 4))
+@pytest.mark.parametrize("variant,parts", [({}, 2), (SHIPPED_VARIANT, 3)], ids=["paper", "shipped-variant"])
+def test_backhaul_ledger_per_layer(variant, parts):
+    params = _params(hidden=(6, 4), **variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3, ue_antennas=2)
     _, _, ledger = _run(params, ch)
     bh = [r for r in ledger if r.link == "bh"]
     U = 6 * 2                                                           # virtual users: I UEs x N_r antennas
     assert [r.phase for r in bh] == ["bh_sums_l1", "bh_sums_l2", "bh_sums_l3"]
     assert [r.messages for r in bh] == [2 * 3 * 2] * 3                  # B x K (K - 1) ordered BS pairs
-    assert [r.reals for r in bh] == [12 * U * 2 * J for J in (2, 6, 4)]  # U x 2 J_l reals per message
+    assert [r.reals for r in bh] == [12 * U * parts * J for J in (2, 6, 4)]  # U x parts J_l reals per message
     assert all(r.bytes >= 8 * r.reals for r in bh)                     # float64 wire
     assert not [r for r in ledger if r.link != "bh"]                   # nothing but the backhaul travels
     _, _, one = _run(params, _channels(batch=2, n_bs=1, ues_per_bs=3))
@@ -122,8 +156,9 @@ def _relabelled(ch, bs, ue_in_cell, ant):
     return replace(ch, H=H), order
 
 
-def test_permutation_equivariance():
-    params = _params()
+@pytest.mark.parametrize("variant", [{}, SHIPPED_VARIANT], ids=["paper", "shipped-variant"])
+def test_permutation_equivariance(variant):
+    params = _params(**variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=3, bs_antennas=4)
     V, air, _ = _run(params, ch)
     bs = torch.tensor([2, 0, 1])
@@ -157,6 +192,24 @@ def test_complex_weights_commute_with_a_common_phase():
     torch.testing.assert_close(air_r.evaluate(Vr)[0], air.evaluate(V)[0], rtol=1e-12, atol=0)
 
 
+def test_user_gate_at_zero_is_the_paper_layer_and_selects_users():
+    """gamma = 0 gives exactly the layer without the gate; gamma > 0 spreads the per-user powers (soft selection)."""
+    ch = _channels(batch=2)
+    base = _params(aggr="mean", taylor_split="self")
+    gated = _params(aggr="mean", taylor_split="self", user_gate=True)
+    with torch.no_grad():
+        gated.gamma.zero_()
+    V0, air, _ = _run(base, ch)
+    Vg, _, _ = _run(gated, ch)
+    torch.testing.assert_close(Vg, V0, rtol=0, atol=1e-13)
+    with torch.no_grad():
+        gated.gamma.fill_(1.5)
+    Vs, _, _ = _run(gated, ch)
+    spread = [float(((V.abs() ** 2).sum((-1, -2))).std(-1).mean()) for V in (V0, Vs)]
+    assert spread[1] > 1.2 * spread[0]
+    torch.testing.assert_close(air.power(Vs), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
+
+
 def test_coordination_uses_the_backhaul():
     """Without the p_r weights (the only cross-cell term) the decision changes: the backhaul carries information."""
     params = _params()
@@ -170,10 +223,11 @@ def test_coordination_uses_the_backhaul():
 
 
 def test_local_equals_ray_with_backhaul_ledger(ray_session):
-    """3 BSs on 2 shards (backhaul messages inside a host and across hosts): identical decisions and ledger."""
+    """3 BSs on 2 shards (backhaul messages inside a host and across hosts): identical decisions and ledger
+    (the shipped models' variant; the paper's layer is in tests/test_ray_engine.py's every-protocol test)."""
     from dsim.engine.ray import RayEngine
 
-    params = _params()
+    params = _params(**SHIPPED_VARIANT)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3, ue_antennas=2)
     a, _, la = _run(params, ch)
     engine = RayEngine("float64", shards=2)
