@@ -321,7 +321,7 @@ class ModelGNNMCParams(LearnedModule):
         self.w_self = nn.ParameterList(init(a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
         self.w_agg = nn.ParameterList(init(2, len(MC_TERMS), a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
         if self.user_gate:  # gamma[l, t]: the gate exponent of hidden layer l, edge type t; 0 = the paper's layer
-            self.gamma = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64))
+            self.gamma = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64, device="cpu"))
 
     @property
     def layers(self) -> int:
@@ -400,6 +400,10 @@ def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, 
     return y * csi.to(rdt)[:, :, None, :, None]
 
 
+#: largest exponent of the user gate's gain, e^50 ~ 5e21 (:func:`user_gate`)
+GATE_EXPONENT_CAP = 50.0
+
+
 def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
     """Option ``user_gate`` (not in the paper): a per-user soft selection between the update and the activation,
 
@@ -420,7 +424,10 @@ def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
     for t in (0, 1):
         w = grp[t] * csif
         ebar = (e * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1)
-        g = g + grp[t] * torch.exp(gamma[t].to(rdt) * (torch.log(e.clamp_min(tiny)) - torch.log(ebar.clamp_min(tiny))))
+        expo = gamma[t].to(rdt) * (torch.log(e.clamp_min(tiny)) - torch.log(ebar.clamp_min(tiny)))
+        # capped so that a user with no energy (e = 0: no CSI, lost message) under gamma < 0 gives a finite
+        # gain (0 * inf would be NaN); |expo| stays far below the cap for every trained model
+        g = g + grp[t] * torch.exp(expo.clamp_max(GATE_EXPONENT_CAP))
     return y * g[:, :, None, :, None]
 
 
