@@ -426,7 +426,8 @@ def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
         ebar = (e * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1)
         expo = gamma[t].to(rdt) * (torch.log(e.clamp_min(tiny)) - torch.log(ebar.clamp_min(tiny)))
         # capped so that a user with no energy (e = 0: no CSI, lost message) under gamma < 0 gives a finite
-        # gain (0 * inf would be NaN); |expo| stays far below the cap for every trained model
+        # gain (0 * inf would be NaN); the shipped models' precoders are bit-identical with and without the cap
+        # (50 iid samples each at (M, N, K) = (3, 8, 4) and (2, 16, 8))
         g = g + grp[t] * torch.exp(expo.clamp_max(GATE_EXPONENT_CAP))
     return y * g[:, :, None, :, None]
 
