@@ -151,7 +151,9 @@ def keep_unheard(V: Tensor, V_prev: Tensor, heard: Tensor, power: Tensor, sv: Ed
     previous V_i for the others; a BS holding such a kept beamformer is projected onto its budget (15).
 
     V, V_prev: (B, S, M, N) per served UE; heard: (B, S) bool; power: (B, n_bs) W.  Where every served UE
-    was heard the result is V exactly (V times a scale of exactly 1)."""
+    was heard the result is V exactly (returned as is: the common fault-free case costs nothing)."""
+    if bool(heard.all()):
+        return V
     m = heard.reshape(heard.shape + (1, 1))
     mixed = torch.where(m, V, V_prev)
     kept = sv.sum_dst((~heard & sv.mask).to(power.dtype)) > 0          # (B, n_bs): BS keeps some V_i
