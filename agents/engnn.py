@@ -421,18 +421,6 @@ class ENGNNOptions(LearnedOptions):
                                                     "(ENGNN-E) or the Tx node (ENGNN-N)")
 
 
-def resolve_checkpoint(opts: ENGNNOptions) -> ENGNNOptions:
-    """``opts`` with 'shipped' / 'shipped:<name>' replaced by the checkpoint's path."""
-    ck = opts.checkpoint
-    if not ck.startswith("shipped"):
-        return opts
-    name = ck.split(":", 1)[1] if ":" in ck else "ex1_1000"
-    if name not in SHIPPED_MODELS:
-        raise ValueError(f"engnn: checkpoint 'shipped:{name}' is not allowed; allowed: "
-                         f"{', '.join('shipped:' + n for n in SHIPPED_MODELS)}")
-    return opts.model_copy(update={"checkpoint": str(SHIPPED_MODELS[name])})
-
-
 def loss_sum_rate(wsr: dict[int, Tensor]) -> Tensor:
     """-mean over samples (and loss layers) of the sum rate [bit/s/Hz] (problem (6a))."""
     return -torch.stack([w.mean() for w in wsr.values()]).mean()
@@ -443,26 +431,20 @@ def _protocol(params: ENGNNParams, net: Network, opts: ENGNNOptions) -> Protocol
 
 
 MODEL = LearnableSpec("engnn", ENGNNParams, ENGNNOptions, _protocol, SHIPPED_MODELS["ex1_1000"],
-                      "scenarios/train_engnn_ex1_1000.yaml", TRAIN_DEFAULTS, loss=loss_sum_rate)
+                      "scenarios/train_engnn_ex1_1000.yaml", TRAIN_DEFAULTS, loss=loss_sum_rate, named=SHIPPED_MODELS)
 
 
 def build(opts: ENGNNOptions, net: Network) -> Protocol:
     """Inference protocol (an untrained model takes ``tx_antennas`` from the scenario)."""
     if opts.checkpoint == "untrained":
         opts = opts.model_copy(update={"tx_antennas": opts.tx_antennas or int(net.info["bs_antennas"])})
-    return MODEL.build(resolve_checkpoint(opts), net)
-
-
-def learnable(options: dict) -> object:
-    """Training: the learnable of the YAML options (default untrained; 'shipped:<name>' resolved)."""
-    opts = ENGNNOptions(**({"checkpoint": "untrained"} | dict(options)))
-    return MODEL.learnable(resolve_checkpoint(opts).model_dump())
+    return MODEL.build(opts, net)
 
 
 register_algorithm(AlgorithmSpec("engnn", ("interference",), ENGNNOptions, build,
                                  "ENGNN eq. (19)-(26): node + edge updates on the Tx/Rx graph, MAX "
                                  "aggregations; Ex1 beamforming (readout edge|node); checkpoint "
-                                 "shipped|shipped:NAME|untrained|PATH", learnable=learnable))
+                                 "shipped|shipped:NAME|untrained|PATH", learnable=MODEL.learnable))
 
 __all__ = ["ENGNNCore", "LayerWeights", "MLP", "edge_update", "engnn_forward", "engnn_layer", "ex1_power_normalize",
            "leave_one_out_max", "post_edge", "post_rx", "post_tx", "preprocess", "rx_edge_branch", "rx_update",

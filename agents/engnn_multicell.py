@@ -345,48 +345,31 @@ class ENGNNMulticellOptions(LearnedOptions):
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
 
 
-def _spec(problem: Literal["ex2", "ex3"]) -> tuple[LearnableSpec, dict[str, Path]]:
+def _spec(problem: Literal["ex2", "ex3"]) -> LearnableSpec:
     shipped = SHIPPED_EX2 if problem == "ex2" else SHIPPED_EX3
     default = "ex2_n10" if problem == "ex2" else "ex3"
     recipe = "scenarios/train_engnn_ex2_n10.yaml" if problem == "ex2" else "scenarios/train_engnn_ex3.yaml"
 
     params = ENGNNEx2Params if problem == "ex2" else ENGNNEx3Params
-    spec = LearnableSpec(f"engnn_{problem}", params, ENGNNMulticellOptions,
+    return LearnableSpec(f"engnn_{problem}", params, ENGNNMulticellOptions,
                          lambda params, net, opts: engnn_multicell_protocol(params, net), shipped[default], recipe,
-                         TRAIN_DEFAULTS, loss=loss_sum_rate)
-    return spec, shipped
-
-
-def _resolve(opts: ENGNNMulticellOptions, problem: str, shipped: dict[str, Path]) -> ENGNNMulticellOptions:
-    """``opts`` with 'shipped' / 'shipped:<name>' replaced by the checkpoint's path."""
-    ck = opts.checkpoint
-    if not ck.startswith("shipped"):
-        return opts
-    name = ck.split(":", 1)[1] if ":" in ck else ("ex2_n10" if problem == "ex2" else "ex3")
-    if name not in shipped:
-        raise ValueError(f"engnn_{problem}: checkpoint 'shipped:{name}' is not allowed; allowed: "
-                         f"{', '.join('shipped:' + n for n in shipped)}")
-    return opts.model_copy(update={"checkpoint": str(shipped[name])})
+                         TRAIN_DEFAULTS, loss=loss_sum_rate, named=shipped)
 
 
 def _register(problem: Literal["ex2", "ex3"], summary: str) -> LearnableSpec:
-    spec, shipped = _spec(problem)
+    spec = _spec(problem)
 
     def build(opts: ENGNNMulticellOptions, net: Network) -> Protocol:
         if opts.checkpoint == "untrained" and problem == "ex3":
             opts = opts.model_copy(update={"bs_antennas": opts.bs_antennas or int(net.info["bs_antennas"])})
-        return spec.build(_resolve(opts, problem, shipped), net)
-
-    def learnable(options: dict) -> object:
-        opts = ENGNNMulticellOptions(**({"checkpoint": "untrained"} | dict(options)))
-        return spec.learnable(_resolve(opts, problem, shipped).model_dump())
+        return spec.build(opts, net)
 
     register_algorithm(AlgorithmSpec(f"engnn_{problem}", ("multicell",), ENGNNMulticellOptions, build, summary,
-                                     learnable=learnable))
+                                     learnable=spec.learnable))
     return spec
 
 
 MODEL_EX2 = _register("ex2", "ENGNN Ex2: power allocation over fixed ZF beams (L = 1, d_E = 32, softmax x P_b); "
                              "checkpoint shipped|shipped:ex2_n{2,5,10}|untrained|PATH")
 MODEL_EX3 = _register("ex3", "ENGNN Ex3: cooperative beamforming, every BS serves every UE (L = 2, d_E = 64, "
-                             "per-BS power scaling); checkpoint shipped|untrained|PATH")
+                             "per-BS power scaling); checkpoint shipped|shipped:ex3|untrained|PATH")

@@ -61,11 +61,12 @@ from dsim.registry import AlgorithmSpec, register_algorithm
 Tensor = torch.Tensor
 
 SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
-#: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped-dt``
+#: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped:dt``
 SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
-#: shipped checkpoints other than 'shipped' (the PT model), by the name the ``checkpoint`` option takes;
-#: 'shipped:dt' (the ``shipped:<name>`` convention of the other learned protocols) is the same file
-SHIPPED_MODELS = {"shipped-dt": SHIPPED_DT, "shipped:dt": SHIPPED_DT}
+#: shipped checkpoints other than 'shipped' (the PT model): ``checkpoint: shipped:<name>``
+SHIPPED_MODELS = {"dt": SHIPPED_DT}
+#: the DT model's first name, kept: ``checkpoint: shipped-dt`` is ``shipped:dt``
+SHIPPED_ALIASES = {"shipped-dt": "dt"}
 #: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
 #: first beamformers V^(0) by name (hyper-parameter ``init``)
 INITS = {"mrc": mrc_init, "mrc_equal": mrc_equal_init}
@@ -276,36 +277,9 @@ def _protocol(params: GCNWMMSEParams, net: Network, opts: GCNWMMSEOptions) -> Pr
 
 
 MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, SHIPPED,
-                      "scenarios/train_gcn_wmmse.yaml", TRAIN_DEFAULTS)
+                      "scenarios/train_gcn_wmmse.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS, aliases=SHIPPED_ALIASES,
+                      recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml"})
 
-
-def resolve_checkpoint(opts: GCNWMMSEOptions) -> GCNWMMSEOptions:
-    """``opts`` with a shipped checkpoint other than 'shipped' (:data:`SHIPPED_MODELS`) replaced by its
-    path; another name starting with 'shipped' is a ``ValueError`` naming the allowed ones."""
-    ck = opts.checkpoint
-    if ck == "shipped" or not ck.startswith("shipped"):
-        return opts
-    if ck not in SHIPPED_MODELS:
-        raise ValueError(f"gcn_wmmse: checkpoint {ck!r} is not allowed; allowed: shipped, "
-                         f"{', '.join(SHIPPED_MODELS)}, untrained or a path")
-    path = SHIPPED_MODELS[ck]
-    if not path.exists():
-        raise FileNotFoundError(f"gcn_wmmse checkpoint {path} not found (train one: python -m dsim train "
-                                "scenarios/train_gcn_wmmse_dt.yaml)")
-    return opts.model_copy(update={"checkpoint": str(path)})
-
-
-def build(opts: GCNWMMSEOptions, net: Network) -> Protocol:
-    """Inference protocol of the options (``checkpoint: shipped-dt`` resolved)."""
-    return MODEL.build(resolve_checkpoint(opts), net)
-
-
-def learnable(options: dict) -> object:
-    """Training: the learnable of the YAML options (default untrained; ``shipped-dt`` resolved)."""
-    opts = GCNWMMSEOptions(**({"checkpoint": "untrained"} | dict(options)))
-    return MODEL.learnable(resolve_checkpoint(opts).model_dump())
-
-
-register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, build,
-                                 "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT)|shipped-dt "
-                                 "(DT, Sec. IV-B.5)|untrained|PATH", learnable=learnable))
+register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
+                                 "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT)|shipped:dt = "
+                                 "shipped-dt (DT, Sec. IV-B.5)|untrained|PATH", learnable=MODEL.learnable))

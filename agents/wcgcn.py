@@ -339,7 +339,8 @@ class WCGCNOptions(LearnedOptions):
 
 
 def shipped_for(net: Network) -> str:
-    """Name of the shipped model that fits ``net`` (WCGCNOptions docstring)."""
+    """Name of the shipped model that fits ``net`` (WCGCNOptions docstring): what ``checkpoint: shipped``
+    means at inference (``LearnableSpec.default_for``; without a network, e.g. training: d2d_pc)."""
     if int(net.info["bs_antennas"]) > 1:
         return "d2d_bf"
     scn = net.info.get("scenario_config") or {}
@@ -348,18 +349,6 @@ def shipped_for(net: Network) -> str:
         if name in SHIPPED_MODELS:
             return name
     return "d2d_pc"
-
-
-def resolve_checkpoint(opts: WCGCNOptions, net: Network | None) -> WCGCNOptions:
-    """``opts`` with 'shipped' / 'shipped:<name>' replaced by the checkpoint's path."""
-    ck = opts.checkpoint
-    if not ck.startswith("shipped"):
-        return opts
-    name = ck.split(":", 1)[1] if ":" in ck else (shipped_for(net) if net is not None else "d2d_pc")
-    if name not in SHIPPED_MODELS:
-        raise ValueError(f"wcgcn: checkpoint 'shipped:{name}' is not allowed; allowed: "
-                         f"{', '.join('shipped:' + n for n in SHIPPED_MODELS)}")
-    return opts.model_copy(update={"checkpoint": str(SHIPPED_MODELS[name])})
 
 
 def loss_wsr(wsr: dict[int, Tensor]) -> Tensor:
@@ -372,7 +361,8 @@ def _protocol(params: WCGCNParams, net: Network, opts: WCGCNOptions) -> Protocol
 
 
 MODEL = LearnableSpec("wcgcn", WCGCNParams, WCGCNOptions, _protocol, SHIPPED_MODELS["d2d_pc"],
-                      "scenarios/train_wcgcn_d2d_pc.yaml", TRAIN_DEFAULTS, loss=loss_wsr)
+                      "scenarios/train_wcgcn_d2d_pc.yaml", TRAIN_DEFAULTS, loss=loss_wsr, named=SHIPPED_MODELS,
+                      default_for=shipped_for)
 
 
 def build(opts: WCGCNOptions, net: Network) -> Protocol:
@@ -382,16 +372,10 @@ def build(opts: WCGCNOptions, net: Network) -> Protocol:
         n_t = int(net.info["bs_antennas"])
         opts = opts.model_copy(update={"mode": opts.mode or ("bf" if n_t > 1 else "pc"),
                                        "tx_antennas": opts.tx_antennas or n_t})
-    return MODEL.build(resolve_checkpoint(opts, net), net)
-
-
-def learnable(options: dict) -> object:
-    """Training: the learnable of the YAML options (default untrained; 'shipped:<name>' resolved)."""
-    opts = WCGCNOptions(**({"checkpoint": "untrained"} | dict(options)))
-    return MODEL.learnable(resolve_checkpoint(opts, None).model_dump())
+    return MODEL.build(opts, net)
 
 
 register_algorithm(AlgorithmSpec("wcgcn", ("interference",), WCGCNOptions, build,
                                  "MPGNN/WCGCN eq. (7)-(8): 3 layers, shared weights, MAX aggregation; "
                                  "power control (N_t = 1) or beamforming; checkpoint shipped|shipped:NAME|"
-                                 "untrained|PATH", learnable=learnable))
+                                 "untrained|PATH", learnable=MODEL.learnable))

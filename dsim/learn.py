@@ -6,9 +6,11 @@ options model (a :class:`LearnedOptions`), ``protocol(module, net, options) -> P
 the shipped checkpoint and the training recipe that reproduces it, its loss and its training defaults
 (the paper's). Everything else is here, once:
 
-* options: ``checkpoint`` = 'shipped' (the packaged model) | 'untrained' (seeded by ``init_seed``) |
-  a path to a ``dsim train`` checkpoint; the hyper-parameters named in the options default to the
-  checkpoint's and must match it (:meth:`LearnableSpec.make`);
+* options: ``checkpoint`` = 'shipped' (the packaged model; a spec with ``default_for`` picks it from the
+  scenario) | 'shipped:<name>' (one of the spec's ``named`` models) or an alias of one | 'untrained'
+  (seeded by ``init_seed``) | a path to a ``dsim train`` checkpoint; the hyper-parameters named in the
+  options default to the checkpoint's and must match it (:meth:`LearnableSpec.make`); the names are
+  resolved here only (:meth:`LearnableSpec.locate`), for inference, training and federated fine-tuning;
 * checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`, :func:`export_checkpoint`) with a
   format version (:data:`FORMAT_VERSION`; a file without ``format_version`` is version 1);
 * the loss: (16) :func:`normalized_loss` unless the spec brings its own; :func:`forward_loss`;
@@ -49,6 +51,8 @@ Loss = Callable[[dict[int, Tensor]], Tensor]      # {round: WSR (B,)} -> scalar
 
 #: checkpoint format written by :func:`save_checkpoint`; files without the key are version 1
 FORMAT_VERSION = 1
+#: the ``checkpoint`` value of a packaged model ('shipped', 'shipped:<name>'; :meth:`LearnableSpec.locate`)
+SHIPPED = "shipped"
 
 
 # =============================================================================== parameters
@@ -100,8 +104,9 @@ def count_parameters(module: nn.Module) -> int:
 class LearnedOptions(BaseModel):
     """Options every learned protocol has (its options model subclasses this one).
 
-    checkpoint: 'shipped' (the packaged model), 'untrained' (initialized from ``init_seed``) or a path
-    to a ``dsim train`` checkpoint.
+    checkpoint: 'shipped' (the packaged model), 'shipped:<name>' (a named packaged model of the protocol),
+    'untrained' (initialized from ``init_seed``) or a path to a ``dsim train`` checkpoint
+    (:meth:`LearnableSpec.locate`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -163,10 +168,15 @@ class LearnableSpec:
                     ``module.hparam_names``, None = the checkpoint's).
     protocol:       ``protocol(module, net, options) -> Protocol`` using the module's current parameters
                     (differentiable on the local engine).
-    shipped:        path of the packaged checkpoint ('shipped').
+    shipped:        path of the packaged checkpoint ('shipped'; without a network to pick by, the default).
     recipe:         the training YAML that reproduces it (named when a checkpoint is missing).
     train_defaults: defaults of the model's :class:`dsim.train.TrainOptions` fields (lr, batch, ...).
     loss:           training loss over {round: WSR (B,)}; default (16).
+    named:          further packaged checkpoints by name: ``checkpoint: shipped:<name>``.
+    aliases:        other spellings of a named one, {spelling: name} (e.g. {'shipped-dt': 'dt'}).
+    default_for:    ``default_for(net) -> name`` (a key of ``named``): the model 'shipped' means on ``net``
+                    (e.g. the one trained for its size); None: always ``shipped``.
+    recipes:        the training YAML of a named checkpoint, {name: recipe}, where it is not ``recipe``.
     """
 
     name: str
@@ -177,31 +187,69 @@ class LearnableSpec:
     recipe: str
     train_defaults: dict[str, Any] = field(default_factory=dict)
     loss: Loss = normalized_loss
+    named: dict[str, Path] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    default_for: Callable[[Network], str] | None = None
+    recipes: dict[str, str] = field(default_factory=dict)
 
-    def read(self, ref: str | Path) -> dict[str, Any]:
-        """The checkpoint ``ref`` ('shipped' or a path) as a dict; a missing file says how to train one."""
-        path = self.shipped if str(ref) == "shipped" else Path(ref)
+    def __post_init__(self) -> None:
+        unknown = sorted((set(self.aliases.values()) | set(self.recipes)) - set(self.named))
+        if unknown:
+            raise ValueError(f"{self.name}: aliases / recipes name no model of `named`: {unknown}")
+        spelled = [a for a in self.aliases if not a.startswith(SHIPPED) or a.startswith(f"{SHIPPED}:")]
+        if spelled:
+            raise ValueError(f"{self.name}: aliases must start with {SHIPPED!r} and not be 'shipped:<name>': {spelled}")
+
+    def shipped_refs(self) -> list[str]:
+        """Every value of the ``checkpoint`` option that names a packaged model: 'shipped', 'shipped:<name>'
+        for each of :attr:`named`, then the :attr:`aliases`."""
+        return [SHIPPED, *(f"{SHIPPED}:{n}" for n in self.named), *self.aliases]
+
+    def locate(self, ref: str | Path, net: Network | None = None) -> tuple[Path, str]:
+        """(file, training recipe) of checkpoint ``ref``: 'shipped' is :attr:`shipped`, or with ``net`` and a
+        :attr:`default_for` hook the named model it picks; 'shipped:<name>' and the aliases are :attr:`named`
+        models; any other value starting with 'shipped' is a ``ValueError`` of one line naming the protocol,
+        the key and the allowed values (a path starting so: write it ./shipped...); anything else is a path."""
+        ref = str(ref)
+        if not ref.startswith(SHIPPED):
+            return Path(ref), self.recipe
+        if ref == SHIPPED:
+            if net is None or self.default_for is None:
+                return self.shipped, self.recipe
+            name = self.default_for(net)
+        else:
+            name = self.aliases.get(ref, ref.removeprefix(f"{SHIPPED}:") if ref.startswith(f"{SHIPPED}:") else "")
+            if name not in self.named:
+                raise ValueError(f"{self.name}: checkpoint {ref!r} is not allowed; allowed: "
+                                 f"{', '.join(self.shipped_refs())}, untrained or a path")
+        return self.named[name], self.recipes.get(name, self.recipe)
+
+    def read(self, ref: str | Path, net: Network | None = None) -> dict[str, Any]:
+        """The checkpoint ``ref`` (:meth:`locate`; ``net``: the network 'shipped' is for) as a dict; a
+        missing file says how to train one."""
+        path, recipe = self.locate(ref, net)
         if not path.exists():
             raise FileNotFoundError(f"{self.name} checkpoint {path} not found (train one: python -m dsim train "
-                                    f"{self.recipe})")
+                                    f"{recipe})")
         return load_checkpoint(path)
 
-    def load(self, ref: str | Path) -> LearnedModule:
-        """The module of checkpoint ``ref`` ('shipped' or a path)."""
-        ck = self.read(ref)
+    def load(self, ref: str | Path, net: Network | None = None) -> LearnedModule:
+        """The module of checkpoint ``ref`` (:meth:`read`)."""
+        ck = self.read(ref, net)
         module = self.module(**ck["hparams"])
         module.load_state_dict(ck["model"])
         module.trained_with = dict((ck.get("meta") or {}).get("train_options") or {})
         return module
 
-    def make(self, opts: LearnedOptions) -> LearnedModule:
+    def make(self, opts: LearnedOptions, net: Network | None = None) -> LearnedModule:
         """The module per ``opts``: untrained (hyper-parameters from the options, else the defaults) or
-        loaded, each hyper-parameter given in the options checked against the checkpoint's."""
+        loaded (:meth:`load`; ``net``: the network a 'shipped' default is picked for, None: training), each
+        hyper-parameter given in the options checked against the checkpoint's."""
         want = {k: getattr(opts, k) for k in self.module.hparam_names}
         if opts.checkpoint == "untrained":
             hp = self.module.default_hparams() | {k: v for k, v in want.items() if v is not None}
             return self.module(**hp, seed=opts.init_seed)
-        module = self.load(opts.checkpoint)
+        module = self.load(opts.checkpoint, net)
         for k, v in want.items():
             have = module.hparams.get(k)
             if v is not None and have != v and k in self.module.free_hparams:
@@ -211,14 +259,16 @@ class LearnableSpec:
         return module
 
     def learnable(self, options: dict[str, Any]) -> Learnable:
-        """``AlgorithmSpec.learnable``: the trainable protocol of the YAML options (default: untrained)."""
+        """``AlgorithmSpec.learnable``: the trainable protocol of the YAML options (default: untrained; a
+        checkpoint name resolved by :meth:`locate` without a network, so 'shipped' is :attr:`shipped`): what
+        ``dsim train``, :func:`export_checkpoint` and federated fine-tuning (:mod:`dsim.federated`) start from."""
         opts = self.options(**({"checkpoint": "untrained"} | dict(options)))
         return Learnable(self, self.make(opts), opts)
 
     def build(self, opts: LearnedOptions, net: Network) -> Protocol:
         """``AlgorithmSpec.build``: the protocol for inference (module in eval mode, no gradients), after
         ``adapt_steps`` adaptation steps when the options have them (their facts go to ``meta``)."""
-        learn = Learnable(self, self.make(opts), opts)
+        learn = Learnable(self, self.make(opts, net), opts)
         learn.module.to(net.device).eval().requires_grad_(False)  # adaptation and inference run where net is
         meta: dict[str, Any] = {}
         if isinstance(opts, AdaptOptions):

@@ -97,3 +97,17 @@ def test_user_errors_are_one_line_naming_file_and_key(tmp_path):
                 "bad.yaml" in lines[0] and key in lines[0]):
             problems.append(f"{case}: exit {proc.returncode}, stderr: {err!r}")
     assert not problems, "\n".join(problems)
+
+
+def test_unknown_shipped_checkpoint_fails_the_algorithm_with_one_line(tmp_path):
+    """``checkpoint: shipped:nope``: the algorithm fails at build time (exit 1, the others' results written) and
+    stderr is one line naming the protocol, the key and the allowed values (dsim.learn.LearnableSpec.locate)."""
+    cfg = RUN | {"scenario": {"family": "interference", "layout": "d2d", "n_pairs": 4},
+                 "algorithms": [{"name": "wcgcn", "checkpoint": "shipped:nope"}, {"name": "strongest"}]}
+    write(tmp_path / "cfg.yaml", cfg)
+    r = dsim(tmp_path, "run", "cfg.yaml", "--out", "out", "--no-progress")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert ("wcgcn: checkpoint 'shipped:nope' is not allowed; allowed: shipped, shipped:gauss_K10_0dB, "
+            in lines[0]) and lines[0].endswith("shipped:d2d_bf, untrained or a path")
+    assert {m["algorithm"] for m in metrics(tmp_path / "out")} == {"strongest"}

@@ -291,3 +291,16 @@ def test_meta_default_device():
         torch.set_default_device(None)
     assert all(torch.equal(v, w) for v, w in zip(got, ref))
     assert torch.equal(h, h_ref)
+
+
+def test_start_vector_resolves_named_checkpoints_as_inference_does():
+    """The federated start goes through LearnableSpec.locate: 'shipped', 'shipped:dt' and its alias 'shipped-dt'
+    are the packaged files; an unknown name is the one-line error of the protocol's checkpoint key."""
+    from agents import gcn_wmmse as G
+
+    for ck, path in (("shipped", G.SHIPPED), ("shipped:dt", G.SHIPPED_DT), ("shipped-dt", G.SHIPPED_DT)):
+        v = start_vector(cfg_of([site("a", 1)], options={"checkpoint": ck}))
+        assert torch.equal(v, get_flat(G.MODEL.load(path))), ck
+    with pytest.raises(ValueError, match=r"^gcn_wmmse: checkpoint 'shipped:nope' is not allowed; allowed: shipped, "
+                                         r"shipped:dt, shipped-dt, untrained or a path$"):
+        start_vector(cfg_of([site("a", 1)], options={"checkpoint": "shipped:nope"}))
