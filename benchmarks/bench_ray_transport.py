@@ -12,9 +12,12 @@ The ratio dsim / bare per round is dsim's cost per phase over a bare fan-out's (
 dsim's round also computes: the actors' WMMSE steps (per phase the busiest actor, from the engine's
 timings) and the driver's air (the pilots' measurements); ``transport_ratio`` is what is left -- Ray calls,
 msgpack encoding and decoding, waiting -- over the bare fan-outs.  Medians over ``--reps`` repetitions,
-after a warm-up; at ``--batch`` and at batch 1 (where the computation is small).
+after a warm-up; at ``--batch`` and at batch 1 (where the computation is small).  Each configuration is run
+twice: with ordinary actor calls (the default engine) and with ``engine.compiled`` (the steady round as a
+Ray compiled graph; its one-time compilation happens in the warm-up).  The bare fan-outs are ordinary calls
+in both: the issue's unit.
 
-    python benchmarks/bench_ray_transport.py [--batch 20] [--rounds 10] [--reps 5]
+    python benchmarks/bench_ray_transport.py [--batch 20] [--rounds 10] [--reps 5] [--modes ordinary compiled]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dsim.registry import algorithm  # noqa: E402
 from dsim.scenarios.build import build_scenario, generate_channels  # noqa: E402
 
 
-def measure(batch: int, rounds: int, reps: int, shards: int | None, wire: str) -> dict:
+def measure(batch: int, rounds: int, reps: int, shards: int | None, wire: str, compiled: bool = False) -> dict:
     import ray
 
     _, ch = generate_channels({"family": "multicell"}, batch, 0, "double")
@@ -50,7 +53,7 @@ def measure(batch: int, rounds: int, reps: int, shards: int | None, wire: str) -
     scn.air.measure = timed_measure
     spec = algorithm("wmmse")
     proto = spec.build(spec.options(rounds=rounds), scn.net)
-    engine = RayEngine(wire, shards=shards)
+    engine = RayEngine(wire, shards=shards, compiled=compiled)
     try:
         engine.run(proto, scn.net, scn.air, on_round=lambda r, V: None)  # starts the pool; warm-up
         actors = [a for acts in engine.actors.values() for a in acts]
@@ -82,10 +85,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--wire", default="float32")
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=["ordinary", "compiled"], choices=["ordinary", "compiled"])
     a = ap.parse_args()
     ensure_ray(num_cpus=a.num_cpus)
-    out = {f"{name}_batch{b}": measure(b, a.rounds, a.reps, shards, a.wire)
-           for b in (a.batch, 1) for name, shards in (("one_actor_per_agent", None), ("2_shards", 2))}
+    out = {f"{name}_batch{b}_{mode}": measure(b, a.rounds, a.reps, shards, a.wire, mode == "compiled")
+           for b in (a.batch, 1) for name, shards in (("one_actor_per_agent", None), ("2_shards", 2))
+           for mode in a.modes}
     print(json.dumps(out, indent=2))
 
 

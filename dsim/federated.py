@@ -412,7 +412,7 @@ def make_engine(cfg: FinetuneConfig) -> Engine:
         from dsim.engine.ray import RayEngine
 
         return RayEngine(wire, shards=e.shards, address=e.address, gpus=e.gpus, num_cpus=e.num_cpus,
-                         placement=e.placement)
+                         placement=e.placement, compiled=e.compiled)
     from dsim.engine.local import LocalEngine
 
     return LocalEngine(wire, device=None if e.device == "cpu" else e.device)

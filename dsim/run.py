@@ -49,7 +49,7 @@ def make_engine(cfg: RunConfig) -> Engine:
     from dsim.engine.ray import RayEngine
 
     return RayEngine(cfg.wire.dtype, faults, shards=e.shards, address=e.address, gpus=e.gpus,
-                     num_cpus=e.num_cpus, placement=e.placement)
+                     num_cpus=e.num_cpus, placement=e.placement, compiled=e.compiled)
 
 
 def clock_config(cfg: RunConfig, with_delay: bool = True) -> ClockConfig:

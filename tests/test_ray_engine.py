@@ -90,12 +90,12 @@ def _ledger_bytes(ledger) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def pools(ray_session):
     """(family, shards) -> a RayEngine whose actor pool lives for the whole module."""
-    made: dict[tuple[str, int | None], RayEngine] = {}
+    made: dict[tuple[str, int | None, bool], RayEngine] = {}
 
-    def get(family: str, shards: int | None) -> RayEngine:
-        if (family, shards) not in made:
-            made[(family, shards)] = RayEngine("float64", shards=shards)
-        return made[(family, shards)]
+    def get(family: str, shards: int | None, compiled: bool = False) -> RayEngine:
+        if (family, shards, compiled) not in made:
+            made[(family, shards, compiled)] = RayEngine("float64", shards=shards, compiled=compiled)
+        return made[(family, shards, compiled)]
 
     yield get
     for e in made.values():
@@ -114,18 +114,26 @@ def scenarios():
     return get
 
 
-@pytest.mark.parametrize("family", sorted(SCENARIOS))
-@pytest.mark.parametrize("shards,faulty", [(None, False), (2, False), (2, True)],
-                         ids=["actor-per-agent", "2-shards", "2-shards-faults"])
-def test_local_equals_ray_every_protocol(pools, scenarios, family, shards, faulty):
-    """Decisions bit for bit and identical ledgers; the bytes the actors send equal the ledger's."""
+#: (shards, faulty, compiled) per test id; the compiled-graph transport is checked on the two families' own
+#: scenarios (the ENGNN problems' protocols move their messages through the same plans)
+ENGINE_CASES = {"actor-per-agent": (None, False, False), "2-shards": (2, False, False),
+                "2-shards-faults": (2, True, False), "2-shards-faults-compiled": (2, True, True)}
+
+
+@pytest.mark.parametrize("family,shards,faulty,compiled", [
+    pytest.param(family, *case, id=f"{cid}-{family}") for cid, case in ENGINE_CASES.items()
+    for family in sorted(SCENARIOS) if not case[2] or family in ("multicell", "cellfree")])
+def test_local_equals_ray_every_protocol(pools, scenarios, family, shards, faulty, compiled):
+    """Decisions bit for bit and identical ledgers; the bytes the actors send equal the ledger's.  With
+    ``engine.compiled`` every protocol's steady rounds run as a Ray compiled graph (checked: one was built)."""
     scn, faults = scenarios(family, faulty)
     wire = "float32" if faulty else "float64"
-    ray_engine = pools(SCENARIOS[family]["family"], shards)
+    ray_engine = pools(SCENARIOS[family]["family"], shards, compiled)
     ray_engine.faults, ray_engine.wire = faults, wire
     for name in protocols(family):
         restarts = 2 if registry.algorithm(name).random_init else 1
         a, la = _run(LocalEngine(wire, faults), name, scn.net, scn.air, restarts)
+        before = ray_engine.compiled_executions
         b, lb = _run(ray_engine, name, scn.net, scn.air, restarts)
         if name in NOT_BITWISE:
             torch.testing.assert_close(a, b, rtol=NOT_BITWISE[name], atol=0)
@@ -133,6 +141,8 @@ def test_local_equals_ray_every_protocol(pools, scenarios, family, shards, fault
             assert torch.equal(a, b), f"{name}: local and Ray decisions differ"
         assert la == lb, f"{name}: ledgers differ"
         assert ray_engine.sent_bytes() == _ledger_bytes(la), f"{name}: bytes sent != ledger bytes"
+        if compiled and len(a) > 3:  # 3 rounds or more: the steady rounds repeat, so they ran compiled
+            assert ray_engine.compiled_executions > before, f"{name}: no round ran as a compiled graph"
 
 
 @pytest.mark.parametrize("wire", ["float64", "float32", "float16", "q8"])

@@ -276,6 +276,73 @@ class _Segment:
     refs: list[list[Any]] = field(default_factory=list)
 
 
+class _NoRefs:
+    """Stands in for a sender's refs where only the step lists are wanted (every index gives ``None``)."""
+
+    def __getitem__(self, i: int) -> None:
+        return None
+
+
+_NO_REFS = _NoRefs()
+
+
+class _CompiledPlan:
+    """A plan of segments (one call per actor, see :meth:`RayEngine._flush`) compiled once with Ray's compiled
+    graphs (``ray.dag``, ``experimental_compile``) and executed once per round: the same calls, the same
+    bundles passed from sender to receiver actor, over shared-memory channels instead of one task
+    submission per call.  The input of each call is its step list (round number and measurements
+    included); the outputs not consumed by another call of the plan come back to the driver.
+    ``leaf[(segment, actor, position)]`` is the index of that output among them."""
+
+    def __init__(self, engine: RayEngine, order: list[int], key: tuple) -> None:
+        from ray.dag import InputNode, MultiOutputNode
+
+        self.key = key
+        segs, actors = engine._segs, engine.actors
+        nodes: dict[int, list[list[Any]]] = {}
+        consumed: set[tuple[int, int, int]] = set()
+        with InputNode() as inp:
+            n_in = 0
+            for i in order:
+                seg = segs[i]
+                per_actor = []
+                for j, (actor, ids) in enumerate(zip(actors[seg.role], engine.parts[seg.role])):
+                    _, args = engine._actor_steps(seg, j, ids, lambda src, a: nodes[src][a])
+                    for st in seg.steps:
+                        if st[0] == "deliver":
+                            consumed.update((st[3], a, st[4] + j) for a in range(len(nodes[st[3]])))
+                    n = seg.n_out + 1
+                    node = actor.run_steps.options(num_returns=n).bind(inp[n_in], *args)
+                    per_actor.append([node] if n == 1 else [node[q] for q in range(n)])
+                    n_in += 1
+                nodes[i] = per_actor
+            leaves = [(i, j, q) for i in order for j, outs in enumerate(nodes[i]) for q in range(len(outs))
+                      if (i, j, q) not in consumed]
+            dag = MultiOutputNode([nodes[i][j][q] for i, j, q in leaves])
+        at = {i: n for n, i in enumerate(order)}  # keyed by position in the plan, as the plan's key is
+        self.leaf = {(at[i], j, q): n for n, (i, j, q) in enumerate(leaves)}
+        self.graph = dag.experimental_compile()
+        self.engine = engine
+
+    def execute(self, inputs: list[list[tuple]]) -> list[Any]:
+        """One execution (a call's failure raised as the ordinary path raises it, a lost actor as
+        :class:`ActorLost`); the values of the leaves."""
+        import ray
+
+        try:
+            refs = self.graph.execute(*inputs)
+            return [r.get(timeout=-1) for r in (refs if isinstance(refs, list) else [refs])]
+        except ray.exceptions.RayActorError as exc:
+            self.engine._drop_compiled()
+            raise self.engine._lost(exc) from exc
+        except Exception:
+            self.engine._drop_compiled()
+            raise
+
+    def teardown(self) -> None:
+        self.graph.teardown()
+
+
 class RayEngine(Engine):
     """Agents hosted by Ray actors (see module docstring)."""
 
@@ -283,11 +350,17 @@ class RayEngine(Engine):
 
     def __init__(self, wire: str = "float32", faults: FaultModel | None = None, *, shards: int | None = None,
                  address: str | None = None, gpus: float = 0.0, num_cpus: int | None = None,
-                 placement: str = "pack") -> None:
+                 placement: str = "pack", compiled: bool = False) -> None:
         super().__init__(wire, faults)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement {placement!r} not in {PLACEMENTS}")
         self.shards, self.address, self.gpus, self.num_cpus, self.placement = shards, address, gpus, num_cpus, placement
+        #: run a plan that repeats (a protocol's steady round) as a Ray compiled graph (:class:`_CompiledPlan`)
+        self.compiled = compiled
+        self._cplan: _CompiledPlan | None = None
+        self._last_key: tuple | None = None
+        #: plans executed as a compiled graph (all runs of this engine)
+        self.compiled_executions = 0
         self.actors: dict[str, list[Any]] = {}
         self.pool_net: Network | None = None
         self.nodes: dict[str, list[str]] = {}  # role -> Ray node id of each actor
@@ -368,13 +441,18 @@ class RayEngine(Engine):
         try:
             return ray.get(refs)
         except ray.exceptions.RayActorError as exc:
-            hosted = self._hosted() if self.pool_net is not None else {}
-            aid = getattr(exc, "actor_id", None)
-            lost = [hosted[aid]] if aid in hosted else list(hosted.values())
-            self._pending, self._segs, self._open = [], [], {}
-            self.close()
-            what = "; ".join(f"{role} agents {', '.join(ids)}" for role, ids in lost)
-            raise ActorLost(f"a Ray actor died during the run; it hosted {what}") from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: Exception) -> ActorLost:
+        """The error for an actor that died (``exc``): the agents it hosted (all of the pool's when Ray does
+        not say which actor); the pool is closed, the next algorithm gets a new one."""
+        hosted = self._hosted() if self.pool_net is not None else {}
+        aid = getattr(exc, "actor_id", None)
+        lost = [hosted[aid]] if aid in hosted else list(hosted.values())
+        self._pending, self._segs, self._open = [], [], {}
+        self.close()
+        what = "; ".join(f"{role} agents {', '.join(ids)}" for role, ids in lost)
+        return ActorLost(f"a Ray actor died during the run; it hosted {what}")
 
     def _sync(self, refs: list[Any]) -> list[Any]:
         """Wait for the pending calls and ``refs`` at once; the values of ``refs``."""
@@ -418,22 +496,17 @@ class RayEngine(Engine):
 
         for i in range(len(self._segs)):
             place(i)
+        if self.compiled and self._crash_plan is None:
+            got = self._flush_compiled(order, want)
+            if got is not None:
+                self._segs, self._open = [], {}
+                return got
         done = []
         for i in order:
             seg = self._segs[i]
             seg.refs = []
             for j, (actor, ids) in enumerate(zip(self.actors[seg.role], self.parts[seg.role])):
-                steps, args = [], []
-                for step in seg.steps:
-                    if step[0] == "measured":
-                        steps.append(step[:3] + (_to_numpy({n: v.index_select(1, ids) for n, v in step[3].items()}),))
-                    elif step[0] == "deliver":
-                        _, k, rnd, src, offset = step
-                        lo = len(args)
-                        args.extend(refs[offset + j] for refs in self._segs[src].refs)
-                        steps.append(("deliver", k, rnd, lo, len(args)))
-                    else:
-                        steps.append(step)
+                steps, args = self._actor_steps(seg, j, ids, lambda src, a: self._segs[src].refs[a])
                 refs = self._run_steps(seg.role, j, actor, seg.n_out + 1).remote(steps, *args)
                 refs = [refs] if seg.n_out == 0 else list(refs)
                 seg.refs.append(refs)
@@ -451,6 +524,70 @@ class RayEngine(Engine):
         if hit is None or hit[0] is not actor:  # a replaced actor (crash stand-in) gets its own
             hit = self._handles[(role, j, n)] = (actor, actor.run_steps.options(num_returns=n))
         return hit[1]
+
+    def _actor_steps(self, seg: _Segment, j: int, ids: Tensor, refs_of) -> tuple[list[tuple], list[Any]]:
+        """Actor ``j``'s step list of ``seg`` as :meth:`HostActorImpl.run_steps` takes it, and its bundle
+        arguments: ``refs_of(src, j)`` gives the sending segment's outputs of actor ``j`` (refs or graph nodes)."""
+        steps, args = [], []
+        for step in seg.steps:
+            if step[0] == "measured":
+                steps.append(step[:3] + (_to_numpy({n: v.index_select(1, ids) for n, v in step[3].items()}),))
+            elif step[0] == "deliver":
+                _, k, rnd, src, offset = step
+                lo = len(args)
+                args.extend(refs_of(src, a)[offset + j] for a in range(len(self.actors[self._segs[src].role])))
+                steps.append(("deliver", k, rnd, lo, len(args)))
+            else:
+                steps.append(step)
+        return steps, args
+
+    def _plan_key(self, order: list[int]) -> tuple | None:
+        """The structure of the planned segments (roles, step kinds and phases, wiring; not the round number
+        or the measurements), or ``None`` when a role has two segments (a compiled graph would have to keep
+        their order on the actor)."""
+        pos = {i: n for n, i in enumerate(order)}
+        roles = [self._segs[i].role for i in order]
+        if len(set(roles)) != len(roles):
+            return None
+        key = []
+        for i in order:
+            seg = self._segs[i]
+            steps = tuple((st[0], st[1], pos[st[3]], st[4]) if st[0] == "deliver" else
+                          (st[0],) + st[1:2] + (st[3:4] if st[0] == "send" else ()) for st in seg.steps)
+            key.append((seg.role, steps, seg.n_out, tuple(sorted(pos[d] for d in seg.deps))))
+        return tuple(key)
+
+    def _flush_compiled(self, order: list[int], want: tuple[tuple[int, int], ...]) -> list[list[Any]] | None:
+        """Run the planned segments as a compiled graph when their structure has been planned before (the
+        steady round); ``None``: run them as ordinary calls (the first time a structure is seen)."""
+        key = self._plan_key(order)
+        if key is None:
+            return None
+        if self._cplan is None or self._cplan.key != key:
+            last, self._last_key = self._last_key, key
+            if key != last:  # compiled only once it repeats in consecutive flushes (the steady round)
+                return None
+            self._drop_compiled()
+            self._cplan = _CompiledPlan(self, order, key)
+        if self._pending:  # configure calls of this run: done before the graph touches the actors
+            self._get(self._pending)
+            self._pending = []
+        inputs = []
+        for i in order:
+            seg = self._segs[i]
+            for j, ids in enumerate(self.parts[seg.role]):
+                inputs.append(self._actor_steps(seg, j, ids, lambda src, a: _NO_REFS)[0])
+        values = self._cplan.execute(inputs)
+        self.compiled_executions += 1
+        at = {i: n for n, i in enumerate(order)}
+        return [[values[self._cplan.leaf[(at[i], j, pos)]] for j in range(len(self.actors[self._segs[i].role]))]
+                for i, pos in want]
+
+    def _drop_compiled(self) -> None:
+        """Tear down the compiled graph (the actors stay)."""
+        if self._cplan is not None:
+            cplan, self._cplan = self._cplan, None
+            cplan.teardown()
 
     def _add(self, role: str, step: tuple, outputs: int = 0, after: int | None = None) -> tuple[int, int]:
         """Append ``step`` to ``role``'s open segment; (segment, position of the step's first output)."""
@@ -475,7 +612,7 @@ class RayEngine(Engine):
         self._proto_ref = proto_ref = ray.put(proto)
         self._times, self.crash_log = times, []
         self._crash_plan = CrashPlan(self) if self.faults.crash else None
-        self._segs, self._open = [], {}
+        self._segs, self._open, self._last_key = [], {}, None
         self._pending = [a.configure.remote(proto_ref, times, self.faults, self.wire)
                          for acts in self.actors.values() for a in acts]
 
@@ -555,6 +692,8 @@ class RayEngine(Engine):
     def close(self) -> None:
         import ray
 
+        self._drop_compiled()
+        self._last_key = None
         for acts in self.actors.values():
             for a in acts:
                 ray.kill(a)
