@@ -213,16 +213,19 @@ def test_one_pool_serves_every_algorithm(pools, scenarios):
         assert torch.equal(ref, got), name
 
 
-def test_dead_actor_names_its_agents_and_the_run_keeps_the_rest(ray_session, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compiled", [False, True], ids=["ordinary", "compiled"])
+def test_dead_actor_names_its_agents_and_the_run_keeps_the_rest(ray_session, tmp_path, monkeypatch, compiled):
     """An actor killed from outside during ``wmmse`` ends that algorithm with one error naming the agents it
-    hosted; the algorithms before and after it are on disk (the pool is rebuilt for them)."""
+    hosted; the algorithms before and after it are on disk (the pool is rebuilt for them).  Compiled: the
+    kill falls on wmmse's first compiled round (its steady plan seen twice in a row)."""
     import ray
 
     from dsim.run import run
 
     cfg = config_from_dict({"seed": 1, "batch": 2, "scenario": {"family": "multicell"},
                             "algorithms": [{"name": "mrc"}, {"name": "wmmse", "rounds": 4}, {"name": "zf"}],
-                            "engine": {"kind": "ray", "shards": 1}, "output": str(tmp_path / "run")})
+                            "engine": {"kind": "ray", "shards": 1, "compiled": compiled},
+                            "output": str(tmp_path / "run")})
     real_output = RayEngine._output
     calls = {"n": 0}
 
@@ -247,10 +250,11 @@ def test_dead_actor_names_its_agents_and_the_run_keeps_the_rest(ray_session, tmp
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["algorithms"]
     assert "error" in summary["wmmse"]
     assert "ue agents " + ", ".join(f"ue{i}" for i in range(12)) in summary["wmmse"]["error"]
+    assert "bs agents" not in summary["wmmse"]["error"]  # the BS actor lives: only the dead one is named
     assert ActorLost.__name__ in summary["wmmse"]["error"]
     # the others equal a local-engine run of the same entries (the pool rebuilt after the death for zf)
     monkeypatch.undo()
-    local = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"kind": "local"}),
+    local = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"kind": "local", "compiled": False}),
                                    "algorithms": [cfg.algorithms[0], cfg.algorithms[2]],
                                    "output": str(tmp_path / "local")})
     run(local, progress=False, echo=lambda *_: None)

@@ -325,19 +325,9 @@ class _CompiledPlan:
         self.engine = engine
 
     def execute(self, inputs: list[list[tuple]]) -> list[Any]:
-        """One execution (a call's failure raised as the ordinary path raises it, a lost actor as
-        :class:`ActorLost`); the values of the leaves."""
-        import ray
-
-        try:
-            refs = self.graph.execute(*inputs)
-            return [r.get(timeout=-1) for r in (refs if isinstance(refs, list) else [refs])]
-        except ray.exceptions.RayActorError as exc:
-            self.engine._drop_compiled()
-            raise self.engine._lost(exc) from exc
-        except Exception:
-            self.engine._drop_compiled()
-            raise
+        """One execution: the values of the leaves (a call's failure raised as the ordinary path raises it)."""
+        refs = self.graph.execute(*inputs)
+        return [r.get(timeout=-1) for r in (refs if isinstance(refs, list) else [refs])]
 
     def teardown(self) -> None:
         self.graph.teardown()
@@ -443,12 +433,26 @@ class RayEngine(Engine):
         except ray.exceptions.RayActorError as exc:
             raise self._lost(exc) from exc
 
-    def _lost(self, exc: Exception) -> ActorLost:
-        """The error for an actor that died (``exc``): the agents it hosted (all of the pool's when Ray does
-        not say which actor); the pool is closed, the next algorithm gets a new one."""
+    def _dead_actors(self) -> list[str]:
+        """Ids (hex) of the pool's actors that no longer answer a call."""
+        import ray
+
+        dead = []
+        for acts in self.actors.values():
+            for a in acts:
+                try:
+                    ray.get(a.noop.remote(), timeout=30)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    dead.append(a._actor_id.hex())
+        return dead
+
+    def _lost(self, exc: Exception, dead: list[str] | None = None) -> ActorLost:
+        """The error for an actor that died (``exc``, or the actors ``dead``): the agents it hosted (all of the
+        pool's when Ray does not say which actor); the pool is closed, the next algorithm gets a new one."""
         hosted = self._hosted() if self.pool_net is not None else {}
         aid = getattr(exc, "actor_id", None)
-        lost = [hosted[aid]] if aid in hosted else list(hosted.values())
+        ids = [a for a in (dead or [aid]) if a in hosted]
+        lost = [hosted[a] for a in ids] if ids else list(hosted.values())
         self._pending, self._segs, self._open = [], [], {}
         self.close()
         what = "; ".join(f"{role} agents {', '.join(ids)}" for role, ids in lost)
@@ -563,12 +567,13 @@ class RayEngine(Engine):
         key = self._plan_key(order)
         if key is None:
             return None
+        import ray
+
         if self._cplan is None or self._cplan.key != key:
             last, self._last_key = self._last_key, key
             if key != last:  # compiled only once it repeats in consecutive flushes (the steady round)
                 return None
             self._drop_compiled()
-            self._cplan = _CompiledPlan(self, order, key)
         if self._pending:  # configure calls of this run: done before the graph touches the actors
             self._get(self._pending)
             self._pending = []
@@ -577,7 +582,17 @@ class RayEngine(Engine):
             seg = self._segs[i]
             for j, ids in enumerate(self.parts[seg.role]):
                 inputs.append(self._actor_steps(seg, j, ids, lambda src, a: _NO_REFS)[0])
-        values = self._cplan.execute(inputs)
+        try:
+            if self._cplan is None:
+                self._cplan = _CompiledPlan(self, order, key)
+            values = self._cplan.execute(inputs)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as exc:
+            # a dead actor closes the graph's channels: which actor died, the pool's own calls tell
+            self._drop_compiled()
+            raise self._lost(exc, self._dead_actors()) from exc
+        except Exception:
+            self._drop_compiled()
+            raise
         self.compiled_executions += 1
         at = {i: n for n, i in enumerate(order)}
         return [[values[self._cplan.leaf[(at[i], j, pos)]] for j in range(len(self.actors[self._segs[i].role]))]
