@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from dsim.config import ConfigError
 from dsim.learn import TrainingDiverged, batch_seed, get_learnable, scenario_sampler
 from dsim.scenarios.build import build_scenario, generate_channels
 from dsim.scenarios.multicell import multicell_network
@@ -90,9 +91,19 @@ def test_train_main_outputs_and_options(tmp_path):
     learn = get_learnable("gcn_wmmse", {"checkpoint": str(path)})
     net, air = scenario_sampler(scenario)(4, batch_seed(0, -1))
     assert float(rows[-1]["val_wsr"]) == validate(learn, net, air)
+    # configuration problems met at set-up: one ConfigError line naming the file and the key, nothing written
+    cfg["source"] = "t.yaml"
     cfg["train"]["layers_in_loss"] = [3]
-    with pytest.raises(ValueError, match="layers_in_loss"):
+    with pytest.raises(ConfigError) as err:
         train_main(cfg, tmp_path / "bad")
+    assert err.value.lines == ["t.yaml: train.layers_in_loss: rounds [3] outside 1..2; allowed: rounds 1 ... 2 of "
+                               "gcn_wmmse"]
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "layers": 3}}
+    with pytest.raises(ConfigError) as err:
+        train_main(cfg, tmp_path / "bad")
+    assert err.value.lines == [f"t.yaml: train.options.layers: 3 but checkpoint {str(path)!r} of gcn_wmmse has "
+                               "layers=2; allowed: 2 or leave layers out (the checkpoint's)"]
 
 
 def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp_path):
