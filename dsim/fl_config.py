@@ -191,8 +191,9 @@ def finetune_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None 
             spec = registry.algorithm(fed.algorithm)
             opts = _validate(spec.options, fed.options, ["federated", "options"], errors, check=spec.check,
                              files=True)
-            if opts is not None:  # fine-tuning starts from the options model's default checkpoint: the shipped one
-                fed = fed.model_copy(update={"options": fed.options | {"checkpoint": opts.checkpoint}})
+            start = getattr(opts, "checkpoint", None)
+            if start is not None:  # fine-tuning starts from the options model's default checkpoint: the shipped one
+                fed = fed.model_copy(update={"options": fed.options | {"checkpoint": start}})
         if fed.reference.name not in registry.algorithm_names():
             errors.append(("federated.reference.name", f"{_show(fed.reference.name)} is not allowed; allowed: "
                                                        f"{', '.join(registry.algorithm_names())}"))

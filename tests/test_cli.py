@@ -144,6 +144,9 @@ CHECKPOINT_CASES = {
                                       f"{_allowed('gcn_wmmse')}"),
     "train, missing path": ("train", TRAIN | {"train": T_OPTS | {"options": {"checkpoint": "gone.pt"}}}, [],
                             lambda d: f"train.options.checkpoint: {_gone(d)}"),
+    "sweep, unknown name": ("sweep", RUN | {"algorithms": [{"name": "gcn_wmmse", "checkpoint": "shipped:x"}]},
+                            ["--grid", "batch=1,2"],
+                            lambda d: f"algorithms[0].checkpoint: 'shipped:x' is not allowed; {_allowed('gcn_wmmse')}"),
     "finetune, unknown name": ("finetune", _ft(checkpoint="shipped:nope"), [],
                                lambda d: f"federated.options.checkpoint: 'shipped:nope' is not allowed; "
                                          f"{_allowed('gcn_wmmse')}"),
