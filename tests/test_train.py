@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from dsim.config import ConfigError
 from dsim.learn import TrainingDiverged, batch_seed, get_learnable, scenario_sampler
+from dsim.registry import OptionError
 from dsim.scenarios.build import build_scenario, generate_channels
 from dsim.scenarios.multicell import multicell_network
 from dsim.train import TrainOptions, train, train_main, validate
@@ -67,6 +68,25 @@ def test_nan_is_an_error_naming_the_step_and_keeps_last_good_state(tmp_path):
     assert ck["step"] == 2 and len(ck["log"]) == 2
     for v in ck["model"].values():
         assert bool(torch.isfinite(v).all())
+
+
+def test_a_configuration_problem_during_the_steps_keeps_the_finished_ones(tmp_path):
+    """An OptionError met at step 3 (e.g. a drawn configuration the family refuses): the error propagates as it is
+    (train_main makes it a config line) and the checkpoint holds step 2, equal to an uninterrupted 2-step run."""
+    def refusing(batch: int, seed: int):
+        if seed == batch_seed(7, 3):
+            raise OptionError("train.vary", "a drawn configuration is not a valid scenario")
+        return sample(batch, seed)
+
+    learn = get_learnable("gcn_wmmse", _opts().options)
+    with pytest.raises(OptionError, match="train.vary"):
+        train(learn, refusing, _opts(steps=5, checkpoint_every=10), tmp_path / "a", seed=7)
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ref = get_learnable("gcn_wmmse", _opts().options)
+    train(ref, sample, _opts(steps=2, checkpoint_every=10), tmp_path / "b", seed=7)
+    want = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 2 and len(ck["log"]) == 2
+    assert all(torch.equal(ck["model"][k], v) for k, v in want["model"].items())
 
 
 def test_train_main_outputs_and_options(tmp_path):
