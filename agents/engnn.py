@@ -444,7 +444,7 @@ def build(opts: ENGNNOptions, net: Network) -> Protocol:
 register_algorithm(AlgorithmSpec("engnn", ("interference",), ENGNNOptions, build,
                                  "ENGNN eq. (19)-(26): node + edge updates on the Tx/Rx graph, MAX "
                                  "aggregations; Ex1 beamforming (readout edge|node); checkpoint "
-                                 "shipped|shipped:NAME|untrained|PATH", learnable=MODEL.learnable))
+                                 "shipped|shipped:NAME|untrained|PATH", learnable=MODEL.learnable, check=MODEL.check))
 
 __all__ = ["ENGNNCore", "LayerWeights", "MLP", "edge_update", "engnn_forward", "engnn_layer", "ex1_power_normalize",
            "leave_one_out_max", "post_edge", "post_rx", "post_tx", "preprocess", "rx_edge_branch", "rx_update",

@@ -365,7 +365,7 @@ def _register(problem: Literal["ex2", "ex3"], summary: str) -> LearnableSpec:
         return spec.build(opts, net)
 
     register_algorithm(AlgorithmSpec(f"engnn_{problem}", ("multicell",), ENGNNMulticellOptions, build, summary,
-                                     learnable=spec.learnable))
+                                     learnable=spec.learnable, check=spec.check))
     return spec
 
 

@@ -282,4 +282,5 @@ MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, S
 
 register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
                                  "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT)|shipped:dt = "
-                                 "shipped-dt (DT, Sec. IV-B.5)|untrained|PATH", learnable=MODEL.learnable))
+                                 "shipped-dt (DT, Sec. IV-B.5)|untrained|PATH", learnable=MODEL.learnable,
+                                 check=MODEL.check))

@@ -281,4 +281,5 @@ MODEL = LearnableSpec("icgnn", ICGNNParams, ICGNNOptions, _protocol, SHIPPED, "s
 
 register_algorithm(AlgorithmSpec("icgnn", ("cellfree",), ICGNNOptions, MODEL.build,
                                  "ICGNN power allocation, eq. (4), (27)-(28); MAX pre-aggregated over fh; "
-                                 "checkpoint shipped|untrained|PATH, adapt_steps", learnable=MODEL.learnable))
+                                 "checkpoint shipped|untrained|PATH, adapt_steps", learnable=MODEL.learnable,
+                                 check=MODEL.check))

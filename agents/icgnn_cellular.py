@@ -185,7 +185,7 @@ LMODEL = _spec("licgnn", LICGNNOptions, "licgnn_K5N2.pt", "scenarios/train_licgn
 
 register_algorithm(AlgorithmSpec("icgnn_cellular", ("multicell",), ICGNNCellularOptions, _build(MODEL),
                                  "ICGNN precoding per BS, eq. (4), (16)-(18); checkpoint shipped|untrained|PATH",
-                                 learnable=MODEL.learnable))
+                                 learnable=MODEL.learnable, check=MODEL.check))
 register_algorithm(AlgorithmSpec("licgnn", ("multicell",), LICGNNOptions, _build(LMODEL),
                                  "L-ICGNN: ICGNN precoding with T-step CG recovery (Alg. 1); cg_steps",
-                                 learnable=LMODEL.learnable))
+                                 learnable=LMODEL.learnable, check=LMODEL.check))

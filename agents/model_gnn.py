@@ -243,10 +243,10 @@ VANILLA = LearnableSpec("vanilla_gnn", VanillaGNNParams, VanillaGNNOptions,
 
 register_algorithm(AlgorithmSpec("model_gnn", ("multicell",), ModelGNNOptions, MODEL.build,
                                  "Model-GNN MISO precoding per BS, eq. (12)/(15); checkpoint shipped|untrained|PATH",
-                                 learnable=MODEL.learnable))
+                                 learnable=MODEL.learnable, check=MODEL.check))
 register_algorithm(AlgorithmSpec("vanilla_gnn", ("multicell",), VanillaGNNOptions, VANILLA.build,
                                  "Vanilla edge-GNN MISO precoding per BS, eq. (7) (Model-GNN paper's baseline)",
-                                 learnable=VANILLA.learnable))
+                                 learnable=VANILLA.learnable, check=VANILLA.check))
 
 
 # =============================================================================== multi-cell P2 (Sec. III-E)
@@ -544,4 +544,4 @@ MODEL_MC = LearnableSpec("model_gnn_mc", ModelGNNMCParams, ModelGNNMCOptions,
 register_algorithm(AlgorithmSpec("model_gnn_mc", ("multicell",), ModelGNNMCOptions, MODEL_MC.build,
                                  "multi-cell Model-GNN coordinated beamforming (P2, Sec. III-E), antenna sums "
                                  "over bs>bs backhaul; checkpoint shipped|untrained|PATH",
-                                 learnable=MODEL_MC.learnable))
+                                 learnable=MODEL_MC.learnable, check=MODEL_MC.check))

@@ -378,4 +378,4 @@ def build(opts: WCGCNOptions, net: Network) -> Protocol:
 register_algorithm(AlgorithmSpec("wcgcn", ("interference",), WCGCNOptions, build,
                                  "MPGNN/WCGCN eq. (7)-(8): 3 layers, shared weights, MAX aggregation; "
                                  "power control (N_t = 1) or beamforming; checkpoint shipped|shipped:NAME|"
-                                 "untrained|PATH", learnable=MODEL.learnable))
+                                 "untrained|PATH", learnable=MODEL.learnable, check=MODEL.check))

@@ -2,12 +2,13 @@
 [--engine KIND]``.
 
 User errors (bad YAML keys, bad channel files, an unwritable output path, a scenario too large for
-memory or with non-finite numbers, an unknown or unimportable family / algorithm module) print one clear
-line and exit with status 2, no traceback; a run in which an algorithm failed exits with status 1 after
-writing everything computed.  Ctrl-C (SIGINT) or SIGTERM stops the work, keeps what is computed (the
-finished algorithms, sweep points, the last training checkpoint), prints one line saying where, shuts
-down the Ray instance this process started (no worker left behind) and exits with 130 (SIGINT) or 143
-(SIGTERM).
+memory or with non-finite numbers, an unknown or unimportable family / algorithm module, a checkpoint name
+or file that is not there, a configuration problem ``train`` / ``finetune`` meet at set-up:
+:class:`dsim.registry.OptionError`) print one clear line and exit with status 2, no traceback; a run in
+which an algorithm failed exits with status 1 after writing everything computed.  Ctrl-C (SIGINT) or
+SIGTERM stops the work, keeps what is computed (the finished algorithms, sweep points, the last training
+checkpoint), prints one line saying where, shuts down the Ray instance this process started (no worker
+left behind) and exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
             where = "the finished methods' results are kept in the output directory"
             return finetune_main(args.config, args.overrides, args.out, args.engine, not args.no_progress)
-        cfg = load_config(args.config, args.overrides, out=args.out, engine=args.engine)
+        reads = {"run": ("algorithms",), "train": ("train",)}.get(args.cmd, ())
+        cfg = load_config(args.config, args.overrides, out=args.out, engine=args.engine, reads=reads)
         family_scenario = not isinstance(cfg.scenario, FileScenario)
         if family_scenario and args.cmd != "train":
             check_memory(cfg.scenario, cfg.batch, cfg.seed, cfg.precision,
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "and its training options")
             if args.no_progress:
                 cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+            if args.resume and not (Path(cfg.output) / "checkpoint.pt").is_file():
+                raise ConfigError(f"--resume: no checkpoint {str(Path(cfg.output) / 'checkpoint.pt')!r} to resume; "
+                                  "allowed: the output directory of an earlier `dsim train` of this config "
+                                  "(or leave --resume out to start afresh)")
             prepare_out_dir(cfg.output)
             where = f"the last finished step's checkpoint is in {cfg.output}"
             ckpt = train_main(cfg, Path(cfg.output), resume=args.resume)

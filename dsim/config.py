@@ -27,7 +27,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -686,8 +686,13 @@ def _parse_override(item: str) -> tuple[list[str | int], Any]:
 
 # ==================================================================================== validation
 def _validate(model: type[BaseModel], data: Any, prefix: Sequence[Any], errors: list[tuple[str, str]],
-              extra_allowed: Sequence[str] = ()) -> BaseModel | None:
-    """Strict JSON-mode validation of ``data`` by ``model``; errors appended with the key path prefix."""
+              extra_allowed: Sequence[str] = (), check: Callable[[Any, bool], list[tuple[str, str]]] | None = None,
+              files: bool = False) -> BaseModel | None:
+    """Strict JSON-mode validation of ``data`` by ``model``; errors appended with the key path prefix.
+
+    Then the model's cross-field rules (:class:`dsim.registry.CrossChecked`) and ``check(obj, files) -> [(field,
+    problem)]`` (an algorithm's :attr:`dsim.registry.AlgorithmSpec.check`: e.g. a checkpoint name is a packaged
+    model; with ``files``, that a checkpoint file exists)."""
     try:
         obj = model.model_validate_json(json.dumps(jsonable(data, finite=False), allow_nan=True), strict=True,
                                         context={"defer_cross": True})
@@ -695,6 +700,7 @@ def _validate(model: type[BaseModel], data: Any, prefix: Sequence[Any], errors: 
         errors.extend(_error_lines(exc, model, prefix, extra_allowed))
         return None
     cross = obj.cross_errors() if isinstance(obj, CrossChecked) else []
+    cross += check(obj, files) if check is not None else []
     errors.extend((_path((*prefix, field)), msg) for field, msg in cross)
     return None if cross else obj
 
@@ -734,9 +740,10 @@ def _family_check(where: str, name: str, spec: registry.AlgorithmSpec, family: s
         errors.append((where, f"{name!r} does not run on family {family!r}; {kind} for {family}: {names}"))
 
 
-def _algorithms(raw: list[dict[str, Any]], family: str | None,
-                errors: list[tuple[str, str]]) -> list[AlgorithmConfig]:
-    """``algorithms:`` entries: the runner keys (:data:`RUNNER_KEYS`) + the registered algorithm's options."""
+def _algorithms(raw: list[dict[str, Any]], family: str | None, errors: list[tuple[str, str]],
+                files: bool = False) -> list[AlgorithmConfig]:
+    """``algorithms:`` entries: the runner keys (:data:`RUNNER_KEYS`) + the registered algorithm's options
+    (``files``: the files they name must exist, :attr:`dsim.registry.AlgorithmSpec.check`)."""
     out: list[AlgorithmConfig] = []
     first_of: dict[str, int] = {}
     all_names = ", ".join(registry.algorithm_names())
@@ -757,7 +764,7 @@ def _algorithms(raw: list[dict[str, Any]], family: str | None,
         if "restarts" in entry and "restarts" not in runner:
             errors.append((f"algorithms[{i}].restarts", _restarts_problem(head.name, family)))
         opts = {k: v for k, v in entry.items() if k not in RUNNER_KEYS}
-        options = _validate(spec.options, opts, pre, errors, extra_allowed=runner)
+        options = _validate(spec.options, opts, pre, errors, extra_allowed=runner, check=spec.check, files=files)
         label = head.label if head.label is not None else head.name
         if label in first_of:
             why = "" if head.label else ", the label defaults to the name"
@@ -770,9 +777,11 @@ def _algorithms(raw: list[dict[str, Any]], family: str | None,
     return out
 
 
-def _train(raw: dict[str, Any], family: str | None, errors: list[tuple[str, str]]) -> TrainOptions | None:
+def _train(raw: dict[str, Any], family: str | None, errors: list[tuple[str, str]],
+           files: bool = False) -> TrainOptions | None:
     """``train:``: :class:`dsim.train.TrainOptions`, ``algorithm`` a registered learnable algorithm (running
-    on ``family`` when known) and ``options`` valid for its options model (kept as the raw mapping)."""
+    on ``family`` when known) and ``options`` valid for its options model (kept as the raw mapping; ``files``:
+    the files they name must exist)."""
     own: list[tuple[str, str]] = []
     head = _validate(TrainOptions, raw, ["train"], own)
     # the algorithm is checked against the registry below (with the allowed names), not by pydantic
@@ -789,7 +798,8 @@ def _train(raw: dict[str, Any], family: str | None, errors: list[tuple[str, str]
     spec = registry.algorithm(name)
     _family_check("train.algorithm", name, spec, family, errors, learnable=True)
     options = raw.get("options", {})
-    if isinstance(options, dict) and _validate(spec.options, options, ["train", "options"], errors) is None:
+    if isinstance(options, dict) and _validate(spec.options, options, ["train", "options"], errors,
+                                               check=spec.check, files=files) is None:
         return None
     return head if isinstance(head, TrainOptions) else None
 
@@ -822,7 +832,15 @@ def _file_family(raw_scn: dict[str, Any], scn: BaseModel | None, errors: list[tu
         return None
 
 
-def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> RunConfig:
+#: the sections whose files (e.g. a learned protocol's checkpoint) a command reads: ``reads`` of :func:`load_config`
+READ_SECTIONS = ("algorithms", "train")
+
+
+def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str],
+           reads: Sequence[str] = ()) -> RunConfig:
+    unknown = sorted(set(reads) - set(READ_SECTIONS))
+    if unknown:  # a caller's mistake, not the user's
+        raise ValueError(f"reads: {unknown} are not sections; allowed: {', '.join(READ_SECTIONS)}")
     if data is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with at least "
                           "`scenario` and `algorithms`")
@@ -841,19 +859,18 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
     algs: list[AlgorithmConfig] = []
     raw_algs = data.get("algorithms")
     if isinstance(raw_algs, list) and raw_algs and all(isinstance(a, dict) for a in raw_algs):
-        algs = _algorithms(raw_algs, family, errors)
+        algs = _algorithms(raw_algs, family, errors, files="algorithms" in reads)
     elif isinstance(raw_algs, list) and not raw_algs:
         errors = [(p, m + f"; allowed names: {', '.join(registry.algorithm_names())}" if p == "algorithms" else m)
                   for p, m in errors]
-    train = _train(data["train"], family, errors) if isinstance(data.get("train"), dict) else None
+    train = _train(data["train"], family, errors, "train" in reads) if isinstance(data.get("train"), dict) else None
     if train is not None and train.vary and scn is not None and not isinstance(scn, FileScenario):
         from dsim.learn import scenario_sampler
 
         try:
             scenario_sampler(scn, vary=train.vary)
-        except ValueError as exc:
-            key, _, msg = str(exc).partition(": ")
-            errors.append((key, msg))
+        except registry.OptionError as exc:
+            errors.append((exc.key, exc.problem))
     if errors:
         lines, first = [], {}
         for path, msg in errors:  # one line per key path: the first problem found there
@@ -871,27 +888,32 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str]) -> R
 
 
 # ==================================================================================== public API
-def config_from_dict(data: dict[str, Any], source: str = "<dict>", *, base_dir: str | Path | None = None
-                     ) -> RunConfig:
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", *, base_dir: str | Path | None = None,
+                     reads: Sequence[str] = ()) -> RunConfig:
     """Validate a config mapping (as read from YAML) -> :class:`RunConfig`; :class:`ConfigError` if invalid.
 
     ``source`` names the config in messages and gives the default output ``runs/<stem>``;
     ``base_dir``: directory a relative ``scenario.file`` is resolved against (default: the directory of
-    ``source`` when it is a file path, else the current directory).
+    ``source`` when it is a file path, else the current directory); ``reads``: as in :func:`load_config`.
     """
     if base_dir is None:
         base_dir = Path(source).parent if not source.startswith("<") else Path.cwd()
-    return _build(data, source, Path(base_dir), {})
+    return _build(data, source, Path(base_dir), {}, reads)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, out: str | None = None,
-                engine: str | None = None) -> RunConfig:
+                engine: str | None = None, reads: Sequence[str] = ()) -> RunConfig:
     """Read a scenario YAML, apply overrides, validate -> :class:`RunConfig`.
 
     overrides: ``'key.path=value'`` strings (``--set``); the value is parsed as a YAML scalar / flow
     value ('3', '1e-3', 'true', '[1, 2]', '{a: 1}'); list entries by index ('algorithms.0.rounds=5').
     ``out`` replaces ``output``; ``engine`` replaces ``engine.kind``.  Every user error (missing or
     unreadable file, YAML syntax, unknown override path, schema violation) raises :class:`ConfigError`.
+
+    ``reads``: the sections (:data:`READ_SECTIONS`) the caller is about to use, whose files must exist now:
+    ``algorithms`` (``dsim run``, ``sweep``), ``train`` (``dsim train``).  A checkpoint a section names is
+    always checked to be a packaged model or a path; its file only when the section is read (a training
+    YAML's ``algorithms:`` may name the checkpoint its own training writes).
     """
     path = Path(path)
     source = str(path)
@@ -913,7 +935,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, out: str | N
             if isinstance(data["engine"], dict):
                 data["engine"]["kind"] = engine
                 origins["engine.kind"] = f"--engine {engine}"
-    return _build(data, source, path.parent, origins)
+    return _build(data, source, path.parent, origins, reads)
 
 
 def resolved_dict(cfg: RunConfig) -> dict[str, Any]:

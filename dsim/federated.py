@@ -45,6 +45,7 @@ import yaml
 
 from dsim import registry
 from dsim.clock import ClockConfig, LinkSpec, MessageTrace, PhaseTrace, RoundClock
+from dsim.config import ConfigError
 from dsim.engine.base import Engine, LedgerRow
 from dsim.evaluate import evaluate_rounds
 from dsim.faults import FaultModel
@@ -374,8 +375,13 @@ class MethodResult:
 
 
 def start_vector(cfg: FinetuneConfig) -> Tensor:
-    """The starting global vector: the configured checkpoint of the learnable (default: shipped)."""
-    return get_flat(get_learnable(cfg.federated.algorithm, cfg.federated.options).module)
+    """The starting global vector ``(P,)``: the configured checkpoint of the learnable (``federated.options``;
+    validation fills in the default, the shipped model, :class:`dsim.fl_config.FederatedConfig`).  Options that
+    do not match that checkpoint are a :class:`dsim.config.ConfigError` line at ``federated.options.<key>``."""
+    try:
+        return get_flat(get_learnable(cfg.federated.algorithm, cfg.federated.options).module)
+    except registry.OptionError as exc:
+        raise ConfigError(f"{cfg.source}: {exc.within('federated.options')}") from None
 
 
 def site_specs(cfg: FinetuneConfig) -> list[SiteSpec]:

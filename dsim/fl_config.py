@@ -7,7 +7,7 @@ engine: {kind: ray}                   # local | ray (one actor per site + one fo
 output: runs/federated
 federated:
   algorithm: <a learnable protocol>   # any registered learnable algorithm
-  options: {checkpoint: shipped}      # its options; the starting model (default: the shipped one)
+  options: {checkpoint: shipped}      # its options; the starting model (default: shipped; untrained: from init_seed)
   reference: {name: <algorithm>, restarts: 10, ...}   # the WSR the relative WSR divides by
   sites:
     - {name: uniform, scenario: {family: ..., ...}, samples: 100, eval_samples: 50, seed: 1,
@@ -124,7 +124,9 @@ class CompareConfig(BaseModel):
 
 
 class FederatedConfig(BaseModel):
-    """The ``federated:`` section (see the module docstring)."""
+    """The ``federated:`` section (see the module docstring).  After validation ``options`` always holds
+    ``checkpoint`` (the options model's default, 'shipped', where the YAML gives none): what every site, the
+    server and the evaluation start from (:func:`dsim.federated.start_vector`)."""
 
     model_config = _CFG
     algorithm: str
@@ -187,14 +189,18 @@ def finetune_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None 
                                                   f"algorithms): {', '.join(learnable)}"))
         else:
             spec = registry.algorithm(fed.algorithm)
-            _validate(spec.options, fed.options, ["federated", "options"], errors)
+            opts = _validate(spec.options, fed.options, ["federated", "options"], errors, check=spec.check,
+                             files=True)
+            start = getattr(opts, "checkpoint", None)
+            if start is not None:  # fine-tuning starts from the options model's default checkpoint: the shipped one
+                fed = fed.model_copy(update={"options": fed.options | {"checkpoint": start}})
         if fed.reference.name not in registry.algorithm_names():
             errors.append(("federated.reference.name", f"{_show(fed.reference.name)} is not allowed; allowed: "
                                                        f"{', '.join(registry.algorithm_names())}"))
         else:
             ref = registry.algorithm(fed.reference.name)
             extra = {k: v for k, v in fed.reference.model_dump().items() if k not in ("name", "restarts")}
-            _validate(ref.options, extra, ["federated", "reference"], errors)
+            _validate(ref.options, extra, ["federated", "reference"], errors, check=ref.check, files=True)
             if fed.reference.restarts > 1 and not ref.random_init:
                 errors.append(("federated.reference.restarts", f"{fed.reference.name!r} has no random "
                                                                "initialisation; allowed: 1"))

@@ -42,7 +42,7 @@ from torch import nn
 from dsim.evaluate import evaluate_rounds
 from dsim.network import Network
 from dsim.protocol import AgentBlock, Protocol
-from dsim.registry import algorithm, algorithm_names
+from dsim.registry import OptionError, algorithm, algorithm_names
 from dsim.scenarios.build import build_scenario, generate_channels
 
 Tensor = torch.Tensor
@@ -205,6 +205,30 @@ class LearnableSpec:
         for each of :attr:`named`, then the :attr:`aliases`."""
         return [SHIPPED, *(f"{SHIPPED}:{n}" for n in self.named), *self.aliases]
 
+    def checkpoint_problem(self, ref: str | Path, files: bool = True) -> str | None:
+        """What is wrong with ``checkpoint: ref``, or None: a value starting with 'shipped' that names no packaged
+        model (:meth:`shipped_refs`), or (``files``) a path with no file there (relative: from the current
+        directory, as :meth:`read` opens it).  One message, ending with the allowed values; config validation
+        reports it (:meth:`check`), :meth:`locate` raises it."""
+        ref = str(ref)
+        allowed = f"allowed: {', '.join(self.shipped_refs())}, untrained or a path"
+        if ref == "untrained" or ref in self.shipped_refs():
+            return None
+        if ref.startswith(SHIPPED):
+            return f"{ref!r} is not allowed; {allowed}"
+        path = Path(ref)
+        if files and not path.is_file():
+            where = " (a relative path is read from the current directory)" if not path.is_absolute() else ""
+            return f"no such checkpoint file {ref!r}: {path.absolute()}{where}; {allowed}"
+        return None
+
+    def check(self, opts: LearnedOptions, files: bool = True) -> list[tuple[str, str]]:
+        """``AlgorithmSpec.check``: [('checkpoint', problem)] when the ``checkpoint`` option names no packaged
+        model, or (``files``: the command reads it now) is a path with no file (:meth:`checkpoint_problem`);
+        else []."""
+        problem = self.checkpoint_problem(opts.checkpoint, files)
+        return [("checkpoint", problem)] if problem else []
+
     def locate(self, ref: str | Path, net: Network | None = None) -> tuple[Path, str]:
         """(file, training recipe) of checkpoint ``ref``: 'shipped' is :attr:`shipped`, or with ``net`` and a
         :attr:`default_for` hook the named model it picks; 'shipped:<name>' and the aliases are :attr:`named`
@@ -218,10 +242,9 @@ class LearnableSpec:
                 return self.shipped, self.recipe
             name = self.default_for(net)
         else:
-            name = self.aliases.get(ref, ref.removeprefix(f"{SHIPPED}:") if ref.startswith(f"{SHIPPED}:") else "")
-            if name not in self.named:
-                raise ValueError(f"{self.name}: checkpoint {ref!r} is not allowed; allowed: "
-                                 f"{', '.join(self.shipped_refs())}, untrained or a path")
+            if ref not in self.shipped_refs():
+                raise ValueError(f"{self.name}: checkpoint {self.checkpoint_problem(ref)}")
+            name = self.aliases.get(ref, ref.removeprefix(f"{SHIPPED}:"))
         return self.named[name], self.recipes.get(name, self.recipe)
 
     def read(self, ref: str | Path, net: Network | None = None) -> dict[str, Any]:
@@ -244,7 +267,8 @@ class LearnableSpec:
     def make(self, opts: LearnedOptions, net: Network | None = None) -> LearnedModule:
         """The module per ``opts``: untrained (hyper-parameters from the options, else the defaults) or
         loaded (:meth:`load`; ``net``: the network a 'shipped' default is picked for, None: training), each
-        hyper-parameter given in the options checked against the checkpoint's."""
+        hyper-parameter given in the options checked against the checkpoint's (an :class:`OptionError` at the
+        option's key when they differ)."""
         want = {k: getattr(opts, k) for k in self.module.hparam_names}
         if opts.checkpoint == "untrained":
             hp = self.module.default_hparams() | {k: v for k, v in want.items() if v is not None}
@@ -255,13 +279,15 @@ class LearnableSpec:
             if v is not None and have != v and k in self.module.free_hparams:
                 setattr(module, k, v)
             elif v is not None and have != v:
-                raise ValueError(f"{self.name}: {k}={v} but checkpoint {opts.checkpoint!r} has {k}={have}")
+                raise OptionError(k, f"{v} but checkpoint {opts.checkpoint!r} of {self.name} has {k}={have}; "
+                                     f"allowed: {have} or leave {k} out (the checkpoint's)")
         return module
 
     def learnable(self, options: dict[str, Any]) -> Learnable:
         """``AlgorithmSpec.learnable``: the trainable protocol of the YAML options (default: untrained; a
         checkpoint name resolved by :meth:`locate` without a network, so 'shipped' is :attr:`shipped`): what
-        ``dsim train``, :func:`export_checkpoint` and federated fine-tuning (:mod:`dsim.federated`) start from."""
+        ``dsim train``, :func:`export_checkpoint` and federated fine-tuning (:mod:`dsim.federated`, whose validated
+        options always name their checkpoint: 'shipped' by default) start from."""
         opts = self.options(**({"checkpoint": "untrained"} | dict(options)))
         return Learnable(self, self.make(opts), opts)
 
@@ -398,15 +424,15 @@ def scenario_sampler(scenario: Any, precision: str = "double", device: torch.dev
     ``vary``: {scenario key: (low, high)}: each call first draws these keys uniformly from the draw's seed
     (integers, inclusive, when both ends are integers), so every minibatch has its own configuration;
     (low, high, 'log'): log-uniform, exp U(ln low, ln high) (low > 0; for quantities spanning decades,
-    e.g. a distance).  A key or range the family does not accept is a ``ValueError`` naming it (raised
-    here, before any draw).
+    e.g. a distance).  A key or range the family does not accept is an :class:`OptionError` at
+    ``train.vary.<key>`` (raised here, before any draw).
     """
     if vary:
         for key, rng_spec in vary.items():
             lo, hi, *how = rng_spec
             if how and (how != ["log"] or not lo > 0 or not hi > 0):
-                raise ValueError(f"train.vary.{key}: {list(rng_spec)} not allowed; allowed: [low, high] or "
-                                 "[low, high, log] with 0 < low, high")
+                raise OptionError(f"train.vary.{key}", f"{list(rng_spec)} not allowed; allowed: [low, high] or "
+                                  "[low, high, log] with 0 < low, high")
             for v in (lo, hi):
                 _with(scenario, {key: v}, f"train.vary.{key}")
 
@@ -433,30 +459,32 @@ def scenario_sampler(scenario: Any, precision: str = "double", device: torch.dev
 
 
 def _with(scenario: Any, values: dict[str, Any], where: str) -> Any:
-    """``scenario`` (options model or mapping) with ``values`` set, validated by the family's model."""
+    """``scenario`` (options model or mapping) with ``values`` set, validated by the family's model; an
+    :class:`OptionError` at key ``where`` if it does not accept them."""
     if isinstance(scenario, dict):
         return scenario | values
     data = scenario.model_dump()
     unknown = [k for k in values if k not in data]
     if unknown:
-        raise ValueError(f"{where}: {unknown[0]!r} is not a key of scenario family "
-                         f"{data.get('family')!r}; allowed: {', '.join(sorted(data))}")
+        raise OptionError(where, f"{unknown[0]!r} is not a key of scenario family {data.get('family')!r}; "
+                                 f"allowed: {', '.join(sorted(data))}")
     try:
         return type(scenario).model_validate(data | values)
     except Exception as exc:  # pydantic ValidationError: one line
         first = str(exc).splitlines()[:3]
-        raise ValueError(f"{where}: {values} is not a valid scenario: {' '.join(first[1:])}") from None
+        raise OptionError(where, f"{values} is not a valid scenario: {' '.join(first[1:])}") from None
 
 
 def pool_sampler(scenario: Any, size: int, seed: int, precision: str = "double") -> Sampler:
     """(batch, seed) -> (net, air) of minibatches drawn from ONE fixed pool of ``size`` realizations (a
     finite training set, e.g. "1000 training samples"): the pool is drawn once with ``seed``; minibatch
     ``s`` takes ``batch`` distinct realizations (``batch`` >= size: the whole pool) chosen by a CPU
-    generator seeded with ``s``.  The family's channels must have ``subset(idx)``."""
+    generator seeded with ``s``.  The family's channels must have ``subset(idx)`` (else an :class:`OptionError`
+    at ``train.train_samples``)."""
     family, pool = generate_channels(scenario, size, seed, precision)
     if not hasattr(pool, "subset"):
-        raise ValueError(f"train.train_samples: the {family!r} family's channels have no subset(); "
-                         "use fresh minibatches (train_samples: null)")
+        raise OptionError("train.train_samples", f"the {family!r} family's channels have no subset(); "
+                                                 "allowed: null (fresh minibatches)")
 
     def sample(batch: int, s: int) -> tuple[Any, Any]:
         g = torch.Generator(device="cpu")
@@ -472,7 +500,8 @@ def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] 
                  ) -> tuple[Tensor, dict[int, Tensor]]:
     """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).
 
-    Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last).
+    Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last;
+    a round outside 1..rounds is an :class:`OptionError` at ``train.layers_in_loss``).
     Runs on ``net``'s device (the module is moved there).
     """
     learn.module.to(net.device)
@@ -481,7 +510,8 @@ def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] 
     rounds = layers_in_loss or [proto.rounds]
     bad = [r for r in rounds if not 1 <= r <= proto.rounds]
     if bad:
-        raise ValueError(f"train.layers_in_loss: rounds {bad} outside 1..{proto.rounds}")
+        raise OptionError("train.layers_in_loss", f"rounds {bad} outside 1..{proto.rounds}; allowed: rounds "
+                                                  f"1 ... {proto.rounds} of {learn.spec.name}")
     wsr = evaluate_rounds(proto, net, air, rounds)
     return learn.loss(wsr), wsr
 

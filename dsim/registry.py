@@ -27,6 +27,25 @@ class RegistryError(Exception):
     """A module could not be imported, a spec is malformed, or a name is not registered."""
 
 
+class OptionError(ValueError):
+    """A configuration value found bad where it is used, not by the config's schema (e.g. options that do not
+    match the checkpoint they load, a loss round past the protocol's last).
+
+    ``key``: its key path (``'layers'``, ``'train.layers_in_loss'``), ``problem``: what is wrong and what is
+    allowed; ``str()`` is ``'<key>: <problem>'``.  Code that knows the config file turns it into a
+    :class:`dsim.config.ConfigError` line (``dsim train``, ``dsim finetune``: exit 2, no traceback); any other
+    ``ValueError`` is a bug and keeps its traceback.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+    def within(self, prefix: str) -> OptionError:
+        """The same problem at ``<prefix>.<key>`` (e.g. an option's key inside ``train.options``)."""
+        return OptionError(f"{prefix}.{self.key}", self.problem)
+
+
 class CrossChecked(BaseModel):
     """An options model with checks across its fields (:meth:`cross_errors`).
 
@@ -102,6 +121,10 @@ class AlgorithmSpec:
     summary:     one line shown in error messages.
     random_init: its initialisation is random, so the runner's ``restarts: n`` (best of n) applies.
     learnable:   ``learnable(options) -> dsim.learn.Learnable`` for a trainable protocol, else None.
+    check:       ``check(options, files) -> [(field, problem)]``: what the validated options model cannot see
+                 by itself (e.g. whether the checkpoint it names is a packaged one); ``files``: also whether the
+                 files the options name exist (the command is about to read them).  Config validation reports
+                 each as ``<file>: <key path>.<field>: <problem>`` (:func:`dsim.learn.LearnableSpec.check`).
     """
 
     name: str
@@ -111,6 +134,7 @@ class AlgorithmSpec:
     summary: str = ""
     random_init: bool = False
     learnable: Callable[[Any], Any] | None = None
+    check: Callable[[Any, bool], list[tuple[str, str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

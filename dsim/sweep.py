@@ -211,7 +211,7 @@ def sweep_main(config: str, grid_items: Sequence[str], overrides: Sequence[str] 
     from dsim.results import prepare_out_dir
     from dsim.run import run
 
-    base = load_config(config, overrides, out=out, engine=engine)
+    base = load_config(config, overrides, out=out, engine=engine, reads=("algorithms",))
     studies = {CLI_STUDY: parse_grid(grid_items)} if grid_items else base.sweep
     if not studies:
         raise ConfigError(f"{config}: sweep: nothing to sweep; give --grid KEY.PATH=V1,V2,... or a `sweep:` "
@@ -222,7 +222,7 @@ def sweep_main(config: str, grid_items: Sequence[str], overrides: Sequence[str] 
     for p in points:  # every point is validated before the first runs
         try:
             cfgs[p] = load_config(config, [*overrides, *p.overrides()], out=str(root / p.study / p.name),
-                                  engine=engine)
+                                  engine=engine, reads=("algorithms",))
         except ConfigError as exc:
             raise ConfigError([f"{line} (sweep {p.study}, point {p.name})" for line in exc.lines]) from None
     keys = list(dict.fromkeys(k for g in studies.values() for k in g))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from dsim.devices import resolve_device
 from dsim.evaluate import evaluate_rounds
@@ -55,6 +55,7 @@ from dsim.learn import (
     save_checkpoint,
     scenario_sampler,
 )
+from dsim.registry import CrossChecked, OptionError
 from dsim.results import write_csv
 
 LOG_FIELDS = ("step", "lr", "loss", "train_wsr", "val_wsr", "grad_norm", "step_s")
@@ -62,9 +63,10 @@ LOG_FIELDS = ("step", "lr", "loss", "train_wsr", "val_wsr", "grad_norm", "step_s
 MODEL_FIELDS = ("steps", "batch", "lr", "lr_decay_every", "lr_decay", "betas", "weight_decay", "clip")
 
 
-class TrainOptions(BaseModel):
+class TrainOptions(CrossChecked):
     """The YAML's top-level ``train:`` mapping.  Fields left None default to the learnable's
-    ``train_defaults`` (:data:`MODEL_FIELDS`, filled by :func:`resolve_options`)."""
+    ``train_defaults`` (:data:`MODEL_FIELDS`, filled by :func:`resolve_options`).  ``vary`` and
+    ``train_samples`` exclude each other (:meth:`cross_errors`)."""
 
     model_config = ConfigDict(extra="forbid")
     algorithm: str = Field(description="registered name of the learnable protocol")
@@ -100,14 +102,22 @@ class TrainOptions(BaseModel):
         "(uniform; integers when both ends are integers) or [low, high, log] (log-uniform, 0 < low); "
         "validation stays on the scenario as written")
 
+    def cross_errors(self) -> list[tuple[str, str]]:
+        """``vary`` with ``train_samples``: a fixed pool of realizations has one configuration."""
+        if self.vary and self.train_samples is not None:
+            return [("vary", "cannot be combined with train.train_samples (a fixed pool has one configuration); "
+                             "allowed: one of them")]
+        return []
+
 
 def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOptions:
     """``opts`` with every unset model field (:data:`MODEL_FIELDS`) taken from ``defaults``; a field that
-    is set nowhere is a ``ValueError`` naming it."""
+    is set nowhere is an :class:`OptionError` at ``train.<field>``."""
     unset = [k for k in MODEL_FIELDS if getattr(opts, k) is None]
     missing = [k for k in unset if k not in defaults]
     if missing:
-        raise ValueError(f"train.{missing[0]}: not set, and {opts.algorithm!r} has no default for it")
+        raise OptionError(f"train.{missing[0]}", f"required key missing: {opts.algorithm!r} has no default for "
+                                                 f"it; give train.{missing[0]}")
     update = {k: defaults[k] for k in unset}
     if opts.optimizer is None:
         update["optimizer"] = defaults.get("optimizer", "adamw")
@@ -280,6 +290,10 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the last finished step, then stop
         save(done)
         raise
+    except OptionError:  # a configuration problem met during the steps: keep the steps finished before it
+        if done > start:
+            save(done)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -299,8 +313,11 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
     """``dsim train``: train the config's ``train:`` section on its scenario; returns the checkpoint path.
 
-    ``cfg`` is a :class:`dsim.config.RunConfig` or a plain dict with keys seed, precision, scenario, train.
-    Writes out_dir/checkpoint.pt, train_log.csv, train_curve.png.
+    ``cfg`` is a :class:`dsim.config.RunConfig` or a plain dict with keys seed, precision, scenario, train
+    (and ``source``, the config file's name).  Writes out_dir/checkpoint.pt, train_log.csv, train_curve.png.
+    A configuration problem found only here (an :class:`OptionError`: options that do not match their
+    checkpoint, a loss round past the protocol's last, ...) is a :class:`dsim.config.ConfigError` line
+    ``<source>: <key>: <problem>``; any other error propagates as it is.
     """
     raw = _get(cfg, "train")
     if raw is None:
@@ -308,19 +325,27 @@ def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
     opts = raw if isinstance(raw, TrainOptions) else TrainOptions(**raw)
     seed = opts.seed if opts.seed is not None else int(_get(cfg, "seed", 0))
     precision = _get(cfg, "precision", "double")
-    learn = get_learnable(opts.algorithm, opts.options)
-    scn = _get(cfg, "scenario")
-    scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
-    fresh = scenario_sampler(scn, precision)
-    if opts.train_samples is not None and opts.vary:
-        raise ValueError("train.vary: cannot be combined with train.train_samples (a fixed pool has one "
-                         "configuration); allowed: one of them")
-    if opts.train_samples is not None:
-        sample = pool_sampler(scn, opts.train_samples, batch_seed(seed, -2), precision)
-    elif opts.vary:
-        sample = scenario_sampler(scn, precision, vary=opts.vary)
-    else:
-        sample = fresh
-    return train(learn, sample, opts, Path(out_dir), seed, resume=resume,
-                 meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision,
-                       "vary": {k: list(v) for k, v in (opts.vary or {}).items()}}, val_sample=fresh)
+    try:
+        cross = opts.cross_errors()
+        if cross:
+            raise OptionError(f"train.{cross[0][0]}", cross[0][1])
+        try:
+            learn = get_learnable(opts.algorithm, opts.options)
+        except OptionError as exc:
+            raise exc.within("train.options") from None
+        scn = _get(cfg, "scenario")
+        scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
+        fresh = scenario_sampler(scn, precision)
+        if opts.train_samples is not None:
+            sample = pool_sampler(scn, opts.train_samples, batch_seed(seed, -2), precision)
+        elif opts.vary:
+            sample = scenario_sampler(scn, precision, vary=opts.vary)
+        else:
+            sample = fresh
+        return train(learn, sample, opts, Path(out_dir), seed, resume=resume,
+                     meta={"algorithm": opts.algorithm, "scenario": scn_dump, "precision": precision,
+                           "vary": {k: list(v) for k, v in (opts.vary or {}).items()}}, val_sample=fresh)
+    except OptionError as exc:
+        from dsim.config import ConfigError
+
+        raise ConfigError(f"{_get(cfg, 'source', '<dict>')}: {exc}") from None

@@ -454,3 +454,48 @@ def test_out_and_engine_overrides(tmp_path, fake_alg):
     assert cfg.engine.kind == "local" and cfg.output == "runs/noengine"
     msg = error_of(tmp_path, base(), engine="rayy")
     assert "'rayy' is not allowed; allowed: local, ray (from --engine rayy)" in line_for(msg, "engine.kind")
+
+
+def test_learned_checkpoint_is_checked_at_validation(tmp_path, monkeypatch):
+    """``checkpoint`` of a learned protocol (``algorithms[i]`` and ``train.options``): an unknown packaged name
+    or a path with no file is one line naming the file, the key and the allowed values (AlgorithmSpec.check);
+    a packaged name, 'untrained' and an existing file validate."""
+    monkeypatch.chdir(tmp_path)
+    allowed = "allowed: shipped, shipped:dt, shipped-dt, untrained or a path"
+    base = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}]}
+    bad = base | {"algorithms": [{"name": "mrc"}, {"name": "gcn_wmmse", "checkpoint": "shipped:nope"},
+                                 {"name": "gcn_wmmse", "label": "b", "checkpoint": "gone.pt"}],
+                  "train": {"algorithm": "gcn_wmmse", "options": {"checkpoint": "shipped-xx"}}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(bad, "x.yaml", reads=("algorithms", "train"))
+    assert err.value.lines == [
+        f"x.yaml: algorithms[1].checkpoint: 'shipped:nope' is not allowed; {allowed}",
+        f"x.yaml: algorithms[2].checkpoint: no such checkpoint file 'gone.pt': {tmp_path / 'gone.pt'} (a relative "
+        f"path is read from the current directory); {allowed}",
+        f"x.yaml: train.options.checkpoint: 'shipped-xx' is not allowed; {allowed}"]
+    # a file is checked only in the sections the command reads (a training YAML's `algorithms:` may name the
+    # checkpoint its training writes); a name that is no packaged model always
+    for reads in ((), ("train",)):
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(bad, "x.yaml", reads=reads)
+        assert [line.split(": ")[1] for line in err.value.lines] == ["algorithms[1].checkpoint",
+                                                                    "train.options.checkpoint"]
+    with pytest.raises(ValueError, match="reads"):
+        config_from_dict(base, "x.yaml", reads=("sweep",))
+    (tmp_path / "gone.pt").write_bytes(b"")
+    ok = base | {"algorithms": [{"name": "gcn_wmmse", "checkpoint": c, "label": str(i)}
+                                for i, c in enumerate(["shipped", "shipped:dt", "shipped-dt", "untrained", "gone.pt"])],
+                 "train": {"algorithm": "gcn_wmmse", "options": {"checkpoint": "gone.pt"}}}
+    cfg = config_from_dict(ok, "x.yaml", reads=("algorithms", "train"))
+    assert [a.options.checkpoint for a in cfg.algorithms][-1] == "gone.pt"
+
+
+def test_train_vary_with_train_samples_is_one_config_line():
+    cfg = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}],
+           "train": {"algorithm": "gcn_wmmse", "train_samples": 10, "vary": {"ues_per_bs": [1, 2]}}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(cfg, "t.yaml")
+    assert err.value.lines == ["t.yaml: train.vary: cannot be combined with train.train_samples (a fixed pool has "
+                               "one configuration); allowed: one of them"]
+    with pytest.raises(ValidationError, match="cannot be combined"):
+        TrainOptions(algorithm="gcn_wmmse", train_samples=10, vary={"ues_per_bs": (1, 2)})

@@ -28,6 +28,9 @@ SCN = {"family": "multicell", "ues_per_bs": 1, "bs_antennas": 3, "ue_antennas": 
 
 
 def cfg_of(sites, strategies=None, rounds=3, local_steps=1, wire="float64", engine="local", faults=None, **fed):
+    """A validated finetune config of GCN-WMMSE; ``options`` default {checkpoint: untrained} (a small start that
+    trains visibly; the YAML's default start is the shipped model)."""
+    fed = {"options": {"checkpoint": "untrained"}} | fed
     d = {"seed": 0, "engine": {"kind": engine}, "output": "unused",
          "federated": {"algorithm": "gcn_wmmse", "reference": {"name": "wmmse", "rounds": 5},
                        "sites": sites, "strategies": strategies or [{"strategy": "fedavg"}], "rounds": rounds,
@@ -301,6 +304,33 @@ def test_start_vector_resolves_named_checkpoints_as_inference_does():
     for ck, path in (("shipped", G.SHIPPED), ("shipped:dt", G.SHIPPED_DT), ("shipped-dt", G.SHIPPED_DT)):
         v = start_vector(cfg_of([site("a", 1)], options={"checkpoint": ck}))
         assert torch.equal(v, get_flat(G.MODEL.load(path))), ck
-    with pytest.raises(ValueError, match=r"^gcn_wmmse: checkpoint 'shipped:nope' is not allowed; allowed: shipped, "
-                                         r"shipped:dt, shipped-dt, untrained or a path$"):
-        start_vector(cfg_of([site("a", 1)], options={"checkpoint": "shipped:nope"}))
+    # an unknown name is refused when the config is validated, one line naming the key
+    with pytest.raises(ConfigError) as err:
+        cfg_of([site("a", 1)], options={"checkpoint": "shipped:nope"})
+    assert err.value.lines == ["<dict>: federated.options.checkpoint: 'shipped:nope' is not allowed; allowed: "
+                               "shipped, shipped:dt, shipped-dt, untrained or a path"]
+
+
+def test_default_start_is_the_shipped_model():
+    """``federated.options`` without a checkpoint: fine-tuning starts from the shipped model, parameter for
+    parameter (the file's state dict, read here without dsim's checkpoint resolution)."""
+    from agents import gcn_wmmse as G
+
+    for options in ({}, {"init_seed": 3}):
+        cfg = cfg_of([site("a", 1)], options=options)
+        assert cfg.federated.options["checkpoint"] == "shipped"
+        v = start_vector(cfg)
+        ck = torch.load(G.SHIPPED, map_location="cpu", weights_only=True)
+        module = G.MODEL.module(**ck["hparams"])
+        set_flat(module, v)
+        floats = {k: t for k, t in ck["model"].items() if t.is_floating_point() or t.is_complex()}
+        assert floats and sum(t.numel() * (2 if t.is_complex() else 1) for t in floats.values()) == v.numel()
+        for k, t in floats.items():
+            assert torch.equal(module.state_dict()[k], t), k
+    untrained = start_vector(cfg_of([site("a", 1)]))
+    assert untrained.numel() != v.numel() or not torch.equal(untrained, v)
+    # options that do not match the start checkpoint: one line at federated.options.<key>
+    with pytest.raises(ConfigError) as err:
+        start_vector(cfg_of([site("a", 1)], options={"layers": 3}))
+    assert err.value.lines == ["<dict>: federated.options.layers: 3 but checkpoint 'shipped' of gcn_wmmse has "
+                               "layers=7; allowed: 7 or leave layers out (the checkpoint's)"]

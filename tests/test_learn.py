@@ -115,3 +115,34 @@ def test_a_spec_with_aliases_of_no_model_is_refused():
     with pytest.raises(ValueError, match="aliases"):
         LearnableSpec("x", spec.module, spec.options, spec.protocol, spec.shipped, spec.recipe,
                       aliases={"shipped-zz": "zz"})
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_config_validation_checks_the_checkpoint_value(name, tmp_path, monkeypatch):
+    """The spec's ``check`` hook (:meth:`LearnableSpec.check`) is the registered ``AlgorithmSpec.check``: every
+    packaged name, 'untrained' and an existing file pass; an unknown 'shipped...' name and a path with no file
+    are one problem at ``checkpoint`` ending with the allowed values, the very words ``locate`` raises."""
+    spec, alg = spec_of(name), registry.algorithm(name)
+    assert alg.check == spec.check
+    allowed = f"allowed: {', '.join(spec.shipped_refs())}, untrained or a path"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pt").write_bytes(b"")
+    for ok in [*spec.shipped_refs(), "untrained", "ck.pt", str(tmp_path / "ck.pt")]:
+        assert alg.check(spec.options(checkpoint=ok)) == [], ok
+    assert alg.check(spec.options(checkpoint="shipped:nope")) == [
+        ("checkpoint", f"'shipped:nope' is not allowed; {allowed}")]
+    with pytest.raises(ValueError) as err:
+        spec.locate("shipped:nope")
+    assert str(err.value) == f"{name}: checkpoint 'shipped:nope' is not allowed; {allowed}"
+    [(key, msg)] = alg.check(spec.options(checkpoint="sub/gone.pt"))
+    assert key == "checkpoint" and msg == (f"no such checkpoint file 'sub/gone.pt': {tmp_path / 'sub' / 'gone.pt'} "
+                                           f"(a relative path is read from the current directory); {allowed}")
+    assert alg.check(spec.options(checkpoint="sub/gone.pt"), False) == []  # files not read now: a path is a path
+    assert alg.check(spec.options(checkpoint="shipped:nope"), False)[0][1].endswith(allowed)
+    (tmp_path / "adir").mkdir()
+    assert alg.check(spec.options(checkpoint=str(tmp_path / "adir")))[0][1].startswith("no such checkpoint file")
+
+
+def test_every_learnable_algorithm_registers_the_check_hook():
+    for name in LEARNED:
+        assert registry.algorithm(name).check is not None, name

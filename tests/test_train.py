@@ -9,7 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from dsim.config import ConfigError
 from dsim.learn import TrainingDiverged, batch_seed, get_learnable, scenario_sampler
+from dsim.registry import OptionError
 from dsim.scenarios.build import build_scenario, generate_channels
 from dsim.scenarios.multicell import multicell_network
 from dsim.train import TrainOptions, train, train_main, validate
@@ -68,6 +70,25 @@ def test_nan_is_an_error_naming_the_step_and_keeps_last_good_state(tmp_path):
         assert bool(torch.isfinite(v).all())
 
 
+def test_a_configuration_problem_during_the_steps_keeps_the_finished_ones(tmp_path):
+    """An OptionError met at step 3 (e.g. a drawn configuration the family refuses): the error propagates as it is
+    (train_main makes it a config line) and the checkpoint holds step 2, equal to an uninterrupted 2-step run."""
+    def refusing(batch: int, seed: int):
+        if seed == batch_seed(7, 3):
+            raise OptionError("train.vary", "a drawn configuration is not a valid scenario")
+        return sample(batch, seed)
+
+    learn = get_learnable("gcn_wmmse", _opts().options)
+    with pytest.raises(OptionError, match="train.vary"):
+        train(learn, refusing, _opts(steps=5, checkpoint_every=10), tmp_path / "a", seed=7)
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ref = get_learnable("gcn_wmmse", _opts().options)
+    train(ref, sample, _opts(steps=2, checkpoint_every=10), tmp_path / "b", seed=7)
+    want = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 2 and len(ck["log"]) == 2
+    assert all(torch.equal(ck["model"][k], v) for k, v in want["model"].items())
+
+
 def test_train_main_outputs_and_options(tmp_path):
     with pytest.raises(ValidationError):
         TrainOptions(algorithm="gcn_wmmse", bogus=1)
@@ -90,9 +111,19 @@ def test_train_main_outputs_and_options(tmp_path):
     learn = get_learnable("gcn_wmmse", {"checkpoint": str(path)})
     net, air = scenario_sampler(scenario)(4, batch_seed(0, -1))
     assert float(rows[-1]["val_wsr"]) == validate(learn, net, air)
+    # configuration problems met at set-up: one ConfigError line naming the file and the key, nothing written
+    cfg["source"] = "t.yaml"
     cfg["train"]["layers_in_loss"] = [3]
-    with pytest.raises(ValueError, match="layers_in_loss"):
+    with pytest.raises(ConfigError) as err:
         train_main(cfg, tmp_path / "bad")
+    assert err.value.lines == ["t.yaml: train.layers_in_loss: rounds [3] outside 1..2; allowed: rounds 1 ... 2 of "
+                               "gcn_wmmse"]
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "layers": 3}}
+    with pytest.raises(ConfigError) as err:
+        train_main(cfg, tmp_path / "bad")
+    assert err.value.lines == [f"t.yaml: train.options.layers: 3 but checkpoint {str(path)!r} of gcn_wmmse has "
+                               "layers=2; allowed: 2 or leave layers out (the checkpoint's)"]
 
 
 def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp_path):
