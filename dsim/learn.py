@@ -117,7 +117,8 @@ class LearnedOptions(BaseModel):
 class AdaptOptions(LearnedOptions):
     """Adaptation before inference (:func:`adapt`): ``adapt_steps`` Adam steps of the protocol's loss on
     fresh samples of the run's own scenario configuration (batch ``adapt_batch``, lr ``adapt_lr``, seed
-    ``adapt_seed``; default: derived from the run seed, distinct from it)."""
+    ``adapt_seed``; default: derived from the run seed, distinct from it), changing the parameters named by
+    ``adapt_params`` (default all: :func:`adapted_parameters`)."""
 
     adapt_steps: int = Field(0, ge=0, description="gradient steps of the loss on the target configuration")
     adapt_batch: int = Field(100, ge=1, description="topologies per adaptation step")
@@ -126,6 +127,9 @@ class AdaptOptions(LearnedOptions):
     adapt_norm: Literal["batch", "frozen"] | None = Field(
         None, description="normalization layers during adaptation: batch statistics, then re-estimated "
         "(batch) | running statistics kept (frozen); default: as the checkpoint was trained (train.freeze_norm)")
+    adapt_params: Literal["all", "norm", "last"] = Field(
+        "all", description="parameters the adaptation steps change: all | norm (the normalization layers' "
+        "affine scale and shift) | last (the module's last linear layer, in registration order)")
 
 
 class BatchNormOptions(LearnedOptions):
@@ -590,6 +594,22 @@ def recalibrate_bn(learn: Learnable, sample: Sampler, seeds: list[int], batch: i
         module.train(was)
 
 
+def adapted_parameters(module: nn.Module, which: str) -> list[nn.Parameter]:
+    """The parameters adaptation changes (:attr:`AdaptOptions.adapt_params`): 'all' | 'norm' (weight and bias
+    of every normalization layer: batch / layer / group / instance norm) | 'last' (the last ``nn.Linear`` in
+    ``module.modules()`` order).  ``ValueError`` when the module has none of the kind asked for."""
+    if which == "all":
+        return list(module.parameters())
+    kinds = ((nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm) if which == "norm" else (nn.Linear,))
+    mods = [m for m in module.modules() if isinstance(m, kinds)]
+    if which == "last":
+        mods = mods[-1:]
+    params = [p for m in mods for p in m.parameters(recurse=False)]
+    if not params:
+        raise ValueError(f"adapt_params: {which!r}, but the model has no such parameters")
+    return params
+
+
 def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
     """``opts.adapt_steps`` Adam steps of ``learn``'s loss on fresh samples of ``net``'s scenario configuration.
 
@@ -623,7 +643,8 @@ def adapt(learn: Learnable, net: Network, opts: AdaptOptions) -> dict[str, Any]:
     module.train()
     if norm == "frozen":
         freeze_norm(module)
-    module.requires_grad_(True)
+    for p in adapted_parameters(module, opts.adapt_params):
+        p.requires_grad_(True)
     try:
         res = fine_tune(learn, sample_once, opts.adapt_steps, batch=opts.adapt_batch, seed=seed, lr=opts.adapt_lr)
     finally:

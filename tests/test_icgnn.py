@@ -228,3 +228,26 @@ def _one_adam_step_reference(net, air, seed: int, batch: int, frozen: bool) -> t
         recalibrate_bn(learn, lambda b, sd: mb, [0], batch)
     module.eval().requires_grad_(False)
     return _powers(icgnn_protocol(module, net), net, air)[0]
+
+
+@pytest.mark.parametrize("which", ["all", "norm", "last"])
+def test_adapt_params_changes_only_the_chosen_parameters(shipped, which):
+    """``adapt_params`` (:func:`dsim.learn.adapted_parameters`): one adaptation step changes exactly the chosen
+    parameters (all | the batch-norm layers' weight and bias | the last linear layer, U_2's output layer) and
+    leaves every other parameter and the frozen running statistics bit for bit as shipped."""
+    from dsim.config import config_from_dict
+    from dsim.scenarios.build import scenario_from_config
+
+    cfg = config_from_dict({"seed": 78, "precision": "double", "batch": 4,
+                            "scenario": {"family": "cellfree", "n_aps": 4, "ap_antennas": 2, "n_ues": 3,
+                                         "realizations": 10},
+                            "algorithms": [{"name": "icgnn"}], "engine": {"kind": "local"}})
+    net = scenario_from_config(cfg).net
+    proto = build(ICGNNOptions(adapt_steps=1, adapt_batch=4, adapt_params=which), net)
+    after = proto.module.state_dict()
+    chosen = {"all": lambda k: "running" not in k and "num_batches" not in k,
+              "norm": lambda k: ".norm." in k and k.endswith(("weight", "bias")),
+              "last": lambda k: k.startswith("upd.1.linear.2.")}[which]
+    changed = {k for k, v in shipped.state_dict().items() if not torch.equal(v, after[k])}
+    want = {k for k in after if chosen(k)}
+    assert want and changed == want, (which, sorted(changed ^ want))
