@@ -24,7 +24,7 @@ def main() -> int:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()  # both nodes registered before any actor is placed (SPREAD is best effort)
+    cluster.wait_for_nodes()  # both nodes registered before any actor is placed
     try:
         cfg = config_from_dict({
             "seed": 2, "batch": 2, "scenario": {"family": "multicell"},

@@ -388,19 +388,26 @@ class RayEngine(Engine):
             owners[role] = own
         use_gpu = self.gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
         opts: dict[str, Any] = {"num_cpus": 0, "num_gpus": self.gpus if use_gpu else 0}
-        if self.placement == "spread":
-            opts["scheduling_strategy"] = "SPREAD"
         base_cls = ray.remote(HostActorImpl)
-        Actor = base_cls.options(**opts)
+        spread = self._spread_nodes(use_gpu) if self.placement == "spread" else []
         self.actors, self._actor_args, self._actor_cls = {}, {}, {}
+        n_placed = 0
         for role, parts in self.parts.items():
             acts = []
             for ids in parts:
                 mine = {k: v.index_select(1, ids) for k, v in net.local.get(role, {}).items()}
                 lite = Network(net.family, net.batch, net.counts, net.edges, {role: mine}, dict(net.info))
                 self._actor_args[(role, len(acts))] = (lite, role, ids, owners, "cuda" if use_gpu else "cpu")
-                restartable = set(ids.tolist()) & self._pool_crash.get(role, set())  # Ray restarts it after a crash
-                self._actor_cls[(role, len(acts))] = base_cls.options(**opts, max_restarts=-1) if restartable else Actor
+                mine_opts = dict(opts)
+                if spread:  # round-robin over the nodes
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    node = spread[n_placed % len(spread)]
+                    mine_opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+                n_placed += 1
+                if set(ids.tolist()) & self._pool_crash.get(role, set()):  # Ray restarts it after a crash
+                    mine_opts["max_restarts"] = -1
+                self._actor_cls[(role, len(acts))] = base_cls.options(**mine_opts)
                 acts.append(self._actor_cls[(role, len(acts))].remote(*self._actor_args[(role, len(acts))]))
             self.actors[role] = acts
         self.pool_net = net
@@ -408,6 +415,18 @@ class RayEngine(Engine):
         placed = {(role, i): next(where) for role, acts in self.actors.items() for i in range(len(acts))}
         self.pids = {key: pid for key, (pid, _) in placed.items()}
         self.nodes = {role: [placed[(role, i)][1] for i in range(len(acts))] for role, acts in self.actors.items()}
+
+    @staticmethod
+    def _spread_nodes(use_gpu: bool) -> list[str]:
+        """Ids of the cluster's alive nodes (with a GPU when the actors take one), in a fixed order: the
+        actors of ``placement='spread'`` go round-robin over them.  Ray's own ``SPREAD`` strategy is best
+        effort and put every shard on one node when the cluster was busy."""
+        import ray
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if use_gpu:
+            nodes = [n for n in nodes if n.get("Resources", {}).get("GPU", 0) > 0]
+        return sorted(n["NodeID"] for n in nodes)
 
     def spawn(self, role: str, j: int) -> Any:
         """A new actor for the agents of ``role``'s actor ``j`` (a stand-in for one killed for good)."""
