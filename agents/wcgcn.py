@@ -31,6 +31,17 @@ f(h) = (h / ||h||) ln(1 + snr) / s  (power control: the magnitude ln(1 + snr) / 
 of ln(1 + snr) over the training set -- one s for the direct links, one for the edges -- stored in the
 checkpoint (buffer ``scale``, set from the first training minibatch by :meth:`WCGCNParams.observe`).
 Monotone in |h|, so no information is lost; the direction of h (beamforming) is kept.
+Option ``feature_norm`` (a hyper-parameter stored in the checkpoint; the default 'mean' is the map above, so
+every earlier checkpoint gives the same outputs): 'std' keeps f but takes s = the standard deviation of f's
+real components over the training set, sqrt(E[ln(1 + snr)^2] / n) with n = 2 N_t (power control n = 1), so
+that every input component has unit variance (their mean is 0: the Rayleigh phase is uniform); 'linear' is the
+authors' public code's standardisation (their edge CSI, h - mean over std per class): no log,
+f(h) = sqrt(P_max / sigma^2) h / s with s = sqrt(E[snr] / n), the standard deviation of those components
+(power control: the magnitude).  Both are statistics of the direct links and of the edges separately, from the
+first training minibatch, in ``scale``.  Side by side from the untrained beamforming model (the recipe of
+scenarios/train_wcgcn_d2d_bf.yaml with batch 64, same seeds), validation after 100 / 200 / 300 steps: 'mean'
+201.5 / 216.7 / 220.4, 'std' 202.8 / 215.5 / 220.5, 'linear' 191.2 (100 steps) bit/s/Hz: no gain, so the
+shipped models keep 'mean'.
 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
@@ -86,6 +97,8 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 64, "lr": 1e-3, "lr_decay_every": 3125
 #: measured by Rx i (eq. (8) as printed, SPECS §1); 'out' = f(h_ij), the interference Tx i causes at Rx j
 #: (measured by Rx j and sent by j); 'both' = [f(h_ji), f(h_ij)]
 BF_EDGE_FEATURES = ("in", "out", "both")
+#: input normalisations (``feature_norm``, module docstring): 'mean' (default) | 'std' | 'linear'
+FEATURE_NORMS = ("mean", "std", "linear")
 
 
 def units(mode: str, n_t: int, edge_feature: str = "in", receiver_state: bool = False
@@ -171,15 +184,19 @@ class WCGCNParams(LearnedModule):
     """WCGCN weights (MLP1, MLP2 shared by all layers) and the feature scales ``scale`` = [s_direct, s_edge]
     (0 until observed: then 1 is used)."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers", "edge_feature", "receiver_state")
+    hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers", "edge_feature", "receiver_state",
+                                               "feature_norm")
 
     def __init__(self, mode: str = "pc", tx_antennas: int = 1, layers: int = 3, edge_feature: str = "in",
-                 receiver_state: bool = False, seed: int = 0) -> None:
+                 receiver_state: bool = False, feature_norm: str = "mean", seed: int = 0) -> None:
         super().__init__()
         if mode not in ("pc", "bf"):
             raise ValueError(f"wcgcn mode must be 'pc' or 'bf', got {mode!r}")
         if edge_feature not in BF_EDGE_FEATURES:
             raise ValueError(f"wcgcn edge_feature must be one of {BF_EDGE_FEATURES}, got {edge_feature!r}")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"wcgcn feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+        self.feature_norm = feature_norm
         self.mode, self.tx_antennas, self.layers = mode, int(tx_antennas), int(layers)
         self.edge_feature = edge_feature if mode == "bf" else "in"  # power control: always [|h_ji|, |h_ij|]
         self.receiver_state = bool(receiver_state) and mode == "bf"
@@ -195,16 +212,24 @@ class WCGCNParams(LearnedModule):
         self.register_buffer("scale", torch.zeros(2, dtype=torch.float64, device="cpu"))
 
     def observe(self, net: Network) -> None:
-        """Set ``scale`` from the first training minibatch (mean ln(1 + snr) of direct links / present edges)."""
+        """Set ``scale`` from the first training minibatch: per ``feature_norm`` (module docstring) the mean of
+        ln(1 + snr), the standard deviation of f's components (log or linear) of direct links / present edges."""
         if float(self.scale[0]) > 0:
             return
         loc = net.local["bs"]
         c2 = loc["p_max"] / loc["sigma2"]
-        own = torch.log1p(c2 * (loc["h_own"].abs() ** 2).sum(-1)).mean()
+        n = 1 if self.mode == "pc" else 2 * self.tx_antennas  # real components of f per channel
+
+        def stat(snr: Tensor) -> Tensor:
+            if self.feature_norm == "mean":
+                return torch.log1p(snr).mean()
+            return ((torch.log1p(snr) ** 2) if self.feature_norm == "std" else snr).mean().div(n).sqrt()
+
+        own = stat(c2 * (loc["h_own"].abs() ** 2).sum(-1))
         es = net.edges[EDGES]
         if es.size:
             g = (loc["H_rx"][:, es.dst, es.src].abs() ** 2).sum(-1) * c2[:, es.dst]
-            edge = torch.log1p(g)[es.mask].mean()
+            edge = stat(g[es.mask])
         else:
             edge = own
         with torch.no_grad():
@@ -216,9 +241,11 @@ def _scales(params: WCGCNParams) -> tuple[float, float]:
     return (s[0] if s[0] > 0 else 1.0, s[1] if s[1] > 0 else 1.0)
 
 
-def channel_feature(h: Tensor, c2: Tensor, s: float) -> Tensor:
-    """f(h) = (h/||h||) ln(1 + c2 ||h||^2) / s: h (..., N_t) complex, c2 = P_max / sigma^2 (...) -> (..., N_t)
-    complex (a zero channel maps to 0)."""
+def channel_feature(h: Tensor, c2: Tensor, s: float, norm: str = "mean") -> Tensor:
+    """f(h) = (h/||h||) ln(1 + c2 ||h||^2) / s (``norm`` 'mean' | 'std'; 'linear': sqrt(c2) h / s): h (..., N_t)
+    complex, c2 = P_max / sigma^2 (...) -> (..., N_t) complex (a zero channel maps to 0)."""
+    if norm == "linear":
+        return h * (c2.sqrt() / s)[..., None].to(h.dtype)
     g = (h.abs() ** 2).sum(-1)
     nrm = g.sqrt().clamp_min(torch.finfo(g.dtype).tiny)
     mag = torch.log1p(c2 * g) / s
@@ -245,7 +272,7 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
 
     ``aggr``: the aggregation of eq. (7), MAX as in the paper; 'sum' / 'mean' swap it at inference for the
     same trained weights (the robustness check of the MPGNN paper's claim that MAX tolerates missing edges)."""
-    mode, n_t, edge_feature = params.mode, params.tx_antennas, params.edge_feature
+    mode, n_t, edge_feature, norm = params.mode, params.tx_antennas, params.edge_feature, params.feature_norm
     sends_reverse = mode == "pc" or edge_feature != "in"  # j sends what Rx j measured from Tx i
     if int(net.info["bs_antennas"]) != n_t:
         raise ValueError(f"wcgcn model has tx_antennas={n_t}, the scenario has {net.info['bs_antennas']}")
@@ -256,10 +283,10 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
     def init_bs(block: AgentBlock) -> None:
         loc = block.local
         c2 = loc["p_max"] / loc["sigma2"]
-        own = channel_feature(loc["h_own"], c2, s_own)  # (B, n, N_t) complex
+        own = channel_feature(loc["h_own"], c2, s_own, norm)  # (B, n, N_t) complex
         ev = block.edges[EDGES]  # in-edges j -> i, i in this block
         h_in = loc["H_rx"][:, ev.dst_local, ev.src]  # h_ji as Rx i measured it, (B, E, N_t)
-        e_in = channel_feature(h_in, ev.gather_dst(c2), s_edge)
+        e_in = channel_feature(h_in, ev.gather_dst(c2), s_edge, norm)
         real = loc["p_max"].dtype
         if mode == "pc":
             block.state["x"] = torch.stack([own[..., 0].abs(), loc["w"], torch.ones_like(loc["w"])], -1)
@@ -278,7 +305,7 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
             loc = block.local
             h_rev = loc["H_rx"][:, ev.src_local, ev.dst]
             c2 = ev.gather_src(loc["p_max"] / loc["sigma2"])
-            f_rev = channel_feature(h_rev, c2, s_edge)
+            f_rev = channel_feature(h_rev, c2, s_edge, norm)
             out["g"] = f_rev[..., 0].abs()[..., None] if mode == "pc" else as_reals(f_rev)
         return out
 
@@ -333,6 +360,10 @@ class WCGCNOptions(LearnedOptions):
     receiver_state: bool | None = Field(
         None, description="beamforming: MLP1 also takes the receiver's own state, MLP1(x_j, e_ji, x_i) (default "
         "false, eq. (8)); default: checkpoint's")
+    feature_norm: Literal["mean", "std", "linear"] | None = Field(
+        None, description="input normalisation: mean = f(h) with s the mean log-SNR (default) | std = same map, "
+        "unit-variance components | linear = the authors' code: h standardised per class, no log; default: "
+        "checkpoint's")
     aggr: Literal["max", "sum", "mean"] = Field(
         "max", description="aggregation of eq. (7) at inference: max (the paper's, what the models were trained "
         "with) | sum | mean (a swap for robustness studies)")

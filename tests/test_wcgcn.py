@@ -205,3 +205,24 @@ def test_aggregation_swap_changes_only_receivers_with_several_neighbours() -> No
     for aggr in ("sum", "mean"):
         torch.testing.assert_close(out[aggr][few], out["max"][few], rtol=1e-12, atol=1e-15)
     assert float((out["sum"][many] - out["max"][many]).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("norm", ["mean", "std", "linear"])
+def test_feature_norm_gives_unit_statistics_on_the_observed_batch(norm) -> None:
+    """``feature_norm`` (agents/wcgcn.py docstring): after ``observe`` on a batch, the features of that batch
+    have the documented unit statistic, for the direct links and the present edges separately: 'mean': the
+    mean of ||f(h)|| is 1; 'std' and 'linear': the mean square of f's real components is 1."""
+    from agents.wcgcn import WCGCNParams, as_reals, channel_feature
+
+    _, s = scenario(BF, batch=4)
+    m = WCGCNParams("bf", 2, 3, "out", feature_norm=norm, seed=0)
+    m.observe(s.net)
+    loc, es = s.net.local["bs"], s.net.edges["pair"]
+    c2 = loc["p_max"] / loc["sigma2"]
+    own = as_reals(channel_feature(loc["h_own"], c2, float(m.scale[0]), norm)).flatten(0, 1)  # (B K, 4)
+    edge = as_reals(channel_feature(loc["H_rx"][:, es.dst, es.src], c2[:, es.dst], float(m.scale[1]), norm))[es.mask]
+    for f in (own, edge):
+        stat = torch.linalg.vector_norm(f, dim=-1).mean() if norm == "mean" else (f ** 2).mean()
+        assert float(stat) == pytest.approx(1.0, rel=1e-9)
+    if norm != "mean":  # the components are centred (uniform Rayleigh phase): the mean is small next to the std
+        assert float(own.mean(0).abs().max()) < 0.5
