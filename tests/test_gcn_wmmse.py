@@ -253,3 +253,19 @@ def test_train_options_warm_start_another_L_from_a_checkpoint(tmp_path):
     net, _ = multicell_network(base_channels(batch=1, seed=1))
     with pytest.raises(ValueError, match="layers"):
         G.MODEL.build(G.MODEL.options(checkpoint=str(path), layers=6), net)
+
+
+@pytest.mark.parametrize("L", [6, 8])
+def test_shipped_L6_L8_models(L):
+    """Tab. VIII's other rows: ``checkpoint: shipped:L<L>`` is committed (absence fails) and has L layers."""
+    from dsim.registry import algorithm
+
+    path = G.SHIPPED_MODELS[f"L{L}"]
+    assert path.is_file(), f"shipped checkpoint {path} missing"
+    m = G.MODEL.load(f"shipped:L{L}")
+    assert (m.layers, m.degree, m.features, m.init) == (L, 2, 4, "mrc")
+    assert m.n_trainable() == L * 19 + (L - 1) * 16
+    assert abs(float(m.b_s) - 0.5) < 1e-12  # the L = 7 model's b_S, kept by the warm start
+    net, _ = multicell_network(base_channels(batch=1, seed=2))
+    spec = algorithm("gcn_wmmse")
+    assert spec.build(spec.options(checkpoint=f"shipped:L{L}"), net).rounds == L
