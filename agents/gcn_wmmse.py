@@ -27,7 +27,9 @@ The shipped model ``agents/models/gcn_wmmse_L7.pt`` (PT, pivot-trained on the Ta
 ``checkpoint: shipped``) is produced by ``python -m dsim train scenarios/train_gcn_wmmse.yaml`` and its
 later stages (see that file's header); ``agents/models/gcn_wmmse_L7_dt.pt`` (DT, Sec. IV-B.5: the PT model
 fine-tuned on random scenario configurations, ``checkpoint: shipped-dt``) by
-``scenarios/train_gcn_wmmse_dt.yaml``.
+``scenarios/train_gcn_wmmse_dt.yaml``.  ``agents/models/gcn_wmmse_L6.pt`` and ``gcn_wmmse_L8.pt`` (``checkpoint:
+shipped:L6`` / ``shipped:L8``, Tab. VIII's other rows) are the PT model warm-started into L = 6 / 8 layers
+(:meth:`GCNWMMSEParams.resized`) and fine-tuned: ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ Tensor = torch.Tensor
 SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
 #: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped:dt``
 SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
+#: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``
+SHIPPED_L6 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6.pt"
+SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
 #: shipped checkpoints other than 'shipped' (the PT model): ``checkpoint: shipped:<name>``
-SHIPPED_MODELS = {"dt": SHIPPED_DT}
+SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8}
 #: the DT model's first name, kept: ``checkpoint: shipped-dt`` is ``shipped:dt``
 SHIPPED_ALIASES = {"shipped-dt": "dt"}
 #: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
@@ -146,6 +151,7 @@ class GCNWMMSEParams(LearnedModule):
 
     hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "init")
     free_hparams: ClassVar[tuple[str, ...]] = ("init",)
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers",)
 
     def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, init: str = "mrc",
                  seed: int = 0) -> None:
@@ -171,6 +177,29 @@ class GCNWMMSEParams(LearnedModule):
         self.d = nn.Parameter(cn(max(L - 1, 0), F, F, var=1.0 / (2 * F)))
         self.register_buffer("bias_scale_sum", torch.zeros((), dtype=torch.float64, device=cpu))
         self.register_buffer("bias_scale_count", torch.zeros((), dtype=torch.float64, device=cpu))
+
+    def resized(self, layers: int | None = None, **other: Any) -> GCNWMMSEParams:
+        """A copy with ``layers`` = L' layers warm-started from this L-layer model: layer l' <= min(L, L')
+        has layer l''s parameters (a_W, a_V1, a_V0, b, c and, for l' >= 2, the skip matrix D); layers
+        past L repeat layer L's; the buffer b_S is kept.  (How the L = 6 and L = 8 models were started.)"""
+        if other:
+            raise ValueError(f"gcn_wmmse: only layers can be resized, not {sorted(other)}")
+        L = self.layers if layers is None else int(layers)
+        if L < 1:
+            raise ValueError(f"gcn_wmmse: layers={L}; allowed: >= 1")
+        new = GCNWMMSEParams(L, self.degree, self.features, self.init)
+        src = torch.arange(L).clamp_max(self.layers - 1)                # layer l' <- layer min(l', L)
+        src_d = torch.arange(max(L - 1, 0)).clamp_max(max(self.layers - 2, 0))
+        with torch.no_grad():
+            for name in ("a_w", "a_v1", "a_v0", "b", "c"):
+                getattr(new, name).copy_(getattr(self, name).index_select(0, src.to(getattr(self, name).device)))
+            if L > 1 and self.layers > 1:
+                new.d.copy_(self.d.index_select(0, src_d.to(self.d.device)))
+            elif L > 1:  # a one-layer source has no skip matrix: zero skips (plain layers)
+                new.d.zero_()
+            new.bias_scale_sum.copy_(self.bias_scale_sum)
+            new.bias_scale_count.copy_(self.bias_scale_count)
+        return new
 
     @property
     def b_s(self) -> Tensor:
@@ -260,10 +289,15 @@ class GCNWMMSEOptions(LearnedOptions):
     'shipped' is the PT model trained on the Tab. II base scenario, 'shipped-dt' the DT model trained on
     random scenario configurations, Sec. IV-B.5).
 
-    layers/degree/features (L, G, F of Tab. I) must match the checkpoint's when one is loaded.
+    layers/degree/features (L, G, F of Tab. I) must match the checkpoint's when one is loaded for inference;
+    in ``train.options`` (``dsim train``) ``layers`` may differ: the checkpoint's model is then warm-started
+    into L layers (:meth:`GCNWMMSEParams.resized`: its first L layers, or all of them and copies of its
+    last), as the L = 6 and L = 8 models were from the L = 7 one.
     """
 
-    layers: int | None = Field(None, ge=1, description="L; default: the checkpoint's (7 untrained)")
+    layers: int | None = Field(None, ge=1, description="L; default: the checkpoint's (7 untrained); in dsim "
+                               "train's options another L warm-starts from the checkpoint (its first L layers; "
+                               "extra ones copy its last)")
     degree: int | None = Field(None, ge=1, description="G; default: the checkpoint's (2 untrained)")
     features: int | None = Field(None, ge=1, description="F; default: the checkpoint's (4 untrained)")
     init: Literal["mrc", "mrc_equal"] | None = Field(
@@ -278,9 +312,11 @@ def _protocol(params: GCNWMMSEParams, net: Network, opts: GCNWMMSEOptions) -> Pr
 
 MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, SHIPPED,
                       "scenarios/train_gcn_wmmse.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS, aliases=SHIPPED_ALIASES,
-                      recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml"})
+                      recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml", "L6": "scenarios/train_gcn_wmmse_L6.yaml",
+                               "L8": "scenarios/train_gcn_wmmse_L8.yaml"})
 
 register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
-                                 "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT)|shipped:dt = "
-                                 "shipped-dt (DT, Sec. IV-B.5)|untrained|PATH", learnable=MODEL.learnable,
+                                 "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT, L = 7)|shipped:L6|"
+                                 "shipped:L8 (PT, L = 6 / 8)|shipped:dt = shipped-dt (DT, Sec. IV-B.5)|untrained|PATH",
+                                 learnable=MODEL.learnable,
                                  check=MODEL.check))

@@ -68,6 +68,14 @@ class LearnedModule(nn.Module):
     #: hyper-parameters that do not shape the parameter set (e.g. how the protocol starts): options may
     #: change them when a checkpoint is loaded (to fine-tune a model under the new setting)
     free_hparams: ClassVar[tuple[str, ...]] = ()
+    #: hyper-parameters that shape the parameter set but that options may change when a checkpoint is
+    #: loaded: the loaded module is then warm-started into the new shape by :meth:`resized`
+    resizable_hparams: ClassVar[tuple[str, ...]] = ()
+
+    def resized(self, **hparams: Any) -> LearnedModule:
+        """A new module with ``hparams`` (names of :attr:`resizable_hparams`) changed, its parameters and
+        buffers initialized from this one's (a warm start; the subclass says how)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be resized")
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -268,16 +276,24 @@ class LearnableSpec:
         module.trained_with = dict((ck.get("meta") or {}).get("train_options") or {})
         return module
 
-    def make(self, opts: LearnedOptions, net: Network | None = None) -> LearnedModule:
+    def make(self, opts: LearnedOptions, net: Network | None = None, resize: bool = False) -> LearnedModule:
         """The module per ``opts``: untrained (hyper-parameters from the options, else the defaults) or
         loaded (:meth:`load`; ``net``: the network a 'shipped' default is picked for, None: training), each
         hyper-parameter given in the options checked against the checkpoint's (an :class:`OptionError` at the
-        option's key when they differ)."""
+        option's key when they differ); with ``resize`` (what training starts from: :meth:`learnable`) those
+        in ``resizable_hparams`` may differ: the loaded module is then warm-started into the asked shape
+        (:meth:`LearnedModule.resized`).  Inference (:meth:`build`) never resizes a checkpoint."""
         want = {k: getattr(opts, k) for k in self.module.hparam_names}
         if opts.checkpoint == "untrained":
             hp = self.module.default_hparams() | {k: v for k, v in want.items() if v is not None}
             return self.module(**hp, seed=opts.init_seed)
         module = self.load(opts.checkpoint, net)
+        new = {k: v for k, v in want.items()
+               if resize and v is not None and k in self.module.resizable_hparams and module.hparams.get(k) != v}
+        if new:
+            trained_with = module.trained_with
+            module = module.resized(**new)
+            module.trained_with = trained_with
         for k, v in want.items():
             have = module.hparams.get(k)
             if v is not None and have != v and k in self.module.free_hparams:
@@ -291,9 +307,10 @@ class LearnableSpec:
         """``AlgorithmSpec.learnable``: the trainable protocol of the YAML options (default: untrained; a
         checkpoint name resolved by :meth:`locate` without a network, so 'shipped' is :attr:`shipped`): what
         ``dsim train``, :func:`export_checkpoint` and federated fine-tuning (:mod:`dsim.federated`, whose validated
-        options always name their checkpoint: 'shipped' by default) start from."""
+        options always name their checkpoint: 'shipped' by default) start from; a resizable hyper-parameter
+        (e.g. gcn_wmmse's ``layers``) other than the checkpoint's warm-starts from it (:meth:`make`)."""
         opts = self.options(**({"checkpoint": "untrained"} | dict(options)))
-        return Learnable(self, self.make(opts), opts)
+        return Learnable(self, self.make(opts, resize=True), opts)
 
     def build(self, opts: LearnedOptions, net: Network) -> Protocol:
         """``AlgorithmSpec.build``: the protocol for inference (module in eval mode, no gradients), after

@@ -308,7 +308,7 @@ def test_start_vector_resolves_named_checkpoints_as_inference_does():
     with pytest.raises(ConfigError) as err:
         cfg_of([site("a", 1)], options={"checkpoint": "shipped:nope"})
     assert err.value.lines == ["<dict>: federated.options.checkpoint: 'shipped:nope' is not allowed; allowed: "
-                               "shipped, shipped:dt, shipped-dt, untrained or a path"]
+                               "shipped, shipped:dt, shipped:L6, shipped:L8, shipped-dt, untrained or a path"]
 
 
 def test_default_start_is_the_shipped_model():
@@ -329,8 +329,9 @@ def test_default_start_is_the_shipped_model():
             assert torch.equal(module.state_dict()[k], t), k
     untrained = start_vector(cfg_of([site("a", 1)]))
     assert untrained.numel() != v.numel() or not torch.equal(untrained, v)
-    # options that do not match the start checkpoint: one line at federated.options.<key>
+    # options that do not match the start checkpoint: one line at federated.options.<key> (not layers: a start
+    # with another L is a warm start, GCNWMMSEParams.resized)
     with pytest.raises(ConfigError) as err:
-        start_vector(cfg_of([site("a", 1)], options={"layers": 3}))
-    assert err.value.lines == ["<dict>: federated.options.layers: 3 but checkpoint 'shipped' of gcn_wmmse has "
-                               "layers=7; allowed: 7 or leave layers out (the checkpoint's)"]
+        start_vector(cfg_of([site("a", 1)], options={"degree": 3}))
+    assert err.value.lines == ["<dict>: federated.options.degree: 3 but checkpoint 'shipped' of gcn_wmmse has "
+                               "degree=2; allowed: 2 or leave degree out (the checkpoint's)"]

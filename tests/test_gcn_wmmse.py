@@ -195,3 +195,77 @@ def test_registry_options_and_shipped_model():
     assert abs(float(shipped.b_s) - 0.5) < 1e-12  # trained on the base scenario: sqrt(1 W / 4)
     with pytest.raises(ValueError, match="layers"):
         spec.build(spec.options(layers=5), net)
+
+
+# ------------------------------------------------------------------------------------------ warm start across L
+@pytest.mark.parametrize("L", [1, 3, 6, 7, 8, 10])
+def test_resized_copies_layers_exactly(L):
+    src = _random_params(seed=11)  # L = 7
+    new = src.resized(layers=L)
+    assert new.layers == L and (new.degree, new.features, new.init) == (src.degree, src.features, src.init)
+    assert new.n_trainable() == L * (4 * 4 + 2 + 1) + (L - 1) * 16
+    for name in ("a_w", "a_v1", "a_v0", "b", "c"):
+        a, b = getattr(new, name), getattr(src, name)
+        n = min(L, 7)
+        assert torch.equal(a[:n], b[:n]), name                   # layers 1..min(L, 7): the source's
+        for extra in range(7, L):                                # layers past 7: copies of layer 7
+            assert torch.equal(a[extra], b[6]), name
+    n = min(L - 1, 6)
+    assert torch.equal(new.d[:n], src.d[:n])                     # skip matrices of layers 2..min(L, 7)
+    for extra in range(6, L - 1):
+        assert torch.equal(new.d[extra], src.d[5])
+    assert torch.equal(new.bias_scale_sum, src.bias_scale_sum)
+    assert torch.equal(new.bias_scale_count, src.bias_scale_count)
+    # a copy, not a view: training the new model leaves the source alone
+    with torch.no_grad():
+        new.c.add_(1.0)
+    assert not torch.equal(new.c[:1], src.c[:1])
+
+
+def test_truncated_model_equals_the_source_up_to_its_last_layer():
+    """Layer l runs only on rounds < l's outputs, so the L = 4 copy's output is the L = 7 model's at round 4."""
+    net, air = multicell_network(base_channels(batch=3, seed=12))
+    src = _random_params(seed=13)
+    w7, V7, _ = _run(G.gcn_wmmse_protocol(src, net), net, air)
+    w4, V4, _ = _run(G.gcn_wmmse_protocol(src.resized(layers=4), net), net, air)
+    assert len(V4) == 5 and len(V7) == 8  # round 0 (MRC) and one per layer
+    torch.testing.assert_close(w4, w7[:5], rtol=0, atol=0)
+    torch.testing.assert_close(V4[-1], V7[4], rtol=0, atol=0)
+
+
+def test_train_options_warm_start_another_L_from_a_checkpoint(tmp_path):
+    """``dsim train`` options {checkpoint: PATH, layers: L'} start from the checkpoint resized to L'; inference
+    with another L than the checkpoint's stays an error."""
+    from dsim.learn import Learnable, save_checkpoint
+    from dsim.registry import OptionError
+
+    src = _random_params(seed=14)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, Learnable(G.MODEL, src, G.MODEL.options(checkpoint="untrained")), 0, {})
+    for L in (6, 8):
+        got = G.MODEL.learnable({"checkpoint": str(path), "layers": L, "init": "mrc"}).module
+        want = src.resized(layers=L)
+        assert got.layers == L
+        sd, wd = got.state_dict(), want.state_dict()
+        assert sd.keys() == wd.keys() and all(torch.equal(sd[k], wd[k]) for k in sd)
+    with pytest.raises(OptionError, match="degree"):
+        G.MODEL.learnable({"checkpoint": str(path), "degree": 3})
+    net, _ = multicell_network(base_channels(batch=1, seed=1))
+    with pytest.raises(ValueError, match="layers"):
+        G.MODEL.build(G.MODEL.options(checkpoint=str(path), layers=6), net)
+
+
+@pytest.mark.parametrize("L", [6, 8])
+def test_shipped_L6_L8_models(L):
+    """Tab. VIII's other rows: ``checkpoint: shipped:L<L>`` is committed (absence fails) and has L layers."""
+    from dsim.registry import algorithm
+
+    path = G.SHIPPED_MODELS[f"L{L}"]
+    assert path.is_file(), f"shipped checkpoint {path} missing"
+    m = G.MODEL.load(f"shipped:L{L}")
+    assert (m.layers, m.degree, m.features, m.init) == (L, 2, 4, "mrc")
+    assert m.n_trainable() == L * 19 + (L - 1) * 16
+    assert abs(float(m.b_s) - 0.5) < 1e-12  # the L = 7 model's b_S, kept by the warm start
+    net, _ = multicell_network(base_channels(batch=1, seed=2))
+    spec = algorithm("gcn_wmmse")
+    assert spec.build(spec.options(checkpoint=f"shipped:L{L}"), net).rounds == L

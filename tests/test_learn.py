@@ -49,7 +49,8 @@ EXPECTED = {
     "engnn": {"shipped": "engnn_ex1_1000.pt", **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}},
     "engnn_ex2": {"shipped": "engnn_ex2_n10.pt", **{f"shipped:ex2_n{n}": f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}},
     "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt"},
-    "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt"},
+    "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt",
+                  "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt"},
 }
 
 
@@ -61,6 +62,8 @@ def test_names_resolve_to_the_same_files_as_before(name):
         assert spec.locate(ref)[0] == MODELS / file, ref
     if name == "gcn_wmmse":  # the DT model has its own recipe
         assert spec.locate("shipped-dt")[1] == spec.locate("shipped:dt")[1] == "scenarios/train_gcn_wmmse_dt.yaml"
+        for n in (6, 8):
+            assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
 
 
 @pytest.mark.parametrize("scn,file", [

@@ -119,11 +119,12 @@ def test_train_main_outputs_and_options(tmp_path):
     assert err.value.lines == ["t.yaml: train.layers_in_loss: rounds [3] outside 1..2; allowed: rounds 1 ... 2 of "
                                "gcn_wmmse"]
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
-    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "layers": 3}}
+    # (layers may differ: gcn_wmmse's L is resizable, a warm start, tests/test_gcn_wmmse.py; degree may not)
+    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "degree": 3}}
     with pytest.raises(ConfigError) as err:
         train_main(cfg, tmp_path / "bad")
-    assert err.value.lines == [f"t.yaml: train.options.layers: 3 but checkpoint {str(path)!r} of gcn_wmmse has "
-                               "layers=2; allowed: 2 or leave layers out (the checkpoint's)"]
+    assert err.value.lines == [f"t.yaml: train.options.degree: 3 but checkpoint {str(path)!r} of gcn_wmmse has "
+                               "degree=2; allowed: 2 or leave degree out (the checkpoint's)"]
 
 
 def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp_path):
