@@ -308,7 +308,7 @@ class LearnableSpec:
         checkpoint name resolved by :meth:`locate` without a network, so 'shipped' is :attr:`shipped`): what
         ``dsim train``, :func:`export_checkpoint` and federated fine-tuning (:mod:`dsim.federated`, whose validated
         options always name their checkpoint: 'shipped' by default) start from; a resizable hyper-parameter
-        (e.g. gcn_wmmse's ``layers``) other than the checkpoint's warm-starts from it (:meth:`make`)."""
+        (e.g. an unrolled network's ``layers``) other than the checkpoint's warm-starts from it (:meth:`make`)."""
         opts = self.options(**({"checkpoint": "untrained"} | dict(options)))
         return Learnable(self, self.make(opts, resize=True), opts)
 
