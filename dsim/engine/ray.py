@@ -292,7 +292,7 @@ class _CompiledPlan:
     bundles passed from sender to receiver actor, over shared-memory channels instead of one task
     submission per call.  The input of each call is its step list (round number and measurements
     included); the outputs not consumed by another call of the plan come back to the driver.
-    ``leaf[(segment, actor, position)]`` is the index of that output among them."""
+    ``leaf[(position of the segment in the plan, actor, output)]`` is the index of that output among them."""
 
     def __init__(self, engine: RayEngine, order: list[int], key: tuple) -> None:
         from ray.dag import InputNode, MultiOutputNode
@@ -319,7 +319,7 @@ class _CompiledPlan:
             leaves = [(i, j, q) for i in order for j, outs in enumerate(nodes[i]) for q in range(len(outs))
                       if (i, j, q) not in consumed]
             dag = MultiOutputNode([nodes[i][j][q] for i, j, q in leaves])
-        at = {i: n for n, i in enumerate(order)}  # keyed by position in the plan, as the plan's key is
+        at = {i: n for n, i in enumerate(order)}  # by position in the plan, as the plan's key
         self.leaf = {(at[i], j, q): n for n, (i, j, q) in enumerate(leaves)}
         self.graph = dag.experimental_compile()
         self.engine = engine
@@ -550,7 +550,8 @@ class RayEngine(Engine):
 
     def _actor_steps(self, seg: _Segment, j: int, ids: Tensor, refs_of) -> tuple[list[tuple], list[Any]]:
         """Actor ``j``'s step list of ``seg`` as :meth:`HostActorImpl.run_steps` takes it, and its bundle
-        arguments: ``refs_of(src, j)`` gives the sending segment's outputs of actor ``j`` (refs or graph nodes)."""
+        arguments: ``refs_of(src, a)`` gives the outputs of sending segment ``src``'s actor ``a`` (refs, or graph
+        nodes when the plan is being compiled)."""
         steps, args = [], []
         for step in seg.steps:
             if step[0] == "measured":
@@ -581,8 +582,8 @@ class RayEngine(Engine):
         return tuple(key)
 
     def _flush_compiled(self, order: list[int], want: tuple[tuple[int, int], ...]) -> list[list[Any]] | None:
-        """Run the planned segments as a compiled graph when their structure has been planned before (the
-        steady round); ``None``: run them as ordinary calls (the first time a structure is seen)."""
+        """Run the planned segments as a compiled graph when their structure is the compiled one, or repeats
+        the previous flush's (the steady round: compiled now); ``None``: run them as ordinary calls."""
         key = self._plan_key(order)
         if key is None:
             return None
