@@ -871,6 +871,13 @@ def _build(data: Any, source: str, base_dir: Path, origins: dict[str, str],
             scenario_sampler(scn, vary=train.vary)
         except registry.OptionError as exc:
             errors.append((exc.key, exc.problem))
+    if train is not None and train.augment != "none" and family is not None:
+        from dsim.learn import augmentation
+
+        try:
+            augmentation(family, train.augment)
+        except registry.OptionError as exc:
+            errors.append((exc.key, exc.problem))
     if errors:
         lines, first = [], {}
         for path, msg in errors:  # one line per key path: the first problem found there

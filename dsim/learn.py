@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -43,6 +43,7 @@ from dsim.evaluate import evaluate_rounds
 from dsim.network import Network
 from dsim.protocol import AgentBlock, Protocol
 from dsim.registry import OptionError, algorithm, algorithm_names
+from dsim.registry import family as family_spec
 from dsim.scenarios.build import build_scenario, generate_channels
 
 Tensor = torch.Tensor
@@ -496,22 +497,44 @@ def _with(scenario: Any, values: dict[str, Any], where: str) -> Any:
         raise OptionError(where, f"{values} is not a valid scenario: {' '.join(first[1:])}") from None
 
 
-def pool_sampler(scenario: Any, size: int, seed: int, precision: str = "double") -> Sampler:
+def augmentation(family: str, augment: str) -> Callable[..., Any] | None:
+    """The family's augmentation named ``augment`` (``FamilySpec.augment``), None for 'none'; a name the family
+    does not provide is an :class:`OptionError` at ``train.augment`` listing the allowed ones."""
+    if augment == "none":
+        return None
+    offered = family_spec(family).augment
+    if augment not in offered:
+        raise OptionError("train.augment", f"the {family!r} family provides no augmentation {augment!r}; "
+                                           f"allowed: {', '.join(['none', *sorted(offered)])}")
+    return offered[augment]
+
+
+def pool_sampler(scenario: Any, size: int, seed: int, precision: str = "double", augment: str = "none") -> Sampler:
     """(batch, seed) -> (net, air) of minibatches drawn from ONE fixed pool of ``size`` realizations (a
     finite training set, e.g. "1000 training samples"): the pool is drawn once with ``seed``; minibatch
     ``s`` takes ``batch`` distinct realizations (``batch`` >= size: the whole pool) chosen by a CPU
     generator seeded with ``s``.  The family's channels must have ``subset(idx)`` (else an :class:`OptionError`
-    at ``train.train_samples``)."""
-    family, pool = generate_channels(scenario, size, seed, precision)
+    at ``train.train_samples``).
+
+    ``augment``: 'none', or the name of one of the family's augmentations (``FamilySpec.augment``): the chosen
+    realizations are then passed through ``transform(channels, generator)`` with the same generator, right
+    after the choice, so minibatch ``s`` is a function of ``s`` alone (reproducible, resumable).  A name the
+    family does not provide is an :class:`OptionError` at ``train.augment`` (raised here, before any draw)."""
+    name = scenario.get("family") if isinstance(scenario, Mapping) else getattr(scenario, "family", None)
+    transform = augmentation(str(name), augment)
+    fam, pool = generate_channels(scenario, size, seed, precision)
     if not hasattr(pool, "subset"):
-        raise OptionError("train.train_samples", f"the {family!r} family's channels have no subset(); "
+        raise OptionError("train.train_samples", f"the {fam!r} family's channels have no subset(); "
                                                  "allowed: null (fresh minibatches)")
 
     def sample(batch: int, s: int) -> tuple[Any, Any]:
         g = torch.Generator(device="cpu")
         g.manual_seed(s)
         idx = torch.randperm(size, generator=g, device="cpu")[: min(batch, size)].sort().values
-        sc = build_scenario(family, pool.subset(idx), None, s)
+        ch = pool.subset(idx)
+        if transform is not None:
+            ch = transform(ch, g)
+        sc = build_scenario(fam, ch, None, s)
         return sc.net, sc.air
 
     return sample

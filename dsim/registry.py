@@ -94,6 +94,11 @@ class FamilySpec:
     links:     signaling link classes of its networks (with clock defaults).
     unit:      rate unit of its evaluation ('nat/Hz' | 'bit/s/Hz').
     summary:   one line for error messages and the README.
+    augment:   named data augmentations of a fixed training set (``train.augment``, :func:`dsim.learn.pool_sampler`):
+               ``name -> transform(channels, generator) -> channels`` maps a batch of channels to an
+               equally likely batch with the same optimal objective (an invariance of the family's problem,
+               e.g. a rotation of the channels), drawing its randomness from ``generator`` (a seeded CPU
+               ``torch.Generator``) only.  Empty: the family offers none.
     """
 
     name: str
@@ -107,6 +112,7 @@ class FamilySpec:
     links: tuple[LinkClass, ...]
     unit: str
     summary: str = ""
+    augment: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

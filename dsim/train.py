@@ -27,7 +27,10 @@ good state to ``checkpoint.pt`` (never a silent skip).  Validation on a fixed se
 ``seed * 1_000_003 - 1``) every ``val_every`` steps and at the last step, in eval mode, after the
 learnable's ``calibrate(sample, seed)`` (e.g. re-estimating batch-norm statistics at the current
 weights; so the final checkpoint is calibrated).  Outputs in ``out_dir``: ``checkpoint.pt`` (resumes
-exactly; :func:`dsim.learn.save_checkpoint`), ``train_log.csv``, ``train_curve.png``.
+exactly; :func:`dsim.learn.save_checkpoint`), ``train_log.csv``, ``train_curve.png``; with ``keep_best``
+also ``best.pt`` (the model at the best validation so far: early stopping chosen on validation data only).
+A fixed training set may be augmented (``augment``): each minibatch passes through one of the scenario
+family's transforms (``FamilySpec.augment``), drawn from the minibatch's seed.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ class TrainOptions(CrossChecked):
     train_samples: int | None = Field(None, ge=1, description="a fixed training set of this many realizations "
                                       "(seed s * 1_000_003 - 2) that minibatches are drawn from; null: fresh "
                                       "realizations every step")
+    augment: str = Field("none", description="none | the name of one of the scenario family's augmentations "
+                         "(FamilySpec.augment, e.g. a symmetry of its problem) applied to every minibatch of the "
+                         "fixed training set (needs train_samples), drawn from the minibatch's seed")
+    keep_best: bool = Field(False, description="also write best.pt: the state at the validation with the highest "
+                            "validation WSR so far (early stopping by validation; checkpoint.pt stays the last)")
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
@@ -103,11 +111,16 @@ class TrainOptions(CrossChecked):
         "validation stays on the scenario as written")
 
     def cross_errors(self) -> list[tuple[str, str]]:
-        """``vary`` with ``train_samples``: a fixed pool of realizations has one configuration."""
+        """``vary`` with ``train_samples``: a fixed pool of realizations has one configuration; ``augment``
+        without ``train_samples``: fresh minibatches need no augmentation."""
+        errs = []
         if self.vary and self.train_samples is not None:
-            return [("vary", "cannot be combined with train.train_samples (a fixed pool has one configuration); "
-                             "allowed: one of them")]
-        return []
+            errs.append(("vary", "cannot be combined with train.train_samples (a fixed pool has one configuration); "
+                                 "allowed: one of them"))
+        if self.augment != "none" and self.train_samples is None:
+            errs.append(("augment", f"{self.augment!r} augments a fixed training set; allowed: none, or set "
+                                    "train.train_samples"))
+        return errs
 
 
 def resolve_options(opts: TrainOptions, defaults: dict[str, Any]) -> TrainOptions:
@@ -161,6 +174,12 @@ def _train_mode(module: torch.nn.Module, frozen_norm: bool) -> None:
     module.train()
     if frozen_norm:
         freeze_norm(module)
+
+
+def best_val(log: list[dict]) -> float:
+    """The highest validation WSR in ``log`` (-inf before the first validation)."""
+    vals = [r["val_wsr"] for r in log if r.get("val_wsr") not in (None, "")]
+    return max(vals, default=-math.inf)
 
 
 def _write_log(path: Path, log: list[dict]) -> None:
@@ -278,6 +297,8 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
             if step % opts.val_every == 0 or step == opts.steps:
                 learn.calibrate(sample, seed)
                 row["val_wsr"] = validate(learn, val_net, val_air)
+                if opts.keep_best and row["val_wsr"] > best_val(log):
+                    save_checkpoint(out_dir / "best.pt", learn, step, meta)
             row["step_s"] = time.perf_counter() - t0
             log.append(row)
             done = step
@@ -337,7 +358,7 @@ def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
         scn_dump = scn if isinstance(scn, dict) else scn.model_dump(mode="json")
         fresh = scenario_sampler(scn, precision)
         if opts.train_samples is not None:
-            sample = pool_sampler(scn, opts.train_samples, batch_seed(seed, -2), precision)
+            sample = pool_sampler(scn, opts.train_samples, batch_seed(seed, -2), precision, opts.augment)
         elif opts.vary:
             sample = scenario_sampler(scn, precision, vary=opts.vary)
         else:

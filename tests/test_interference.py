@@ -185,3 +185,64 @@ def test_strongest_switches_on_the_top_fraction() -> None:
     assert torch.allclose(p[want], ch.power_w[0].expand(12).to(p.dtype))
     wsr = evaluate_rounds(proto, s.net, s.air, [1])[1]
     assert bool((wsr > 0).all())
+
+
+# ------------------------------------------------------------------------------ symmetry (train.augment)
+SYM_SCENARIOS = [
+    {"family": "interference", "layout": "engnn", "n_pairs": 6},
+    {"family": "interference", "layout": "d2d", "n_pairs": 5, "tx_antennas": 3, "field_m": 200.0},
+    {"family": "interference", "layout": "gaussian", "n_pairs": 4},
+]
+
+
+@pytest.mark.parametrize("scn", SYM_SCENARIOS, ids=["engnn", "d2d_N3", "gaussian_N1"])
+def test_symmetry_leaves_every_sum_rate_unchanged(scn) -> None:
+    """h_jk^H -> e^{j phi_k} h_jk^H Q_j with v_j -> Q_j^H v_j: every per-pair rate of a fixed beamformer is the
+    same to 1e-10 (relative), and WMMSE (MRC start, 20 rounds), run on the rotated channels, reaches the same
+    sum rate; path gains ||h_jk||, positions and weights are untouched; Q_j is unitary."""
+    from dsim.scenarios.interference import apply_symmetry, symmetry_draw
+
+    fam, ch = generate_channels(scn, 3, 21, "double")
+    B, K, N = ch.batch, ch.n_pairs, ch.tx_antennas
+    g = torch.Generator(device="cpu").manual_seed(8)
+    phase, Q = symmetry_draw(B, K, N, g)
+    assert torch.allclose(Q.mH @ Q, torch.eye(N, dtype=Q.dtype).expand_as(Q), atol=1e-13, rtol=0)
+    assert torch.allclose(phase.abs(), torch.ones(B, K, dtype=torch.float64), atol=1e-15, rtol=0)
+    rot = apply_symmetry(ch, phase, Q)
+    assert not torch.allclose(rot.H, ch.H)
+    assert torch.allclose(torch.linalg.vector_norm(rot.H, dim=-1), torch.linalg.vector_norm(ch.H, dim=-1),
+                          rtol=1e-13, atol=0)
+    assert rot.tx_xy is ch.tx_xy and rot.weights is ch.weights and rot.inrange is ch.inrange
+    s0, s1 = build_scenario(fam, ch, None, 0), build_scenario(fam, rot, None, 0)
+    gen = torch.Generator(device="cpu").manual_seed(3)
+    V = torch.complex(torch.randn(B, K, N, 1, generator=gen, dtype=torch.float64),
+                      torch.randn(B, K, N, 1, generator=gen, dtype=torch.float64))
+    wsr0, r0 = s0.air.evaluate(V)
+    wsr1, r1 = s1.air.evaluate(Q.mH @ V)
+    assert torch.allclose(r1, r0, rtol=1e-10, atol=0) and torch.allclose(wsr1, wsr0, rtol=1e-10, atol=0)
+    spec = registry.algorithm("wmmse")
+    rates = []
+    for s in (s0, s1):
+        proto = spec.build(spec.options(init="mrc", rounds=20), s.net)
+        rates.append(evaluate_rounds(proto, s.net, s.air, [20])[20])
+    assert torch.allclose(rates[1], rates[0], rtol=1e-10, atol=0)
+
+
+def test_symmetry_augmented_pool_is_reproducible_from_the_seed() -> None:
+    """`train.augment: symmetry` on a fixed training set: minibatch s is a function of s alone (same s, same
+    channels bit for bit), a different s rotates differently, and the rotation keeps the pool's path gains."""
+    from dsim.learn import pool_sampler
+
+    scn = {"family": "interference", "layout": "engnn", "n_pairs": 5}
+    plain = pool_sampler(scn, 6, 77, "double")
+    aug = pool_sampler(scn, 6, 77, "double", augment="symmetry")
+    aug2 = pool_sampler(scn, 6, 77, "double", augment="symmetry")
+    (_, air0), (net1, air1), (net2, air2) = plain(6, 123), aug(6, 123), aug2(6, 123)  # the whole pool
+    assert torch.equal(air1.H, air2.H) and torch.equal(net1.local["bs"]["H_rx"], net2.local["bs"]["H_rx"])
+    assert not torch.allclose(air1.H, air0.H)
+    norms = torch.linalg.vector_norm(air0.H, dim=-1)
+    assert torch.allclose(torch.linalg.vector_norm(air1.H, dim=-1), norms, rtol=1e-13, atol=0)
+    other = aug(6, 124)[1].H  # the same 6 realizations, another rotation
+    assert not torch.allclose(other, air1.H)
+    assert torch.allclose(torch.linalg.vector_norm(other, dim=-1), norms, rtol=1e-13, atol=0)
+    assert torch.equal(plain(6, 124)[1].H, air0.H)  # without augmentation the whole pool is the pool

@@ -205,3 +205,35 @@ def test_freeze_norm_keeps_running_statistics_and_trains_the_eval_mode_network(t
         moved = [k for k in start if k not in stats and start[k].is_floating_point()
                  and not torch.equal(ck[k], start[k])]
         assert moved
+
+
+def test_augment_needs_a_family_transform_and_a_fixed_set_and_keep_best_keeps_the_best_validation(tmp_path):
+    """`train.augment`: a family without the named transform is one config line listing what it offers (at
+    load time and in train_main); augment without train_samples is a cross-field error; with `keep_best`
+    best.pt holds the state at the highest validation WSR of the log (chosen on validation data only)."""
+    from dsim.config import config_from_dict
+
+    bad = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}],
+           "train": {"algorithm": "gcn_wmmse", "train_samples": 10, "augment": "symmetry"}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(bad, "t.yaml")
+    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'symmetry'; "
+                               "allowed: none"]
+    with pytest.raises(ConfigError) as err:
+        train_main(bad | {"source": "t.yaml", "train": bad["train"] | {"steps": 1, "progress": False}}, tmp_path / "x")
+    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'symmetry'; "
+                               "allowed: none"]
+    with pytest.raises(ValidationError, match="augments a fixed training set"):
+        TrainOptions(algorithm="gcn_wmmse", augment="symmetry")
+    scenario = {"family": "interference", "layout": "engnn", "n_pairs": 4}
+    cfg = {"seed": 3, "precision": "double", "scenario": scenario,
+           "train": {"algorithm": "engnn", "options": {"checkpoint": "untrained", "tx_antennas": 2}, "steps": 6,
+                     "batch": 3, "lr": 0.01, "train_samples": 3, "augment": "symmetry", "keep_best": True,
+                     "val_every": 1, "val_size": 4, "progress": False}}
+    path = train_main(cfg, tmp_path / "ok")
+    ck, best = torch.load(path, weights_only=True), torch.load(tmp_path / "ok" / "best.pt", weights_only=True)
+    vals = [r["val_wsr"] for r in ck["log"]]
+    assert best["step"] == 1 + int(np.argmax(vals))
+    learn = get_learnable("engnn", {"checkpoint": str(tmp_path / "ok" / "best.pt")})
+    net, air = scenario_sampler(scenario)(4, batch_seed(3, -1))
+    assert validate(learn, net, air) == max(vals)

@@ -54,6 +54,10 @@ direct channel h_kk, ``w`` (B, K), ``sigma2`` (B, K) W, ``p_max`` (B, K) W, and 
 H_rx[b, k, j] = h_jk as Rx k measured it (zero outside ``range_m``; the diagonal holds h_kk);
 ``ue`` holds ``alpha`` (B, K), ``noise`` (B, K) and ``direct_gain`` (B, K) = ||h_kk||^2 (its measurement).
 
+Symmetry (``train.augment: symmetry``, :func:`apply_symmetry`): the sum rate of problem (4) is invariant under
+h_jk^H -> e^{j phi_k} h_jk^H Q_j (a phase per Rx k, a unitary Q_j in U(N_t) per Tx j) with v_j -> Q_j^H v_j; a
+fixed training set is augmented with random elements of this group (the geometry is left as it is).
+
 Channel file: the multicell format (DESIGN §5, :mod:`dsim.scenarios.multicell`) with I = K, assign =
 0..K-1, N = 1, M = N_t and ``family`` = 'interference'; ``H`` (B, K, K, 1, N_t) [Rx i, Tx k] holds
 h_ki^H as a row; ``weights`` may also be (B, K) (per-realization weights of the d2d layout);
@@ -283,6 +287,52 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
 
 
 # --------------------------------------------------------------------------------------------------
+# symmetry (data augmentation of a fixed training set)
+# --------------------------------------------------------------------------------------------------
+def haar_unitary(batch: int, n_pairs: int, n: int, generator: torch.Generator) -> Tensor:
+    """(B, K, n, n) complex128 unitaries drawn from the Haar measure on U(n): QR of a CN(0, I) matrix, each
+    column of Q multiplied by the phase of R's diagonal entry (Mezzadri 2007), so the law is exactly Haar."""
+    z = torch.complex(torch.randn(batch, n_pairs, n, n, generator=generator, dtype=_F64, device="cpu"),
+                      torch.randn(batch, n_pairs, n, n, generator=generator, dtype=_F64, device="cpu"))
+    q, r = torch.linalg.qr(z)
+    d = r.diagonal(dim1=-2, dim2=-1)
+    return q * (d / d.abs())[..., None, :]
+
+
+def symmetry_draw(batch: int, n_pairs: int, tx_antennas: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One element of the problem's symmetry group per realization (:func:`apply_symmetry`): Rx phases
+    e^{j phi_k}, phi_k ~ U[0, 2 pi) (B, K) complex128, and Tx unitaries Q_j ~ Haar on U(N_t) (B, K, N_t, N_t);
+    drawn from ``generator`` (CPU) in this order."""
+    phi = 2.0 * math.pi * torch.rand(batch, n_pairs, generator=generator, dtype=_F64, device="cpu")
+    return torch.polar(torch.ones_like(phi), phi), haar_unitary(batch, n_pairs, tx_antennas, generator)
+
+
+def apply_symmetry(ch: InterferenceChannels, rx_phase: Tensor, tx_unitary: Tensor) -> InterferenceChannels:
+    """The channels rotated by a symmetry of problem (4): h_jk^H -> e^{j phi_k} h_jk^H Q_j for every Tx j and
+    Rx k (H[b, k, j] is the row h_jk^H), i.e. every Rx k's channels get one common phase and every Tx j's
+    channels one common unitary Q_j in U(N_t).
+
+    Invariance: with the beamformers v_j -> Q_j^H v_j, every received amplitude h_jk^H v_j only gains the
+    phase e^{j phi_k}, so every |h_jk^H v_j|^2, SINR_k, rate and ||v_j||^2 (the power constraint) is unchanged:
+    a beamformer is feasible / optimal for the rotated channels iff its rotation back is for the original
+    ones.  Path losses ||h_jk||, positions, weights, noise and ranges are untouched (they are the geometry);
+    what changes is only the frame in which each node measures its channels, a nuisance the sum rate does
+    not depend on.  rx_phase (B, K) complex, tx_unitary (B, K, N_t, N_t) complex (any precision: the result
+    keeps ``ch.H``'s dtype and device)."""
+    H = ch.H
+    ph = rx_phase.to(H.device, H.dtype)[:, :, None, None, None]  # (B, K rx, 1, 1, 1)
+    Q = tx_unitary.to(H.device, H.dtype)[:, None]  # (B, 1, K tx, N, N)
+    return replace(ch, H=ph * (H @ Q))
+
+
+def symmetry_transform(ch: InterferenceChannels, generator: torch.Generator) -> InterferenceChannels:
+    """The family's ``symmetry`` augmentation (``train.augment: symmetry``): :func:`apply_symmetry` with a
+    fresh draw of :func:`symmetry_draw` from ``generator``, independently per realization."""
+    phase, Q = symmetry_draw(ch.batch, ch.n_pairs, ch.tx_antennas, generator)
+    return apply_symmetry(ch, phase, Q)
+
+
+# --------------------------------------------------------------------------------------------------
 # air
 # --------------------------------------------------------------------------------------------------
 class InterferenceAir(MulticellAir):
@@ -454,5 +504,6 @@ register_family(FamilySpec(
     links=(LinkClass("ul", 1e-3, 1e6, "Rx -> Tx signaling"),
            LinkClass("d2d", 1e-3, 1e6, "pair -> pair signaling (GNN node states)"),
            LinkClass("dl", 1e-3, 1e6, "Tx -> Rx signaling (ENGNN node and edge states)")),
-    unit=UNIT, summary="interference channel: K Tx-Rx pairs (N_t antennas), layouts gaussian | d2d",
+    unit=UNIT, summary="interference channel: K Tx-Rx pairs (N_t antennas), layouts gaussian | d2d | engnn",
+    augment={"symmetry": symmetry_transform},
 ))
