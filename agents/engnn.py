@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from agents.wcgcn import channel_feature
 from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions, current_layer
 from dsim.network import Network
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
@@ -74,6 +75,8 @@ DL, UL = "bs>ue", "ue>bs"
 MODELS = Path(__file__).resolve().parent / "models"
 #: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_1000
 SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}
+#: input feature maps (``feature_norm``): 'none' the paper's h / sigma; 'linear' / 'mean' as WCGCN's (agents/wcgcn.py)
+FEATURE_NORMS = ("none", "linear", "mean")
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256; no lr decay
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10**9, "lr_decay": 1.0,
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
@@ -275,13 +278,18 @@ class ENGNNParams(LearnedModule):
     (``readout='edge'``, ENGNN-E) or the Tx node (``'node'``, ENGNN-N)."""
 
     hparam_names: ClassVar[tuple[str, ...]] = ("tx_antennas", "layers", "d_edge", "d_node", "mlp_width", "d_msg",
-                                               "readout")
+                                               "readout", "feature_norm")
 
     def __init__(self, tx_antennas: int = 1, layers: int = 1, d_edge: int = 8, d_node: int = 8, mlp_width: int = 32,
-                 d_msg: int = 8, readout: str = "edge", seed: int = 0) -> None:
+                 d_msg: int = 8, readout: str = "edge", feature_norm: str = "none", seed: int = 0) -> None:
         super().__init__()
         if readout not in ("edge", "node"):
             raise ValueError(f"engnn readout must be 'edge' or 'node', got {readout!r}")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"engnn feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+        self.feature_norm = feature_norm
+        if feature_norm != "none":  # [s_direct, s_interfering], set by observe(); absent for 'none' (older files)
+            self.register_buffer("scale", torch.zeros(2, dtype=torch.float64, device="cpu"))
         self.tx_antennas, self.layers = int(tx_antennas), int(layers)
         self.d_edge, self.d_node = int(d_edge), int(d_node)
         self.mlp_width, self.d_msg, self.readout = int(mlp_width), int(d_msg), readout
@@ -289,6 +297,26 @@ class ENGNNParams(LearnedModule):
         self.core = ENGNNCore(4 * n, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.mlp_width,
                               d_msg=self.d_msg, layers=self.layers, out_edge=n if readout == "edge" else 0,
                               out_tx=n if readout == "node" else 0, seed=seed)
+
+
+    def observe(self, net: Network) -> None:
+        """Set ``scale`` from the first training minibatch (``feature_norm`` 'linear' | 'mean', module docstring):
+        the statistic of :func:`agents.wcgcn.channel_feature` over the direct links and, separately, over the
+        interfering links the Tx hold (their CSI), at snr = P_m ||h_mk||^2 / sigma_k^2."""
+        if self.feature_norm == "none" or float(self.scale[0]) > 0:
+            return
+        loc = net.local["bs"]
+        snr = (loc["H"][:, :, :, 0, :].abs() ** 2).sum(-1) * loc["p_max"][..., None] / loc["noise"]  # (B, M, K)
+        M, K = snr.shape[1:]
+        direct = torch.eye(M, K, dtype=torch.bool, device=snr.device).expand_as(snr)
+        csi = loc["csi"].to(torch.bool)
+
+        def stat(x: Tensor) -> Tensor:  # 'mean': E ln(1 + snr); 'linear': the std of sqrt(snr) h/||h||'s reals
+            return torch.log1p(x).mean() if self.feature_norm == "mean" else x.mean().div(2 * self.tx_antennas).sqrt()
+
+        own, cross = stat(snr[direct & csi]), stat(snr[~direct & csi]) if bool((~direct & csi).any()) else None
+        with torch.no_grad():
+            self.scale.copy_(torch.stack([own, own if cross is None else cross]).to(torch.float64).clamp_min(1e-6))
 
 
 def ex1_edge_features(h: Tensor, direct: Tensor) -> Tensor:
@@ -314,6 +342,7 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
     if DL not in net.edges:
         raise ValueError("engnn needs the interference network's 'bs>ue' edges")
     d_node, d_edge, d_msg = params.d_node, params.d_edge, params.d_msg
+    norm = {"linear": "linear", "mean": "mean"}.get(params.feature_norm, "none")
     n_rx_all = int(net.info["n_ue"])
     n_tx_all = int(net.info["n_bs"])
 
@@ -338,7 +367,12 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         H = loc["H"][:, :, :, 0, :].conj()  # h_mk (B, n, K, N): Tx m's channel to every Rx it has CSI of
         sigma = loc["noise"].sqrt()  # (B, n, K) noise std of each Rx
         direct = (block.ids.to(H.device)[:, None] == torch.arange(n_rx_all, device=H.device)[None, :])
-        e_in = ex1_edge_features(H / sigma[..., None].to(H.dtype), direct.expand(mask.shape))
+        h = H / sigma[..., None].to(H.dtype)
+        if params.feature_norm != "none":  # per-class scaled (module docstring): direct / interfering links
+            sv = torch.where(params.scale > 0, params.scale, 1.0).to(H.device, sigma.dtype)  # unobserved: 1
+            s_mk = sv[(~direct).long()]  # (n, K): s_direct on Tx k's own link, s_interfering elsewhere
+            h = channel_feature(h, loc["p_max"][..., None].expand_as(sigma), 1.0, norm) / s_mk[..., None].to(H.dtype)
+        e_in = ex1_edge_features(h, direct.expand(mask.shape))
         E0 = _masked(torch.relu(_linear(e_in, core.pre_edge)), mask)
         block.state["E"] = E0
         block.state["f_tx"] = torch.relu(_linear(loc["p_max"][..., None], core.pre_tx))
@@ -419,6 +453,9 @@ class ENGNNOptions(LearnedOptions):
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
     readout: Literal["edge", "node"] | None = Field(None, description="beamformer from the direct edge "
                                                     "(ENGNN-E) or the Tx node (ENGNN-N)")
+    feature_norm: Literal["none", "linear", "mean"] | None = Field(
+        None, description="edge input: none (h / sigma, the paper) | linear (h / sigma over its training-set std) "
+        "| mean (direction of h times ln(1 + snr) over its training-set mean), direct / interfering links apart")
 
 
 def loss_sum_rate(wsr: dict[int, Tensor]) -> Tensor:

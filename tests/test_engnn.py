@@ -269,3 +269,43 @@ def test_registry_and_one_rmsprop_training_step(tmp_path) -> None:
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ck["meta"]["train_options"]["optimizer"] == "rmsprop" and "square_avg" in str(ck["optimizer"])
     assert any(not torch.equal(a, b) for a, b in zip(before, learn.module.parameters()))
+
+
+@pytest.mark.parametrize("norm", ["linear", "mean"])
+def test_feature_norm_scales_and_edge_inputs(norm: str) -> None:
+    """``feature_norm``: the scales observed on a batch are the statistics computed here by hand (direct links /
+    interfering links with CSI apart), the protocol equals the centralized forward fed the hand-made features
+    (linear: sqrt(P) h / sigma / s; mean: h/||h|| ln(1 + P ||h||^2 / sigma^2) / s), a relabelling of the pairs
+    relabels the beamformers, and a checkpoint without the option (the shipped ones) loads as 'none'."""
+    from agents.engnn import ENGNNParams, engnn_forward, ex1_edge_features, ex1_power_normalize, post_edge
+
+    ch, s = scenario(RANGED)
+    p = ENGNNParams(2, 2, feature_norm=norm, seed=3)
+    p.observe(s.net)
+    B, K = ch.H.shape[:2]
+    h = ch.H[:, :, :, 0, :].conj().transpose(1, 2) / ch.noise_w.sqrt()[None, None, :, None]  # [b, m, k] h_mk / sigma
+    snr = ch.power_w[0] * (h.abs() ** 2).sum(-1)
+    mask = ch.inrange.transpose(1, 2)
+    eye = torch.eye(K, dtype=torch.bool).expand(B, K, K)
+    if norm == "mean":
+        want_s = [float(torch.log1p(snr[eye & mask]).mean()), float(torch.log1p(snr[~eye & mask]).mean())]
+        f = h / h.abs().pow(2).sum(-1, keepdim=True).sqrt() * torch.log1p(snr)[..., None]
+    else:
+        want_s = [math.sqrt(float(snr[eye & mask].mean()) / 4), math.sqrt(float(snr[~eye & mask].mean()) / 4)]
+        f = h * math.sqrt(float(ch.power_w[0]))
+    assert p.scale.tolist() == pytest.approx(want_s, rel=1e-12)
+    f = f / torch.where(eye, want_s[0], want_s[1])[..., None]
+    with torch.no_grad():
+        V, _ = run(p, s)
+        E, _, _ = engnn_forward(p.core, ex1_edge_features(f, eye) * mask[..., None],
+                                ch.power_w[None, :, None].expand(B, K, 1), torch.ones(B, K, 1, dtype=torch.float64),
+                                mask)
+        want = ex1_power_normalize(post_edge(p.core, E.diagonal(dim1=1, dim2=2).transpose(1, 2)),
+                                   ch.power_w[None].expand(B, K))
+        torch.testing.assert_close(V[2][..., 0], want, rtol=1e-9, atol=1e-9)
+        perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
+        V2, _ = run(p, build_scenario("interference", permuted(ch, perm), None, 0))
+    torch.testing.assert_close(V2[2], V[2][:, perm], rtol=1e-10, atol=1e-13)
+    spec = registry.algorithm("engnn")
+    old = spec.learnable(spec.options(checkpoint="shipped:ex1_10"))
+    assert old.hparams["feature_norm"] == "none" and not hasattr(old.module, "scale")
