@@ -29,10 +29,17 @@ Signatures (stable; ``w`` is one :class:`LayerWeights`, ``core`` an :class:`ENGN
 Ex1 (problem (4)-(6), SPECS §4) on the ``interference`` family: Tx m = ``bs`` m, Rx k = ``ue`` k.
 Features: Tx P_m [W]; Rx sigma_k / sigma_k = 1 (channels are normalised by the noise std, so the
 normalised noise std is 1); edge (5): [h_mk / sigma_k; 0] on the direct link (m = k), [0; h_mk / sigma_k]
-on interfering links, split Re/Im (19c) -> 4N reals.  Beamformer v_k = post-processing of the direct
-edge's state E_kk (ENGNN-E, ``readout: edge``) or of Tx k's state (ENGNN-N, ``readout: node``), then
-v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8 (Sec. IV-A); node states d_node = 8, MLP
-hidden width 32 and message width d_msg = 8 are this implementation's choices (the paper gives none).
+on interfering links, split Re/Im (19c) -> 4N reals.  Option ``feature_norm`` (a hyper-parameter in the
+checkpoint; 'none', the paper's h / sigma, is the default and what files without it hold): 'linear' feeds
+sqrt(P_m) h_mk / sigma_k / s, 'mean' (h_mk / ||h_mk||) ln(1 + P_m ||h_mk||^2 / sigma_k^2) / s -- the maps of
+:func:`agents.wcgcn.channel_feature` -- with s the training-set statistic of the direct links for m = k and of
+the interfering links otherwise (buffer ``scale``, set from the first training minibatch by
+:meth:`ENGNNParams.observe`).  Both keep the direction of h (so the beamformer can follow it); 'mean' also
+compresses the ~100 dB span of the gains, which h / sigma feeds raw to a linear layer.
+Beamformer v_k = post-processing of the direct edge's state E_kk (ENGNN-E, ``readout: edge``) or of Tx k's
+state (ENGNN-N, ``readout: node``), then v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8
+(Sec. IV-A); node states d_node = 8, MLP hidden width 32 and message width d_msg = 8 are this
+implementation's choices (the paper gives none).
 
 Distributed (one protocol round = one updating layer, every quantity from layer l-1; DESIGN §4).  Tx m
 holds its edges' states E_mk (it has the CSI of its channels h_mk, as WMMSE's BSs do) and f_tx,m; Rx k
@@ -49,7 +56,9 @@ Both directions are counted per edge in the ledger (M K messages each way per la
 
 Training (``python -m dsim train scenarios/train_engnn_ex1_*.yaml``): unsupervised, loss = -mean sum rate
 [bit/s/Hz] (problem (6a)), RMSProp lr 1e-4 (Sec. IV), on a fixed set of 10 / 100 / 1000 samples
-(``train.train_samples``, Fig. 8).  Shipped models ``agents/models/engnn_ex1_*.pt``.
+(``train.train_samples``, Fig. 8), which the recipes augment with the interference family's exact symmetry
+(``train.augment: symmetry``: a random phase per Rx and unitary per Tx, under which the sum rate is invariant;
+:func:`dsim.scenarios.interference.apply_symmetry`).  Shipped models ``agents/models/engnn_ex1_*.pt``.
 """
 
 from __future__ import annotations
