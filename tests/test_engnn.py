@@ -272,11 +272,11 @@ def test_registry_and_one_rmsprop_training_step(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("norm", ["linear", "mean"])
-def test_feature_norm_scales_and_edge_inputs(norm: str) -> None:
+def test_feature_norm_scales_and_edge_inputs(norm: str, tmp_path) -> None:
     """``feature_norm``: the scales observed on a batch are the statistics computed here by hand (direct links /
     interfering links with CSI apart), the protocol equals the centralized forward fed the hand-made features
     (linear: sqrt(P) h / sigma / s; mean: h/||h|| ln(1 + P ||h||^2 / sigma^2) / s), a relabelling of the pairs
-    relabels the beamformers, and a checkpoint without the option (the shipped ones) loads as 'none'."""
+    relabels the beamformers, and a checkpoint written before the option loads as 'none'."""
     from agents.engnn import ENGNNParams, engnn_forward, ex1_edge_features, ex1_power_normalize, post_edge
 
     ch, s = scenario(RANGED)
@@ -306,6 +306,11 @@ def test_feature_norm_scales_and_edge_inputs(norm: str) -> None:
         perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
         V2, _ = run(p, build_scenario("interference", permuted(ch, perm), None, 0))
     torch.testing.assert_close(V2[2], V[2][:, perm], rtol=1e-10, atol=1e-13)
+    # a file written before the option (hparams without feature_norm, no scale buffer) loads as 'none'
+    plain = ENGNNParams(2, 1, seed=4)
+    hp = {k: v for k, v in plain.hparams.items() if k != "feature_norm"}
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 0, "model": plain.state_dict(), "hparams": hp, "meta": {}}, path)
     spec = registry.algorithm("engnn")
-    old = spec.learnable(spec.options(checkpoint="shipped:ex1_10"))
-    assert old.hparams["feature_norm"] == "none" and not hasattr(old.module, "scale")
+    old = spec.learnable(spec.options(checkpoint=str(path)))
+    assert old.hparams["feature_norm"] == "none" and "scale" not in old.module.state_dict()
