@@ -36,15 +36,25 @@ def test_ex1_100_samples_engnn_above_wcgcn(k20_100_samples: dict) -> None:
     assert r["engnn"] > r["wcgcn"], r
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the shipped 100-sample model (800 CPU steps) reaches ~80 % of "
-                   "WMMSE on held-out seeds (74.6 vs 93.1 bit/s/Hz, seeds 1000-1001)")
+def test_ex1_100_samples_shipped_level(k20_100_samples: dict) -> None:
+    """The level of the shipped models (scenarios/train_{engnn,wcgcn}_ex1_100.yaml: augment symmetry, 5000 steps),
+    measured on these seeds: ENGNN 81.24, WCGCN 78.38, WMMSE-100 93.05 bit/s/Hz (87.3 % / 84.2 %); tolerance
+    1 point of WMMSE (the earlier, unaugmented ENGNN model measured 80 % on seeds 1000-1001)."""
+    r = k20_100_samples
+    assert r["engnn"] >= 0.863 * r["wmmse"], r
+    assert r["wcgcn"] >= 0.832 * r["wmmse"], r
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: the shipped 100-sample model reaches 87.3 % of WMMSE on these seeds "
+                   "(81.2 vs 93.05 bit/s/Hz; 88.1 %, 81.95 vs 93.06, on seeds 1000-1001), not 95 %")
 def test_ex1_100_samples_engnn_95_percent_of_wmmse(k20_100_samples: dict) -> None:
     r = k20_100_samples
     assert r["engnn"] >= 0.95 * r["wmmse"], r
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model reaches 140.7 vs 162.6 bit/s/Hz for "
-                   "WMMSE after 1 round (20 held-out layouts, seeds 1000-1001)")
+@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model reaches 150.0 vs 160.2 bit/s/Hz for "
+                   "WMMSE after 1 round (50 held-out layouts, seeds 5000-5001; 147.6 vs 158.1 on 100 layouts, seeds "
+                   "1000-1001)")
 def test_ex1_generalisation_k100_engnn_above_truncated_wmmse() -> None:
     row = study.ex1_generalisation([100], 50, SEED, 25, "float32", 100)[0]
     assert row["engnn"] >= row["wmmse_1"], row
