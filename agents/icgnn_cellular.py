@@ -29,7 +29,9 @@ v_i = sqrt(p_i) u_i / ||u_i||, so sum_i ||v_i||^2 = P_t exactly (the paper's fin
 
 Loss (18a-b) in log-det form: -mean over samples of sum_k log det(I + SINR_k) (nat/Hz here; the paper's
 log2 up to ln 2), i.e. the family's WSR with alpha = 1.  Training per Sec. V-A: Adam lr 1e-3, batch 100,
-K = 5, N_r = 2, N_t = 16, layout ``disk`` (scenarios/train_icgnn_cellular.yaml, train_licgnn.yaml).
+K = 5, N_r = 2, N_t = 16, layout ``disk`` calibrated to the paper's WMMSE column (users uniform in distance,
+``user_distribution: radius``, and a 7.5 dB receiver noise figure; scenarios/train_icgnn_cellular.yaml,
+train_licgnn.yaml; README "ICGNN cellular: the calibrated cell").
 
 Distributed reading: the whole graph lives in one BS (one local phase, no signaling); with several BSs
 every BS precodes its own users alone.

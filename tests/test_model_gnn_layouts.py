@@ -67,3 +67,40 @@ def test_disk_positions_and_pathloss():
 def test_disk_rejects_min_distance_beyond_radius():
     with pytest.raises(ValidationError, match="disk_radius_m"):
         MulticellScenario(layout="disk", n_bs=1, disk_radius_m=20.0, min_distance_m=30.0)
+
+
+def test_disk_user_distribution_radius_is_uniform_in_distance():
+    # user_distribution: radius -- d ~ U(r0, R): empirical CDF against (r - r0) / (R - r0), angle uniform;
+    # the uniform-in-area CDF (r^2 - r0^2) / (R^2 - r0^2) is rejected on the same draws
+    R, r0 = 500.0, 10.0
+    ch = draw(3000, seed=5, layout="disk", n_bs=1, ues_per_bs=6, disk_radius_m=R, min_distance_m=r0,
+              user_distribution="radius")
+    off = own_offsets(ch).reshape(-1, 2).numpy()
+    r = np.hypot(off[:, 0], off[:, 1])
+    n = r.size
+    assert r.min() >= r0 * (1 - 1e-12) and r.max() <= R * (1 + 1e-12)
+    assert ks_distance(r, lambda x: (x - r0) / (R - r0)) < ks_bound(n)
+    assert ks_distance(r, lambda x: (x ** 2 - r0 ** 2) / (R ** 2 - r0 ** 2)) > 10 * ks_bound(n)
+    phi = np.remainder(np.arctan2(off[:, 1], off[:, 0]), 2 * math.pi)
+    assert ks_distance(phi, lambda x: np.clip(x / (2 * math.pi), 0, 1)) < ks_bound(n)
+    # mean distance (R + r0) / 2 within 6 standard deviations (R - r0) / sqrt(12 n)
+    assert abs(r.mean() - (R + r0) / 2) < 6 * (R - r0) / math.sqrt(12 * n)
+    # the default is uniform in area and draws the same random numbers: same angles, radii mapped by the CDFs
+    area = own_offsets(draw(3000, seed=5, layout="disk", n_bs=1, ues_per_bs=6, disk_radius_m=R,
+                            min_distance_m=r0)).reshape(-1, 2).numpy()
+    np.testing.assert_allclose(np.remainder(np.arctan2(area[:, 1], area[:, 0]), 2 * math.pi), phi, atol=1e-9)
+    u = (r - r0) / (R - r0)
+    np.testing.assert_allclose(np.hypot(area[:, 0], area[:, 1]), np.sqrt(u * (R ** 2 - r0 ** 2) + r0 ** 2),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [{"layout": "triangle"}, {"layout": "hex", "n_bs": 7},
+                                {"layout": "iid", "n_bs": 1},
+                                {"layout": "field", "serve": "all", "ue_antennas": 1, "n_bs": 2}])
+def test_user_distribution_radius_only_on_disk_layouts(kw):
+    with pytest.raises(ValidationError, match="user_distribution") as info:
+        MulticellScenario(user_distribution="radius", **kw)
+    assert "allowed: area" in str(info.value)
+    with pytest.raises(ValidationError, match="user_distribution"):
+        MulticellScenario(layout="disk", n_bs=1, user_distribution="volume")
+    MulticellScenario(layout="field", n_bs=2, user_distribution="radius", disk_radius_m=150.0)

@@ -9,7 +9,6 @@ from MRT (the papers' baseline), sum-power constraint.  Tolerances: the issue's 
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
@@ -37,18 +36,25 @@ def test_model_gnn_table2_10db(N, K, paper):
     assert r["gnn"] > r["zf"]
 
 
-def test_icgnn_cellular_table1_k5():
-    """T I at K = 5, N_r = 2 (the training configuration): the paper has ICGNN at 101.4 % of WMMSE; dsim's shipped
-    model measures 98.0 % (examples/icgnn_cellular_tables.py, seed 503, 200 samples), so this asserts >= 96 %
-    (the issue's +-2 points around 101.4 are not met, see the issue's note); L-ICGNN (T = 6 CG steps) within 1 %
-    of ICGNN (the issue's target)."""
-    scn = {"family": "multicell", "layout": "disk", "n_bs": 1, "ues_per_bs": 5, "bs_antennas": 16, "ue_antennas": 2,
-           "disk_radius_m": 500.0, "min_distance_m": 10.0, "pathloss": "exponent", "pathloss_ref_db": 30.5,
-           "pathloss_exponent": 3.67, "bs_power_dbm": 10.0, "noise_dbm": -174.0 + 10 * math.log10(20e6)}
-    r = mean_rates(scn, {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
-                         "icgnn": ("icgnn_cellular", {"checkpoint": "shipped"}),
-                         "licgnn": ("licgnn", {"checkpoint": "shipped", "cg_steps": 6})}, 200, seed=3)
-    assert 100 * r["icgnn"] / r["wmmse"] >= 96.0, r
+_ICG = Path(__file__).parents[1] / "examples" / "icgnn_cellular_tables.py"
+_icg_spec = importlib.util.spec_from_file_location("icgnn_cellular_tables", _ICG)
+icg_tables = importlib.util.module_from_spec(_icg_spec)
+_icg_spec.loader.exec_module(icg_tables)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("K,paper", [(5, 101.4), (7, 101.7)])
+def test_icgnn_cellular_table1(K, paper):
+    """T I at K = 5 (the training configuration) and K = 7 on the calibrated cell of
+    examples/icgnn_cellular_tables.py (users uniform in distance, 7.5 dB noise figure): ICGNN within the issue's
+    +-2 points of the paper's % of WMMSE (measured on this seed and sample count: 100.7 % at K = 5, 101.6 % at
+    K = 7; L-ICGNN 100.6 %, 101.0 %); L-ICGNN (T = 6 CG steps) within 1 % of ICGNN (the issue's target).
+    Held-out seed 3 (+ 100 K + 2), 200 samples.  K = 3 is not asserted: the shipped model reaches ~83 % there
+    (paper 95.6 %), see the README."""
+    r = mean_rates(icg_tables.cell(K, 2), {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
+                                           "icgnn": ("icgnn_cellular", {"checkpoint": "shipped"}),
+                                           "licgnn": ("licgnn", {"checkpoint": "shipped", "cg_steps": 6})},
+                   200, seed=3 + 100 * K + 2)
+    assert abs(100 * r["icgnn"] / r["wmmse"] - paper) <= 2.0, r
     assert abs(r["licgnn"] / r["icgnn"] - 1) <= 0.01, r
 
 

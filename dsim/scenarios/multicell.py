@@ -24,14 +24,18 @@ Layouts:
   loss, no positions).  With ``snr_db`` set, sigma^2 = P_k / 10^(snr_db/10) (SNR = P/sigma^2), else
   ``noise_dbm``.
 * ``disk`` (ICGNN paper Sec. V-A): ``n_bs`` sites of the hex grid (one BS at the origin for n_bs = 1),
-  each UE uniform in the disk of radius ``disk_radius_m`` around its BS at least r0 from it (uniform in
-  area, :func:`annulus_radius`); path loss per ``pathloss`` (ICGNN: exponent, 30.5 dB + 36.7 log10 d).
+  each UE in the disk of radius ``disk_radius_m`` around its BS at least r0 from it, at a uniform angle and
+  a distance per ``user_distribution``: ``area`` (default) uniform in area, CDF (r^2 - r0^2) / (R^2 - r0^2)
+  (:func:`annulus_radius`); ``radius`` uniform in distance, CDF (r - r0) / (R - r0) (:func:`uniform_radius`;
+  denser near the BS, density proportional to 1/r per unit area).  Path loss per ``pathloss`` (ICGNN:
+  exponent, 30.5 dB + 36.7 log10 d).
 
 * ``field`` (ENGNN paper Sec. IV, SPECS §4): ``n_bs`` BSs uniform in a ``field_m`` x ``field_m`` square,
   pairwise at least ``bs_separation_m`` apart (:func:`field_sites`, sequential rejection).  With ``serve:
-  cell`` each UE is uniform in area in the annulus ``min_distance_m`` <= r <= ``disk_radius_m`` around its BS
-  (Ex2: 50-250 m, the paper's Sec. IV-B); with ``serve: all`` (cooperative beamforming, Ex3: every BS serves
-  every UE) the ``n_ue`` UEs are uniform in the square, their BS distances floored at ``min_distance_m``.
+  cell`` each UE is in the annulus ``min_distance_m`` <= r <= ``disk_radius_m`` around its BS, uniform in area
+  (or in distance with ``user_distribution: radius``) (Ex2: 50-250 m, the paper's Sec. IV-B); with ``serve:
+  all`` (cooperative beamforming, Ex3: every BS serves every UE) the ``n_ue`` UEs are uniform in the square,
+  their BS distances floored at ``min_distance_m``.
 
 Cooperative option ``serve: all`` (layout ``field`` only, single-antenna UEs, ENGNN paper (13)-(15)): UE i
 is served by every BS; the decision is one beamformer v_ki (M x 1) per (UE i, BS k) pair on the ``ue>bs``
@@ -160,6 +164,9 @@ class MulticellScenario(CrossChecked):
     snr_db: float | None = Field(None, allow_inf_nan=False,
                                  description="SNR = P/sigma^2 [dB]; overrides noise_dbm")
     disk_radius_m: float = Field(500.0, gt=0, description="layouts disk / field: cell radius [m]")
+    user_distribution: Literal["area", "radius"] = Field(
+        "area", description="layouts disk / field (serve cell): UE distance from its BS uniform in area (CDF "
+        "(r^2 - r0^2)/(R^2 - r0^2)) or uniform in radius (CDF (r - r0)/(R - r0)) on [min_distance_m, disk_radius_m]")
     field_m: float = Field(2000.0, gt=0, description="layout field: side of the square field [m]")
     bs_separation_m: float = Field(500.0, ge=0, description="layout field: least BS-BS distance [m]")
     serve: Literal["cell", "all"] = Field("cell", description="cell: each UE served by its own BS; all: every "
@@ -172,6 +179,10 @@ class MulticellScenario(CrossChecked):
             return _field_errors(self)
         if self.layout in ("iid", "disk"):
             return _iid_disk_errors(self)
+        if self.user_distribution != "area":
+            errs.append(("user_distribution", f"layout {self.layout!r} places UEs uniformly in area (got "
+                                              f"{self.user_distribution!r}); allowed: area ('radius' only with "
+                                              "layouts disk / field)"))
         if self.layout == "triangle" and self.n_bs != 3:
             errs.append(("n_bs", f"layout 'triangle' has exactly 3 BSs (got {self.n_bs}); allowed: 3 "
                                  "(use layout: hex for other counts)"))
@@ -301,6 +312,15 @@ def annulus_radius(u: Tensor, r_min: float, r_max: float) -> Tensor:
     return r_max * torch.sqrt(u * (1.0 - q) + q)
 
 
+def uniform_radius(u: Tensor, r_min: float, r_max: float) -> Tensor:
+    """Radius uniform in distance on [r_min, r_max] from u ~ U(0, 1) (any shape): r = r_min + u (r_max - r_min).
+
+    CDF (r - r_min) / (r_max - r_min); with a uniform angle the density per unit area is proportional to 1/r
+    (users crowd the BS), unlike :func:`annulus_radius`.
+    """
+    return r_min + u * (r_max - r_min)
+
+
 def triangle_sites(bs_distance_m: float, device: torch.device | str = "cpu") -> Tensor:
     """BS positions (3, 2) [m] of the triangle layout: (0, 0), (d, 0), (d/2, sqrt(3) d/2)."""
     d = float(bs_distance_m)
@@ -394,6 +414,9 @@ def _iid_disk_errors(o: MulticellScenario) -> list[tuple[str, str]]:
     """Cross-field errors of the layouts ``iid`` / ``disk``."""
     if o.layout == "disk" and not o.min_distance_m < o.disk_radius_m:
         return [("min_distance_m", f"must be below disk_radius_m = {o.disk_radius_m:g} m (got {o.min_distance_m:g})")]
+    if o.layout == "iid" and o.user_distribution != "area":
+        return [("user_distribution", f"layout 'iid' has no geometry (got {o.user_distribution!r}); allowed: area "
+                                      "(the default; 'radius' only with layouts disk / field)")]
     return []
 
 
@@ -409,6 +432,13 @@ def _field_errors(o: MulticellScenario) -> list[tuple[str, str]]:
         errs.append(("ue_antennas", f"serve: all has single-antenna UEs (got {o.ue_antennas}); allowed: 1"))
     if o.serve == "all" and o.range_m is not None:
         errs.append(("range_m", "serve: all needs every BS-UE link (got a range cut-off); allowed: null"))
+    if o.layout != "field" and o.user_distribution != "area":
+        errs.append(("user_distribution", f"layout {o.layout!r} places UEs uniformly in area (got "
+                                          f"{o.user_distribution!r}); allowed: area ('radius' only with layouts disk "
+                                          "/ field)"))
+    if o.serve == "all" and o.user_distribution != "area":
+        errs.append(("user_distribution", f"serve: all places UEs uniformly in the square (got "
+                                          f"{o.user_distribution!r}); allowed: area"))
     if o.layout == "field":
         if o.serve == "cell" and not o.min_distance_m < o.disk_radius_m:
             errs.append(("min_distance_m", f"must be below disk_radius_m = {o.disk_radius_m:g} m "
@@ -465,7 +495,8 @@ def _generate_field(o: MulticellScenario, B: int, generator: torch.Generator,
         ue_xy = float(o.field_m) * torch.rand(B, I, 2, generator=generator, dtype=_F64, device=dev)
     else:
         assign = torch.arange(K, device=dev).repeat_interleave(U)
-        ue_xy = bs_xy[:, assign] + _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator)
+        off = _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator, o.user_distribution)
+        ue_xy = bs_xy[:, assign] + off
     dist = torch.linalg.vector_norm(ue_xy[:, :, None, :] - bs_xy[:, None, :, :], dim=-1)  # (B, I, K)
     dist = dist.clamp_min(float(o.min_distance_m))
     return _rayleigh_channels(o, dist, assign, bs_xy, ue_xy, generator, dtype, serve_all)
@@ -502,10 +533,14 @@ def noise_power_w(o: MulticellScenario) -> float:
     return dbm_to_w(o.noise_dbm)
 
 
-def _disk_offsets(B: int, I: int, radius: float, r0: float, gen: torch.Generator) -> Tensor:
-    """UE offsets from their BS (B, I, 2) uniform in area on r0 <= r <= radius: u_r (B, I) then u_phi (B, I)."""
+def _disk_offsets(B: int, I: int, radius: float, r0: float, gen: torch.Generator,
+                  distribution: str = "area") -> Tensor:
+    """UE offsets from their BS (B, I, 2) on r0 <= r <= radius at a uniform angle, r uniform in area
+    (``distribution`` area, :func:`annulus_radius`) or in distance (radius, :func:`uniform_radius`): draws
+    u_r (B, I) then u_phi (B, I)."""
     dev = gen.device
-    r = annulus_radius(torch.rand(B, I, generator=gen, dtype=_F64, device=dev), r0, radius)
+    radial = annulus_radius if distribution == "area" else uniform_radius
+    r = radial(torch.rand(B, I, generator=gen, dtype=_F64, device=dev), r0, radius)
     phi = (2 * math.pi) * torch.rand(B, I, generator=gen, dtype=_F64, device=dev)
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=-1)
 
@@ -551,7 +586,8 @@ def generate_multicell(options: MulticellScenario, batch: int, generator: torch.
         offsets = _triangle_offsets(B, K, U, float(o.bs_distance_m), float(o.min_distance_m), generator)
     elif o.layout == "disk":
         sites = hex_sites(K, float(o.bs_distance_m), dev)
-        offsets = _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator)
+        offsets = _disk_offsets(B, I, float(o.disk_radius_m), float(o.min_distance_m), generator,
+                                o.user_distribution)
     else:
         sites = hex_sites(K, float(o.bs_distance_m), dev)
         offsets = _hex_offsets(B, I, float(o.bs_distance_m), float(o.min_distance_m), generator)
