@@ -20,7 +20,11 @@ against.  Output normalisation: V = sqrt(P_k) V^ / ||V^||_F (the paper writes P_
 constraint Tr(V^H V) <= P_max needs the square root), so every BS transmits exactly P_k.
 
 Hidden widths (Tab. I): Model-GNN [32, 32, 8] (L = 4 layers: 2 -> 32 -> 32 -> 8 -> 2), Vanilla-GNN
-[64, 512, 512, 64]; Adam lr 0.01.  Weights initialised U(-1/sqrt(2 J), 1/sqrt(2 J)) per layer from
+[64, 512, 512, 64]; Adam lr 0.01.  Option ``aggr: mean`` (hyper-parameter of the checkpoint; default ``sum``, the
+paper's equations): the two aggregations of (12) are means, as the authors' public code pools -- the same function
+class (P_sum = P_mean / M, Q_sum = Q_mean / K), but under Adam the sums hold training on a plateau at ~3.5 % of
+WMMSE for hundreds of steps at N = 64 (:class:`EdgeGNNParams`); the N = 64 models are trained with means.
+Weights initialised U(-1/sqrt(2 J), 1/sqrt(2 J)) per layer from
 ``seed``.  Unsupervised loss: -mean sum rate (nat/Hz; the paper's bit/s/Hz up to the factor ln 2).
 
 UEs with N > 1 antennas: one virtual user per (UE, receive antenna) (as ICGNN's virtual nodes), V_i's
@@ -63,14 +67,26 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 100, "lr": 0.01, "lr_decay_every": 1_0
 class EdgeGNNParams(LearnedModule):
     """Per-layer weights S_l, P_l, Q_l (in_l x out_l) of an edge GNN on the antenna-user graph.
 
-    widths = (2, *hidden, 2); in_l = 2 J_l with the Taylor half (Model-GNN), J_l without (Vanilla-GNN)."""
+    widths = (2, *hidden, 2); in_l = 2 J_l with the Taylor half (Model-GNN), J_l without (Vanilla-GNN).
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("hidden",)
+    ``aggr``: the pooling of the two aggregations of (12)/(7), ``sum`` (the paper's equations, the default) or
+    ``mean`` (sum over the M antennas / M, sum over the K users / K, as the authors' public code pools; the paper
+    allows both, Sec. II-B).  The two span the same functions (P_sum = P_mean / M, Q_sum = Q_mean / K for a
+    given N, K), but not the same training: Adam moves every weight by about lr per step whatever its gradient,
+    so with sums a step of P changes the layer's output M times (Q: K times) as much as a step of S, and at
+    N = 64 the antenna-sum term (constant over the antennas: a beam that ignores h_k) swamps the per-edge term
+    from the first steps; training then sits near 3.5 % of WMMSE for ~250-400 steps (see
+    scenarios/train_model_gnn_N64K16.yaml).  Means make the three steps comparable."""
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "aggr")
     taylor: ClassVar[bool] = True
 
-    def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), seed: int = 0) -> None:
+    def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), aggr: str = "sum", seed: int = 0) -> None:
         super().__init__()
         self.hidden = tuple(int(h) for h in hidden)
+        self.aggr = str(aggr)
+        if self.aggr not in ("sum", "mean"):
+            raise ValueError(f"model_gnn: aggr must be sum or mean, got {self.aggr!r}")
         if self.taylor and any(h % 2 for h in self.hidden):
             raise ValueError(f"model_gnn: hidden widths must be even (complex feature pairs), got {self.hidden}")
         widths = (2, *self.hidden, 2)
@@ -101,8 +117,8 @@ class VanillaGNNParams(EdgeGNNParams):
 
     taylor: ClassVar[bool] = False
 
-    def __init__(self, hidden: tuple[int, ...] = (64, 512, 512, 64), seed: int = 0) -> None:
-        super().__init__(hidden, seed)
+    def __init__(self, hidden: tuple[int, ...] = (64, 512, 512, 64), aggr: str = "sum", seed: int = 0) -> None:
+        super().__init__(hidden, aggr, seed)
 
 
 # =============================================================================== the layer maths
@@ -164,8 +180,10 @@ def taylor_features(G: Tensor, x: Tensor, group: Tensor | None = None, own_gain:
     return torch.cat([x, *(b.movedim(-3, -1) for b in blocks)], dim=-1)
 
 
-def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tensor | None) -> Tensor:
-    """S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj (12)/(7) before the activation, feature-major.
+def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tensor | None,
+               mean: bool = False) -> Tensor:
+    """S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj (12)/(7) before the activation, feature-major; with ``mean``
+    the two sums are means (over the M antennas, over the users present; :class:`EdgeGNNParams` ``aggr``).
 
     blocks: c split along its features, each (..., J_b, M, K) real (c = [d] or [d, D A], :func:`taylor_blocks`);
     S/P/Q (sum_b J_b, F') with rows in block order; mask (..., 1, 1, K) real 1 for a present user, 0 for a
@@ -183,6 +201,9 @@ def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tens
         y = y + w(S) @ c.reshape(*lead, -1, M * K)                            # (..., F', M K)
         p = p + w(P) @ c.sum(-2)                                               # (..., F', K): sums over antennas
         q = q + w(Q) @ c.sum(-1)                                               # (..., F', M): sums over users
+    if mean:
+        p = p / M
+        q = q / (K if mask is None else mask.sum(-1).clamp_min(1))                # mask.sum: (..., 1, 1) users
     y = y.reshape(*lead, -1, M, K) + p.unsqueeze(-2) + q.unsqueeze(-1)
     return y if mask is None else y * mask
 
@@ -207,7 +228,8 @@ def gnn_precoders(params: EdgeGNNParams, G: Tensor, user_mask: Tensor, power: Te
     L = params.layers
     for ell in range(L):
         blocks = [x, *taylor_blocks(Gc, x)] if Gc is not None else [x]
-        y = edge_layer(blocks, params.s[ell].to(rdt), params.p[ell].to(rdt), params.q[ell].to(rdt), mask)
+        y = edge_layer(blocks, params.s[ell].to(rdt), params.p[ell].to(rdt), params.q[ell].to(rdt), mask,
+                       params.aggr == "mean")
         x = normalize(y) if ell < L - 1 else y
     V = torch.complex(x[..., 0, :, :], x[..., 1, :, :])                        # (B, C, M, K)
     nrm = torch.linalg.vector_norm(V, dim=(-2, -1)).clamp_min(torch.finfo(rdt).tiny)
@@ -272,6 +294,9 @@ class ModelGNNOptions(LearnedOptions):
     agents/models/model_gnn_N8K4.pt), init_seed, hidden widths (must match the checkpoint's)."""
 
     hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
+    aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
+                                                "means (the authors' code; trains without the initial plateau at "
+                                                "large N); default the checkpoint's (untrained: sum)")
 
 
 class VanillaGNNOptions(ModelGNNOptions):

@@ -166,3 +166,25 @@ def test_local_equals_ray(ray_session):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     finally:
         engine.close()
+
+
+def test_mean_aggregation_is_rescaled_sum():
+    """aggr: mean (the authors' pooling) spans the paper's sum layer: the same forward as sums with P / M and
+    Q / K_present (per BS: a padding slot is no user), for every layer."""
+    rng = np.random.default_rng(4)
+    B, C, K, M = 2, 2, 4, 6
+    G = torch.as_tensor(rng.normal(size=(B, C, K, M)) + 1j * rng.normal(size=(B, C, K, M)))
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    G = G * mask[None, :, :, None]
+    power = torch.tensor([[1.0, 2.0], [0.5, 1.5]], dtype=torch.float64)
+    mean = MODEL.module(hidden=(4, 6), aggr="mean", seed=5)
+    for cell in range(C):
+        k = int(mask[cell].sum())
+        summ = MODEL.module(hidden=(4, 6), aggr="sum", seed=5)
+        with torch.no_grad():
+            for ell in range(summ.layers):
+                summ.p[ell].div_(M)
+                summ.q[ell].div_(k)
+        want = gnn_precoders(summ, G, mask, power)[:, cell]
+        got = gnn_precoders(mean, G, mask, power)[:, cell]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
