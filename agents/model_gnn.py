@@ -146,7 +146,9 @@ def taylor_blocks(Gc: Tensor, X: Tensor, group: Tensor | None = None, own_gain: 
     Ds = X.reshape(*lead, F, 2 * M, K)                                         # [Re D_f; Im D_f] (2M x K)
     dr, di = X.reshape(*lead, F, 2, M, K).unbind(-3)                           # Re D_f, Im D_f (M x K)
     Dflip = torch.stack([-di, dr], -3).reshape(*lead, F, 2 * M, K)             # [-Im D_f; Re D_f]
-    ar, ai = (Gc.unsqueeze(-3) @ Ds).reshape(*lead, F, 2, K, K).unbind(-3)     # Re A_f, Im A_f (K x K)
+    # A_f = G D_f for every f at once: Gc (2K x 2M) @ [Ds_1 ... Ds_F] (2M x F K), one GEMM per sample
+    Dcols = Ds.movedim(-3, -2).reshape(*lead, 2 * M, F * K)
+    ar, ai = (Gc @ Dcols).reshape(*lead, 2, K, F, K).movedim(-2, -4).unbind(-3)   # Re A_f, Im A_f (..., F, K, K)
 
     def times_A(Dst: Tensor, Dfl: Tensor) -> Tensor:
         """complex D_f A_f as [Re; Im] (..., J, M, K): [Dr; Di] Ar + [-Di; Dr] Ai."""
