@@ -313,7 +313,7 @@ def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
 
 #: the packaged single-cell Model-GNN models (Tab. II, SNR 10 dB, 1000 training samples), ``checkpoint:
 #: shipped:N{N}K{K}``; each recipe scenarios/train_model_gnn_N{N}K{K}.yaml says how it was produced
-SHIPPED_SIZES = ((8, 4), (32, 16), (64, 16))
+SHIPPED_SIZES = ((8, 4), (32, 16), (64, 16), (64, 32))
 MODEL = LearnableSpec("model_gnn", ModelGNNParams, ModelGNNOptions,
                       lambda params, net, opts: gnn_protocol("model_gnn", params, net),
                       MODELS / "model_gnn_N32K16.pt", "scenarios/train_model_gnn_N32K16.yaml", TRAIN_DEFAULTS,
