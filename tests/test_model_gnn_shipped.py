@@ -25,10 +25,11 @@ _spec.loader.exec_module(tables)  # type: ignore[union-attr]
 mean_rates = tables.sum_rates  # mean sum rate per algorithm, power constraint asserted (one implementation)
 
 
-@pytest.mark.parametrize("N,K,paper", [(8, 4, 97.74), (64, 16, 99.65), (64, 32, 99.41)])
+@pytest.mark.parametrize("N,K,paper", [(8, 4, 97.74), (32, 16, 99.03), (64, 16, 99.65), (64, 32, 99.41)])
 def test_model_gnn_table2_10db(N, K, paper):
     """T II at 10 dB within the issue's +-1 point on held-out seed 1 (200 samples), and above ZF.  Measured:
-    (8, 4) 97.69 % (ZF 94.93 %), (64, 16) 99.77 % (ZF 99.46 %), (64, 32) 99.61 % (ZF 96.59 %)."""
+    (8, 4) 97.69 % (ZF 94.93 %), (32, 16) 98.90 % (ZF 96.23 %), (64, 16) 99.77 % (ZF 99.46 %), (64, 32) 99.61 %
+    (ZF 96.59 %)."""
     scn = {"family": "multicell", "layout": "iid", "n_bs": 1, "ues_per_bs": K, "bs_antennas": N, "ue_antennas": 1,
            "snr_db": 10.0}
     r = mean_rates(scn, {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
