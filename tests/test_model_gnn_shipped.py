@@ -40,6 +40,16 @@ def test_model_gnn_table2_10db(N, K, paper):
     assert r["gnn"] > r["zf"]
 
 
+@pytest.mark.parametrize("N,K", [(8, 4), (32, 16)])
+def test_model_gnn_table3_100_samples(N, K, tmp_path):
+    """T III: trained on 100 fixed samples (examples/model_gnn_tables.py table3: (8, 4) the paper's sums, 600 steps;
+    (32, 16) aggr mean, 1400 steps; checkpoint = best validation on 200 fresh validation-seed samples), the model
+    reaches >= 95 % of WMMSE on held-out seed 1 (200 samples), the paper's claim.  Measured: (8, 4) 95.57 %
+    (best validation at step 400), (32, 16) see the example's docstring."""
+    row = tables.table3([(N, K)], 200, 1, 100, tmp_path)[0]
+    assert row["model_gnn"] >= 95.0, row
+
+
 def test_icgnn_cellular_table1_k5():
     """T I at K = 5, N_r = 2 (the training configuration): the paper has ICGNN at 101.4 % of WMMSE; dsim's shipped
     model measures 98.0 % (examples/icgnn_cellular_tables.py, seed 503, 200 samples), so this asserts >= 96 %
