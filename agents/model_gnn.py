@@ -293,8 +293,8 @@ def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
 
 class ModelGNNOptions(LearnedOptions):
     """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 32, K = 16 at 10 dB; 'shipped:N{N}K{K}' for
-    each of :data:`SHIPPED_SIZES`; or a path such as agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and
-    aggregation (must match the checkpoint's)."""
+    each of :data:`SHIPPED_SIZES`; 'shipped:N32Kvar' = N = 32 trained on K ~ U{2..12} (Fig. 6); or a path such as
+    agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and aggregation (must match the checkpoint's)."""
 
     hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
     aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
@@ -312,14 +312,17 @@ def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
 
 
 #: the packaged single-cell Model-GNN models (Tab. II, SNR 10 dB, 1000 training samples), ``checkpoint:
-#: shipped:N{N}K{K}``; each recipe scenarios/train_model_gnn_N{N}K{K}.yaml says how it was produced
+#: shipped:N{N}K{K}``; each recipe scenarios/train_model_gnn_N{N}K{K}.yaml says how it was produced.  Also
+#: ``shipped:N32Kvar``: N = 32 trained on K drawn per minibatch (Fig. 6, scenarios/train_model_gnn_N32Kvar.yaml)
 SHIPPED_SIZES = ((8, 4), (32, 16), (64, 16), (64, 32))
 MODEL = LearnableSpec("model_gnn", ModelGNNParams, ModelGNNOptions,
                       lambda params, net, opts: gnn_protocol("model_gnn", params, net),
                       MODELS / "model_gnn_N32K16.pt", "scenarios/train_model_gnn_N32K16.yaml", TRAIN_DEFAULTS,
                       loss=sum_rate_loss,
-                      named={f"N{n}K{k}": MODELS / f"model_gnn_N{n}K{k}.pt" for n, k in SHIPPED_SIZES},
-                      recipes={f"N{n}K{k}": f"scenarios/train_model_gnn_N{n}K{k}.yaml" for n, k in SHIPPED_SIZES})
+                      named={f"N{n}K{k}": MODELS / f"model_gnn_N{n}K{k}.pt" for n, k in SHIPPED_SIZES}
+                      | {"N32Kvar": MODELS / "model_gnn_N32Kvar.pt"},
+                      recipes={f"N{n}K{k}": f"scenarios/train_model_gnn_N{n}K{k}.yaml" for n, k in SHIPPED_SIZES}
+                      | {"N32Kvar": "scenarios/train_model_gnn_N32Kvar.yaml"})
 VANILLA = LearnableSpec("vanilla_gnn", VanillaGNNParams, VanillaGNNOptions,
                         lambda params, net, opts: gnn_protocol("vanilla_gnn", params, net),
                         MODELS / "vanilla_gnn_N8K4.pt", "scenarios/train_vanilla_gnn_N8K4.yaml", TRAIN_DEFAULTS,
