@@ -130,7 +130,8 @@ def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: i
     Recipe: batch 100 = the whole set, lr 0.01 x0.2 every 400 steps, clip 5; aggregations as means (option
     ``aggr: mean``, the shipped (32, 16) recipe) where N * K > 32, the paper's sums at (8, 4) (its shipped model).
     The kept checkpoint is the one with the best validation sum rate (200 fresh samples, validation seed, every
-    100 steps; training runs in 100-step segments resumed from the previous one) -- never chosen on ``seed``."""
+    100 steps; training runs in 100-step segments resumed from the previous one) -- never chosen on ``seed``.
+    Measured (seed 1, 200 samples): (8, 4) 95.57 % (best validation at step 400), (32, 16) 98.90 % (step 1400)."""
     import shutil
 
     from dsim.learn import get_learnable, load_checkpoint, pool_sampler, scenario_sampler
