@@ -20,7 +20,11 @@ against.  Output normalisation: V = sqrt(P_k) V^ / ||V^||_F (the paper writes P_
 constraint Tr(V^H V) <= P_max needs the square root), so every BS transmits exactly P_k.
 
 Hidden widths (Tab. I): Model-GNN [32, 32, 8] (L = 4 layers: 2 -> 32 -> 32 -> 8 -> 2), Vanilla-GNN
-[64, 512, 512, 64]; Adam lr 0.01.  Weights initialised U(-1/sqrt(2 J), 1/sqrt(2 J)) per layer from
+[64, 512, 512, 64]; Adam lr 0.01.  Option ``aggr: mean`` (hyper-parameter of the checkpoint; default ``sum``, the
+paper's equations): the two aggregations of (12) are means, as the authors' public code pools -- the same function
+class (P_sum = P_mean / M, Q_sum = Q_mean / K), but under Adam the sums hold training on a plateau at ~3.5 % of
+WMMSE for hundreds of steps at N = 64 (:class:`EdgeGNNParams`); the N = 64 models are trained with means.
+Weights initialised U(-1/sqrt(2 J), 1/sqrt(2 J)) per layer from
 ``seed``.  Unsupervised loss: -mean sum rate (nat/Hz; the paper's bit/s/Hz up to the factor ln 2).
 
 UEs with N > 1 antennas: one virtual user per (UE, receive antenna) (as ICGNN's virtual nodes), V_i's
@@ -63,14 +67,26 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 100, "lr": 0.01, "lr_decay_every": 1_0
 class EdgeGNNParams(LearnedModule):
     """Per-layer weights S_l, P_l, Q_l (in_l x out_l) of an edge GNN on the antenna-user graph.
 
-    widths = (2, *hidden, 2); in_l = 2 J_l with the Taylor half (Model-GNN), J_l without (Vanilla-GNN)."""
+    widths = (2, *hidden, 2); in_l = 2 J_l with the Taylor half (Model-GNN), J_l without (Vanilla-GNN).
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("hidden",)
+    ``aggr``: the pooling of the two aggregations of (12)/(7), ``sum`` (the paper's equations, the default) or
+    ``mean`` (sum over the M antennas / M, sum over the K users / K, as the authors' public code pools; the paper
+    allows both, Sec. II-B).  The two span the same functions (P_sum = P_mean / M, Q_sum = Q_mean / K for a
+    given N, K), but not the same training: Adam moves every weight by about lr per step whatever its gradient,
+    so with sums a step of P changes the layer's output M times (Q: K times) as much as a step of S, and at
+    N = 64 the antenna-sum term (constant over the antennas: a beam that ignores h_k) swamps the per-edge term
+    from the first steps; training then sits near 3.5 % of WMMSE for ~250-400 steps (see
+    scenarios/train_model_gnn_N64K16.yaml).  Means make the three steps comparable."""
+
+    hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "aggr")
     taylor: ClassVar[bool] = True
 
-    def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), seed: int = 0) -> None:
+    def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), aggr: str = "sum", seed: int = 0) -> None:
         super().__init__()
         self.hidden = tuple(int(h) for h in hidden)
+        self.aggr = str(aggr)
+        if self.aggr not in ("sum", "mean"):
+            raise ValueError(f"model_gnn: aggr must be sum or mean, got {self.aggr!r}")
         if self.taylor and any(h % 2 for h in self.hidden):
             raise ValueError(f"model_gnn: hidden widths must be even (complex feature pairs), got {self.hidden}")
         widths = (2, *self.hidden, 2)
@@ -101,64 +117,123 @@ class VanillaGNNParams(EdgeGNNParams):
 
     taylor: ClassVar[bool] = False
 
-    def __init__(self, hidden: tuple[int, ...] = (64, 512, 512, 64), seed: int = 0) -> None:
-        super().__init__(hidden, seed)
+    def __init__(self, hidden: tuple[int, ...] = (64, 512, 512, 64), aggr: str = "sum", seed: int = 0) -> None:
+        super().__init__(hidden, aggr, seed)
 
 
 # =============================================================================== the layer maths
+# Layouts.  The single-cell layers keep the edge features "feature-major", X (..., J, M, K) real with row
+# 2 f + r = Re (r = 0) / Im (r = 1) of complex feature pair f (the order of the rows of S, P, Q), so that
+# [Re D_f; Im D_f] is the contiguous (2 M x K) block X[..., 2 f : 2 f + 2, :, :] and both Taylor products and
+# the linear maps are plain real (batched) matmuls without layout copies.  The multi-cell code keeps the
+# edge-major layout x (..., M, K, J) (:func:`taylor_features`, a view change around the same maths).
+def complex_rows(G: Tensor) -> Tensor:
+    """The real (2K x 2M) matrix of complex G (..., K, M): [[Re G, -Im G], [Im G, Re G]], acting on stacked
+    [Re d; Im d] as G d does on d."""
+    return torch.cat([torch.cat([G.real, -G.imag], -1), torch.cat([G.imag, G.real], -1)], -2)
+
+
+def taylor_blocks(Gc: Tensor, X: Tensor, group: Tensor | None = None, own_gain: bool = False) -> list[Tensor]:
+    """The Taylor half of c = [d, D A] (Step 1, Sec. III-C) in the feature-major layout: X (..., J, M, K) real
+    features, Gc (..., 2K, 2M) = :func:`complex_rows` of the channel rows G (..., K, M) (G_k = h_k^H) -> a list
+    of (..., J, M, K) blocks: per complex feature pair f, A_f = G D_f (K x K, a_jk = h_j^H d_k) and D_f A_f
+    (M x K) ([D A]; the paper's term).
+
+    ``group`` (..., K) bool: [sum_{j in group} d_nj a_jk, sum_{j not in group} d_nj a_jk] (their sum is D A);
+    ``own_gain``: [d_nk a_kk, sum_{j != k} d_nj a_jk] (see :func:`taylor_features`)."""
+    *lead, J, M, K = X.shape
+    F = J // 2
+    Ds = X.reshape(*lead, F, 2 * M, K)                                         # [Re D_f; Im D_f] (2M x K)
+    dr, di = X.reshape(*lead, F, 2, M, K).unbind(-3)                           # Re D_f, Im D_f (M x K)
+    Dflip = torch.stack([-di, dr], -3).reshape(*lead, F, 2 * M, K)             # [-Im D_f; Re D_f]
+    # A_f = G D_f for every f at once: Gc (2K x 2M) @ [Ds_1 ... Ds_F] (2M x F K), one GEMM per sample
+    Dcols = Ds.movedim(-3, -2).reshape(*lead, 2 * M, F * K)
+    ar, ai = (Gc @ Dcols).reshape(*lead, 2, K, F, K).movedim(-2, -4).unbind(-3)   # Re A_f, Im A_f (..., F, K, K)
+
+    def times_A(Dst: Tensor, Dfl: Tensor) -> Tensor:
+        """complex D_f A_f as [Re; Im] (..., J, M, K): [Dr; Di] Ar + [-Di; Dr] Ai."""
+        return (Dst @ ar + Dfl @ ai).reshape(*lead, J, M, K)
+
+    DA = times_A(Ds, Dflip)
+    if own_gain:
+        akr = torch.diagonal(ar, dim1=-2, dim2=-1).unsqueeze(-2)               # Re a_kk (..., F, 1, K)
+        aki = torch.diagonal(ai, dim1=-2, dim2=-1).unsqueeze(-2)
+        own = torch.stack([dr * akr - di * aki, dr * aki + di * akr], -3).reshape(*lead, J, M, K)  # d_nk a_kk
+        return [own, DA - own]
+    if group is None:
+        return [DA]
+    g = group.to(X.dtype).unsqueeze(-2).unsqueeze(-3)                          # (..., 1, 1, K) over columns j
+    DA_in = times_A(Ds * g, Dflip * g)
+    return [DA_in, DA - DA_in]
+
+
 def taylor_features(G: Tensor, x: Tensor, group: Tensor | None = None, own_gain: bool = False) -> Tensor:
-    """c = [d, D A] of Step 1 (Sec. III-C): x (..., M, K, J) real edge features, G (..., K, M) complex channel
-    rows (G_k = h_k^H) -> (..., M, K, 2J): per complex feature pair f, A_f = G D_f (K x K) and D_f A_f (M x K).
+    """c = [d, D A] of Step 1 (Sec. III-C) in the edge-major layout: x (..., M, K, J) real edge features (pairs
+    (Re, Im) of J/2 complex features), G (..., K, M) complex channel rows (G_k = h_k^H) -> (..., M, K, 2J):
+    per complex feature pair f, A_f = G D_f (K x K) and D_f A_f (M x K) (:func:`taylor_blocks`).
 
     With ``group`` (..., K) bool (multi-cell ``taylor_split: cell``: the users served by the BS), the Taylor sum
     (D A)_nk = sum_j d_nj a_jk is split into its own-group and other-group parts, c = [d, sum_{j in group},
     sum_{j not in group}] (..., M, K, 3J); their sum is the paper's term.  With ``own_gain`` (``taylor_split:
     self``) the split is j = k against j != k: c = [d, d_nk a_kk, sum_{j != k} d_nj a_jk], the user's own
     effective gain a_kk = h_k^H d_k apart from the interference-cancelling part."""
-    *lead, M, K, J = x.shape
-    D = torch.view_as_complex(x.reshape(*lead, M, K, J // 2, 2).movedim(-2, -4).contiguous())  # (..., J/2, M, K)
-    A = G.unsqueeze(-3) @ D                                   # (..., J/2, K, K), a_jk = h_j^H d_k
-
-    def back(Z: Tensor) -> Tensor:
-        return torch.view_as_real(Z).movedim(-4, -2).reshape(*lead, M, K, J)
-
-    if own_gain:
-        DA_self = D * torch.diagonal(A, dim1=-2, dim2=-1).unsqueeze(-2)          # d_nk a_kk
-        return torch.cat([x, back(DA_self), back(D @ A - DA_self)], dim=-1)
-    if group is None:
-        return torch.cat([x, back(D @ A)], dim=-1)            # D_f A_f (..., J/2, M, K)
-    g = group.to(D.real.dtype).unsqueeze(-2).unsqueeze(-3)    # (..., 1, 1, K) over the columns j of D
-    DA_in = (D * g) @ A
-    return torch.cat([x, back(DA_in), back(D @ A - DA_in)], dim=-1)
+    X = x.movedim(-1, -3).contiguous()                                         # (..., J, M, K)
+    blocks = taylor_blocks(complex_rows(G), X, group, own_gain)
+    return torch.cat([x, *(b.movedim(-3, -1) for b in blocks)], dim=-1)
 
 
-def edge_layer(c: Tensor, S: Tensor, P: Tensor, Q: Tensor, mask: Tensor) -> Tensor:
-    """S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj (12)/(7) before the activation.
+def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tensor | None,
+               mean: bool = False) -> Tensor:
+    """S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj (12)/(7) before the activation, feature-major; with ``mean``
+    the two sums are means (over the M antennas, over the users present; :class:`EdgeGNNParams` ``aggr``).
 
-    c (..., M, K, F) real, S/P/Q (F, F'), mask (..., 1, K, 1) real 1 for a present user, 0 for a padding slot.
-    Returns (..., M, K, F') with padding users zeroed."""
-    y = c @ S + c.sum(-3, keepdim=True) @ P + c.sum(-2, keepdim=True) @ Q
-    return y * mask
+    blocks: c split along its features, each (..., J_b, M, K) real (c = [d] or [d, D A], :func:`taylor_blocks`);
+    S/P/Q (sum_b J_b, F') with rows in block order; mask (..., 1, 1, K) real 1 for a present user, 0 for a
+    padding slot (None: every user present).  Returns (..., F', M, K) with padding users zeroed."""
+    *lead, _, M, K = blocks[0].shape
+    y = p = q = 0
+    r0 = 0
+    for c in blocks:
+        rows = slice(r0, r0 + c.shape[-3])
+        r0 = rows.stop
+
+        def w(W: Tensor, rows: slice = rows) -> Tensor:                        # W^T broadcast: a plain bmm
+            return W[rows].T.expand(*lead, -1, -1)
+
+        y = y + w(S) @ c.reshape(*lead, -1, M * K)                            # (..., F', M K)
+        p = p + w(P) @ c.sum(-2)                                               # (..., F', K): sums over antennas
+        q = q + w(Q) @ c.sum(-1)                                               # (..., F', M): sums over users
+    if mean:
+        p = p / M
+        q = q / (K if mask is None else mask.sum(-1).clamp_min(1))                # mask.sum: (..., 1, 1) users
+    y = y.reshape(*lead, -1, M, K) + p.unsqueeze(-2) + q.unsqueeze(-1)
+    return y if mask is None else y * mask
 
 
 def normalize(y: Tensor) -> Tensor:
-    """sigma(X) = X / ||X||_F over a sample's edges and features: y (..., M, K, J)."""
+    """sigma(X) = X / ||X||_F over a sample's edges and features: y (..., J, M, K) (or any order of the last
+    three axes)."""
     nrm = torch.linalg.vector_norm(y, dim=(-3, -2, -1), keepdim=True)
     return y / nrm.clamp_min(torch.finfo(y.dtype).tiny)
 
 
 def gnn_precoders(params: EdgeGNNParams, G: Tensor, user_mask: Tensor, power: Tensor) -> Tensor:
     """The GNN's precoders for each BS's users: G (B, C, K, M) complex channel rows (zero rows for padding
-    slots), user_mask (C, K) bool, power (B, C) W -> V (B, C, M, K) complex with ||V[b, c]||_F^2 = P_c."""
+    slots), user_mask (C, K) bool, power (B, C) W -> V (B, C, M, K) complex with ||V[b, c]||_F^2 = P_c.
+
+    Features feature-major (..., J, M, K) (:func:`taylor_blocks`), input d_nk = [Re h_nk, Im h_nk]."""
     rdt = G.real.dtype
-    mask = user_mask.to(rdt)[None, :, None, :, None]                           # (1, C, 1, K, 1)
-    x = torch.stack([G.real, -G.imag], dim=-1).transpose(-3, -2)               # (B, C, M, K, 2) = [Re h, Im h]
+    # (1, C, 1, 1, K); None when no slot is padding (nothing to zero)
+    mask = None if bool(user_mask.all()) else user_mask.to(rdt)[None, :, None, None, :]
+    x = torch.stack([G.real, -G.imag], dim=-3).transpose(-2, -1).contiguous()  # (B, C, 2, M, K) = [Re h, Im h]
+    Gc = complex_rows(G) if params.taylor else None
     L = params.layers
     for ell in range(L):
-        c = taylor_features(G, x) if params.taylor else x
-        y = edge_layer(c, params.s[ell].to(rdt), params.p[ell].to(rdt), params.q[ell].to(rdt), mask)
+        blocks = [x, *taylor_blocks(Gc, x)] if Gc is not None else [x]
+        y = edge_layer(blocks, params.s[ell].to(rdt), params.p[ell].to(rdt), params.q[ell].to(rdt), mask,
+                       params.aggr == "mean")
         x = normalize(y) if ell < L - 1 else y
-    V = torch.complex(x[..., 0], x[..., 1])                                    # (B, C, M, K)
+    V = torch.complex(x[..., 0, :, :], x[..., 1, :, :])                        # (B, C, M, K)
     nrm = torch.linalg.vector_norm(V, dim=(-2, -1)).clamp_min(torch.finfo(rdt).tiny)
     return (power.to(rdt).sqrt() / nrm)[..., None, None].to(V.dtype) * V
 
@@ -217,10 +292,14 @@ def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
 
 
 class ModelGNNOptions(LearnedOptions):
-    """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 32, K = 16 at 10 dB; or a path such as
-    agents/models/model_gnn_N8K4.pt), init_seed, hidden widths (must match the checkpoint's)."""
+    """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 32, K = 16 at 10 dB; 'shipped:N{N}K{K}' for
+    each of :data:`SHIPPED_SIZES`; 'shipped:N32Kvar' = N = 32 trained on K ~ U{2..12} (Fig. 6); or a path such as
+    agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and aggregation (must match the checkpoint's)."""
 
     hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
+    aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
+                                                "means (the authors' code; trains without the initial plateau at "
+                                                "large N); default the checkpoint's (untrained: sum)")
 
 
 class VanillaGNNOptions(ModelGNNOptions):
@@ -232,10 +311,18 @@ def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
     return -torch.stack([w.mean() for w in wsr.values()]).mean()
 
 
+#: the packaged single-cell Model-GNN models (Tab. II, SNR 10 dB, 1000 training samples), ``checkpoint:
+#: shipped:N{N}K{K}``; each recipe scenarios/train_model_gnn_N{N}K{K}.yaml says how it was produced.  Also
+#: ``shipped:N32Kvar``: N = 32 trained on K drawn per minibatch (Fig. 6, scenarios/train_model_gnn_N32Kvar.yaml)
+SHIPPED_SIZES = ((8, 4), (32, 16), (64, 16), (64, 32))
 MODEL = LearnableSpec("model_gnn", ModelGNNParams, ModelGNNOptions,
                       lambda params, net, opts: gnn_protocol("model_gnn", params, net),
                       MODELS / "model_gnn_N32K16.pt", "scenarios/train_model_gnn_N32K16.yaml", TRAIN_DEFAULTS,
-                      loss=sum_rate_loss)
+                      loss=sum_rate_loss,
+                      named={f"N{n}K{k}": MODELS / f"model_gnn_N{n}K{k}.pt" for n, k in SHIPPED_SIZES}
+                      | {"N32Kvar": MODELS / "model_gnn_N32Kvar.pt"},
+                      recipes={f"N{n}K{k}": f"scenarios/train_model_gnn_N{n}K{k}.yaml" for n, k in SHIPPED_SIZES}
+                      | {"N32Kvar": "scenarios/train_model_gnn_N32Kvar.yaml"})
 VANILLA = LearnableSpec("vanilla_gnn", VanillaGNNParams, VanillaGNNOptions,
                         lambda params, net, opts: gnn_protocol("vanilla_gnn", params, net),
                         MODELS / "vanilla_gnn_N8K4.pt", "scenarios/train_vanilla_gnn_N8K4.yaml", TRAIN_DEFAULTS,

@@ -51,6 +51,9 @@ EXPECTED = {
     "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt"},
     "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt",
                   "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt"},
+    "model_gnn": {"shipped": "model_gnn_N32K16.pt",
+                  **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
+                  "shipped:N32Kvar": "model_gnn_N32Kvar.pt"},
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.model_gnn import MODEL, VANILLA, edge_layer, gnn_protocol, taylor_features
+from agents.model_gnn import MODEL, VANILLA, edge_layer, gnn_precoders, gnn_protocol, taylor_features
 from dsim.engine.local import LocalEngine
 from dsim.scenarios.multicell import MulticellScenario, generate_multicell, multicell_network
 
@@ -31,33 +31,77 @@ def _params(spec, hidden, seed=3):
     return m.eval().requires_grad_(False)
 
 
+def _direct_taylor(G, x):
+    """numpy loops: per complex pair f, A = [h_j^H d_k], (D A)_nk = sum_j d_nj a_jk; x (M, K, J) -> list of DA."""
+    M, K, J = x.shape
+    h = G.conj().T  # (M, K): column k = h_k
+    out = []
+    for f in range(J // 2):
+        D = x[..., 2 * f] + 1j * x[..., 2 * f + 1]
+        A = np.array([[h[:, j].conj() @ D[:, k] for k in range(K)] for j in range(K)])  # a_jk = h_j^H d_k
+        out.append((D, A))
+    return out
+
+
 def test_taylor_features_equal_direct_complex_products():
     rng = np.random.default_rng(0)
     K, M, J = 3, 5, 4
     G = rng.normal(size=(K, M)) + 1j * rng.normal(size=(K, M))
     x = rng.normal(size=(M, K, J))
+    grp = np.array([True, False, True])
     c = taylor_features(torch.as_tensor(G), torch.as_tensor(x)).numpy()
-    assert c.shape == (M, K, 2 * J)
-    np.testing.assert_array_equal(c[..., :J], x)
-    h = G.conj().T  # (M, K): column k = h_k
-    for f in range(J // 2):
-        D = x[..., 2 * f] + 1j * x[..., 2 * f + 1]
-        A = np.array([[h[:, j].conj() @ D[:, k] for k in range(K)] for j in range(K)])  # a_jk = h_j^H d_k
+    cg = taylor_features(torch.as_tensor(G), torch.as_tensor(x), group=torch.as_tensor(grp)).numpy()
+    cs = taylor_features(torch.as_tensor(G), torch.as_tensor(x), own_gain=True).numpy()
+    assert c.shape == (M, K, 2 * J) and cg.shape == cs.shape == (M, K, 3 * J)
+    for arr in (c, cg, cs):
+        np.testing.assert_array_equal(arr[..., :J], x)
+    for f, (D, A) in enumerate(_direct_taylor(G, x)):
         DA = np.array([[sum(D[n, j] * A[j, k] for j in range(K)) for k in range(K)] for n in range(M)])
-        np.testing.assert_allclose(c[..., J + 2 * f], DA.real, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(c[..., J + 2 * f + 1], DA.imag, rtol=1e-12, atol=1e-12)
+        DA_in = np.array([[sum(D[n, j] * A[j, k] for j in range(K) if grp[j]) for k in range(K)] for n in range(M)])
+        DA_self = np.array([[D[n, k] * A[k, k] for k in range(K)] for n in range(M)])
+        for arr, parts in ((c, [DA]), (cg, [DA_in, DA - DA_in]), (cs, [DA_self, DA - DA_self])):
+            for b, part in enumerate(parts):
+                np.testing.assert_allclose(arr[..., (b + 1) * J + 2 * f], part.real, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(arr[..., (b + 1) * J + 2 * f + 1], part.imag, rtol=1e-12, atol=1e-12)
 
 
 def test_edge_layer_equals_edge_loop():
+    """Feature-major blocks (J_b, M, K): S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj with c the blocks stacked."""
     rng = np.random.default_rng(1)
     M, K, F, F2 = 4, 3, 6, 5
     c = rng.normal(size=(M, K, F))
     S, P, Q = (rng.normal(size=(F, F2)) for _ in range(3))
-    y = edge_layer(*(torch.as_tensor(a) for a in (c, S, P, Q)), torch.ones(1, K, 1, dtype=torch.float64)).numpy()
-    for n in range(M):
-        for k in range(K):
-            ref = c[n, k] @ S + sum(c[i, k] for i in range(M)) @ P + sum(c[n, j] for j in range(K)) @ Q
-            np.testing.assert_allclose(y[n, k], ref, rtol=1e-12, atol=1e-12)
+    blocks = [torch.as_tensor(c[..., :2]).permute(2, 0, 1), torch.as_tensor(c[..., 2:]).permute(2, 0, 1)]
+    mask = np.array([1.0, 0.0, 1.0])
+    for m in (None, torch.as_tensor(mask).reshape(1, 1, K)):
+        y = edge_layer(blocks, *(torch.as_tensor(a) for a in (S, P, Q)), m).numpy()
+        assert y.shape == (F2, M, K)
+        for n in range(M):
+            for k in range(K):
+                ref = c[n, k] @ S + sum(c[i, k] for i in range(M)) @ P + sum(c[n, j] for j in range(K)) @ Q
+                ref = ref * (1.0 if m is None else mask[k])
+                np.testing.assert_allclose(y[:, n, k], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_precoders_equal_direct_layers():
+    """The whole Model-GNN forward (12)/(15) against numpy loops over edges: c_nk = [d_nk, (D A)_nk], y = S^T c_nk
+    + P^T sum_i c_ik + Q^T sum_j c_nj, sigma = X / ||X||_F between layers, V = sqrt(P) V^ / ||V^||_F."""
+    rng = np.random.default_rng(2)
+    K, M, power = 3, 5, 2.5
+    G = rng.normal(size=(K, M)) + 1j * rng.normal(size=(K, M))
+    params = _params(MODEL, (4, 6))
+    V = gnn_precoders(params, torch.as_tensor(G)[None, None], torch.ones(1, K, dtype=torch.bool),
+                      torch.tensor([[power]], dtype=torch.float64))[0, 0].numpy()
+    x = np.stack([G.real, -G.imag], -1).transpose(1, 0, 2)                   # (M, K, 2) = [Re h, Im h]
+    for ell in range(params.layers):
+        DA = [np.array([[sum(D[n, j] * A[j, k] for j in range(K)) for k in range(K)] for n in range(M)])
+              for D, A in _direct_taylor(G, x)]
+        c = np.concatenate([x, np.stack([p for d in DA for p in (d.real, d.imag)], -1)], -1)
+        S, P, Q = (w[ell].detach().numpy() for w in (params.s, params.p, params.q))
+        y = np.array([[c[n, k] @ S + c[:, k].sum(0) @ P + c[n].sum(0) @ Q for k in range(K)] for n in range(M)])
+        x = y / np.linalg.norm(y) if ell < params.layers - 1 else y
+    Vd = x[..., 0] + 1j * x[..., 1]
+    np.testing.assert_allclose(V, np.sqrt(power) * Vd / np.linalg.norm(Vd), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("spec,hidden", [(MODEL, (8, 6)), (VANILLA, (8, 6))], ids=["model_gnn", "vanilla_gnn"])
@@ -122,3 +166,25 @@ def test_local_equals_ray(ray_session):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     finally:
         engine.close()
+
+
+def test_mean_aggregation_is_rescaled_sum():
+    """aggr: mean (the authors' pooling) spans the paper's sum layer: the same forward as sums with P / M and
+    Q / K_present (per BS: a padding slot is no user), for every layer."""
+    rng = np.random.default_rng(4)
+    B, C, K, M = 2, 2, 4, 6
+    G = torch.as_tensor(rng.normal(size=(B, C, K, M)) + 1j * rng.normal(size=(B, C, K, M)))
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    G = G * mask[None, :, :, None]
+    power = torch.tensor([[1.0, 2.0], [0.5, 1.5]], dtype=torch.float64)
+    mean = MODEL.module(hidden=(4, 6), aggr="mean", seed=5)
+    for cell in range(C):
+        k = int(mask[cell].sum())
+        summ = MODEL.module(hidden=(4, 6), aggr="sum", seed=5)
+        with torch.no_grad():
+            for ell in range(summ.layers):
+                summ.p[ell].div_(M)
+                summ.q[ell].div_(k)
+        want = gnn_precoders(summ, G, mask, power)[:, cell]
+        got = gnn_precoders(mean, G, mask, power)[:, cell]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -24,8 +24,11 @@ _spec.loader.exec_module(tables)  # type: ignore[union-attr]
 mean_rates = tables.sum_rates  # mean sum rate per algorithm, power constraint asserted (one implementation)
 
 
-@pytest.mark.parametrize("N,K,paper", [(8, 4, 97.74)])
+@pytest.mark.parametrize("N,K,paper", [(8, 4, 97.74), (32, 16, 99.03), (64, 16, 99.65), (64, 32, 99.41)])
 def test_model_gnn_table2_10db(N, K, paper):
+    """T II at 10 dB within the issue's +-1 point on held-out seed 1 (200 samples), and above ZF.  Measured:
+    (8, 4) 97.69 % (ZF 94.93 %), (32, 16) 98.90 % (ZF 96.23 %), (64, 16) 99.77 % (ZF 99.46 %), (64, 32) 99.61 %
+    (ZF 96.59 %)."""
     scn = {"family": "multicell", "layout": "iid", "n_bs": 1, "ues_per_bs": K, "bs_antennas": N, "ue_antennas": 1,
            "snr_db": 10.0}
     r = mean_rates(scn, {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
@@ -34,6 +37,25 @@ def test_model_gnn_table2_10db(N, K, paper):
     ratio = 100 * r["gnn"] / r["wmmse"]
     assert abs(ratio - paper) <= 1.0, ratio
     assert r["gnn"] > r["zf"]
+
+
+@pytest.mark.parametrize("N,K", [(8, 4), (32, 16)])
+def test_model_gnn_table3_100_samples(N, K, tmp_path):
+    """T III: trained on 100 fixed samples (examples/model_gnn_tables.py table3: (8, 4) the paper's sums, 600 steps;
+    (32, 16) aggr mean, 1400 steps; checkpoint = best validation on 200 fresh validation-seed samples), the model
+    reaches >= 95 % of WMMSE on held-out seed 1 (200 samples), the paper's claim.  Measured: (8, 4) 95.57 %
+    (best validation at step 400, 24 s), (32, 16) 98.90 % (best validation at step 1400, ~12 min on a shared core)."""
+    row = tables.table3([(N, K)], 200, 1, 100, tmp_path)[0]
+    assert row["model_gnn"] >= 95.0, row
+
+
+def test_model_gnn_fig6_k_generalisation():
+    """Fig. 6 (N = 32, SNR 10 dB): shipped:N32Kvar (trained on K ~ U{2..12} per minibatch) generalises in K where
+    the model trained at K = 16 does not.  Held-out seeds 1 + K (examples/model_gnn_tables.py fig6), 200 samples.
+    Measured: K = 4: N32Kvar 99.49 %, N32K16 22.02 %; K = 24: N32Kvar 90.98 %, N32K16 76.25 %, ZF 78.55 %."""
+    rows = {r["K"]: r for r in tables.fig6([4, 24], 200, 1, 100, extra={"N32Kvar": "shipped:N32Kvar"})}
+    assert rows[4]["N32Kvar"] >= 99.0 and rows[4]["N32Kvar"] > rows[4]["model_gnn_N32K16"] + 10, rows[4]
+    assert rows[24]["N32Kvar"] >= 90.0 and rows[24]["N32Kvar"] > rows[24]["zf"], rows[24]
 
 
 _ICG = Path(__file__).parents[1] / "examples" / "icgnn_cellular_tables.py"
@@ -78,12 +100,13 @@ def test_model_gnn_mc_coordinates(M, N, K):
     assert len(r["gnn_bh"]) == 4 and all(v > 0 for v in r["gnn_bh"].values())
 
 
-@pytest.mark.parametrize("M,N,K,margin", [(3, 8, 4, 1.15), (2, 16, 8, 1.02)])
+@pytest.mark.parametrize("M,N,K,margin", [(3, 8, 4, 1.15), (2, 16, 8, 1.02), (3, 16, 8, 1.15)])
 def test_model_gnn_mc_beats_coordinated_rzf(M, N, K, margin):
     """The paper's P2 layer converges to coordinated RZF over all users (closed form, second implementation in
     examples/model_gnn_tables.py: 62 % of WMMSE at (3, 8, 4), where the previously shipped model stopped at 62.18 %);
     the shipped variant (aggr mean, taylor_split self, user_gate) schedules users and must clear it by ``margin``
-    on held-out seed 1 (measured 76.98 vs 61.82 % of WMMSE at (3, 8, 4), 88.65 vs 84.41 % at (2, 16, 8))."""
+    on held-out seed 1 (measured 76.98 vs 61.82 % of WMMSE at (3, 8, 4), 88.65 vs 84.41 % at (2, 16, 8),
+    78.89 vs 63.64 % at (3, 16, 8))."""
     r = _table5_rates(M, N, K)
     assert r["gnn"] > margin * r["coord_rzf"], r
 
