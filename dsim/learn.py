@@ -75,8 +75,11 @@ class LearnedModule(nn.Module):
 
     def resized(self, **hparams: Any) -> LearnedModule:
         """A new module with ``hparams`` (names of :attr:`resizable_hparams`) changed, its parameters and
-        buffers initialized from this one's (a warm start; the subclass says how)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be resized")
+        buffers initialized from this one's (a warm start; the subclass says how).  Only called for names in
+        :attr:`resizable_hparams` (:meth:`LearnableSpec.read`), so a module that declares none never gets here;
+        one that declares some must override this."""
+        raise NotImplementedError(f"{type(self).__name__} declares resizable_hparams "
+                                  f"{self.resizable_hparams} but does not override resized()")
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
