@@ -449,22 +449,31 @@ def scenario_sampler(scenario: Any, precision: str = "double", device: torch.dev
     ``vary``: {scenario key: (low, high)}: each call first draws these keys uniformly from the draw's seed
     (integers, inclusive, when both ends are integers), so every minibatch has its own configuration;
     (low, high, 'log'): log-uniform, exp U(ln low, ln high) (low > 0; for quantities spanning decades,
-    e.g. a distance).  A key or range the family does not accept is an :class:`OptionError` at
-    ``train.vary.<key>`` (raised here, before any draw).
+    e.g. a distance); (low, high, 'exp', mean): x ~ Exp(mean) (density e^{-x/mean}/mean), rounded to the
+    nearest integer when both ends are integers, then clipped to [low, high] (the ends keep the clipped
+    mass; e.g. the Model-GNN paper's K ~ Exp(mean 4), rounded, >= 2).  A key or range the family does not
+    accept is an :class:`OptionError` at ``train.vary.<key>`` (raised here, before any draw).
     """
     if vary:
         for key, rng_spec in vary.items():
             lo, hi, *how = rng_spec
-            if how and (how != ["log"] or not lo > 0 or not hi > 0):
-                raise OptionError(f"train.vary.{key}", f"{list(rng_spec)} not allowed; allowed: [low, high] or "
-                                  "[low, high, log] with 0 < low, high")
+            log_ok = how == ["log"] and lo > 0 and hi > 0
+            exp_ok = len(how) == 2 and how[0] == "exp" and isinstance(how[1], (int, float)) and how[1] > 0
+            if how and not (log_ok or exp_ok) or not lo <= hi:
+                raise OptionError(f"train.vary.{key}", f"{list(rng_spec)} not allowed; allowed: [low, high], "
+                                  "[low, high, log] with 0 < low, or [low, high, exp, mean] with mean > 0 "
+                                  "(low <= high)")
             for v in (lo, hi):
                 _with(scenario, {key: v}, f"train.vary.{key}")
 
-    def draw_one(rng: np.random.Generator, lo: float, hi: float, *how: str) -> int | float:
+    def draw_one(rng: np.random.Generator, lo: float, hi: float, *how: Any) -> int | float:
+        integer = isinstance(lo, int) and isinstance(hi, int)
+        if how and how[0] == "exp":
+            x = rng.exponential(float(how[1]))
+            return int(min(max(round(x), lo), hi)) if integer else float(min(max(x, lo), hi))
         if how:
             return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        if isinstance(lo, int) and isinstance(hi, int):
+        if integer:
             return int(rng.integers(lo, hi + 1))
         return float(rng.uniform(lo, hi))
 

@@ -105,10 +105,12 @@ class TrainOptions(CrossChecked):
     freeze_norm: bool = Field(False, description="normalization layers keep their running statistics during "
                               "training (eval-mode normalization: what inference uses), e.g. to fine-tune "
                               "across configurations whose batch statistics differ")
-    vary: dict[str, tuple[int | float, int | float] | tuple[float, float, Literal["log"]]] | None = Field(
+    vary: dict[str, tuple[int | float, int | float] | tuple[float, float, Literal["log"]]
+               | tuple[int | float, int | float, Literal["exp"], float]] | None = Field(
         None, description="scenario keys drawn afresh for every training minibatch, key: [low, high] "
-        "(uniform; integers when both ends are integers) or [low, high, log] (log-uniform, 0 < low); "
-        "validation stays on the scenario as written")
+        "(uniform; integers when both ends are integers), [low, high, log] (log-uniform, 0 < low) or "
+        "[low, high, exp, mean] (exponential with that mean, rounded when both ends are integers, clipped "
+        "to [low, high]); validation stays on the scenario as written")
 
     def cross_errors(self) -> list[tuple[str, str]]:
         """``vary`` with ``train_samples``: a fixed pool of realizations has one configuration; ``augment``

@@ -53,7 +53,7 @@ EXPECTED = {
                   "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt"},
     "model_gnn": {"shipped": "model_gnn_N32K16.pt",
                   **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
-                  "shipped:N32Kvar": "model_gnn_N32Kvar.pt"},
+                  "shipped:N32Kvar": "model_gnn_N32Kvar.pt", "shipped:N32Kexp": "model_gnn_N32Kexp.pt"},
 }
 
 

@@ -50,12 +50,15 @@ def test_model_gnn_table3_100_samples(N, K, tmp_path):
 
 
 def test_model_gnn_fig6_k_generalisation():
-    """Fig. 6 (N = 32, SNR 10 dB): shipped:N32Kvar (trained on K ~ U{2..12} per minibatch) generalises in K where
-    the model trained at K = 16 does not.  Held-out seeds 1 + K (examples/model_gnn_tables.py fig6), 200 samples.
-    Measured: K = 4: N32Kvar 99.49 %, N32K16 22.02 %; K = 24: N32Kvar 90.98 %, N32K16 76.25 %, ZF 78.55 %."""
-    rows = {r["K"]: r for r in tables.fig6([4, 24], 200, 1, 100, extra={"N32Kvar": "shipped:N32Kvar"})}
-    assert rows[4]["N32Kvar"] >= 99.0 and rows[4]["N32Kvar"] > rows[4]["model_gnn_N32K16"] + 10, rows[4]
-    assert rows[24]["N32Kvar"] >= 90.0 and rows[24]["N32Kvar"] > rows[24]["zf"], rows[24]
+    """Fig. 6 (N = 32, SNR 10 dB): the models trained on K drawn per minibatch (shipped:N32Kexp, the paper's
+    K ~ Exp(mean 4); shipped:N32Kvar, K ~ U{2..12}) generalise in K where the model trained at K = 16 does not.
+    Held-out seeds 1 + K (examples/model_gnn_tables.py fig6), 200 samples.  Measured: K = 4: N32Kexp 99.65 %,
+    N32Kvar 99.49 %, N32K16 22.02 %; K = 24: N32Kexp 87.00 %, N32Kvar 90.98 %, N32K16 76.25 %, ZF 78.55 %."""
+    rows = {r["K"]: r for r in tables.fig6([4, 24], 200, 1, 100)}
+    for tag, at24 in (("N32Kvar", 90.0), ("N32Kexp", 86.0)):
+        m = f"model_gnn_{tag}"
+        assert rows[4][m] >= 99.0 and rows[4][m] > rows[4]["model_gnn_N32K16"] + 10, rows[4]
+        assert rows[24][m] >= at24 and rows[24][m] > rows[24]["zf"], rows[24]
 
 
 _ICG = Path(__file__).parents[1] / "examples" / "icgnn_cellular_tables.py"

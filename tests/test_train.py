@@ -187,6 +187,34 @@ def test_train_vary_log_uniform_draws_and_rejects_bad_ranges():
         assert "bs_distance_m" in str(e.value)
 
 
+def test_train_vary_exponential_matches_the_rounded_clipped_law():
+    """`train.vary: {key: [low, high, exp, mean]}` on an integer key: P(K = k) is the closed form of
+    round(Exp(mean)) clipped to [low, high]: 1 - e^{-(low+.5)/m} at low, e^{-(k-.5)/m} - e^{-(k+.5)/m} inside,
+    e^{-(high-.5)/m} at high.  Pearson's chi-square over 1500 seeds is below the 0.1 % critical value (the
+    seeds are fixed, so the test is deterministic); a bad mean or order is one config line naming the key."""
+    from dsim.config import ConfigError, config_from_dict
+
+    lo, hi, m, n = 2, 12, 4.0, 1500
+    sample = scenario_sampler({"family": "multicell", "layout": "iid", "n_bs": 1, "bs_antennas": 2,
+                               "ues_per_bs": 4}, vary={"ues_per_bs": (lo, hi, "exp", m)})
+    counts = np.zeros(hi + 1)
+    for seed in range(n):
+        counts[sample(1, seed)[0].counts["ue"]] += 1
+    ks = np.arange(lo, hi + 1)
+    p = np.exp(-(ks - 0.5) / m) - np.exp(-(ks + 0.5) / m)
+    p[0], p[-1] = 1 - np.exp(-(lo + 0.5) / m), np.exp(-(hi - 0.5) / m)
+    assert abs(p.sum() - 1) < 1e-12
+    chi2 = float((((counts[lo:] - n * p) ** 2) / (n * p)).sum())
+    assert chi2 < 29.59, chi2  # chi-square, 10 degrees of freedom, 0.1 % upper quantile
+    assert counts[:lo].sum() == 0
+    for bad in ([2, 12, "exp", 0.0], [12, 2, "exp", 4.0], [2, 12, "exp"]):
+        cfg = {"scenario": {"family": "multicell", "layout": "iid", "n_bs": 1}, "algorithms": [{"name": "mrc"}],
+               "train": {"algorithm": "model_gnn", "vary": {"ues_per_bs": bad}}}
+        with pytest.raises(ConfigError) as e:
+            config_from_dict(cfg, "t.yaml")
+        assert "ues_per_bs" in str(e.value)
+
+
 def test_freeze_norm_keeps_running_statistics_and_trains_the_eval_mode_network(tmp_path):
     """`train.freeze_norm`: batch-norm running statistics are those of the start checkpoint after training
     (they are never updated), while the weights move; without it they change."""
