@@ -23,13 +23,15 @@ scenarios (updated by :meth:`GCNWMMSEParams.observe`).  Rates in nat/Hz, powers 
 
 Learned-protocol machinery (options checkpoint shipped|untrained|PATH, checkpoints, training with the
 loss (16) and the Tab. I defaults :data:`TRAIN_DEFAULTS`) is :mod:`dsim.learn`'s, declared by :data:`MODEL`.
-The shipped model ``agents/models/gcn_wmmse_L7.pt`` (PT, pivot-trained on the Tab. II base scenario,
-``checkpoint: shipped``) is produced by ``python -m dsim train scenarios/train_gcn_wmmse.yaml`` and its
-later stages (see that file's header); ``agents/models/gcn_wmmse_L7_dt.pt`` (DT, Sec. IV-B.5: the PT model
+The first PT model (pivot-trained on the Tab. II base scenario), ``agents/models/gcn_wmmse_L7_v1.pt``
+(``checkpoint: shipped:L7v1``), is produced by ``python -m dsim train scenarios/train_gcn_wmmse.yaml`` and its
+later stages (see that file's header); ``agents/models/gcn_wmmse_L7_dt.pt`` (DT, Sec. IV-B.5: that PT model
 fine-tuned on random scenario configurations, ``checkpoint: shipped-dt``) by
 ``scenarios/train_gcn_wmmse_dt.yaml``.  ``agents/models/gcn_wmmse_L6.pt`` and ``gcn_wmmse_L8.pt`` (``checkpoint:
-shipped:L6`` / ``shipped:L8``, Tab. VIII's other rows) are the PT model warm-started into L = 6 / 8 layers
-(:meth:`GCNWMMSEParams.resized`) and fine-tuned: ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``.
+shipped:L6`` / ``shipped:L8``, Tab. VIII's other rows) are that PT model warm-started into L = 6 / 8 layers
+(:meth:`GCNWMMSEParams.resized`) and fine-tuned: ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``.  The
+shipped L = 7 PT model ``agents/models/gcn_wmmse_L7.pt`` (``checkpoint: shipped``) is the L = 8 model cut back
+to its first 7 layers and fine-tuned: ``scenarios/train_gcn_wmmse_L7_ft*.yaml``.
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
 #: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``
 SHIPPED_L6 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6.pt"
 SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
+#: the first shipped PT model with L = 7 (stages 1-4, scenarios/train_gcn_wmmse*.yaml), ``checkpoint: shipped:L7v1``:
+#: what the DT, L = 6 and L = 8 models were fine-tuned from (the L = 7 model ``shipped`` is now the L = 8 one cut
+#: back to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft.yaml)
+SHIPPED_L7V1 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_v1.pt"
 #: shipped checkpoints other than 'shipped' (the PT model): ``checkpoint: shipped:<name>``
-SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8}
+SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8, "L7v1": SHIPPED_L7V1}
 #: the DT model's first name, kept: ``checkpoint: shipped-dt`` is ``shipped:dt``
 SHIPPED_ALIASES = {"shipped-dt": "dt"}
 #: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
@@ -311,12 +317,14 @@ def _protocol(params: GCNWMMSEParams, net: Network, opts: GCNWMMSEOptions) -> Pr
 
 
 MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, SHIPPED,
-                      "scenarios/train_gcn_wmmse.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS, aliases=SHIPPED_ALIASES,
+                      "scenarios/train_gcn_wmmse_L7_ft.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS,
+                      aliases=SHIPPED_ALIASES,
                       recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml", "L6": "scenarios/train_gcn_wmmse_L6.yaml",
-                               "L8": "scenarios/train_gcn_wmmse_L8.yaml"})
+                               "L8": "scenarios/train_gcn_wmmse_L8.yaml", "L7v1": "scenarios/train_gcn_wmmse.yaml"})
 
 register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
                                  "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT, L = 7)|shipped:L6|"
-                                 "shipped:L8 (PT, L = 6 / 8)|shipped:dt = shipped-dt (DT, Sec. IV-B.5)|untrained|PATH",
+                                 "shipped:L8 (PT, L = 6 / 8)|shipped:L7v1 (the first PT L = 7)|shipped:dt = shipped-dt "
+                                 "(DT, Sec. IV-B.5)|untrained|PATH",
                                  learnable=MODEL.learnable,
                                  check=MODEL.check))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -269,3 +270,44 @@ def test_shipped_L6_L8_models(L):
     net, _ = multicell_network(base_channels(batch=1, seed=2))
     spec = algorithm("gcn_wmmse")
     assert spec.build(spec.options(checkpoint=f"shipped:L{L}"), net).rounds == L
+
+
+def _recipe(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parents[1] / "scenarios" / name).read_text())
+
+
+def test_shipped_L7_lineage_matches_the_recipes():
+    """``shipped`` (L = 7) is the L = 8 model cut to 7 layers and fine-tuned in three stages
+    (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the L = 6, L = 8
+    and DT recipes start from.  The checkpoints' own training records (meta) equal the recipes' settings."""
+    from dsim.learn import load_checkpoint
+
+    assert G.SHIPPED_L7V1.is_file(), f"shipped checkpoint {G.SHIPPED_L7V1} missing"
+    v1, new = G.MODEL.load("shipped:L7v1"), G.MODEL.load("shipped")
+    assert v1.hparams == new.hparams and v1.n_trainable() == new.n_trainable() == 229
+    assert abs(float(v1.b_s) - 0.5) < 1e-12 and abs(float(new.b_s) - 0.5) < 1e-12
+    assert not torch.equal(v1.a_v1, new.a_v1)
+    # the first L = 7 model is stage 4 of scenarios/train_gcn_wmmse*.yaml
+    meta = load_checkpoint(G.SHIPPED_L7V1)["meta"]
+    stage4 = _recipe("train_gcn_wmmse_stage4.yaml")
+    assert meta["seed"] == stage4["seed"] and meta["train_options"]["steps"] == stage4["train"]["steps"]
+    # the L = 6 / 8 and DT recipes start from it, by name or by file
+    for L in (6, 8):
+        assert _recipe(f"train_gcn_wmmse_L{L}.yaml")["train"]["options"] == {"checkpoint": "shipped:L7v1",
+                                                                            "layers": L, "init": "mrc"}
+    dt_start = _recipe("train_gcn_wmmse_dt.yaml")["train"]["options"]["checkpoint"]
+    assert (Path(__file__).parents[1] / dt_start).resolve() == G.SHIPPED_L7V1
+    # the shipped L = 7 model: stage 1 starts from shipped:L8 cut to 7 layers, each stage from the previous one's
+    # checkpoint, and the shipped file records the last stage's settings
+    stages = [_recipe(f"train_gcn_wmmse_L7_ft{s}.yaml") for s in ("", "2", "3")]
+    assert stages[0]["train"]["options"] == {"checkpoint": "shipped:L8", "layers": 7, "init": "mrc"}
+    for prev, nxt in zip(stages, stages[1:]):
+        assert nxt["train"]["options"]["checkpoint"] == f"{prev['output']}/checkpoint.pt"
+    assert len({s["seed"] for s in stages}) == 3
+    ck = load_checkpoint(G.SHIPPED)
+    last = stages[-1]["train"]
+    assert ck["meta"]["seed"] == stages[-1]["seed"] and ck["step"] == last["steps"]
+    for key in ("steps", "batch", "lr", "lr_decay_every", "lr_decay", "weight_decay", "clip", "layers_in_loss"):
+        assert ck["meta"]["train_options"][key] == last[key], key

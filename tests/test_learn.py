@@ -50,7 +50,8 @@ EXPECTED = {
     "engnn_ex2": {"shipped": "engnn_ex2_n10.pt", **{f"shipped:ex2_n{n}": f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}},
     "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt"},
     "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt",
-                  "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt"},
+                  "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt",
+                  "shipped:L7v1": "gcn_wmmse_L7_v1.pt"},
     "model_gnn": {"shipped": "model_gnn_N32K16.pt",
                   **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
                   "shipped:N32Kvar": "model_gnn_N32Kvar.pt", "shipped:N32Kexp": "model_gnn_N32Kexp.pt"},
@@ -67,6 +68,8 @@ def test_names_resolve_to_the_same_files_as_before(name):
         assert spec.locate("shipped-dt")[1] == spec.locate("shipped:dt")[1] == "scenarios/train_gcn_wmmse_dt.yaml"
         for n in (6, 8):
             assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
+        assert spec.locate("shipped")[1] == "scenarios/train_gcn_wmmse_L7_ft.yaml"    # the L = 7 model since s8
+        assert spec.locate("shipped:L7v1")[1] == "scenarios/train_gcn_wmmse.yaml"     # the first one (stages 1-4)
 
 
 @pytest.mark.parametrize("scn,file", [
@@ -112,7 +115,7 @@ def test_missing_named_file_names_its_recipe(tmp_path):
                           recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml"})
     with pytest.raises(FileNotFoundError, match="train_gcn_wmmse_dt.yaml"):
         moved.read("shipped-dt")
-    with pytest.raises(FileNotFoundError, match=r"train_gcn_wmmse\.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"train_gcn_wmmse_L7_ft\.yaml"):
         moved.read("shipped")
 
 

@@ -1,12 +1,17 @@
 """Paper reproduction on the GCN-WMMSE base scenario (Tab. II), slow: ``python -m pytest -q -m slow``.
 
 * WMMSE with random init, 100 rounds, 120 realizations: mean WSR within 92-96.5 nat/Hz (paper: 93.5).
-* The shipped GCN-WMMSE (L = 7) on held-out realizations (a seed that training, seeds s*1_000_003 + t,
-  and validation, s*1_000_003 - 1, never use): >= 97 % of WMMSE RI at 100 rounds, >= 110 % of WMMSE RI
-  truncated to 7 rounds, and WMMSE RI needs >= 5 x 7 = 35 rounds to match it.
+* The shipped GCN-WMMSE models L = 6, 7, 8 (``checkpoint`` shipped:L6, shipped, shipped:L8; Tab. IV / VIII rows)
+  on 200 held-out realizations of this file's own seed (777 000 111: no training, seeds s*1_000_003 + t, or
+  validation, s*1_000_003 - 1, of the recipes' data seeds s <= 16 uses it, nor examples/gcn_wmmse_rounds.py),
+  against WMMSE RI averaged over 10 random inits: % of RI at 100 rounds, % of RI truncated to L rounds and
+  the rounds WMMSE RI needs to match, each at least the value measured when the model was shipped less a
+  margin for nothing but the numerics (the numbers are deterministic; see ``HELD_OUT``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -39,16 +44,30 @@ def test_wmmse_random_init_base_scenario_mean_wsr():
     assert 92.0 <= mean <= 96.5, mean
 
 
-def test_shipped_gcn_wmmse_against_wmmse_ri_on_held_out_data():
-    ch = base_channels(batch=120, seed=HELD_OUT_SEED)
-    gcn = wsr_per_round("gcn_wmmse", ch)
-    L = gcn.shape[0] - 1
-    assert L == 7
-    ri = torch.stack([wsr_per_round("wmmse", ch, seed=s, init="random", rounds=100) for s in range(4)])
-    ri_mean = ri.mean(dim=(0, 2))                     # mean over inits and realizations, per round
+@functools.cache
+def _held_out() -> tuple[torch.Tensor, torch.Tensor]:
+    """(channels, WMMSE RI mean WSR per round (101,)) of the held-out set: 200 realizations, 10 inits."""
+    ch = base_channels(batch=200, seed=HELD_OUT_SEED)
+    ri = torch.stack([wsr_per_round("wmmse", ch, seed=s, init="random", rounds=100) for s in range(10)])
+    return ch, ri.mean(dim=(0, 2))                    # mean over inits and realizations, per round
+
+
+#: checkpoint: (L, % of RI(100), % of RI TR(L), rounds RI needs) measured on HELD_OUT_SEED, 200 realizations, RI
+#: over 10 inits (mean 93.56 nat/Hz at 100 rounds), when the models were shipped (session 8; the first L = 7 model,
+#: shipped:L7v1: 97.84 %, 113.09 %, 39 rounds).  The issue's L = 7 targets: 98.5 %, 112 %, 56 rounds.
+HELD_OUT = {"shipped:L6": (6, 96.89, 116.01, 28), "shipped": (7, 98.58, 113.94, 53),
+            "shipped:L8": (8, 99.21, 111.93, 70)}
+
+
+@pytest.mark.parametrize("checkpoint", sorted(HELD_OUT))
+def test_shipped_gcn_wmmse_against_wmmse_ri_on_held_out_data(checkpoint):
+    L, pct_ri, pct_tr, rounds = HELD_OUT[checkpoint]
+    ch, ri_mean = _held_out()
+    gcn = wsr_per_round("gcn_wmmse", ch, checkpoint=checkpoint)
+    assert gcn.shape[0] - 1 == L
     target = float(gcn[-1].mean())
-    assert target >= 0.97 * float(ri_mean[-1]), (target, float(ri_mean[-1]))
-    assert target >= 1.10 * float(ri_mean[L]), (target, float(ri_mean[L]))
+    assert 100 * target / float(ri_mean[-1]) >= pct_ri - 0.05, (target, float(ri_mean[-1]))
+    assert 100 * target / float(ri_mean[L]) >= pct_tr - 0.05, (target, float(ri_mean[L]))
     reached = torch.nonzero(ri_mean >= target).flatten()
     needed = int(reached[0]) if reached.numel() else 101
-    assert needed >= 5 * L, needed
+    assert needed >= rounds, needed
