@@ -35,7 +35,16 @@ sqrt(P_m) h_mk / sigma_k / s, 'mean' (h_mk / ||h_mk||) ln(1 + P_m ||h_mk||^2 / s
 :func:`agents.wcgcn.channel_feature` -- with s the training-set statistic of the direct links for m = k and of
 the interfering links otherwise (buffer ``scale``, set from the first training minibatch by
 :meth:`ENGNNParams.observe`).  Both keep the direction of h (so the beamformer can follow it); 'mean' also
-compresses the ~100 dB span of the gains, which h / sigma feeds raw to a linear layer.
+compresses the ~100 dB span of the gains, which h / sigma feeds raw to a linear layer.  'frame' (issue 14)
+builds the problem's symmetry into the model instead of teaching it by augmentation: each Tx m measures its
+channels in its own canonical frame U_m (:func:`tx_frame`: u_1 along the direct channel h_mm, then the
+Krylov directions of the interference covariance it causes), the edge input is the per-link-phase-invariant
+:func:`frame_edge_features` of U_m^H h_mk / sigma_k (3N - 2 reals per slot: log SNRs along the frame directions and
+the relative phases), scaled by s as 'mean' (E ln(1 + snr), direct / interfering apart), and the beamformer is
+U_m v' with v' the read-out.  The sum rate the model produces is then exactly invariant under a unitary per Tx
+and a phase per link (the family's symmetry and more); MRT is the constant v' = (sqrt(P), 0, ...).  U_m needs
+only Tx m's own CSI: no message is added.  'frame_conj' also fixes each Tx's complex conjugation
+(:func:`conj_flip`; h_mk -> h_mk^*, v_m -> v_m^* for one Tx m is a symmetry too).
 Beamformer v_k = post-processing of the direct edge's state E_kk (ENGNN-E, ``readout: edge``) or of Tx k's
 state (ENGNN-N, ``readout: node``), then v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8
 (Sec. IV-A); node states d_node = 8, MLP hidden width 32 and message width d_msg = 8 are this
@@ -85,7 +94,7 @@ MODELS = Path(__file__).resolve().parent / "models"
 #: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_1000
 SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}
 #: input feature maps (``feature_norm``): 'none' the paper's h / sigma; 'linear' / 'mean' as WCGCN's (agents/wcgcn.py)
-FEATURE_NORMS = ("none", "linear", "mean", "frame")
+FEATURE_NORMS = ("none", "linear", "mean", "frame", "frame_conj")
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256; no lr decay
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10**9, "lr_decay": 1.0,
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
@@ -341,6 +350,20 @@ def frame_edge_features(c: Tensor, p_max: Tensor) -> Tensor:
     return torch.cat([torch.log1p(pw * g), x.real, x.imag], -1)
 
 
+def conj_flip(c: Tensor, interf: Tensor) -> Tensor:
+    """``feature_norm: frame_conj``: whether Tx m conjugates its frame coordinates (B, M) bool.  Conjugating all of
+    Tx m's channels and its beamformer (h_mk -> h_mk^*, v_m -> v_m^*) leaves every |h_mk^H v_m| unchanged (and the
+    Rayleigh law), a symmetry the unitary frame does not remove (it maps c -> c^*); the sign of the
+    conjugation-odd t_m = sum_{k interf} sum_{i >= 2} Im(c_1k c_ik^*) |c_1k c_ik| fixes it: flip where t_m < 0
+    (t_m -> -t_m under the conjugation; N = 1: never).  |t_m| <= 1e-9 sum |c_1k c_ik|^2 counts as 0 (no flip):
+    t_m = 0 exactly when the frame coordinates are real up to a phase per link (e.g. N = 2 and one interferer,
+    as u_2^H R_m u_1 > 0), where the features are conjugation-symmetric and rounding must not decide.
+    c (B, M, K, N) = U_m^H h_mk, interf (B, M, K) bool."""
+    x = c[..., :1] * c[..., 1:].conj() * interf[..., None].to(c.real.dtype)  # (B, M, K, N - 1)
+    a = x.abs()
+    return (x.imag * a).sum((-1, -2)) < -1e-9 * (a ** 2).sum((-1, -2))
+
+
 def frame_edge_dim(tx_antennas: int) -> int:
     """Edge input width with ``feature_norm: frame``: two slots (direct / interfering, (5)) of 3N - 2 reals."""
     return 2 * (3 * tx_antennas - 2)
@@ -369,7 +392,7 @@ class ENGNNParams(LearnedModule):
         self.d_edge, self.d_node = int(d_edge), int(d_node)
         self.mlp_width, self.d_msg, self.readout = int(mlp_width), int(d_msg), readout
         n = self.tx_antennas
-        d_in = frame_edge_dim(n) if feature_norm == "frame" else 4 * n
+        d_in = frame_edge_dim(n) if feature_norm in ("frame", "frame_conj") else 4 * n
         self.core = ENGNNCore(d_in, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.mlp_width,
                               d_msg=self.d_msg, layers=self.layers, out_edge=n if readout == "edge" else 0,
                               out_tx=n if readout == "node" else 0, seed=seed)
@@ -421,6 +444,7 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         raise ValueError("engnn needs the interference network's 'bs>ue' edges")
     d_node, d_edge, d_msg = params.d_node, params.d_edge, params.d_msg
     norm = {"linear": "linear", "mean": "mean"}.get(params.feature_norm, "none")
+    frame = params.feature_norm in ("frame", "frame_conj")
     n_rx_all = int(net.info["n_ue"])
     n_tx_all = int(net.info["n_bs"])
 
@@ -438,6 +462,8 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         else:
             v = post_tx(core, block.state["f_tx"])
         v = v.to(loc["h_own"].dtype)
+        if "flip" in block.state:  # frame_conj: v' for the conjugated coordinates -> v'^*
+            v = torch.where(block.state["flip"][..., None], v.conj(), v)
         if "U" in block.state:  # feature_norm 'frame': v' in Tx m's frame -> v_m = U_m v'
             v = (block.state["U"] @ v[..., None])[..., 0]
         block.state["V"] = ex1_power_normalize(v, loc["p_max"])[..., None]
@@ -449,12 +475,16 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         sigma = loc["noise"].sqrt()  # (B, n, K) noise std of each Rx
         direct = (block.ids.to(H.device)[:, None] == torch.arange(n_rx_all, device=H.device)[None, :])
         h = H / sigma[..., None].to(H.dtype)
-        if params.feature_norm == "frame":  # invariant features in Tx m's frame (tx_frame), scaled per class
+        if frame:  # invariant features in Tx m's frame (tx_frame), scaled per class
             csi = loc["csi"].to(torch.bool)
             U = tx_frame(h, direct, csi & ~direct)
             block.state["U"] = U
             sv = torch.where(params.scale > 0, params.scale, 1.0).to(H.device, sigma.dtype)  # unobserved: 1
             c = (U.mH[:, :, None] @ h[..., None])[..., 0]  # (B, n, K, N): U_m^H h_mk
+            if params.feature_norm == "frame_conj":  # conjugated coordinates where t_m < 0 (conj_flip)
+                flip = conj_flip(c, csi & ~direct)
+                block.state["flip"] = flip
+                c = torch.where(flip[..., None, None], c.conj(), c)
             f = frame_edge_features(c, loc["p_max"][..., None].expand_as(sigma))
             f = f / sv[(~direct).long()][..., None].to(f.dtype)
             z = torch.zeros((), dtype=f.dtype, device=f.device)
@@ -464,7 +494,7 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
             sv = torch.where(params.scale > 0, params.scale, 1.0).to(H.device, sigma.dtype)  # unobserved: 1
             s_mk = sv[(~direct).long()]  # (n, K): s_direct on Tx k's own link, s_interfering elsewhere
             h = channel_feature(h, loc["p_max"][..., None].expand_as(sigma), 1.0, norm) / s_mk[..., None].to(H.dtype)
-        if params.feature_norm != "frame":
+        if not frame:
             e_in = ex1_edge_features(h, direct.expand(mask.shape))
         E0 = _masked(torch.relu(_linear(e_in, core.pre_edge)), mask)
         block.state["E"] = E0
@@ -546,10 +576,11 @@ class ENGNNOptions(LearnedOptions):
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
     readout: Literal["edge", "node"] | None = Field(None, description="beamformer from the direct edge "
                                                     "(ENGNN-E) or the Tx node (ENGNN-N)")
-    feature_norm: Literal["none", "linear", "mean", "frame"] | None = Field(
+    feature_norm: Literal["none", "linear", "mean", "frame", "frame_conj"] | None = Field(
         None, description="edge input: none (h / sigma, the paper) | linear (h / sigma over its training-set std) "
         "| mean (direction of h times ln(1 + snr) over its training-set mean) | frame (invariant features in each "
-        "Tx's canonical frame, beamformer rotated back), direct / interfering links apart")
+        "Tx's canonical frame, beamformer rotated back) | frame_conj (frame, and each Tx's conjugation fixed), "
+        "direct / interfering links apart")
 
 
 def loss_sum_rate(wsr: dict[int, Tensor]) -> Tensor:

@@ -387,19 +387,20 @@ def test_frame_edge_features_by_hand() -> None:
     assert frame_edge_dim(2) == 8 and frame_edge_dim(3) == 14 and frame_edge_dim(1) == 2
 
 
-@pytest.mark.parametrize("N", [2, 3])
-def test_frame_protocol_invariant_equivariant_power(N: int, tmp_path) -> None:
+@pytest.mark.parametrize("N,norm", [(2, "frame"), (3, "frame"), (2, "frame_conj"), (3, "frame_conj")])
+def test_frame_protocol_invariant_equivariant_power(N: int, norm: str, tmp_path) -> None:
     """``feature_norm: frame``: (i) the sum rate of every Rx is exactly invariant (1e-10) under the family's
     symmetry (a phase per Rx, a unitary per Tx) and a further arbitrary phase per link; the beamformer turns into
     Q_m^H v_m up to a phase (apply_symmetry's v_j -> Q_j^H v_j); (ii) the protocol equals the centralized
     forward fed features built here (frame by QR of the Krylov vectors [h_mm, R_m h_mm, ...]); (iii) relabelled
     pairs relabel the beamformers; (iv) ||v_m||^2 <= P; (v) the scales are E ln(1 + snr) over direct /
-    interfering links, as 'mean'."""
+    interfering links, as 'mean'; (vi) 'frame_conj': conjugating one Tx's channels conjugates its beamformer and
+    leaves every rate unchanged (1e-10), which 'frame' alone does not."""
     from agents.engnn import ENGNNParams, engnn_forward, ex1_power_normalize, post_edge
     from dsim.scenarios.interference import apply_symmetry, symmetry_draw
 
     ch, s = scenario(RANGED | {"tx_antennas": N})
-    p = ENGNNParams(N, 2, feature_norm="frame", seed=3)
+    p = ENGNNParams(N, 2, feature_norm=norm, seed=3)
     p.observe(s.net)
     B, K = ch.H.shape[:2]
     h = ch.H[:, :, :, 0, :].conj().transpose(1, 2) / ch.noise_w.sqrt()[None, None, :, None]  # [b, m, k] h_mk / sigma
@@ -434,6 +435,15 @@ def test_frame_protocol_invariant_equivariant_power(N: int, tmp_path) -> None:
             U[b, m] = Qr * (d / d.abs())[None, :]
     assert degenerate > 0  # RANGED has such a Tx: the completion is exercised
     c = (U.mH[:, :, None] @ h[..., None])[..., 0]
+    flip = torch.zeros(B, K, dtype=torch.bool)
+    if norm == "frame_conj":  # t_m = sum over interfering links in range, i >= 2, of Im(c_1 c_i^*) |c_1 c_i| < -tol
+        for b in range(B):
+            for m in range(K):
+                xs = [complex(c[b, m, k, 0] * c[b, m, k, i].conj()) for k in range(K) if k != m and mask[b, m, k]
+                      for i in range(1, N)]
+                flip[b, m] = sum(x.imag * abs(x) for x in xs) < -1e-9 * sum(abs(x) ** 2 for x in xs)
+        assert bool(flip.any()) and not bool(flip.all())
+        c = torch.where(flip[..., None, None], c.conj(), c)
     g = c.abs() ** 2
     tot = g.sum(-1, keepdim=True)
     xs = c[..., :1] * c[..., 1:].conj() * torch.log1p(P * tot) / tot
@@ -444,6 +454,7 @@ def test_frame_protocol_invariant_equivariant_power(N: int, tmp_path) -> None:
         E, _, _ = engnn_forward(p.core, e_in, ch.power_w[None, :, None].expand(B, K, 1),
                                 torch.ones(B, K, 1, dtype=torch.float64), mask)
         v = post_edge(p.core, E.diagonal(dim1=1, dim2=2).transpose(1, 2))
+        v = torch.where(flip[..., None], v.conj(), v)
         want = ex1_power_normalize((U @ v[..., None])[..., 0], ch.power_w[None].expand(B, K))
         torch.testing.assert_close(V[2][..., 0], want, rtol=1e-9, atol=1e-9)
         # (i) symmetry + a phase per link, on the complete graph (every Tx has >= N - 1 interferers: the generic
@@ -462,6 +473,17 @@ def test_frame_protocol_invariant_equivariant_power(N: int, tmp_path) -> None:
         back = (Q @ V2[2])[..., 0]  # v_m' = Q_m^H v_m e^{j phi}: |v_m^H Q_m v_m'| = ||v_m||^2
         inner = (Vc[2][..., 0].conj() * back).sum(-1).abs()
         torch.testing.assert_close(inner, (Vc[2][..., 0].abs() ** 2).sum(-1), rtol=1e-10, atol=1e-12)
+        # (vi) Tx 2 and Tx 4 conjugate their channels (H[b, k, j] is the row h_jk^H)
+        Hc = chc.H.clone()
+        Hc[:, :, [2, 4]] = Hc[:, :, [2, 4]].conj()
+        s4 = build_scenario("interference", replace(chc, H=Hc), None, 0)
+        V4, _ = run(p, s4)
+        gap = float((s4.air.rates(V4[2]) - sc.air.rates(Vc[2])).abs().max())
+        if norm == "frame_conj":
+            assert gap < 1e-10
+            torch.testing.assert_close(V4[2][:, [2, 4]], Vc[2][:, [2, 4]].conj(), rtol=1e-10, atol=1e-12)
+        else:
+            assert gap > 1e-6
         # (iii) pairs relabelled
         perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
         V3, _ = run(p, build_scenario("interference", permuted(ch, perm), None, 0))
