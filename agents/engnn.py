@@ -48,7 +48,8 @@ only Tx m's own CSI: no message is added.  'frame_conj' also fixes each Tx's com
 Beamformer v_k = post-processing of the direct edge's state E_kk (ENGNN-E, ``readout: edge``) or of Tx k's
 state (ENGNN-N, ``readout: node``), then v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8
 (Sec. IV-A); node states d_node = 8, MLP hidden width 32 and message width d_msg = 8 are this
-implementation's choices (the paper gives none).
+implementation's defaults (the paper gives none).  The shipped 100-sample model (issue 14) has L = 2, d_E = d_msg
+= 32, hidden 64, ``feature_norm: frame_conj`` (scenarios/train_engnn_ex1_100.yaml says why).
 
 Distributed (one protocol round = one updating layer, every quantity from layer l-1; DESIGN §4).  Tx m
 holds its edges' states E_mk (it has the CSI of its channels h_mk, as WMMSE's BSs do) and f_tx,m; Rx k
@@ -64,7 +65,7 @@ messages are the same in every layer.
 Both directions are counted per edge in the ledger (M K messages each way per layer, complete graph).
 
 Training (``python -m dsim train scenarios/train_engnn_ex1_*.yaml``): unsupervised, loss = -mean sum rate
-[bit/s/Hz] (problem (6a)), RMSProp lr 1e-4 (Sec. IV), on a fixed set of 10 / 100 / 1000 samples
+[bit/s/Hz] (problem (6a)), RMSProp (Sec. IV; lr 1e-3 in the recipes), on a fixed set of 10 / 100 / 1000 samples
 (``train.train_samples``, Fig. 8), which the recipes augment with the interference family's exact symmetry
 (``train.augment: symmetry``: a random phase per Rx and unitary per Tx, under which the sum rate is invariant;
 :func:`dsim.scenarios.interference.apply_symmetry`).  Shipped models ``agents/models/engnn_ex1_*.pt``.
@@ -569,8 +570,9 @@ class ENGNNOptions(LearnedOptions):
     the checkpoint's (untrained: ``tx_antennas`` from the scenario)."""
 
     tx_antennas: int | None = Field(None, ge=1)
-    layers: int | None = Field(None, ge=1, description="updating layers L (= communication rounds); Ex1: 1")
-    d_edge: int | None = Field(None, ge=1, description="edge representation width d_E; Ex1: 8")
+    layers: int | None = Field(None, ge=1, description="updating layers L (= communication rounds); "
+                                    "paper Ex1: 1")
+    d_edge: int | None = Field(None, ge=1, description="edge representation width d_E; paper Ex1: 8")
     d_node: int | None = Field(None, ge=1, description="node representation width")
     mlp_width: int | None = Field(None, ge=1, description="MLP hidden width")
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
