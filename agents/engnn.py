@@ -35,11 +35,21 @@ sqrt(P_m) h_mk / sigma_k / s, 'mean' (h_mk / ||h_mk||) ln(1 + P_m ||h_mk||^2 / s
 :func:`agents.wcgcn.channel_feature` -- with s the training-set statistic of the direct links for m = k and of
 the interfering links otherwise (buffer ``scale``, set from the first training minibatch by
 :meth:`ENGNNParams.observe`).  Both keep the direction of h (so the beamformer can follow it); 'mean' also
-compresses the ~100 dB span of the gains, which h / sigma feeds raw to a linear layer.
+compresses the ~100 dB span of the gains, which h / sigma feeds raw to a linear layer.  'frame' (issue 14)
+builds the problem's symmetry into the model instead of teaching it by augmentation: each Tx m measures its
+channels in its own canonical frame U_m (:func:`tx_frame`: u_1 along the direct channel h_mm, then the
+Krylov directions of the interference covariance it causes), the edge input is the per-link-phase-invariant
+:func:`frame_edge_features` of U_m^H h_mk / sigma_k (3N - 2 reals per slot: log SNRs along the frame directions and
+the relative phases), scaled by s as 'mean' (E ln(1 + snr), direct / interfering apart), and the beamformer is
+U_m v' with v' the read-out.  The sum rate the model produces is then exactly invariant under a unitary per Tx
+and a phase per link (the family's symmetry and more); MRT is the constant v' = (sqrt(P), 0, ...).  U_m needs
+only Tx m's own CSI: no message is added.  'frame_conj' also fixes each Tx's complex conjugation
+(:func:`conj_flip`; h_mk -> h_mk^*, v_m -> v_m^* for one Tx m is a symmetry too).
 Beamformer v_k = post-processing of the direct edge's state E_kk (ENGNN-E, ``readout: edge``) or of Tx k's
 state (ENGNN-N, ``readout: node``), then v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8
 (Sec. IV-A); node states d_node = 8, MLP hidden width 32 and message width d_msg = 8 are this
-implementation's choices (the paper gives none).
+implementation's defaults (the paper gives none).  The shipped 100-sample model (issue 14) has L = 2, d_E = d_msg
+= 32, hidden 64, ``feature_norm: frame_conj`` (scenarios/train_engnn_ex1_100.yaml says why).
 
 Distributed (one protocol round = one updating layer, every quantity from layer l-1; DESIGN §4).  Tx m
 holds its edges' states E_mk (it has the CSI of its channels h_mk, as WMMSE's BSs do) and f_tx,m; Rx k
@@ -55,7 +65,7 @@ messages are the same in every layer.
 Both directions are counted per edge in the ledger (M K messages each way per layer, complete graph).
 
 Training (``python -m dsim train scenarios/train_engnn_ex1_*.yaml``): unsupervised, loss = -mean sum rate
-[bit/s/Hz] (problem (6a)), RMSProp lr 1e-4 (Sec. IV), on a fixed set of 10 / 100 / 1000 samples
+[bit/s/Hz] (problem (6a)), RMSProp (Sec. IV; lr 1e-3 in the recipes), on a fixed set of 10 / 100 / 1000 samples
 (``train.train_samples``, Fig. 8), which the recipes augment with the interference family's exact symmetry
 (``train.augment: symmetry``: a random phase per Rx and unitary per Tx, under which the sum rate is invariant;
 :func:`dsim.scenarios.interference.apply_symmetry`).  Shipped models ``agents/models/engnn_ex1_*.pt``.
@@ -85,7 +95,7 @@ MODELS = Path(__file__).resolve().parent / "models"
 #: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_1000
 SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}
 #: input feature maps (``feature_norm``): 'none' the paper's h / sigma; 'linear' / 'mean' as WCGCN's (agents/wcgcn.py)
-FEATURE_NORMS = ("none", "linear", "mean")
+FEATURE_NORMS = ("none", "linear", "mean", "frame", "frame_conj")
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256; no lr decay
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10**9, "lr_decay": 1.0,
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
@@ -280,6 +290,86 @@ def ex1_power_normalize(v: Tensor, p_max: Tensor) -> Tensor:
     return v * (sp / torch.maximum(nrm, sp))[..., None].to(v.dtype)
 
 
+# =============================================================================== Ex1 per-Tx reference frame
+def tx_frame(h: Tensor, direct: Tensor, interf: Tensor) -> Tensor:
+    """Per-Tx canonical frame (``feature_norm: frame``): U_m = [u_1 ... u_N] (B, M, N, N) complex unitary, with
+    u_1 = h_mm / ||h_mm|| (the direct channel's direction) and u_2, ..., u_N the Lanczos (Krylov) vectors of
+    R_m = sum_{k interfering} h_mk h_mk^H (the interference covariance Tx m causes, channels over the noise
+    std): w_i = R_m u_{i-1} orthogonalised against u_1 .. u_{i-1} (Gram-Schmidt, twice), u_i = w_i / ||w_i||.
+
+    Equivariance (the symmetry of :func:`dsim.scenarios.interference.apply_symmetry`, and more): with every
+    h_mk -> e^{j theta_mk} Q_m h_mk (any phase per link, any unitary per Tx), R_m -> Q_m R_m Q_m^H and
+    U_m -> Q_m U_m e^{j theta_mm}: the coordinates U_m^H h_mk only gain the phase e^{j(theta_mk - theta_mm)},
+    which :func:`frame_edge_features` removes, and a beamformer U_m v' turns into Q_m U_m v' e^{j theta_mm}, the
+    rotated beamformer up to a phase no rate depends on.  A w_i of norm ~0 (no interference, or fewer
+    interferers than N - 1) is replaced by the standard basis vector with the largest residual: any completion
+    is then a valid frame (the equivariance holds in the generic case only).
+    h (B, M, K, N) complex: Tx m's channel h_mk to Rx k (received amplitude h_mk^H v_m); direct (M, K) or
+    (B, M, K) bool: k is Tx m's own Rx (one per row); interf (B, M, K) bool: the links summed in R_m."""
+    B, M, K, N = h.shape
+    real = h.real.dtype
+    tiny = torch.finfo(real).tiny
+    u1 = (h * direct.expand(B, M, K)[..., None].to(real)).sum(2)  # (B, M, N)
+    u1 = u1 / torch.linalg.vector_norm(u1, dim=-1, keepdim=True).clamp_min(tiny)
+    hw = h * interf[..., None].to(real)
+    R = torch.einsum("bmki,bmkj->bmij", hw, hw.conj())  # (B, M, N, N) sum_k h_mk h_mk^H
+    trace = torch.diagonal(R, dim1=-2, dim2=-1).real.sum(-1, keepdim=True)  # (B, M, 1)
+    us = [u1]
+
+    def orth(w: Tensor) -> Tensor:  # w (B, M, [n,] N) minus its components on u_1 .. u_i (twice)
+        for _ in range(2):
+            for u in us:
+                u = u if w.dim() == 3 else u[:, :, None]
+                w = w - u * (u.conj() * w).sum(-1, keepdim=True)
+        return w
+
+    for _ in range(1, N):
+        w = orth((R @ us[-1][..., None])[..., 0])
+        nw = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+        bad = nw <= 1e-6 * trace.clamp_min(tiny)
+        if bool(bad.any()):  # degenerate Krylov step: the standard basis vector with the largest residual
+            res = orth(torch.eye(N, dtype=h.dtype, device=h.device).expand(B, M, N, N))  # rows: e_i's residuals
+            pick = torch.linalg.vector_norm(res, dim=-1).argmax(-1)  # (B, M)
+            alt = res.gather(2, pick[..., None, None].expand(B, M, 1, N))[:, :, 0]
+            w = torch.where(bad, alt, w)
+            nw = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+        us.append(w / nw.clamp_min(tiny))
+    return torch.stack(us, -1)
+
+
+def frame_edge_features(c: Tensor, p_max: Tensor) -> Tensor:
+    """Invariant link features in the Tx frame: c = U_m^H h_mk (..., N) complex (a channel over the noise std
+    in :func:`tx_frame`'s coordinates), p_max (...) W -> (..., 3N - 2) real
+    [ln(1 + P|c_1|^2), ..., ln(1 + P|c_N|^2), Re x_2 .. x_N, Im x_2 .. x_N], x_i = ln(1 + P||c||^2) c_1 c_i^* / ||c||^2:
+    the log SNR along each frame direction (ln(1 + P|c_1|^2): the link's SNR / INR under MRT) and the relative
+    phases weighted by the link's log gain.  Every entry is invariant under c -> e^{j theta} c (a phase per
+    link) and continuous in c (a zero channel maps to 0)."""
+    pw = p_max.to(c.real.dtype)[..., None]
+    g = c.abs() ** 2
+    tot = g.sum(-1, keepdim=True)
+    x = c[..., :1] * c[..., 1:].conj() * (torch.log1p(pw * tot) / tot.clamp_min(torch.finfo(g.dtype).tiny))
+    return torch.cat([torch.log1p(pw * g), x.real, x.imag], -1)
+
+
+def conj_flip(c: Tensor, interf: Tensor) -> Tensor:
+    """``feature_norm: frame_conj``: whether Tx m conjugates its frame coordinates (B, M) bool.  Conjugating all of
+    Tx m's channels and its beamformer (h_mk -> h_mk^*, v_m -> v_m^*) leaves every |h_mk^H v_m| unchanged (and the
+    Rayleigh law), a symmetry the unitary frame does not remove (it maps c -> c^*); the sign of the
+    conjugation-odd t_m = sum_{k interf} sum_{i >= 2} Im(c_1k c_ik^*) |c_1k c_ik| fixes it: flip where t_m < 0
+    (t_m -> -t_m under the conjugation; N = 1: never).  |t_m| <= 1e-9 sum |c_1k c_ik|^2 counts as 0 (no flip):
+    t_m = 0 exactly when the frame coordinates are real up to a phase per link (e.g. N = 2 and one interferer,
+    as u_2^H R_m u_1 > 0), where the features are conjugation-symmetric and rounding must not decide.
+    c (B, M, K, N) = U_m^H h_mk, interf (B, M, K) bool."""
+    x = c[..., :1] * c[..., 1:].conj() * interf[..., None].to(c.real.dtype)  # (B, M, K, N - 1)
+    a = x.abs()
+    return (x.imag * a).sum((-1, -2)) < -1e-9 * (a ** 2).sum((-1, -2))
+
+
+def frame_edge_dim(tx_antennas: int) -> int:
+    """Edge input width with ``feature_norm: frame``: two slots (direct / interfering, (5)) of 3N - 2 reals."""
+    return 2 * (3 * tx_antennas - 2)
+
+
 # =============================================================================== Ex1 parameters
 class ENGNNParams(LearnedModule):
     """ENGNN for Ex1 (beamforming in interference channels): an :class:`ENGNNCore` with edge input 4N
@@ -303,7 +393,8 @@ class ENGNNParams(LearnedModule):
         self.d_edge, self.d_node = int(d_edge), int(d_node)
         self.mlp_width, self.d_msg, self.readout = int(mlp_width), int(d_msg), readout
         n = self.tx_antennas
-        self.core = ENGNNCore(4 * n, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.mlp_width,
+        d_in = frame_edge_dim(n) if feature_norm in ("frame", "frame_conj") else 4 * n
+        self.core = ENGNNCore(d_in, 1, 1, d_edge=self.d_edge, d_node=self.d_node, hidden=self.mlp_width,
                               d_msg=self.d_msg, layers=self.layers, out_edge=n if readout == "edge" else 0,
                               out_tx=n if readout == "node" else 0, seed=seed)
 
@@ -321,7 +412,9 @@ class ENGNNParams(LearnedModule):
         csi = loc["csi"].to(torch.bool)
 
         def stat(x: Tensor) -> Tensor:  # 'mean': E ln(1 + snr); 'linear': the std of sqrt(snr) h/||h||'s reals
-            return torch.log1p(x).mean() if self.feature_norm == "mean" else x.mean().div(2 * self.tx_antennas).sqrt()
+            if self.feature_norm == "linear":
+                return x.mean().div(2 * self.tx_antennas).sqrt()
+            return torch.log1p(x).mean()  # 'mean' and 'frame'
 
         own, cross = stat(snr[direct & csi]), stat(snr[~direct & csi]) if bool((~direct & csi).any()) else None
         with torch.no_grad():
@@ -352,6 +445,7 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         raise ValueError("engnn needs the interference network's 'bs>ue' edges")
     d_node, d_edge, d_msg = params.d_node, params.d_edge, params.d_msg
     norm = {"linear": "linear", "mean": "mean"}.get(params.feature_norm, "none")
+    frame = params.feature_norm in ("frame", "frame_conj")
     n_rx_all = int(net.info["n_ue"])
     n_tx_all = int(net.info["n_bs"])
 
@@ -368,7 +462,12 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
             v = post_edge(core, E[:, ar, block.ids.to(E.device)])  # E_kk: Tx k's direct edge
         else:
             v = post_tx(core, block.state["f_tx"])
-        block.state["V"] = ex1_power_normalize(v.to(loc["h_own"].dtype), loc["p_max"])[..., None]
+        v = v.to(loc["h_own"].dtype)
+        if "flip" in block.state:  # frame_conj: v' for the conjugated coordinates -> v'^*
+            v = torch.where(block.state["flip"][..., None], v.conj(), v)
+        if "U" in block.state:  # feature_norm 'frame': v' in Tx m's frame -> v_m = U_m v'
+            v = (block.state["U"] @ v[..., None])[..., 0]
+        block.state["V"] = ex1_power_normalize(v, loc["p_max"])[..., None]
 
     def init_bs(block: AgentBlock) -> None:
         loc = block.local
@@ -377,11 +476,27 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
         sigma = loc["noise"].sqrt()  # (B, n, K) noise std of each Rx
         direct = (block.ids.to(H.device)[:, None] == torch.arange(n_rx_all, device=H.device)[None, :])
         h = H / sigma[..., None].to(H.dtype)
-        if params.feature_norm != "none":  # per-class scaled (module docstring): direct / interfering links
+        if frame:  # invariant features in Tx m's frame (tx_frame), scaled per class
+            csi = loc["csi"].to(torch.bool)
+            U = tx_frame(h, direct, csi & ~direct)
+            block.state["U"] = U
+            sv = torch.where(params.scale > 0, params.scale, 1.0).to(H.device, sigma.dtype)  # unobserved: 1
+            c = (U.mH[:, :, None] @ h[..., None])[..., 0]  # (B, n, K, N): U_m^H h_mk
+            if params.feature_norm == "frame_conj":  # conjugated coordinates where t_m < 0 (conj_flip)
+                flip = conj_flip(c, csi & ~direct)
+                block.state["flip"] = flip
+                c = torch.where(flip[..., None, None], c.conj(), c)
+            f = frame_edge_features(c, loc["p_max"][..., None].expand_as(sigma))
+            f = f / sv[(~direct).long()][..., None].to(f.dtype)
+            z = torch.zeros((), dtype=f.dtype, device=f.device)
+            d = direct.expand(mask.shape)[..., None]
+            e_in = torch.cat([torch.where(d, f, z), torch.where(d, z, f)], -1)
+        elif params.feature_norm != "none":  # per-class scaled (module docstring): direct / interfering links
             sv = torch.where(params.scale > 0, params.scale, 1.0).to(H.device, sigma.dtype)  # unobserved: 1
             s_mk = sv[(~direct).long()]  # (n, K): s_direct on Tx k's own link, s_interfering elsewhere
             h = channel_feature(h, loc["p_max"][..., None].expand_as(sigma), 1.0, norm) / s_mk[..., None].to(H.dtype)
-        e_in = ex1_edge_features(h, direct.expand(mask.shape))
+        if not frame:
+            e_in = ex1_edge_features(h, direct.expand(mask.shape))
         E0 = _masked(torch.relu(_linear(e_in, core.pre_edge)), mask)
         block.state["E"] = E0
         block.state["f_tx"] = torch.relu(_linear(loc["p_max"][..., None], core.pre_tx))
@@ -455,16 +570,19 @@ class ENGNNOptions(LearnedOptions):
     the checkpoint's (untrained: ``tx_antennas`` from the scenario)."""
 
     tx_antennas: int | None = Field(None, ge=1)
-    layers: int | None = Field(None, ge=1, description="updating layers L (= communication rounds); Ex1: 1")
-    d_edge: int | None = Field(None, ge=1, description="edge representation width d_E; Ex1: 8")
+    layers: int | None = Field(None, ge=1, description="updating layers L (= communication rounds); "
+                                    "paper Ex1: 1")
+    d_edge: int | None = Field(None, ge=1, description="edge representation width d_E; paper Ex1: 8")
     d_node: int | None = Field(None, ge=1, description="node representation width")
     mlp_width: int | None = Field(None, ge=1, description="MLP hidden width")
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
     readout: Literal["edge", "node"] | None = Field(None, description="beamformer from the direct edge "
                                                     "(ENGNN-E) or the Tx node (ENGNN-N)")
-    feature_norm: Literal["none", "linear", "mean"] | None = Field(
+    feature_norm: Literal["none", "linear", "mean", "frame", "frame_conj"] | None = Field(
         None, description="edge input: none (h / sigma, the paper) | linear (h / sigma over its training-set std) "
-        "| mean (direction of h times ln(1 + snr) over its training-set mean), direct / interfering links apart")
+        "| mean (direction of h times ln(1 + snr) over its training-set mean) | frame (invariant features in each "
+        "Tx's canonical frame, beamformer rotated back) | frame_conj (frame, and each Tx's conjugation fixed), "
+        "direct / interfering links apart")
 
 
 def loss_sum_rate(wsr: dict[int, Tensor]) -> Tensor:

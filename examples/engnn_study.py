@@ -5,7 +5,8 @@ sum rate vs signaling, ENGNN beside WCGCN (MPGNN) and WMMSE.
   (``agents/models/{engnn,wcgcn}_ex1_<n>.pt``, recipes ``scenarios/train_{engnn,wcgcn}_ex1_<n>.yaml``), sum
   rate at K = 20 beside WMMSE (100 iterations, full-power MRC start, full CSI).
 * Generalisation in K (Fig. 5): the models trained at K = 20 (``--n-train`` samples) tested at K = 20 ... 100
-  in the same 2 km x 2 km field; WMMSE truncated to ENGNN's rounds (L = 1), to WCGCN's (3) and full (100);
+  in the same 2 km x 2 km field; WMMSE truncated to ENGNN's rounds (its L layers, from the checkpoint: one
+  round = one layer's Tx -> Rx and Rx -> Tx exchange), to WCGCN's (3) and full (100);
   % of full WMMSE for ENGNN and WCGCN.
 * Signaling: bytes per realization per layer / round from dsim's ledger (wire ``--wire``), and sum rate vs
   cumulative signaling bytes (WMMSE after each of its rounds, the GNNs after their last layer).
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from dsim import registry
 from dsim.engine.local import LocalEngine
+from dsim.learn import load_checkpoint
 from dsim.scenarios.build import build_scenario, generate_channels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +55,12 @@ PAPER_EX1 = {10: {"engnn": 83.39, "wcgcn": 68.60}, 100: {"engnn": 89.68, "wcgcn"
 def model(algo: str, n: int) -> dict:
     """Options of the shipped Ex1 model of ``algo`` ('engnn' | 'wcgcn') trained on ``n`` samples."""
     return {"checkpoint": str(MODELS / f"{algo}_ex1_{n}.pt")}
+
+
+def model_rounds(algo: str, n: int) -> int:
+    """Protocol rounds of the shipped Ex1 model: its updating layers (ENGNN: one round = one layer's Tx -> Rx and
+    Rx -> Tx exchange, ``tx_edge`` + ``rx_reply``; WCGCN: one round = one layer), read from the checkpoint."""
+    return int(load_checkpoint(MODELS / f"{algo}_ex1_{n}.pt")["hparams"]["layers"])
 
 
 def evaluate(scn: dict, entries: dict[str, tuple[str, dict, list[int]]], layouts: int, seed: int, batch: int,
@@ -98,30 +106,34 @@ def ex1_sample_efficiency(layouts: int, seed: int, batch: int, wire: str) -> lis
     """ENGNN vs WCGCN trained on 10 / 100 / 1000 samples, K = 20, beside WMMSE-100: one row per n."""
     entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [100])}
     for n in SAMPLES:
-        entries[f"engnn_{n}"] = ("engnn", model("engnn", n), [1])
-        entries[f"wcgcn_{n}"] = ("wcgcn", model("wcgcn", n), [3])
+        entries[f"engnn_{n}"] = ("engnn", model("engnn", n), [model_rounds("engnn", n)])
+        entries[f"wcgcn_{n}"] = ("wcgcn", model("wcgcn", n), [model_rounds("wcgcn", n)])
     res = evaluate(EX1, entries, layouts, seed, batch, wire, "Ex1 sample efficiency")
     wm = res["wmmse"]["rate"][100]
     rows = []
     for n in SAMPLES:
-        e, w = res[f"engnn_{n}"]["rate"][1], res[f"wcgcn_{n}"]["rate"][3]
+        e, w = res[f"engnn_{n}"]["rate"][model_rounds("engnn", n)], res[f"wcgcn_{n}"]["rate"][model_rounds("wcgcn", n)]
         rows.append({"samples": n, "engnn": e, "wcgcn": w, "wmmse": wm, "engnn_pct": 100 * e / wm,
+                     "engnn_rounds": model_rounds("engnn", n),
                      "wcgcn_pct": 100 * w / wm, "paper": PAPER_EX1.get(n)})
     return rows
 
 
 def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wire: str, n_train: int) -> list[dict]:
     """Models trained at K = 20 on ``n_train`` samples, tested at each K in ``pairs`` (2 km field): ENGNN
-    (1 round), WCGCN (3 rounds), WMMSE after 1, 3 and 100 rounds; one row per K."""
+    (L_E rounds, its layers), WCGCN (L_W = 3 rounds), WMMSE after 1, 3, L_E, L_W and 100 rounds; one row per K
+    (``wmmse_engnn`` / ``wmmse_wcgcn``: WMMSE truncated to ENGNN's / WCGCN's rounds)."""
     rows = []
+    le, lw = model_rounds("engnn", n_train), model_rounds("wcgcn", n_train)
     for K in tqdm(pairs, desc="Ex1 generalisation"):
-        entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [1, 3, 100]),
-                   "engnn": ("engnn", model("engnn", n_train), [1]),
-                   "wcgcn": ("wcgcn", model("wcgcn", n_train), [3])}
+        entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, sorted({1, 3, le, lw, 100})),
+                   "engnn": ("engnn", model("engnn", n_train), [le]),
+                   "wcgcn": ("wcgcn", model("wcgcn", n_train), [lw])}
         res = evaluate(EX1 | {"n_pairs": K}, entries, layouts, seed, batch, wire, f"K={K}")
         wm = res["wmmse"]["rate"]
-        e, w = res["engnn"]["rate"][1], res["wcgcn"]["rate"][3]
+        e, w = res["engnn"]["rate"][le], res["wcgcn"]["rate"][lw]
         rows.append({"K": K, "engnn": e, "wcgcn": w, "wmmse_1": wm[1], "wmmse_3": wm[3], "wmmse": wm[100],
+                     "engnn_rounds": le, "wcgcn_rounds": lw, "wmmse_engnn": wm[le], "wmmse_wcgcn": wm[lw],
                      "engnn_pct": 100 * e / wm[100], "wcgcn_pct": 100 * w / wm[100]})
     return rows
 
@@ -129,8 +141,8 @@ def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wi
 def ex1_signaling(layouts: int, seed: int, batch: int, wire: str, n_train: int, K: int = 20) -> dict:
     """Per-realization signaling bytes per layer / round and the sum rate after every WMMSE round, K = 20."""
     entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, list(range(101))),
-               "engnn": ("engnn", model("engnn", n_train), [1]),
-               "wcgcn": ("wcgcn", model("wcgcn", n_train), [3])}
+               "engnn": ("engnn", model("engnn", n_train), [model_rounds("engnn", n_train)]),
+               "wcgcn": ("wcgcn", model("wcgcn", n_train), [model_rounds("wcgcn", n_train)])}
     res = evaluate(EX1 | {"n_pairs": K}, entries, layouts, seed, batch, wire, "Ex1 signaling")
     out = {}
     for label, acc in res.items():
@@ -149,26 +161,28 @@ def ex1_markdown(eff: list[dict], gen: list[dict], sig: dict, n_train: int, layo
     lines = ["## Ex1: beamforming in interference channels (K = 20 training, N = 2, 2 km x 2 km)", "",
              f"Held-out layouts: {layouts} per point (seeds >= 1000).  Sum rate [bit/s/Hz]; % of WMMSE (100 "
              "iterations, MRC start).", "", "### Sample efficiency (K = 20)", "",
-             "| training samples | ENGNN | WCGCN | WMMSE | ENGNN % | WCGCN % | paper ENGNN / MPGNN |",
-             "|---|---|---|---|---|---|---|"]
+             "| training samples | ENGNN | ENGNN rounds | WCGCN | WMMSE | ENGNN % | WCGCN % | paper ENGNN / MPGNN |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in eff:
         paper = f"{r['paper']['engnn']:.2f} / {r['paper']['wcgcn']:.2f}" if r["paper"] else "-"
-        lines.append(f"| {r['samples']} | {r['engnn']:.2f} | {r['wcgcn']:.2f} | {r['wmmse']:.2f} | "
-                     f"{r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} | {paper} |")
+        lines.append(f"| {r['samples']} | {r['engnn']:.2f} | {r['engnn_rounds']} | {r['wcgcn']:.2f} | "
+                     f"{r['wmmse']:.2f} | {r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} | {paper} |")
+    le, lw = (gen[0]["engnn_rounds"], gen[0]["wcgcn_rounds"]) if gen else (1, 3)
     lines += ["", f"### Generalisation in K (models trained at K = 20 on {n_train} samples)", "",
-              "| K | ENGNN (1 round) | WMMSE 1 round | WCGCN (3 rounds) | WMMSE 3 rounds | WMMSE 100 | ENGNN % | "
-              "WCGCN % |", "|---|---|---|---|---|---|---|---|"]
+              f"| K | ENGNN ({le} round{'s' * (le > 1)}) | WMMSE {le} round{'s' * (le > 1)} | WCGCN ({lw} rounds) | "
+              f"WMMSE {lw} rounds | WMMSE 100 | ENGNN % | WCGCN % |", "|---|---|---|---|---|---|---|---|"]
     for r in gen:
-        lines.append(f"| {r['K']} | {r['engnn']:.2f} | {r['wmmse_1']:.2f} | {r['wcgcn']:.2f} | {r['wmmse_3']:.2f} | "
-                     f"{r['wmmse']:.2f} | {r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} |")
+        lines.append(f"| {r['K']} | {r['engnn']:.2f} | {r['wmmse_engnn']:.2f} | {r['wcgcn']:.2f} | "
+                     f"{r['wmmse_wcgcn']:.2f} | {r['wmmse']:.2f} | {r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} |")
     lines += ["", f"### Signaling per realization (K = 20, wire {wire})", "",
               "| method | bytes per layer / round | rounds | total bytes | sum rate |", "|---|---|---|---|---|"]
-    for label, last in (("engnn", 1), ("wcgcn", 3), ("wmmse", 100)):
+    last_round = {label: max(sig[label]["rate"]) for label in ("engnn", "wcgcn")}
+    for label, last in (("engnn", last_round["engnn"]), ("wcgcn", last_round["wcgcn"]), ("wmmse", 100)):
         s = sig[label]
         lines.append(f"| {label} | {s['bytes_per_round']:.0f} | {s['rounds']} | "
                      f"{s['cumulative_bytes'].get(last, 0.0):.0f} | {s['rate'][last]:.2f} |")
     wm = sig["wmmse"]
-    for label, last in (("engnn", 1), ("wcgcn", 3)):
+    for label, last in last_round.items():
         rate, spent = sig[label]["rate"][last], sig[label]["cumulative_bytes"].get(last, 0.0)
         hit = [r for r in range(1, 101) if wm["rate"][r] >= rate]
         if hit:
@@ -199,9 +213,10 @@ def ex1_plots(out: Path, eff: list[dict], gen: list[dict], sig: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     ks = [r["K"] for r in gen]
-    for key, style, label in (("engnn", "o-", "ENGNN-E (1 round)"), ("wcgcn", "s-", "WCGCN (3 rounds)"),
-                              ("wmmse", "k--", "WMMSE 100"), ("wmmse_1", "k:", "WMMSE 1 round"),
-                              ("wmmse_3", "k-.", "WMMSE 3 rounds")):
+    le, lw = gen[0]["engnn_rounds"], gen[0]["wcgcn_rounds"]
+    for key, style, label in (("engnn", "o-", f"ENGNN-E ({le} round(s))"), ("wcgcn", "s-", f"WCGCN ({lw} rounds)"),
+                              ("wmmse", "k--", "WMMSE 100"), ("wmmse_engnn", "k:", f"WMMSE {le} round(s)"),
+                              ("wmmse_wcgcn", "k-.", f"WMMSE {lw} rounds")):
         ax.plot(ks, [r[key] for r in gen], style, label=label)
     ax.set_xlabel("K (trained at K = 20)")
     ax.set_ylabel("sum rate [bit/s/Hz]")
@@ -216,7 +231,8 @@ def ex1_plots(out: Path, eff: list[dict], gen: list[dict], sig: dict) -> None:
     wm = sig["wmmse"]
     rs = [r for r in range(1, 101) if r in wm["cumulative_bytes"]]
     ax.semilogx([wm["cumulative_bytes"][r] for r in rs], [wm["rate"][r] for r in rs], "k.-", ms=3, label="WMMSE rounds")
-    for label, last, marker in (("engnn", 1, "o"), ("wcgcn", 3, "s")):
+    for label, marker in (("engnn", "o"), ("wcgcn", "s")):
+        last = max(sig[label]["rate"])
         ax.semilogx([sig[label]["cumulative_bytes"][last]], [sig[label]["rate"][last]], marker, ms=8,
                     label=label.upper())
     ax.set_xlabel("signaling bytes per realization (cumulative)")

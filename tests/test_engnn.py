@@ -314,3 +314,179 @@ def test_feature_norm_scales_and_edge_inputs(norm: str, tmp_path) -> None:
     spec = registry.algorithm("engnn")
     old = spec.learnable(spec.options(checkpoint=str(path)))
     assert old.hparams["feature_norm"] == "none" and "scale" not in old.module.state_dict()
+
+
+# ----------------------------------------------------------------------------------------- per-Tx frame
+def random_channels(B: int, M: int, K: int, N: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-2, 2, M * K, dtype=torch.float64)[torch.randperm(M * K, generator=g)].reshape(M, K, 1)
+    return torch.complex(torch.randn(B, M, K, N, dtype=torch.float64, generator=g),
+                         torch.randn(B, M, K, N, dtype=torch.float64, generator=g)) * scale
+
+
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_tx_frame_unitary_and_equivariant(N: int) -> None:
+    """U_m unitary, u_1 = h_mm / ||h_mm||, u_2 in span{h_mm, R_m h_mm} with u_2^H R_m u_1 real > 0 (N = 2, by
+    hand); h_mk -> e^{j theta_mk} Q_m h_mk gives U_m -> Q_m U_m e^{j theta_mm} (1e-10)."""
+    from agents.engnn import tx_frame
+    from dsim.scenarios.interference import haar_unitary
+
+    B, M, K = 3, 4, 5
+    h = random_channels(B, M, K, N, 7)
+    direct = torch.eye(M, K, dtype=torch.bool)
+    interf = (~direct).expand(B, M, K).clone()
+    U = tx_frame(h, direct, interf)
+    eye = torch.eye(N, dtype=h.dtype).expand(B, M, N, N)
+    torch.testing.assert_close(U.mH @ U, eye, rtol=0, atol=1e-12)
+    own = h[:, torch.arange(M), torch.arange(M)]
+    torch.testing.assert_close(U[..., 0], own / own.norm(dim=-1, keepdim=True), rtol=0, atol=1e-12)
+    if N == 2:
+        R = sum(h[:, :, k, :, None] * h[:, :, k, None, :].conj() * interf[:, :, k, None, None] for k in range(K))
+        u1 = U[..., 0]
+        w = (R @ u1[..., None])[..., 0]
+        w = w - u1 * (u1.conj() * w).sum(-1, keepdim=True)
+        torch.testing.assert_close(U[..., 1], w / w.norm(dim=-1, keepdim=True), rtol=0, atol=1e-12)
+        x = (U[..., 1].conj()[..., None, :] @ R @ u1[..., None])[..., 0, 0]
+        assert float(x.imag.abs().max()) < 1e-10 * float(x.real.abs().max()) and bool((x.real > 0).all())
+    g = torch.Generator().manual_seed(8)
+    Q = haar_unitary(B, M, N, g)
+    theta = torch.polar(torch.ones(B, M, K, dtype=torch.float64), 6.3 * torch.rand(B, M, K, generator=g,
+                                                                                   dtype=torch.float64))
+    U2 = tx_frame(theta[..., None] * (Q[:, :, None] @ h[..., None])[..., 0], direct, interf)
+    want = Q @ U * theta[:, torch.arange(M), torch.arange(M)][..., None, None]
+    torch.testing.assert_close(U2, want, rtol=0, atol=1e-10)
+
+
+def test_tx_frame_degenerate_is_unitary() -> None:
+    """No interfering link (R_m = 0) or fewer interferers than N - 1: still a unitary frame with u_1 = h_mm's
+    direction (the completion of tx_frame's docstring)."""
+    from agents.engnn import tx_frame
+
+    h = random_channels(2, 3, 3, 3, 9)
+    direct = torch.eye(3, dtype=torch.bool)
+    for interf in (torch.zeros(2, 3, 3, dtype=torch.bool), (~direct & (torch.arange(3) == 0)).expand(2, 3, 3)):
+        U = tx_frame(h, direct, interf)
+        torch.testing.assert_close(U.mH @ U, torch.eye(3, dtype=h.dtype).expand(2, 3, 3, 3), rtol=0, atol=1e-12)
+        own = h[:, torch.arange(3), torch.arange(3)]
+        torch.testing.assert_close(U[..., 0], own / own.norm(dim=-1, keepdim=True), rtol=0, atol=1e-12)
+
+
+def test_frame_edge_features_by_hand() -> None:
+    """c = (3, 4j), P = 2: [ln(1 + 18), ln(1 + 32), Re x, Im x], x = ln(1 + 50) * 3 * conj(4j) / 25; a phase per link
+    changes nothing; a zero channel gives 0."""
+    from agents.engnn import frame_edge_dim, frame_edge_features
+
+    c = torch.tensor([[3 + 0j, 4j], [0j, 0j]], dtype=torch.complex128)
+    P = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    f = frame_edge_features(c, P)
+    x = math.log(51.0) * 3 * (-4j) / 25
+    assert f[0].tolist() == pytest.approx([math.log(19.0), math.log(33.0), x.real, x.imag], rel=1e-14, abs=1e-15)
+    assert f[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    z = torch.polar(torch.tensor(1.0, dtype=torch.float64), torch.tensor(2.1, dtype=torch.float64))
+    torch.testing.assert_close(frame_edge_features(c * z, P), f, rtol=0, atol=1e-14)
+    assert frame_edge_dim(2) == 8 and frame_edge_dim(3) == 14 and frame_edge_dim(1) == 2
+
+
+@pytest.mark.parametrize("N,norm", [(2, "frame"), (3, "frame"), (2, "frame_conj"), (3, "frame_conj")])
+def test_frame_protocol_invariant_equivariant_power(N: int, norm: str, tmp_path) -> None:
+    """``feature_norm: frame``: (i) the sum rate of every Rx is exactly invariant (1e-10) under the family's
+    symmetry (a phase per Rx, a unitary per Tx) and a further arbitrary phase per link; the beamformer turns into
+    Q_m^H v_m up to a phase (apply_symmetry's v_j -> Q_j^H v_j); (ii) the protocol equals the centralized
+    forward fed features built here (frame by QR of the Krylov vectors [h_mm, R_m h_mm, ...]); (iii) relabelled
+    pairs relabel the beamformers; (iv) ||v_m||^2 <= P; (v) the scales are E ln(1 + snr) over direct /
+    interfering links, as 'mean'; (vi) 'frame_conj': conjugating one Tx's channels conjugates its beamformer and
+    leaves every rate unchanged (1e-10), which 'frame' alone does not."""
+    from agents.engnn import ENGNNParams, engnn_forward, ex1_power_normalize, post_edge
+    from dsim.scenarios.interference import apply_symmetry, symmetry_draw
+
+    ch, s = scenario(RANGED | {"tx_antennas": N})
+    p = ENGNNParams(N, 2, feature_norm=norm, seed=3)
+    p.observe(s.net)
+    B, K = ch.H.shape[:2]
+    h = ch.H[:, :, :, 0, :].conj().transpose(1, 2) / ch.noise_w.sqrt()[None, None, :, None]  # [b, m, k] h_mk / sigma
+    P = float(ch.power_w[0])
+    snr = P * (h.abs() ** 2).sum(-1)
+    mask = ch.inrange.transpose(1, 2)
+    eye = torch.eye(K, dtype=torch.bool).expand(B, K, K)
+    want_s = [float(torch.log1p(snr[eye & mask]).mean()), float(torch.log1p(snr[~eye & mask]).mean())]
+    assert p.scale.tolist() == pytest.approx(want_s, rel=1e-12)
+    # the frame by hand, one Tx at a time: Krylov vectors [h_mm, R_m h_mm, ...] (a vector already in the span
+    # of the previous ones -- a Tx with fewer than N - 1 interferers in range -- replaced by the standard basis
+    # vector farthest from that span), then QR with the phases fixed by R's positive diagonal
+    hm = h * mask[..., None]
+    R = torch.einsum("bmki,bmkj->bmij", hm * (~eye)[..., None], hm.conj())
+    U = torch.zeros(B, K, N, N, dtype=h.dtype)
+    degenerate = 0
+    for b in range(B):
+        for m in range(K):
+            cols = [h[b, m, m]]
+            for _ in range(1, N):
+                basis = torch.linalg.qr(torch.stack(cols, -1))[0]
+                w = R[b, m] @ cols[-1]
+                res = w - basis @ (basis.mH @ w)
+                if float(res.norm()) <= 1e-6 * float(R[b, m].diagonal().real.sum()):
+                    e = torch.eye(N, dtype=h.dtype)
+                    resid = e - basis @ (basis.mH @ e)
+                    w = e[:, int(resid.norm(dim=0).argmax())]
+                    degenerate += 1
+                cols.append(w)
+            Qr, Rr = torch.linalg.qr(torch.stack(cols, -1))
+            d = Rr.diagonal()
+            U[b, m] = Qr * (d / d.abs())[None, :]
+    assert degenerate > 0  # RANGED has such a Tx: the completion is exercised
+    c = (U.mH[:, :, None] @ h[..., None])[..., 0]
+    flip = torch.zeros(B, K, dtype=torch.bool)
+    if norm == "frame_conj":  # t_m = sum over interfering links in range, i >= 2, of Im(c_1 c_i^*) |c_1 c_i| < -tol
+        for b in range(B):
+            for m in range(K):
+                xs = [complex(c[b, m, k, 0] * c[b, m, k, i].conj()) for k in range(K) if k != m and mask[b, m, k]
+                      for i in range(1, N)]
+                flip[b, m] = sum(x.imag * abs(x) for x in xs) < -1e-9 * sum(abs(x) ** 2 for x in xs)
+        assert bool(flip.any()) and not bool(flip.all())
+        c = torch.where(flip[..., None, None], c.conj(), c)
+    g = c.abs() ** 2
+    tot = g.sum(-1, keepdim=True)
+    xs = c[..., :1] * c[..., 1:].conj() * torch.log1p(P * tot) / tot
+    f = torch.cat([torch.log1p(P * g), xs.real, xs.imag], -1) / torch.where(eye, want_s[0], want_s[1])[..., None]
+    e_in = torch.cat([f * eye[..., None], f * (~eye)[..., None]], -1) * mask[..., None]
+    with torch.no_grad():
+        V, _ = run(p, s)
+        E, _, _ = engnn_forward(p.core, e_in, ch.power_w[None, :, None].expand(B, K, 1),
+                                torch.ones(B, K, 1, dtype=torch.float64), mask)
+        v = post_edge(p.core, E.diagonal(dim1=1, dim2=2).transpose(1, 2))
+        v = torch.where(flip[..., None], v.conj(), v)
+        want = ex1_power_normalize((U @ v[..., None])[..., 0], ch.power_w[None].expand(B, K))
+        torch.testing.assert_close(V[2][..., 0], want, rtol=1e-9, atol=1e-9)
+        # (i) symmetry + a phase per link, on the complete graph (every Tx has >= N - 1 interferers: the generic
+        # case of tx_frame; RANGED has a Tx without any, whose completed frame is not equivariant)
+        chc, sc = scenario(EX1 | {"tx_antennas": N}, batch=4, seed=23)
+        Vc, _ = run(p, sc)
+        gen = torch.Generator().manual_seed(11)
+        phase, Q = symmetry_draw(4, 6, N, gen)
+        link = torch.polar(torch.ones(4, 6, 6, dtype=torch.float64),
+                           6.3 * torch.rand(4, 6, 6, generator=gen, dtype=torch.float64))
+        rot = apply_symmetry(chc, phase, Q)
+        rot = replace(rot, H=rot.H * link[..., None, None])
+        s2 = build_scenario("interference", rot, None, 0)
+        V2, _ = run(p, s2)
+        torch.testing.assert_close(s2.air.rates(V2[2]), sc.air.rates(Vc[2]), rtol=0, atol=1e-10)
+        back = (Q @ V2[2])[..., 0]  # v_m' = Q_m^H v_m e^{j phi}: |v_m^H Q_m v_m'| = ||v_m||^2
+        inner = (Vc[2][..., 0].conj() * back).sum(-1).abs()
+        torch.testing.assert_close(inner, (Vc[2][..., 0].abs() ** 2).sum(-1), rtol=1e-10, atol=1e-12)
+        # (vi) Tx 2 and Tx 4 conjugate their channels (H[b, k, j] is the row h_jk^H)
+        Hc = chc.H.clone()
+        Hc[:, :, [2, 4]] = Hc[:, :, [2, 4]].conj()
+        s4 = build_scenario("interference", replace(chc, H=Hc), None, 0)
+        V4, _ = run(p, s4)
+        gap = float((s4.air.rates(V4[2]) - sc.air.rates(Vc[2])).abs().max())
+        if norm == "frame_conj":
+            assert gap < 1e-10
+            torch.testing.assert_close(V4[2][:, [2, 4]], Vc[2][:, [2, 4]].conj(), rtol=1e-10, atol=1e-12)
+        else:
+            assert gap > 1e-6
+        # (iii) pairs relabelled
+        perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
+        V3, _ = run(p, build_scenario("interference", permuted(ch, perm), None, 0))
+    torch.testing.assert_close(V3[2], V[2][:, perm], rtol=1e-10, atol=1e-13)
+    pw = (V[2].abs() ** 2).sum((-1, -2))
+    assert bool((pw <= P * (1 + 1e-12)).all()) and float(pw.max()) > 1e-3 * P
