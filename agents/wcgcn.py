@@ -86,6 +86,7 @@ SHIPPED_MODELS = {
     **{f"gauss_K50_10dB_L{n}": MODELS / f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)},  # Fig. 3
     "d2d_pc": MODELS / "wcgcn_d2d_pc_K50.pt",
     "d2d_bf": MODELS / "wcgcn_d2d_bf_K50_Nt2.pt",
+    "mpgnn_code_bf": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2.pt",  # layout mpgnn_code (the authors' code's channel)
 }
 #: training defaults (Sec. V and the authors' recipe): Adam lr 1e-3, batch 64, lr x 0.9 every 20 epochs of
 #: 10^4 samples (~3125 steps of 64)
@@ -347,7 +348,8 @@ def wcgcn_protocol(params: WCGCNParams, net: Network, aggr: str = "max") -> Prot
 # =============================================================================== options, declaration
 class WCGCNOptions(LearnedOptions):
     """YAML options of ``name: wcgcn``.  checkpoint: 'shipped' (picked from the scenario: beamforming
-    model when N_t > 1, the Gaussian model of the same K and SNR, else the D2D power-control model),
+    model when N_t > 1 (on the mpgnn_code layout its own), the Gaussian model of the same K and SNR, else the
+    D2D power-control model),
     'shipped:<name>' (one of :data:`SHIPPED_MODELS`), 'untrained' or a path; the hyper-parameters must
     match the checkpoint's."""
 
@@ -371,10 +373,11 @@ class WCGCNOptions(LearnedOptions):
 
 def shipped_for(net: Network) -> str:
     """Name of the shipped model that fits ``net`` (WCGCNOptions docstring): what ``checkpoint: shipped``
-    means at inference (``LearnableSpec.default_for``; without a network, e.g. training: d2d_pc)."""
-    if int(net.info["bs_antennas"]) > 1:
-        return "d2d_bf"
+    means at inference (``LearnableSpec.default_for``; without a network, e.g. training: d2d_pc); beamforming:
+    mpgnn_code_bf on the layout mpgnn_code, else d2d_bf."""
     scn = net.info.get("scenario_config") or {}
+    if int(net.info["bs_antennas"]) > 1:
+        return "mpgnn_code_bf" if scn.get("layout") == "mpgnn_code" else "d2d_bf"
     if scn.get("layout") == "gaussian":
         name = f"gauss_K{int(net.info['n_pairs'])}_{int(round(float(scn.get('snr_db', 10.0))))}dB"
         if name in SHIPPED_MODELS:

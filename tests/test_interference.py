@@ -246,3 +246,30 @@ def test_symmetry_augmented_pool_is_reproducible_from_the_seed() -> None:
     assert not torch.allclose(other, air1.H)
     assert torch.allclose(torch.linalg.vector_norm(other, dim=-1), norms, rtol=1e-13, atol=0)
     assert torch.equal(plain(6, 124)[1].H, air0.H)  # without augmentation the whole pool is the pool
+
+
+def test_mpgnn_code_layout_is_the_authors_formula() -> None:
+    """layout mpgnn_code: every channel entry equals the authors' beamforming-code formula computed here from the
+    same random stream -- power gain 4.4e5 / (d^1.88 10^(6.3 X / 20)), one X ~ N(0, 1) per antenna (X = minus
+    the stream's draw), Rayleigh,
+    P_max = sigma^2 = 1 -- and the layout's defaults are (2, 65) m, N_t = 2, 500 m, w = 1."""
+    scn = {"family": "interference", "layout": "mpgnn_code", "n_pairs": 30}
+    _, ch = generate_channels(scn, 3, 5, "double")
+    B, K, M = 3, 30, 2
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(5)
+    rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,), generator=gen))))
+    side = 1000.0 * math.sqrt(K / 50)
+    tx = side * rng.random((B, K, 2))
+    dist = 2.0 + 63.0 * rng.random((B, K))
+    ang = 2 * math.pi * rng.random((B, K))
+    rx = tx + np.stack([dist * np.cos(ang), dist * np.sin(ang)], -1)
+    z = rng.standard_normal((B, K, K, 1, M, 2))
+    x = -rng.standard_normal((B, K, K, M))
+    d = np.linalg.norm(rx[:, :, None, :] - tx[:, None, :, :], axis=-1)  # [b, Rx i, Tx k]
+    gain = 4.4e5 / (d[..., None] ** 1.88 * 10 ** (x * 6.3 / 20))
+    want = (z[..., 0] + 1j * z[..., 1]) * np.sqrt(gain / 2)[:, :, :, None, :]
+    np.testing.assert_allclose(ch.H.numpy(), want, rtol=1e-10)
+    assert float(ch.power_w[0]) == pytest.approx(1.0) and float(ch.noise_w[0]) == pytest.approx(1.0)
+    assert torch.equal(ch.inrange, torch.as_tensor((d <= 500.0) | np.eye(K, dtype=bool)))
+    assert bool((ch.weights == 1).all())

@@ -226,3 +226,18 @@ def test_feature_norm_gives_unit_statistics_on_the_observed_batch(norm) -> None:
         assert float(stat) == pytest.approx(1.0, rel=1e-9)
     if norm != "mean":  # the components are centred (uniform Rayleigh phase): the mean is small next to the std
         assert float(own.mean(0).abs().max()) < 0.5
+
+
+def test_shipped_beamforming_model_follows_the_layout() -> None:
+    """``checkpoint: shipped`` on N_t = 2: the layout mpgnn_code (the authors' code's channel) gets its own model,
+    d2d the P.1411 one; both files exist and are 3-layer beamforming models with N_t = 2."""
+    from agents.wcgcn import SHIPPED_MODELS, shipped_for
+    from dsim.learn import load_checkpoint
+
+    for layout, name in (("mpgnn_code", "mpgnn_code_bf"), ("d2d", "d2d_bf")):
+        scn = BF | {"layout": layout}
+        _, s = scenario(scn, batch=1)
+        s.net.info["scenario_config"] = dict(scn)
+        assert shipped_for(s.net) == name
+        hp = load_checkpoint(SHIPPED_MODELS[name])["hparams"]
+        assert (hp["mode"], hp["tx_antennas"], hp["layers"]) == ("bf", 2, 3)

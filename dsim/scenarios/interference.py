@@ -31,11 +31,21 @@ Layouts:
   U[50, 250] m from its Tx, PL = 30.5 + 36.7 log10 d [dB] (d in m, clamped to >= 1 m), no shadowing, no
   antenna gain, Rayleigh fading, P_max = 33 dBm, noise -99 dBm (``noise_dbm``), w_k = 1, complete graph
   (``range_m`` None).
+* ``mpgnn_code`` (the channel of the MPGNN authors' public beamforming code, D2D/Beamforming/
+  wireless_networks_generator.py of yshenaw/GNN-Resource-Management, which the paper's Sec. V-C cites as "the
+  channel model in [19]"): the d2d geometry (defaults K = 50, N_t = 2, (d_min, d_max) = (2, 65) m, 1000 m field
+  at the d2d density, ``range_m`` 500 m, w_k = 1) with the power gain, per (Tx j, Rx k, antenna n),
+  g_jkn = 10^(G0/10) d^(-1.88) 10^(-X_jkn sigma_s/10), X ~ N(0, 1) *per antenna* (the stream's normal
+  draw is -X: the same law), sigma_s = ``shadowing_db``
+  = 3.15 dB (their 10^(6.3 X / 20)), G0 = 10 log10(4.4e5) = 56.43 dB, P_max = sigma^2 = 1 (``tx_power_dbm``
+  = ``noise_dbm`` = 30): direct SNRs 22 to 51 dB at 65 to 2 m, INR 5.6 dB at 500 m (P.1411 at 40 dBm over
+  -102 dBm: 68 to 98 dB and 31 dB).  Rayleigh fading; no antenna gain.  (Their generator redraws a Rx that
+  falls outside the field; here, as in ``d2d``, it may lie outside.)
 
 Random draws: one 62-bit seed from the run's CPU torch generator seeds a numpy PCG64 stream
 (:func:`draw_rng`), which draws, in float64 and in this order: d2d/engnn -- Tx positions (B, K, 2),
 Rx distance (B, K), Rx angle (B, K); all -- weights (B, K) when uniform; all -- fading (B, K, K, 1, N_t, 2);
-d2d/engnn -- shadowing (B, K, K).  Only the final cast depends on the precision.
+d2d/engnn -- shadowing (B, K, K); mpgnn_code -- shadowing (B, K, K, N_t).  Only the final cast depends on the precision.
 
 Network (:func:`interference_network`) -- the multicell network of DESIGN §5 with one UE per BS, so
 that the multicell protocols (WMMSE) run unchanged: role ``bs`` = the K transmitters (bs k also is
@@ -98,6 +108,19 @@ ENGNN_DEFAULTS = {"n_pairs": 20, "tx_antennas": 2, "field_m": 2000.0, "d_min_m":
                   "tx_power_dbm": 33.0, "noise_dbm": -99.0}
 
 
+#: defaults of the ``mpgnn_code`` layout (module docstring), for the keys a config leaves out
+MPGNN_CODE_DEFAULTS = {"n_pairs": 50, "tx_antennas": 2, "d_min_m": 2.0, "d_max_m": 65.0, "range_m": 500.0,
+                       "weights": "fixed", "shadowing_db": 3.15, "antenna_gain_db": 0.0, "tx_power_dbm": 30.0,
+                       "noise_dbm": 30.0}
+#: G0 of the ``mpgnn_code`` layout: the authors' code's constant 4.4e5 in dB
+MPGNN_CODE_G0_DB = 10.0 * math.log10(4.4e5)
+
+
+def mpgnn_code_pathloss_db(distance_m: Tensor) -> Tensor:
+    """The MPGNN authors' beamforming-code path loss [dB] (module docstring): 18.8 log10 d - G0, d in m."""
+    return 18.8 * torch.log10(distance_m) - MPGNN_CODE_G0_DB
+
+
 def engnn_pathloss_db(distance_m: Tensor) -> Tensor:
     """ENGNN paper Sec. IV: PL = 30.5 + 36.7 log10 d [dB], d in m (clamped to >= 1 m)."""
     return 30.5 + 36.7 * torch.log10(distance_m.clamp_min(1.0))
@@ -114,7 +137,7 @@ class InterferenceScenario(CrossChecked):
 
     model_config = ConfigDict(extra="forbid")
     family: Literal["interference"] = "interference"
-    layout: Literal["gaussian", "d2d", "engnn"] = "d2d"
+    layout: Literal["gaussian", "d2d", "engnn", "mpgnn_code"] = "d2d"
     n_pairs: int = Field(50, ge=1, description="K transmitter-receiver pairs")
     tx_antennas: int = Field(1, ge=1, description="N_t (1: power control)")
     snr_db: float = Field(10.0, description="gaussian: sigma^2 = 10^(-snr_db/10), P_max = 1")
@@ -139,9 +162,12 @@ class InterferenceScenario(CrossChecked):
     @model_validator(mode="before")
     @classmethod
     def _layout_defaults(cls, data: object) -> object:
-        """The engnn layout's defaults (:data:`ENGNN_DEFAULTS`) for the keys the config leaves out."""
+        """The engnn / mpgnn_code layouts' defaults (:data:`ENGNN_DEFAULTS`, :data:`MPGNN_CODE_DEFAULTS`) for the
+        keys the config leaves out."""
         if isinstance(data, dict) and data.get("layout") == "engnn":
             return ENGNN_DEFAULTS | data
+        if isinstance(data, dict) and data.get("layout") == "mpgnn_code":
+            return MPGNN_CODE_DEFAULTS | data
         return data
 
     def noise_w(self) -> float:
@@ -257,7 +283,7 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
         return torch.from_numpy(rng.standard_normal(shape)).to(dev)
 
     tx_xy = rx_xy = None
-    geometric = o.layout in ("d2d", "engnn")
+    geometric = o.layout in ("d2d", "engnn", "mpgnn_code")
     if geometric:
         tx_xy = o.side_m() * uniform(B, K, 2)
         dist = o.d_min_m + (o.d_max_m - o.d_min_m) * uniform(B, K)
@@ -268,12 +294,15 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
     H = torch.view_as_complex(normal(B, K, K, 1, Nt, 2))  # CN(0, 2): scaled below
     if geometric:
         d = torch.cdist(rx_xy, tx_xy)  # (B, K rx, K tx)
-        pl = (engnn_pathloss_db(d) if o.layout == "engnn"
+        pl = (engnn_pathloss_db(d) if o.layout == "engnn" else mpgnn_code_pathloss_db(d) if o.layout == "mpgnn_code"
               else p1411_pathloss_db(d, o.carrier_hz, o.antenna_height_m, o.antenna_height_m))
         gain_db = o.antenna_gain_db * eye - pl
-        gain_db += o.shadowing_db * normal(B, K, K)
+        if o.layout == "mpgnn_code":  # one shadowing per antenna (the draw X enters as -X: same law)
+            gain_db = gain_db[..., None] + o.shadowing_db * normal(B, K, K, Nt)
+        else:
+            gain_db = (gain_db + o.shadowing_db * normal(B, K, K))[..., None]
         amp = torch.exp(gain_db * (math.log(10.0) / 20.0) - 0.5 * math.log(2.0))  # sqrt(g s^2 / 2)
-        H = H * amp[..., None, None]
+        H = H * amp[..., None, :]
         inrange = torch.ones_like(d, dtype=torch.bool) if o.range_m is None else (d <= o.range_m) | eye
         power, noise = dbm_to_w(o.tx_power_dbm), o.noise_w()
     else:
