@@ -172,12 +172,18 @@ def edge_messages(params: WCGCNParams, sent: Tensor, const: Tensor, own: Tensor 
     return h
 
 
+#: lower clamp of the power-control pre-activation: sigmoid(-60) = 8.8e-27 > 0 in float32 and float64, so
+#: p_k > 0, sqrt(p_k) has a finite gradient and exp(60) does not overflow; outputs change only where y < -60
+SIGMOID_FLOOR = -60.0
+
+
 def node_update(params: WCGCNParams, x: Tensor, m: Tensor) -> Tensor:
     """x <- sigma(MLP2(x, m)) (eq. (8), outer part): power control x = [f(|h_kk|), w_k, p_k / P_max] gets the
     new p; beamforming x = [v_k, f(h_kk)] the new v with ||v|| <= 1.  x (..., n_x), m (..., d)."""
     y = params.mlp2(torch.cat([x, m], -1))
-    if params.mode == "pc":
-        return torch.cat([x[..., :2], 1.0 / (1.0 + torch.exp(-y))], -1)  # sigmoid (identical on any host size)
+    if params.mode == "pc":  # sigmoid (identical on any host size); y floored at SIGMOID_FLOOR so that exp(-y)
+        # cannot overflow (float32: y < -88.7 gave exp = inf, p = 0 and NaN gradients through 1/(1+inf) and sqrt(p))
+        return torch.cat([x[..., :2], 1.0 / (1.0 + torch.exp(-y.clamp_min(SIGMOID_FLOOR)))], -1)
     return torch.cat([ball(y), x[..., 2 * params.tx_antennas:]], -1)
 
 

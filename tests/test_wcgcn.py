@@ -241,3 +241,28 @@ def test_shipped_beamforming_model_follows_the_layout() -> None:
         assert shipped_for(s.net) == name
         hp = load_checkpoint(SHIPPED_MODELS[name])["hparams"]
         assert (hp["mode"], hp["tx_antennas"], hp["layers"]) == ("bf", 2, 3)
+
+
+def test_power_control_gradient_stays_finite_where_the_sigmoid_saturates() -> None:
+    """float32 power control with a pre-activation far below -88.7 (where exp(-y) overflowed): p_k equals the
+    closed form sigmoid(SIGMOID_FLOOR) > 0, and the gradient of sum sqrt(p_k) (what the beamformer uses) with
+    respect to every weight is finite.  Before the floor: p = 0 and NaN gradients (a resumed Fig. 3 run stopped on
+    one at step 14714).  Above the floor the output is the sigmoid (float64, 1e-15)."""
+    import math
+
+    from agents.wcgcn import SIGMOID_FLOOR, WCGCNParams, node_update
+
+    params = WCGCNParams(mode="pc", layers=1).float()
+    with torch.no_grad():
+        params.mlp2.linear[-1].bias.fill_(-1e4)
+    x, m = torch.rand(4, 7, 3), torch.rand(4, 7, 32)
+    p = node_update(params, x, m)[..., 2]
+    assert torch.allclose(p, torch.full_like(p, 1 / (1 + math.exp(-SIGMOID_FLOOR))), rtol=1e-6)
+    p.sqrt().sum().backward()
+    grads = [q.grad for q in params.parameters() if q.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    params64 = WCGCNParams(mode="pc", layers=1)
+    x64, m64 = x.double(), m.double()
+    y = params64.mlp2(torch.cat([x64, m64], -1))
+    assert float(y.min()) > SIGMOID_FLOOR
+    assert torch.allclose(node_update(params64, x64, m64)[..., 2:], torch.sigmoid(y), rtol=1e-15, atol=0)
