@@ -63,14 +63,11 @@ def test_table_6_beamforming_k1000() -> None:
 FIG3 = {"family": "interference", "layout": "gaussian", "n_pairs": 50, "snr_db": 10.0}
 
 
-@pytest.mark.parametrize("layers,iterations", [
-    pytest.param(1, 10, marks=pytest.mark.xfail(strict=True, reason="issue 10 open: 1 layer 6.7534 vs WMMSE@10 "
-                                                   "6.7558 bit/s/Hz (seeds 900+, 500 layouts; 6.473 vs 6.522 "
-                                                   "on 400+)")),
-    pytest.param(2, 30, marks=pytest.mark.xfail(strict=True, reason="issue 10 open: 2 layers 7.793 vs WMMSE@30 7.833 "
-                                                   "bit/s/Hz here (7.854 vs 7.666 on seeds 400+)")),
-])
+@pytest.mark.parametrize("layers,iterations", [(1, 10), (2, 30)])
 def test_fig_3_layers_vs_wmmse_iterations(layers: int, iterations: int) -> None:
-    """The WCGCN trained with ``layers`` layers against WMMSE stopped after ``iterations`` iterations (sum rate)."""
+    """Fig. 3's claim: the WCGCN trained with ``layers`` layers is at least WMMSE stopped after ``iterations``
+    iterations (sum rate; K = 50, 10 dB, WMMSE from full power), on held-out seeds 900+, 500 layouts.  Measured:
+    1 layer 6.7732 vs 6.7558 (+0.26 %), 2 layers 7.8401 vs 7.8328 (+0.09 %): narrow margins.  On the example's
+    seeds 400+ (200 layouts) the 1-layer model is still 0.17 % below (6.511 vs 6.522), the 2-layer one 2.9 % above."""
     r = tables.evaluate(FIG3, f"gauss_K50_10dB_L{layers}", 500, 900, 100, wmmse_rounds=(iterations,))
     assert r[f"wcgcn@{layers}"] >= r[f"wmmse@{iterations}"]
