@@ -162,6 +162,22 @@ def normalized_loss(wsr: dict[int, Tensor]) -> Tensor:
     return torch.stack(terms).mean()
 
 
+def mean_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
+    """The plain mean rate as a loss, scaled per minibatch:
+    J = -1/|L| sum_l (sum_n R_n^(l)) / |sum_n R_n^(l)|, the magnitude detached (J's value is always -1 like
+    (16)'s, so clipping values carry over; its gradient is that of the mean rate over the minibatch, each
+    sample weighed by its own rate rather than equally as in (16))."""
+    terms = []
+    for w in wsr.values():
+        total = w.sum()
+        terms.append(-(total / total.detach().abs().clamp_min(torch.finfo(w.dtype).tiny)))
+    return torch.stack(terms).mean()
+
+
+#: ``train.loss``: ``model`` (the learnable's own, ``LearnableSpec.loss``), or one of these
+LOSSES: dict[str, Loss] = {"normalized": normalized_loss, "mean_rate": mean_rate_loss}
+
+
 def batch_seed(seed: int, step: int) -> int:
     """Seed of minibatch ``step`` of a run with seed ``seed``: ``seed * 1_000_003 + step``."""
     return seed * 1_000_003 + step
@@ -552,12 +568,13 @@ def pool_sampler(scenario: Any, size: int, seed: int, precision: str = "double",
     return sample
 
 
-def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] | None = None
-                 ) -> tuple[Tensor, dict[int, Tensor]]:
+def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] | None = None,
+                 loss: str = "model") -> tuple[Tensor, dict[int, Tensor]]:
     """One differentiable forward pass of ``learn`` on a minibatch: (loss, {round: WSR (B,)}).
 
     Calls ``learn.observe(net)`` first; the loss is taken at the rounds ``layers_in_loss`` (default: the last;
-    a round outside 1..rounds is an :class:`OptionError` at ``train.layers_in_loss``).
+    a round outside 1..rounds is an :class:`OptionError` at ``train.layers_in_loss``).  ``loss``: ``model``
+    (the learnable's own) or a key of :data:`LOSSES`.
     Runs on ``net``'s device (the module is moved there).
     """
     learn.module.to(net.device)
@@ -568,8 +585,10 @@ def forward_loss(learn: Learnable, net: Network, air, layers_in_loss: list[int] 
     if bad:
         raise OptionError("train.layers_in_loss", f"rounds {bad} outside 1..{proto.rounds}; allowed: rounds "
                                                   f"1 ... {proto.rounds} of {learn.spec.name}")
+    if loss != "model" and loss not in LOSSES:
+        raise OptionError("train.loss", f"unknown loss {loss!r}; allowed: model, {', '.join(LOSSES)}")
     wsr = evaluate_rounds(proto, net, air, rounds)
-    return learn.loss(wsr), wsr
+    return (learn.loss if loss == "model" else LOSSES[loss])(wsr), wsr
 
 
 class TrainingDiverged(RuntimeError):

@@ -85,6 +85,9 @@ class TrainOptions(CrossChecked):
     optimizer: Literal["adamw", "rmsprop"] | None = Field(
         None, description="adamw (betas, weight_decay) | rmsprop (weight_decay); default: the model's, else adamw")
     layers_in_loss: list[int] | None = Field(None, description="rounds l in the loss set; default [L]")
+    loss: Literal["model", "normalized", "mean_rate"] = Field(
+        "model", description="model: the learnable's own loss (GCN-WMMSE: (16), normalized per sample); "
+        "normalized: (16); mean_rate: the minibatch's mean rate (dsim.learn.mean_rate_loss)")
     val_every: int = Field(100, ge=1)
     val_size: int = Field(500, ge=1, description="fixed validation realizations")
     train_samples: int | None = Field(None, ge=1, description="a fixed training set of this many realizations "
@@ -275,7 +278,7 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
             net, air = sample(opts.batch, batch_seed(seed, step))
             opt.zero_grad(set_to_none=True)
             try:
-                loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss)
+                loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss, opts.loss)
                 loss.backward()
             except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
                 save(step - 1)

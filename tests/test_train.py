@@ -265,3 +265,30 @@ def test_augment_needs_a_family_transform_and_a_fixed_set_and_keep_best_keeps_th
     learn = get_learnable("engnn", {"checkpoint": str(tmp_path / "ok" / "best.pt")})
     net, air = scenario_sampler(scenario)(4, batch_seed(3, -1))
     assert validate(learn, net, air) == max(vals)
+
+
+def test_loss_choices_have_their_closed_form_gradients():
+    """(16): dJ/dR_n = -1/(B |R_n|); mean_rate: dJ/dR_n = -1/|sum_m R_m|, the same for every sample."""
+    from dsim.learn import LOSSES
+
+    rates = torch.tensor([2.0, 5.0, 13.0], dtype=torch.float64)
+    for name, want in (("normalized", -1.0 / (3 * rates)), ("mean_rate", torch.full((3,), -1.0 / 20.0,
+                                                                                         dtype=torch.float64))):
+        r = rates.clone().requires_grad_(True)
+        value = LOSSES[name]({1: r})
+        value.backward()
+        assert float(value) == pytest.approx(-1.0, abs=1e-15)
+        assert torch.allclose(r.grad, want.to(r.grad.dtype), rtol=0, atol=1e-15), name
+
+
+def test_train_loss_option_changes_the_steps_and_rejects_unknown_names(tmp_path):
+    runs = {}
+    for name in ("model", "normalized", "mean_rate"):
+        learn = get_learnable("gcn_wmmse", _opts().options)
+        train(learn, sample, _opts(steps=2, loss=name), tmp_path / name, seed=3)
+        runs[name] = learn.module.state_dict()
+    # gcn_wmmse's own loss is (16): the same steps; the mean rate weighs samples differently: other steps
+    assert all(torch.equal(runs["model"][k], v) for k, v in runs["normalized"].items())
+    assert any(not torch.equal(runs["model"][k], v) for k, v in runs["mean_rate"].items())
+    with pytest.raises(ValidationError):
+        _opts(loss="bogus")
