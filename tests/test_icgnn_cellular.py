@@ -180,3 +180,15 @@ def test_wrong_antenna_count_is_one_clear_error():
 
 # local engine == Ray engine: tests/test_model_gnn.py::test_local_equals_ray (one actor pool for both families of
 # precoders) and tests/test_ray_engine.py (every registered protocol)
+
+
+def test_checkpoint_without_power_ref_nodes_loads_as_before(tmp_path):
+    """A checkpoint written before ``power_ref_nodes`` existed (hparams antennas, layers only) loads with 0, the
+    reading it was trained with; the option (a free hyper-parameter) may set another on it."""
+    params = _params()
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 0, "model": params.state_dict(), "hparams": {"antennas": 6, "layers": 2},
+                "meta": {}}, path)
+    assert MODEL.load(str(path)).power_ref_nodes == 0
+    opts = MODEL.options(checkpoint=str(path), power_ref_nodes=6)
+    assert MODEL.make(opts).power_ref_nodes == 6
