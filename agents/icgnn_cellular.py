@@ -6,8 +6,12 @@ N_r = ``ue_antennas``, the paper's h_{i,k} (y = h^H v) is the conjugate of row i
 
 Wireless virtual graph (Sec. III-B): one virtual node (VN) per (user k, receive antenna i), |V| = K N_r,
 complete directed graph without self-loops.  Node features x_i = [Re f(h_i), Im f(h_i)] (2 N_t reals)
-and Gamma_i = (p_i, lambda_i) / P_t; edge j -> i feature h_i (the receiver's channel: both its signal and
-its interference arrive through it, eq. (13)).  Layer (4a)-(4b), MAX aggregation:
+and Gamma_i = (p_i, lambda_i) / P_t, read by the layers as V Gamma_i / V_0 (the power in units of the equal
+share P_t / V, over a constant V_0 = ``power_ref_nodes``; :func:`target_features`): the paper's raw p, lambda
+(initially P_t / (K N_r), Sec. III-C) shift with the graph size, and a model trained at K N_r = 10 read them
+at K N_r = 6 or 3 as out-of-range inputs and fell back to equal power (README, "ICGNN cellular"); edge j -> i
+feature h_i (the receiver's channel: both its signal and its interference arrive through it, eq. (13)).
+Layer (4a)-(4b), MAX aggregation (Gamma standing for the features read):
 
     m_i = max_{j != i} M([x_j, Gamma_j, x_i]),     (s_p, s_lambda)_i = U([m_i, x_i, Gamma_i]) in (0, 1)^2
     p_i = P_t s_p,i / sum_j s_p,j,  lambda_i = P_t s_lambda,i / sum_j s_lambda,j              (17)
@@ -66,18 +70,33 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 100, "lr": 1e-3, "lr_decay_every": 1_0
 class ICGNNCellularParams(LearnedModule):
     """M {4 N_t + 2, 128, 256, 64} and U {2 N_t + 66, 128, 32, 2}, shared by all layers (SPECS §3).
 
+    ``power_ref_nodes`` (V_0) fixes the units of the target features (p, lambda) the layers read
+    (:func:`target_features`): 0 = the fraction of the budget (p, lambda) / P_t, whose equal-power value 1 / V
+    moves with the graph size (checkpoints written before it existed load with 0); V_0 > 0 = (p, lambda) /
+    (P_t / V) / V_0, the power in units of the equal share, 1 / V_0 at equal power for every V.  It does not
+    shape the parameters (a free hyper-parameter: ``power_ref_nodes`` in the options may change a checkpoint's).
+    A model trained with 0 at V_0 nodes reads with ``power_ref_nodes: V_0`` exactly the features it was trained
+    on at V_0 nodes, and size-invariant ones elsewhere.  Untrained models take 1 (:meth:`default_hparams`).
+
     Initialisation: PyTorch's default from ``seed``; parameters in float64."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("antennas", "layers")
+    hparam_names: ClassVar[tuple[str, ...]] = ("antennas", "layers", "power_ref_nodes")
+    free_hparams: ClassVar[tuple[str, ...]] = ("power_ref_nodes",)
 
-    def __init__(self, antennas: int = 16, layers: int = 2, seed: int = 0) -> None:
+    def __init__(self, antennas: int = 16, layers: int = 2, power_ref_nodes: int = 0, seed: int = 0) -> None:
         super().__init__()
-        self.antennas, self.layers = int(antennas), int(layers)
+        self.antennas, self.layers, self.power_ref_nodes = int(antennas), int(layers), int(power_ref_nodes)
         n = self.antennas
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.msg: nn.Module = MLP((4 * n + 2, 128, 256, 64), "tanh")
             self.upd: nn.Module = MLP((2 * n + 66, 128, 32, 2), "sigmoid")
+
+    @classmethod
+    def default_hparams(cls) -> dict:
+        """An untrained model reads size-invariant target features (``power_ref_nodes`` 1: V (p, lambda) / P_t);
+        the ``__init__`` default 0 is what a checkpoint without the key was trained with."""
+        return super().default_hparams() | {"power_ref_nodes": 1}
 
 
 # =============================================================================== the maths
@@ -89,15 +108,31 @@ def vn_features(G: Tensor, power: Tensor, noise: Tensor) -> Tensor:
     return torch.cat([torch.asinh(G.real * scale), torch.asinh(-G.imag * scale)], dim=-1)
 
 
+def target_features(gamma: Tensor, power_ref_nodes: int) -> Tensor:
+    """The target features the layers read from Gamma = (p, lambda) / P_t (..., V, 2): Gamma itself for
+    ``power_ref_nodes`` 0 (the paper's raw p, lambda of Sec. III-C up to the constant P_t; equal power = 1 / V),
+    else Gamma V / V_0 (equal power = 1 / V_0 whatever V).  (..., V, 2) -> (..., V, 2).
+
+    Why (measured, README "ICGNN cellular: why K = 3 collapsed"): with the budget fraction, a model trained at
+    V = 10 sees 1 / 6 or 1 / 3 at K = 3 (N_r = 2, 1), far outside what it was trained on; the update net's
+    sigmoids then all saturate near 1, (17) turns them into p = lambda = P_t / V for every node and (16)
+    reduces to equal-power regularised ZF (:func:`recover_precoders`)."""
+    if power_ref_nodes <= 0:
+        return gamma
+    return gamma * (gamma.shape[-2] / power_ref_nodes)
+
+
 def icgnn_layers(params: ICGNNCellularParams, x: Tensor) -> Tensor:
     """The ``params.layers`` ICGNN layers (4a)-(4b) with (17) from p = lambda = 1/V: x (..., V, 2 N_t) ->
-    Gamma (..., V, 2) = (p, lambda) / P_t, every column summing to 1 over the V nodes."""
+    Gamma (..., V, 2) = (p, lambda) / P_t, every column summing to 1 over the V nodes.  The nodes read their
+    target features in the units of :func:`target_features` (``params.power_ref_nodes``)."""
     V = x.shape[-2]
     gamma = torch.full(x.shape[:-1] + (2,), 1.0 / V, dtype=x.dtype, device=x.device)
     one = torch.ones(x.shape[:-2], dtype=x.dtype, device=x.device)
     edge = x.unsqueeze(-3).expand(*x.shape[:-2], V, V, x.shape[-1])            # [j, i] = x_i
+    ref = getattr(params, "power_ref_nodes", 0)
     for _ in range(params.layers):
-        node = torch.cat([x, gamma], dim=-1)
+        node = torch.cat([x, target_features(gamma, ref)], dim=-1)
         agg = pair_max_messages(params.msg, node, edge)
         gamma = update_nodes(params.upd, agg, node, one)
     return gamma
@@ -150,6 +185,9 @@ class ICGNNCellularOptions(BatchNormOptions):
 
     antennas: int | None = Field(None, ge=1, description="N_t; default: the checkpoint's (untrained: the scenario's)")
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained)")
+    power_ref_nodes: int | None = Field(None, ge=0, description="units of the target features (p, lambda): 0 = "
+                                        "fraction of P_t, V_0 > 0 = V (p, lambda) / (P_t V_0), size-invariant; "
+                                        "default: the checkpoint's (1 untrained)")
 
 
 class LICGNNOptions(ICGNNCellularOptions):

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from agents.icgnn import pair_max_messages, update_nodes
 from agents.icgnn_cellular import (
     LMODEL,
     MODEL,
+    ICGNNCellularParams,
     icgnn_cellular_protocol,
     icgnn_layers,
     recover_precoders,
@@ -78,24 +80,75 @@ def test_cg_recovery_equals_inverse_recovery():
     np.testing.assert_allclose(a[0, :, 2].numpy(), np.sqrt(p[0, 2].item()) * u / np.linalg.norm(u), rtol=1e-9)
 
 
-def test_layers_equal_per_node_loop():
-    """(4a)-(4b) + (17) written node by node: m_i = max_{j != i} M([x_j, Gamma_j, x_i]), U([m_i, x_i, Gamma_i])."""
+@pytest.mark.parametrize("ref", [0, 1, 10])
+def test_layers_equal_per_node_loop(ref):
+    """(4a)-(4b) + (17) written node by node: m_i = max_{j != i} M([x_j, c Gamma_j, x_i]), U([m_i, x_i, c Gamma_i]),
+    with c = 1 (power_ref_nodes 0: fraction of P_t) or c = V / V_0 (power in units of the equal share, / V_0)."""
     params = _params()
+    params.power_ref_nodes = ref
     ch = _channels(batch=2)
     G = ch.H[:, :, 0].reshape(2, -1, 6)
     V = G.shape[1]
+    c = 1.0 if ref == 0 else V / ref
     x = vn_features(G, torch.full((2,), 0.01, dtype=torch.float64), torch.full((2, V), 1e-13, dtype=torch.float64))
     got = icgnn_layers(params, x)
     gamma = torch.full((2, V, 2), 1.0 / V, dtype=torch.float64)
     for _ in range(params.layers):
         new = []
         for i in range(V):
-            msgs = [params.msg(torch.cat([x[:, j], gamma[:, j], x[:, i]], -1)) for j in range(V) if j != i]
+            msgs = [params.msg(torch.cat([x[:, j], c * gamma[:, j], x[:, i]], -1)) for j in range(V) if j != i]
             m = torch.stack(msgs).amax(0)
-            new.append(params.upd(torch.cat([m, x[:, i], gamma[:, i]], -1)))
+            new.append(params.upd(torch.cat([m, x[:, i], c * gamma[:, i]], -1)))
         s = torch.stack(new, 1)
         gamma = s / s.sum(1, keepdim=True)
     torch.testing.assert_close(got, gamma, rtol=1e-12, atol=1e-14)
+
+
+def test_equal_powers_give_equal_power_rzf():
+    """(16) with p = lambda = P_t / V for every node (what a saturated update net gives after (17)) is equal-power
+    regularised ZF, by the push-through identity (I + c H^H H)^-1 H^H = H^H (I + c H H^H)^-1, c = P_t / (V sigma^2):
+    column i of H^H (H H^H + V sigma^2 / P_t I)^-1, scaled to norm sqrt(P_t / V) -- computed here in numpy, also on
+    the square full-rank case V = N_t."""
+    for K, Nr, nt in ((3, 2, 6), (3, 1, 6), (2, 3, 6)):
+        ch = _channels(batch=3, ues_per_bs=K, ue_antennas=Nr, bs_antennas=nt, seed=K + Nr)
+        G = ch.H[:, :, 0].reshape(3, -1, nt)                                     # (B, V, N_t) rows h_i^H
+        V = G.shape[1]
+        P, s2 = 0.01, 10 ** (-12.5)
+        eq = torch.full((3, V), P / V, dtype=torch.float64)
+        got = recover_precoders(G, eq, eq, torch.full((3, V), s2, dtype=torch.float64)).numpy()
+        for b in range(3):
+            H = G[b].numpy()                                                     # (V, N_t)
+            W = H.conj().T @ np.linalg.inv(H @ H.conj().T + V * s2 / P * np.eye(V))
+            W = W / np.linalg.norm(W, axis=0, keepdims=True) * np.sqrt(P / V)
+            np.testing.assert_allclose(got[b], W, rtol=1e-8, atol=1e-12 * np.abs(W).max())
+
+
+def test_power_ref_nodes_reads_the_training_features_at_v0():
+    """A model read with power_ref_nodes V_0 gives at V = V_0 nodes exactly what it gives with 0 (the features it
+    was trained on), and elsewhere exactly what the 0-model gives on the features of the V_0 graph (Gamma V / V_0
+    fed as if it were the fraction of P_t): the size-invariant reading needs no retraining.  A checkpoint without
+    the key loads with 0; 'untrained' takes 1."""
+    params = _params()
+    ch = _channels(batch=2)                                                      # V = 6
+    G = ch.H[:, :, 0].reshape(2, -1, 6)
+    x = vn_features(G, torch.full((2,), 0.01, dtype=torch.float64), torch.full((2, 6), 1e-13, dtype=torch.float64))
+    params.power_ref_nodes = 0
+    legacy = icgnn_layers(params, x)
+    params.power_ref_nodes = 6
+    torch.testing.assert_close(icgnn_layers(params, x), legacy, rtol=0, atol=0)
+    params.power_ref_nodes = 10
+    got = icgnn_layers(params, x)
+    assert float((got - legacy).abs().max()) > 1e-6
+    # by hand with the 0-reading: the layers fed 0.6 * Gamma
+    one = torch.ones(2, dtype=torch.float64)
+    edge = x.unsqueeze(-3).expand(2, 6, 6, x.shape[-1])
+    gamma = torch.full((2, 6, 2), 1 / 6, dtype=torch.float64)
+    for _ in range(params.layers):
+        node = torch.cat([x, 0.6 * gamma], -1)
+        gamma = update_nodes(params.upd, pair_max_messages(params.msg, node, edge), node, one)
+    torch.testing.assert_close(got, gamma, rtol=0, atol=0)
+    assert ICGNNCellularParams(antennas=6).power_ref_nodes == 0
+    assert MODEL.learnable({"checkpoint": "untrained", "antennas": 6}).module.power_ref_nodes == 1
 
 
 @pytest.mark.parametrize("spec", [MODEL, LMODEL], ids=["icgnn_cellular", "licgnn"])
@@ -127,3 +180,15 @@ def test_wrong_antenna_count_is_one_clear_error():
 
 # local engine == Ray engine: tests/test_model_gnn.py::test_local_equals_ray (one actor pool for both families of
 # precoders) and tests/test_ray_engine.py (every registered protocol)
+
+
+def test_checkpoint_without_power_ref_nodes_loads_as_before(tmp_path):
+    """A checkpoint written before ``power_ref_nodes`` existed (hparams antennas, layers only) loads with 0, the
+    reading it was trained with; the option (a free hyper-parameter) may set another on it."""
+    params = _params()
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 0, "model": params.state_dict(), "hparams": {"antennas": 6, "layers": 2},
+                "meta": {}}, path)
+    assert MODEL.load(str(path)).power_ref_nodes == 0
+    opts = MODEL.options(checkpoint=str(path), power_ref_nodes=6)
+    assert MODEL.make(opts).power_ref_nodes == 6
