@@ -38,7 +38,10 @@ Features (chosen here; the paper gives no scaling, and the raw statistics are ~1
 * Channel features are given the AP-local SNR scaling  f(x) = asinh(x sqrt(P_t / sigma^2))  (P_t: the
   AP's budget, sigma^2 the noise power, both known at the AP): ~ linear in the received amplitude below
   the noise, ~ log (dB-like) above it, so the 70 dB of path-loss spread maps to [0, ~8].
-* Power features in units of the AP's budget: p_kl / P_t (initial 1/K, as the paper's p = 1/K).
+* Power features in units of the AP's budget: p_kl / P_t (initial 1/K, as the paper's p = 1/K), read by the
+  layers as :func:`power_reading`: unchanged (``power_ref_nodes`` 0, every checkpoint written before the option
+  existed) or K p_kl / (K_0 P_t) (``power_ref_nodes`` K_0 > 0: the power in units of the equal share P_t / K,
+  over a constant; 1 / K_0 at equal power for every K).
 The update network's output s_kl in (0, 1) gives p_kl = P_t s_kl / sum_i s_il (27), in W.
 
 Batch normalization: in training (local engine, ``module.train()``) batch statistics over all edges /
@@ -132,13 +135,19 @@ class MLP(nn.Module):
 
 class ICGNNParams(LearnedModule):
     """The trainable set Theta: per layer t a message net M_t {3,32,128,64} and an update net U_t
-    {66,128,32,1} (Sec. IV-B).  Initialization: PyTorch's default (Kaiming-uniform) from seed ``seed``."""
+    {66,128,32,1} (Sec. IV-B).  Initialization: PyTorch's default (Kaiming-uniform) from seed ``seed``.
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("layers",)
+    ``power_ref_nodes`` (K_0) fixes the units of the power feature the layers read (:func:`power_reading`):
+    0 = p_kl / P_t (equal power = 1 / K; checkpoints written before the option existed load with 0), K_0 > 0 =
+    K p_kl / (K_0 P_t) (equal power = 1 / K_0 whatever K).  It does not shape the parameters (a free
+    hyper-parameter: ``power_ref_nodes`` in the options may change a checkpoint's)."""
 
-    def __init__(self, layers: int = 2, seed: int = 0) -> None:
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "power_ref_nodes")
+    free_hparams: ClassVar[tuple[str, ...]] = ("power_ref_nodes",)
+
+    def __init__(self, layers: int = 2, power_ref_nodes: int = 0, seed: int = 0) -> None:
         super().__init__()
-        self.layers = layers
+        self.layers, self.power_ref_nodes = int(layers), int(power_ref_nodes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.msg = nn.ModuleList(MLP(MSG_UNITS, "tanh") for _ in range(layers))
@@ -158,6 +167,19 @@ def channel_features(mean: Tensor, second: Tensor, power: Tensor, noise_w: float
     a = torch.asinh(mean.diagonal(dim1=-2, dim2=-1).real * scale)
     interf = torch.asinh(second.clamp_min(0).sqrt().transpose(-1, -2) * scale[..., None])
     return a, interf
+
+
+def power_reading(frac: Tensor, nodes: int, power_ref_nodes: int) -> Tensor:
+    """The power features the ICGNN layers read, from ``frac`` = power / budget of each of the ``nodes`` nodes
+    that share one budget (cell-free: the K UEs of an AP, (27); cellular: the V = K N_r virtual nodes of a BS,
+    (17)): ``frac`` itself for ``power_ref_nodes`` 0 (the paper's raw powers up to the constant budget; equal
+    power = 1 / nodes, which moves with the graph size), else ``frac`` nodes / V_0 (the power in units of the
+    equal share budget / nodes, over the constant V_0 = ``power_ref_nodes``: equal power = 1 / V_0 for every
+    size).  Any shape -> the same shape.  A model trained with 0 at V_0 nodes reads with V_0 exactly the features
+    it was trained on at V_0 nodes (the factor is exactly 1.0 there)."""
+    if power_ref_nodes <= 0:
+        return frac
+    return frac * (nodes / power_ref_nodes)
 
 
 def _pairs(K: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -191,7 +213,8 @@ def update_nodes(upd: MLP, agg: Tensor, node: Tensor, budget: Tensor) -> Tensor:
 
 
 def premax_messages(msg: MLP, a: Tensor, p_rel: Tensor, interf: Tensor) -> Tensor:
-    """Step 1 at every AP of the block: mhat[.., m, :] = max_{k != m} M(a_kl, p_kl / P_t, I^m_kl).
+    """Step 1 at every AP of the block: mhat[.., m, :] = max_{k != m} M(a_kl, p_rel_kl, I^m_kl), p_rel the power
+    feature (:func:`power_reading` of p_kl / P_t).
 
     a, p_rel (B, n, K); interf (B, n, K, K) [k, m].  Returns (B, n, K, 64) (0 for K = 1: no in-edges).
     """
@@ -199,7 +222,8 @@ def premax_messages(msg: MLP, a: Tensor, p_rel: Tensor, interf: Tensor) -> Tenso
 
 
 def update_powers(upd: MLP, agg: Tensor, a: Tensor, p_rel: Tensor, power: Tensor) -> Tensor:
-    """Step 3 at every AP of the block: s = U(m_mj, a_mj, p_mj / P_t) in (0, 1), then (27).
+    """Step 3 at every AP of the block: s = U(m_mj, a_mj, p_rel_mj) in (0, 1) (p_rel: :func:`power_reading` of
+    p_mj / P_t), then (27).
 
     agg (B, n, K, 64), a / p_rel (B, n, K), power (B, n) [W] -> p (B, n, K) [W], sum_k p_kl = P_t.
     """
@@ -225,8 +249,10 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
         """0-based index of the layer (round - 1)."""
         return current_layer(block, params.layers, "icgnn") - 1
 
+    ref = getattr(params, "power_ref_nodes", 0)
+
     def send_msg(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
-        p_rel = block.state["p"] / block.local["power"][..., None]
+        p_rel = power_reading(block.state["p"] / block.local["power"][..., None], K, ref)
         pre = premax_messages(params.msg[layer_of(block)], block.state["a_feat"], p_rel, block.state["i_feat"])
         return {"m": ev.gather_src(pre)}
 
@@ -240,7 +266,7 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
 
     def ap_update(block: AgentBlock) -> None:
         power = block.local["power"]
-        p_rel = block.state["p"] / power[..., None]
+        p_rel = power_reading(block.state["p"] / power[..., None], K, ref)
         block.state["p"] = update_powers(params.upd[layer_of(block)], block.state["agg"], block.state["a_feat"],
                                          p_rel, power)
 
@@ -263,6 +289,8 @@ class ICGNNOptions(AdaptOptions, BatchNormOptions):
     (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's)."""
 
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained)")
+    power_ref_nodes: int | None = Field(None, ge=0, description="units of the power feature: 0 = p / P_t, K_0 > 0 = "
+                                        "K p / (K_0 P_t), size-invariant; default: the checkpoint's (0 untrained)")
     adapt_lr: float = Field(1e-4, gt=0, description="Adam lr of the adaptation steps (1e-4: on validation "
                             "configurations, seeds 8800+, 1e-3 lowered the shipped model by up to 2.7 points)")
 

@@ -50,7 +50,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from agents.icgnn import MLP, pair_max_messages, update_nodes
+from agents.icgnn import MLP, pair_max_messages, power_reading, update_nodes
 from agents.model_gnn import bs_precoding_protocol
 from agents.wmmse import SERVE
 from dsim.learn import BatchNormOptions, LearnableSpec, LearnedModule
@@ -117,9 +117,7 @@ def target_features(gamma: Tensor, power_ref_nodes: int) -> Tensor:
     V = 10 sees 1 / 6 or 1 / 3 at K = 3 (N_r = 2, 1), far outside what it was trained on; the update net's
     sigmoids then all saturate near 1, (17) turns them into p = lambda = P_t / V for every node and (16)
     reduces to equal-power regularised ZF (:func:`recover_precoders`)."""
-    if power_ref_nodes <= 0:
-        return gamma
-    return gamma * (gamma.shape[-2] / power_ref_nodes)
+    return power_reading(gamma, gamma.shape[-2], power_ref_nodes)
 
 
 def icgnn_layers(params: ICGNNCellularParams, x: Tensor) -> Tensor:

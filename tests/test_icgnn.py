@@ -69,7 +69,8 @@ def test_permutation_equivariance_and_power_constraint(shipped):
 def dense_icgnn(params, ch) -> torch.Tensor:
     """The paper's graph written out: KL virtual nodes v_kl (index k*L + l), an explicit edge list
     v_kl -> v_mj for all m != k and all l, j, one message per edge, scatter-amax onto the receivers, U,
-    (27).  Features from the raw channels (L-MMSE of eq. (22) per draw, Monte-Carlo moments)."""
+    (27).  Features from the raw channels (L-MMSE of eq. (22) per draw, Monte-Carlo moments); the power
+    feature p_kl / P_t, times K / K_0 when ``params.power_ref_nodes`` = K_0 > 0."""
     B, S, K, L, N = ch.h.shape
     noise, P = float(ch.noise_w), ch.power_w.to(torch.float64)
     rho = ch.ue_power_w
@@ -96,8 +97,9 @@ def dense_icgnn(params, ch) -> torch.Tensor:
     x_a = fa[:, node_l, node_k]                      # (B, KL)
     e_i = fi[:, node_l[src], node_k[dst], node_k[src]]  # (B, E): I^m_kl, sender (k,l), receiver UE m
     p = (P[node_l] / K).expand(B, K * L).clone()
+    ref = params.power_ref_nodes
     for t in range(params.layers):
-        p_rel = p / P[node_l]
+        p_rel = p / P[node_l] * (K / ref if ref > 0 else 1.0)
         msg = params.msg[t](torch.stack([x_a[:, src], p_rel[:, src], e_i], dim=-1))  # (B, E, 64)
         agg = torch.full((B, K * L, MSG_UNITS[-1]), -5.0, dtype=torch.float64)
         agg = agg.scatter_reduce(1, dst.reshape(1, -1, 1).expand_as(msg), msg, reduce="amax", include_self=False)
@@ -107,9 +109,13 @@ def dense_icgnn(params, ch) -> torch.Tensor:
     return p.reshape(B, K, L).transpose(1, 2)  # (B, L, K)
 
 
-def test_distributed_forward_equals_dense_graph(shipped):
+@pytest.mark.parametrize("ref", [0, 1, 3, 8])
+def test_distributed_forward_equals_dense_graph(shipped, ref):
+    """Also for every reading of the power feature (power_ref_nodes K_0: K p / (K_0 P_t))."""
     ch = _channels(n_aps=4, n_ues=3, seed=5)
     net, air = cellfree_network(ch)
+    shipped = copy.deepcopy(shipped)
+    shipped.power_ref_nodes = ref
     p, _ = _powers(icgnn_protocol(shipped, net), net, air)
     torch.testing.assert_close(p, dense_icgnn(shipped, ch), rtol=1e-12, atol=1e-15)
     # training mode: batch-norm statistics over the distinct messages == over the dense graph's edges
@@ -117,6 +123,41 @@ def test_distributed_forward_equals_dense_graph(shipped):
     pt, _ = _powers(icgnn_protocol(a_params, net), net, air)
     with torch.no_grad():
         torch.testing.assert_close(pt, dense_icgnn(b_params, ch), rtol=1e-9, atol=1e-12)
+
+
+def test_power_ref_nodes_equals_the_old_model_fed_rescaled_features(shipped, monkeypatch):
+    """power_ref_nodes K_0 is exactly the old reading (0) fed p / P_t times K / K_0 (atol 0), and at K = K_0 it is
+    bit-identical to the old reading; any other K_0 changes the powers."""
+    import agents.icgnn as icgnn
+
+    ch = _channels(n_aps=4, n_ues=3, seed=11)
+    net, air = cellfree_network(ch)
+    new = copy.deepcopy(shipped)
+    new.power_ref_nodes = 5
+    p_new, _ = _powers(icgnn_protocol(new, net), net, air)
+    p_old, _ = _powers(icgnn_protocol(shipped, net), net, air)
+    assert not torch.allclose(p_new, p_old, rtol=1e-3, atol=0)
+    orig_pre, orig_upd = icgnn.premax_messages, icgnn.update_powers
+    monkeypatch.setattr(icgnn, "premax_messages", lambda m, a, pr, i: orig_pre(m, a, pr * (3 / 5), i))
+    monkeypatch.setattr(icgnn, "update_powers", lambda u, g, a, pr, pw: orig_upd(u, g, a, pr * (3 / 5), pw))
+    p_fed, _ = _powers(icgnn_protocol(shipped, net), net, air)
+    torch.testing.assert_close(p_new, p_fed, rtol=0, atol=0)
+    monkeypatch.undo()
+    new.power_ref_nodes = 3
+    p_same, _ = _powers(icgnn_protocol(new, net), net, air)
+    assert torch.equal(p_same, p_old)
+
+
+def test_checkpoint_without_power_ref_nodes_loads_with_the_old_reading(tmp_path, shipped):
+    """A checkpoint written before ``power_ref_nodes`` existed (hparams: layers only) loads with 0 (p / P_t); the
+    option (a free hyper-parameter) may set another; an untrained model takes 0; the option round-trips."""
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 0, "model": shipped.state_dict(), "hparams": {"layers": 2},
+                "meta": {}}, path)
+    assert MODEL.load(str(path)).power_ref_nodes == 0
+    assert MODEL.make(MODEL.options(checkpoint=str(path), power_ref_nodes=5)).power_ref_nodes == 5
+    assert MODEL.make(MODEL.options(checkpoint="untrained")).power_ref_nodes == 0
+    assert MODEL.make(MODEL.options(checkpoint="untrained", power_ref_nodes=4)).hparams["power_ref_nodes"] == 4
 
 
 def test_fronthaul_ledger_per_layer(shipped):
