@@ -63,7 +63,9 @@ running statistics re-estimated on the same samples; wall time and samples go to
 checkpoints, adaptation and calibration are :mod:`dsim.learn`'s, declared by :data:`MODEL`.
 
 Shipped model (``checkpoint: shipped``, the default) ``agents/models/icgnn_general.pt``: trained across
-configurations to need no adaptation (``scenarios/train_icgnn_general.yaml``); the paper-style base model
+configurations to need no adaptation (``scenarios/train_icgnn_general.yaml``: stage 1
+``agents/models/icgnn_general_v1.pt`` (``scenarios/train_icgnn_general_v1.yaml``, old reading), then fine-tuned
+with ``power_ref_nodes`` 5, which it carries); the paper-style base model
 ``agents/models/icgnn_L7K5N2.pt`` (L = 7, N = 2, K = 5): ``scenarios/train_icgnn.yaml``.
 """
 

@@ -132,6 +132,8 @@ def test_power_ref_nodes_equals_the_old_model_fed_rescaled_features(shipped, mon
 
     ch = _channels(n_aps=4, n_ues=3, seed=11)
     net, air = cellfree_network(ch)
+    shipped = copy.deepcopy(shipped)
+    shipped.power_ref_nodes = 0
     new = copy.deepcopy(shipped)
     new.power_ref_nodes = 5
     p_new, _ = _powers(icgnn_protocol(new, net), net, air)
@@ -157,6 +159,9 @@ def test_checkpoint_without_power_ref_nodes_loads_with_the_old_reading(tmp_path,
     assert MODEL.load(str(path)).power_ref_nodes == 0
     assert MODEL.make(MODEL.options(checkpoint=str(path), power_ref_nodes=5)).power_ref_nodes == 5
     assert MODEL.make(MODEL.options(checkpoint="untrained")).power_ref_nodes == 0
+    # the shipped default is fine-tuned with K_0 = 5 (scenarios/train_icgnn_general.yaml); its stage 1 read p / P_t
+    assert MODEL.load("shipped").power_ref_nodes == 5
+    assert MODEL.load("agents/models/icgnn_general_v1.pt").power_ref_nodes == 0
     assert MODEL.make(MODEL.options(checkpoint="untrained", power_ref_nodes=4)).hparams["power_ref_nodes"] == 4
 
 
