@@ -17,15 +17,17 @@ monotone map, so no information is lost -- because the gains span ~80 dB and raw
 * Ex2 edge (10)-(11): g_mk = |h_{b,k}^H w_m| of Tx node m = (b, s) with its unit ZF beam w_m, as
   x_mk = ln(1 + P_b g_mk^2 / sigma_k^2), in the one-hot 3-slot vector [direct, intra-cell, inter-cell].
 * Ex3 edge: h_mk / sigma_k as f = (h / ||h||) ln(1 + P_m ||h||^2 / sigma_k^2), Re/Im split (19c): 2 N reals.
-  With ``frame: true`` (Ex3 only) the same map of c_mk = U_m^H h_mk, in BS m's own frame U_m
-  (:func:`coop_frame`): Gram-Schmidt of BS m's channels in the order of decreasing ||h_mk||.  A unitary per
-  BS, h_mk -> Q_m h_mk for every k (with v_mk -> Q_m v_mk), leaves every |sum_m h_mk^H v_mj| in (14) and every
+  With ``frame: gram_schmidt | eigen`` (Ex3 only) the same map of c_mk = U_m^H h_mk, in BS m's own frame
+  U_m (:func:`coop_frame`): 'gram_schmidt' orthonormalises BS m's channels in the order of decreasing
+  ||h_mk||; 'eigen' takes the eigenvectors of R_m = sum_k h_mk h_mk^H (decreasing eigenvalue), each with the
+  phase that makes the largest coordinate max_k |u_i^H h_mk| real positive.  A unitary per BS,
+  h_mk -> Q_m h_mk for every k (with v_mk -> Q_m v_mk), leaves every |sum_m h_mk^H v_mj| in (14) and every
   per-BS power (16) unchanged, and U_m(Q_m H_m) = Q_m U_m(H_m), so c_mk and the decision's rates are exactly
-  invariant to it; the read-out v'_mk is rotated back, v_mk = U_m v'_mk (unitary: the power is unchanged).  A
-  phase per UE common to all BSs (h_mk -> e^{j phi_k} h_mk for every m) is a symmetry too, but c_mk turns with
-  e^{j (phi_k - phi_(i))} on its i-th coordinate (phi_(i) the phase of the UE that set u_i): handled by the
-  data (fresh Rayleigh samples are invariant in law), not exactly; a phase per (BS, UE) link is no symmetry
-  under joint transmission.  The frame is computed by the BS from its own CSI: no message is added.
+  invariant to it; the read-out v'_mk is rotated back, v_mk = U_m v'_mk (unitary: the power is unchanged).
+  A phase per UE common to all BSs (h_mk -> e^{j phi_k} h_mk for every m) is a symmetry too, but c_mk turns
+  with it (its coordinates by e^{j (phi_k - phi_(i))}, phi_(i) the phase of the UE that fixed u_i): handled
+  by the data (fresh Rayleigh samples are invariant in law), not exactly; a phase per (BS, UE) link is no
+  symmetry under joint transmission.  The frame is computed by the BS from its own CSI: no message is added.
 
 Read-out and power normalisation (SPECS §4):
 * Ex2: logit of Tx node m = Re of (26c) on its direct edge E_{m, k(m)}; p = P_b softmax over BS b's slots,
@@ -94,6 +96,8 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10*
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
 #: per problem: (L, d_E, d_node, hidden, d_msg)
 SIZES = {"ex2": (1, 32, 16, 64, 32), "ex3": (2, 64, 32, 64, 64)}
+#: values of ``frame`` (module docstring)
+FRAMES = ("none", "gram_schmidt", "eigen")
 
 
 # =============================================================================== parameters
@@ -103,19 +107,21 @@ class ENGNNMulticellParams(LearnedModule):
 
     hparam_names: ClassVar[tuple[str, ...]] = ("bs_antennas", "layers", "d_edge", "d_node", "hidden", "d_msg",
                                                "frame")
-    #: ``frame`` changes the input coordinates, not the parameter set: a checkpoint trained without it may be
-    #: fine-tuned with it (a warm start: the same weights on the per-BS frame coordinates)
+    #: ``frame`` changes the input coordinates, not the parameter set: a checkpoint trained without it ('none')
+    #: may be fine-tuned with it (a warm start: the same weights on the per-BS frame coordinates)
     free_hparams: ClassVar[tuple[str, ...]] = ("frame",)
 
     def __init__(self, problem: str = "ex2", bs_antennas: int = 2, layers: int | None = None,
                  d_edge: int | None = None, d_node: int | None = None, hidden: int | None = None,
-                 d_msg: int | None = None, frame: bool = False, seed: int = 0) -> None:
+                 d_msg: int | None = None, frame: str = "none", seed: int = 0) -> None:
         super().__init__()
         if problem not in SIZES:
             raise ValueError(f"engnn multicell problem must be one of {', '.join(SIZES)}, got {problem!r}")
-        if frame and problem != "ex3":
-            raise ValueError("engnn multicell frame: true is for Ex3 (cooperative beamforming) only")
-        self.frame = bool(frame)
+        if frame not in FRAMES:
+            raise ValueError(f"engnn multicell frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+        if frame != "none" and problem != "ex3":
+            raise ValueError(f"engnn multicell frame: {frame} is for Ex3 (cooperative beamforming) only")
+        self.frame = str(frame)
         dflt = SIZES[problem]
         self.problem, self.bs_antennas = problem, int(bs_antennas)
         self.layers, self.d_edge, self.d_node, self.hidden, self.d_msg = (
@@ -131,7 +137,7 @@ class ENGNNEx2Params(ENGNNMulticellParams):
 
     def __init__(self, bs_antennas: int = 2, layers: int | None = None, d_edge: int | None = None,
                  d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None,
-                 frame: bool = False, seed: int = 0) -> None:
+                 frame: str = "none", seed: int = 0) -> None:
         super().__init__("ex2", bs_antennas, layers, d_edge, d_node, hidden, d_msg, frame, seed)
 
 
@@ -140,7 +146,7 @@ class ENGNNEx3Params(ENGNNMulticellParams):
 
     def __init__(self, bs_antennas: int = 2, layers: int | None = None, d_edge: int | None = None,
                  d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None,
-                 frame: bool = False, seed: int = 0) -> None:
+                 frame: str = "none", seed: int = 0) -> None:
         super().__init__("ex3", bs_antennas, layers, d_edge, d_node, hidden, d_msg, frame, seed)
 
 
@@ -162,11 +168,15 @@ def ex2_edge_features(H: Tensor, beams: Tensor, kind: Tensor, power: Tensor, noi
     return x[..., None] * one_hot
 
 
-def coop_frame(h: Tensor, mask: Tensor) -> Tensor:
-    """Per-BS frame of ``frame: true`` (module docstring): U_m = [u_1 .. u_N] (B, n, N, N) complex unitary.
+def coop_frame(h: Tensor, mask: Tensor, kind: str = "gram_schmidt") -> Tensor:
+    """Per-BS frame of ``frame: kind`` (module docstring): U_m = [u_1 .. u_N] (B, n, N, N) complex unitary.
 
     h (B, n, I, N) complex: column h_mk of BS m's channel to UE k; mask (B, n, I) bool: UE k in range of BS m.
-    The UEs in range are taken in the order of decreasing ||h_mk|| and Gram-Schmidt orthonormalised (twice per
+    'eigen': eigenvectors of R_m = sum_k h_mk h_mk^H over the UEs in range (left singular vectors of
+    [h_m1 .. h_mI]), decreasing eigenvalue; u_i's phase
+    makes u_i^H h_mk real positive for the UE k with the largest |u_i^H h_mk| (the best-conditioned choice;
+    none: the SVD's phase; a degenerate case, as equal eigenvalues).  'gram_schmidt': the UEs in range
+    are taken in the order of decreasing ||h_mk|| and Gram-Schmidt orthonormalised (twice per
     vector); a channel whose residual is below sqrt(eps) ||h_mk|| adds nothing.  With fewer than N vectors
     (fewer UEs in range than antennas, or collinear channels) the frame is completed with the standard basis
     vectors of largest residual (then no longer equivariant: a degenerate case).  U_m(Q_m h_m.) = Q_m U_m(h_m.)
@@ -178,6 +188,18 @@ def coop_frame(h: Tensor, mask: Tensor) -> Tensor:
     order = torch.argsort(key, dim=-1, descending=True, stable=True)
     hs = torch.gather(h, 2, order[..., None].expand(B, n, I, N))
     ms = torch.gather(mask, 2, order)
+    if kind == "eigen":
+        hm = torch.where(ms[..., None], hs, torch.zeros((), dtype=h.dtype, device=h.device))
+        # eigenvectors of R_m = X X^H, X = [h_m1 .. h_mI] (N, I): X's left singular vectors, decreasing (more
+        # accurate than eigh of R, whose eigenvalues span the square of the path-loss range)
+        U = torch.linalg.svd(hm.transpose(-1, -2), full_matrices=True)[0]
+        A = U.conj().transpose(-1, -2) @ hm.transpose(-1, -2)                  # u_i^H h_k (B, n, N, I)
+        mag = torch.where(ms[:, :, None, :], A.abs(), torch.full((), -1.0, dtype=real, device=h.device))
+        best = mag.argmax(-1)                                                  # (B, n, N): largest |u_i^H h_k|
+        a = torch.gather(A, -1, best[..., None])[..., 0]
+        one = torch.ones((), dtype=h.dtype, device=h.device)
+        ph = torch.where(a.abs() > 0, a / a.abs().clamp_min(torch.finfo(real).tiny).to(h.dtype), one)
+        return U * ph[..., None, :]                                            # u_i e^{j arg a_i}: u_i^H h real > 0
     U = h.new_zeros(B, n, N, N)
     count = torch.zeros(B, n, dtype=torch.int64, device=h.device)
 
@@ -213,7 +235,7 @@ def coop_frame(h: Tensor, mask: Tensor) -> Tensor:
 
 def ex3_edge_features(H: Tensor, power: Tensor, noise: Tensor, U: Tensor | None = None) -> Tensor:
     """h_mk / sigma_k on a log scale (module docstring), Re/Im split (19c): H (B, n, I, 1, M) rows h^H,
-    power (B, n), noise (B, n, I) -> (B, n, I, 2 M) real.  ``U`` (B, n, M, M) (``frame: true``): the map
+    power (B, n), noise (B, n, I) -> (B, n, I, 2 M) real.  ``U`` (B, n, M, M) (``frame``): the map
     is applied to the frame coordinates c_mk = U_m^H h_mk instead (same norm)."""
     h = H[:, :, :, 0, :].conj()
     if U is not None:
@@ -316,9 +338,10 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
         else:
             filled = torch.ones(block.n, 1, dtype=torch.bool, device=dev)
             Uf = None
-            if params.frame:
+            if params.frame != "none":
                 ev = block.edges[UL]
-                Uf = coop_frame(H[:, :, :, 0, :].conj(), _dense(ev.mask, ev.dst_local, ev.src, block.n, I))
+                Uf = coop_frame(H[:, :, :, 0, :].conj(), _dense(ev.mask, ev.dst_local, ev.src, block.n, I),
+                                params.frame)
                 block.state["U"] = Uf
             e_in = ex3_edge_features(H, loc["power"], loc["noise"], Uf)[:, :, None]      # (B, n, 1, I, 2M)
         block.state["filled"] = filled
@@ -421,8 +444,9 @@ class ENGNNMulticellOptions(LearnedOptions):
     d_node: int | None = Field(None, ge=1, description="node representation width")
     hidden: int | None = Field(None, ge=1, description="MLP hidden width")
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
-    frame: bool | None = Field(None, description="Ex3: features and read-out in each BS's own frame (module "
-                               "docstring); default: the checkpoint's (untrained: false)")
+    frame: Literal["none", "gram_schmidt", "eigen"] | None = Field(
+        None, description="Ex3: features and read-out in each BS's own frame (module docstring); default: the "
+        "checkpoint's (untrained: none)")
 
 
 def _spec(problem: Literal["ex2", "ex3"]) -> LearnableSpec:

@@ -103,10 +103,11 @@ def ex2_table(layouts: int = 200, seed: int = 100, samples: tuple[int, ...] = (2
 
 
 def ex3_generalisation(layouts: int = 100, seed: int = 200, ues: tuple[int, ...] = (2, 4, 6, 8),
-                       bss: tuple[int, ...] = (5, 6, 7, 8), figure: Path | None = None) -> dict[str, Any]:
-    """Ex3: the shipped ENGNN (M = 5, K = 2) at K = ``ues`` (M = 5) and M = ``bss`` (K = 2) vs coop_wmmse and
-    coop_gp (module docstring)."""
-    runs = {"engnn": ("engnn_ex3", {"checkpoint": "shipped"}, 2),
+                       bss: tuple[int, ...] = (5, 6, 7, 8), figure: Path | None = None,
+                       model: str = "shipped") -> dict[str, Any]:
+    """Ex3: the shipped ENGNN (M = 5, K = 2; ``model``: another checkpoint) at K = ``ues`` (M = 5) and
+    M = ``bss`` (K = 2) vs coop_wmmse and coop_gp (module docstring)."""
+    runs = {"engnn": ("engnn_ex3", {"checkpoint": model}, 2),
             "coop_wmmse": ("coop_wmmse", {"rounds": 200, "init": "mrt"}, 200),
             "coop_gp": ("coop_gp", {"rounds": 200}, 200)}
     rows = []
