@@ -5,8 +5,9 @@
   same beams, 100 iterations), in bit/s/Hz and % of the baseline; also equal power (the baseline's round 0)
   and plain ZF (channel-inversion power, ``zf``).  Paper: ENGNN 77.30-77.52 vs PGNN 73.89-75.12 (2-5 samples).
 * :func:`ex3_generalisation` -- Ex3 (cooperative beamforming, Sec. IV-C / Fig. 13-14): the shipped ENGNN
-  (trained at M = 5 BSs, K = 2 UEs) tested at K = 2..8 (M = 5) and M = 5..8 (K = 2), against
-  ``coop_wmmse`` (200 iterations, MRT start) and ``coop_gp`` (200 iterations), % of WMMSE.
+  models (trained at M = 5 BSs, K = 2 UEs: 'ex3', per-BS frame, and 'ex3_plain', absolute coordinates) tested
+  at K = 2..8 (M = 5) and M = 5..8 (K = 2), against ``coop_wmmse`` (200 iterations, MRT start) and ``coop_gp``
+  (200 iterations), % of WMMSE.
 
 Held-out layouts: seeds >= 100 (training used seed 7's streams; scenarios/train_engnn_ex*.yaml).  Each part
 returns {"rows": [...], "markdown": str, "figure": path or None}.
@@ -104,10 +105,11 @@ def ex2_table(layouts: int = 200, seed: int = 100, samples: tuple[int, ...] = (2
 
 def ex3_generalisation(layouts: int = 100, seed: int = 200, ues: tuple[int, ...] = (2, 4, 6, 8),
                        bss: tuple[int, ...] = (5, 6, 7, 8), figure: Path | None = None,
-                       model: str = "shipped") -> dict[str, Any]:
-    """Ex3: the shipped ENGNN (M = 5, K = 2; ``model``: another checkpoint) at K = ``ues`` (M = 5) and
-    M = ``bss`` (K = 2) vs coop_wmmse and coop_gp (module docstring)."""
+                       model: str = "shipped", plain: str = "shipped:ex3_plain") -> dict[str, Any]:
+    """Ex3: the shipped ENGNN models (M = 5, K = 2; ``model`` / ``plain``: other checkpoints) at K = ``ues``
+    (M = 5) and M = ``bss`` (K = 2) vs coop_wmmse and coop_gp (module docstring)."""
     runs = {"engnn": ("engnn_ex3", {"checkpoint": model}, 2),
+            "engnn_plain": ("engnn_ex3", {"checkpoint": plain}, 2),
             "coop_wmmse": ("coop_wmmse", {"rounds": 200, "init": "mrt"}, 200),
             "coop_gp": ("coop_gp", {"rounds": 200}, 200)}
     rows = []
@@ -116,18 +118,21 @@ def ex3_generalisation(layouts: int = 100, seed: int = 200, ues: tuple[int, ...]
         res = mean_rates(scn, runs, layouts, seed + 1000 * i, desc=f"Ex3 {axis}={val}")
         rows.append({"vary": axis, "M": scn["n_bs"], "K": scn["n_ue"], **res,
                      "engnn_pct_of_wmmse": 100 * res["engnn"] / res["coop_wmmse"],
+                     "engnn_plain_pct_of_wmmse": 100 * res["engnn_plain"] / res["coop_wmmse"],
                      "gp_pct_of_wmmse": 100 * res["coop_gp"] / res["coop_wmmse"]})
     md = [f"Ex3 generalisation, {layouts} held-out layouts per point (seeds {seed}+), N = 2, ENGNN trained at "
-          "M = 5, K = 2; bit/s/Hz.", "", "| M | K | ENGNN | WMMSE | GP | ENGNN % of WMMSE | GP % of WMMSE |",
-          "|---:|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['M']} | {r['K']} | {r['engnn']:.2f} | {r['coop_wmmse']:.2f} | {r['coop_gp']:.2f} | "
-           f"{r['engnn_pct_of_wmmse']:.1f} | {r['gp_pct_of_wmmse']:.1f} |" for r in rows]
+          "M = 5, K = 2 (frame: the per-BS-frame model; plain: absolute coordinates); bit/s/Hz.", "",
+          "| M | K | ENGNN frame | ENGNN plain | WMMSE | GP | frame % of WMMSE | plain % | GP % |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['M']} | {r['K']} | {r['engnn']:.2f} | {r['engnn_plain']:.2f} | {r['coop_wmmse']:.2f} | "
+           f"{r['coop_gp']:.2f} | {r['engnn_pct_of_wmmse']:.1f} | {r['engnn_plain_pct_of_wmmse']:.1f} | "
+           f"{r['gp_pct_of_wmmse']:.1f} |" for r in rows]
 
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
         for ax, axis, key in ((axes[0], "K", "K"), (axes[1], "M", "M")):
             sel = [r for r in rows if r["vary"] == axis]
-            for label, st in (("engnn", "o-"), ("coop_wmmse", "s--"), ("coop_gp", "^:")):
+            for label, st in (("engnn", "o-"), ("engnn_plain", "v-"), ("coop_wmmse", "s--"), ("coop_gp", "^:")):
                 ax.plot([r[key] for r in sel], [r[label] for r in sel], st, label=label)
             ax.set_xlabel(f"{'UEs K (M = 5)' if axis == 'K' else 'BSs M (K = 2)'}")
             ax.set_ylabel("sum rate [bit/s/Hz]")

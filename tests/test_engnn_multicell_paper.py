@@ -40,7 +40,8 @@ def test_ex3_faster_than_wmmse_per_sample(ex3_bench: dict[str, float]) -> None:
     assert ex3_bench["speedup"] > 1.0, ex3_bench
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped Ex3 model (12 000 CPU steps) reaches 95.0 % of WMMSE on these "
-                   "layouts (seeds 100+); the paper's model trained 50 000 GPU steps")
 def test_ex3_within_3_percent_of_wmmse(ex3_bench: dict[str, float]) -> None:
+    """The shipped per-BS-frame model (scenarios/train_engnn_ex3.yaml) reaches 98.3 % of WMMSE on these
+    layouts (seeds 100+, 100 layouts): margin 1.3 points (the absolute-coordinate model it was fine-tuned
+    from, shipped:ex3_plain, reached 95.0 %)."""
     assert ex3_bench["pct"] >= 97.0, ex3_bench

@@ -48,7 +48,7 @@ EXPECTED = {
               **{f"shipped:gauss_K50_10dB_L{n}": f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)}},
     "engnn": {"shipped": "engnn_ex1_1000.pt", **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}},
     "engnn_ex2": {"shipped": "engnn_ex2_n10.pt", **{f"shipped:ex2_n{n}": f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}},
-    "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt"},
+    "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt", "shipped:ex3_plain": "engnn_ex3_plain.pt"},
     "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt",
                   "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt",
                   "shipped:L7v1": "gcn_wmmse_L7_v1.pt"},
