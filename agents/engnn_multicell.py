@@ -52,7 +52,8 @@ Both directions are counted per (BS, UE) edge in the ledger.  At the last layer 
 needs is computed (E^(L); the node updates reach no decision); the messages are the same in every layer.
 
 Training: ``python -m dsim train scenarios/train_engnn_ex2_n{2,5,10}.yaml`` / ``train_engnn_ex3_plain.yaml``
-(stage 1, frame: none) then ``train_engnn_ex3.yaml`` (stage 2, frame: eigen) (loss -mean sum rate in nat/Hz).
+(stage 1, frame: none), ``train_engnn_ex3_k2.yaml`` (stage 2, frame: eigen) then ``train_engnn_ex3.yaml``
+(stage 3, K = 2..8) (loss -mean sum rate in nat/Hz).
 """
 
 from __future__ import annotations
@@ -90,9 +91,11 @@ Tensor = torch.Tensor
 DL = "bs>ue"
 MODELS = Path(__file__).resolve().parent / "models"
 SHIPPED_EX2 = {f"ex2_n{n}": MODELS / f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}
-#: 'ex3': the per-BS-frame model (frame: eigen, the default); 'ex3_plain': the absolute-coordinate model it was
-#: fine-tuned from (shipped as engnn_ex3.pt until session 9; generalises better to more UEs, README)
-SHIPPED_EX3 = {"ex3": MODELS / "engnn_ex3.pt", "ex3_plain": MODELS / "engnn_ex3_plain.pt"}
+#: 'ex3' (the default): per-BS frame (frame: eigen), trained at K = 2 then K = 2..8; 'ex3_k2': the same trained at
+#: K = 2 only (what 'ex3' was fine-tuned from); 'ex3_plain': absolute coordinates, K = 2 (what 'ex3_k2' was
+#: fine-tuned from; the shipped engnn_ex3.pt until session 9).  README: "ENGNN on the multicell family".
+SHIPPED_EX3 = {"ex3": MODELS / "engnn_ex3.pt", "ex3_k2": MODELS / "engnn_ex3_k2.pt",
+               "ex3_plain": MODELS / "engnn_ex3_plain.pt"}
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256, no lr decay
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10**9, "lr_decay": 1.0,
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
@@ -457,7 +460,8 @@ def _spec(problem: Literal["ex2", "ex3"]) -> LearnableSpec:
     recipe = "scenarios/train_engnn_ex2_n10.yaml" if problem == "ex2" else "scenarios/train_engnn_ex3.yaml"
 
     params = ENGNNEx2Params if problem == "ex2" else ENGNNEx3Params
-    recipes = {} if problem == "ex2" else {"ex3_plain": "scenarios/train_engnn_ex3_plain.yaml"}
+    recipes = {} if problem == "ex2" else {"ex3_plain": "scenarios/train_engnn_ex3_plain.yaml",
+                                           "ex3_k2": "scenarios/train_engnn_ex3_k2.yaml"}
     return LearnableSpec(f"engnn_{problem}", params, ENGNNMulticellOptions,
                          lambda params, net, opts: engnn_multicell_protocol(params, net), shipped[default], recipe,
                          TRAIN_DEFAULTS, loss=loss_sum_rate, named=shipped, recipes=recipes)
@@ -479,4 +483,5 @@ def _register(problem: Literal["ex2", "ex3"], summary: str) -> LearnableSpec:
 MODEL_EX2 = _register("ex2", "ENGNN Ex2: power allocation over fixed ZF beams (L = 1, d_E = 32, softmax x P_b); "
                              "checkpoint shipped|shipped:ex2_n{2,5,10}|untrained|PATH")
 MODEL_EX3 = _register("ex3", "ENGNN Ex3: cooperative beamforming, every BS serves every UE (L = 2, d_E = 64, "
-                             "per-BS power scaling); checkpoint shipped|shipped:ex3|shipped:ex3_plain|untrained|PATH")
+                             "per-BS power scaling); checkpoint shipped|shipped:ex3|shipped:ex3_k2|shipped:ex3_plain|"
+                             "untrained|PATH")
