@@ -17,6 +17,17 @@ monotone map, so no information is lost -- because the gains span ~80 dB and raw
 * Ex2 edge (10)-(11): g_mk = |h_{b,k}^H w_m| of Tx node m = (b, s) with its unit ZF beam w_m, as
   x_mk = ln(1 + P_b g_mk^2 / sigma_k^2), in the one-hot 3-slot vector [direct, intra-cell, inter-cell].
 * Ex3 edge: h_mk / sigma_k as f = (h / ||h||) ln(1 + P_m ||h||^2 / sigma_k^2), Re/Im split (19c): 2 N reals.
+  With ``frame: gram_schmidt | eigen`` (Ex3 only) the same map of c_mk = U_m^H h_mk, in BS m's own frame
+  U_m (:func:`coop_frame`): 'gram_schmidt' orthonormalises BS m's channels in the order of decreasing
+  ||h_mk||; 'eigen' takes the eigenvectors of R_m = sum_k h_mk h_mk^H (decreasing eigenvalue), each with the
+  phase that makes the largest coordinate max_k |u_i^H h_mk| real positive.  A unitary per BS,
+  h_mk -> Q_m h_mk for every k (with v_mk -> Q_m v_mk), leaves every |sum_m h_mk^H v_mj| in (14) and every
+  per-BS power (16) unchanged, and U_m(Q_m H_m) = Q_m U_m(H_m), so c_mk and the decision's rates are exactly
+  invariant to it; the read-out v'_mk is rotated back, v_mk = U_m v'_mk (unitary: the power is unchanged).
+  A phase per UE common to all BSs (h_mk -> e^{j phi_k} h_mk for every m) is a symmetry too, but c_mk turns
+  with it (its coordinates by e^{j (phi_k - phi_(i))}, phi_(i) the phase of the UE that fixed u_i): handled
+  by the data (fresh Rayleigh samples are invariant in law), not exactly; a phase per (BS, UE) link is no
+  symmetry under joint transmission.  The frame is computed by the BS from its own CSI: no message is added.
 
 Read-out and power normalisation (SPECS §4):
 * Ex2: logit of Tx node m = Re of (26c) on its direct edge E_{m, k(m)}; p = P_b softmax over BS b's slots,
@@ -40,12 +51,14 @@ channels to every UE, by reciprocity, and its own beams), UE k holds f_rx,k:
 Both directions are counted per (BS, UE) edge in the ledger.  At the last layer only what the edge read-out
 needs is computed (E^(L); the node updates reach no decision); the messages are the same in every layer.
 
-Training: ``python -m dsim train scenarios/train_engnn_ex2_n{2,5,10}.yaml`` / ``train_engnn_ex3.yaml``
-(RMSProp lr 1e-4, the paper's; loss -mean sum rate in nat/Hz).
+Training: ``python -m dsim train scenarios/train_engnn_ex2_n{2,5,10}.yaml`` / ``train_engnn_ex3_plain.yaml``
+(stage 1, frame: none), ``train_engnn_ex3_k2.yaml`` (stage 2, frame: eigen) then ``train_engnn_ex3.yaml``
+(stage 3, K = 2..8) (loss -mean sum rate in nat/Hz).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -78,12 +91,18 @@ Tensor = torch.Tensor
 DL = "bs>ue"
 MODELS = Path(__file__).resolve().parent / "models"
 SHIPPED_EX2 = {f"ex2_n{n}": MODELS / f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}
-SHIPPED_EX3 = {"ex3": MODELS / "engnn_ex3.pt"}
+#: 'ex3' (the default): per-BS frame (frame: eigen), trained at K = 2 then K = 2..8; 'ex3_k2': the same trained at
+#: K = 2 only (what 'ex3' was fine-tuned from); 'ex3_plain': absolute coordinates, K = 2 (what 'ex3_k2' was
+#: fine-tuned from; the shipped engnn_ex3.pt until session 9).  README: "ENGNN on the multicell family".
+SHIPPED_EX3 = {"ex3": MODELS / "engnn_ex3.pt", "ex3_k2": MODELS / "engnn_ex3_k2.pt",
+               "ex3_plain": MODELS / "engnn_ex3_plain.pt"}
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256, no lr decay
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 256, "lr": 1e-4, "lr_decay_every": 10**9, "lr_decay": 1.0,
                   "betas": (0.9, 0.999), "weight_decay": 0.0, "clip": 100.0, "optimizer": "rmsprop"}
 #: per problem: (L, d_E, d_node, hidden, d_msg)
 SIZES = {"ex2": (1, 32, 16, 64, 32), "ex3": (2, 64, 32, 64, 64)}
+#: values of ``frame`` (module docstring)
+FRAMES = ("none", "gram_schmidt", "eigen")
 
 
 # =============================================================================== parameters
@@ -91,14 +110,23 @@ class ENGNNMulticellParams(LearnedModule):
     """An :class:`agents.engnn.ENGNNCore` for Ex2 (edge input 3, read-out 1 complex of which the real part is
     the logit) or Ex3 (edge input 2 N, read-out N complex)."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("bs_antennas", "layers", "d_edge", "d_node", "hidden", "d_msg")
+    hparam_names: ClassVar[tuple[str, ...]] = ("bs_antennas", "layers", "d_edge", "d_node", "hidden", "d_msg",
+                                               "frame")
+    #: ``frame`` changes the input coordinates, not the parameter set: a checkpoint trained without it ('none')
+    #: may be fine-tuned with it (a warm start: the same weights on the per-BS frame coordinates)
+    free_hparams: ClassVar[tuple[str, ...]] = ("frame",)
 
     def __init__(self, problem: str = "ex2", bs_antennas: int = 2, layers: int | None = None,
                  d_edge: int | None = None, d_node: int | None = None, hidden: int | None = None,
-                 d_msg: int | None = None, seed: int = 0) -> None:
+                 d_msg: int | None = None, frame: str = "none", seed: int = 0) -> None:
         super().__init__()
         if problem not in SIZES:
             raise ValueError(f"engnn multicell problem must be one of {', '.join(SIZES)}, got {problem!r}")
+        if frame not in FRAMES:
+            raise ValueError(f"engnn multicell frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+        if frame != "none" and problem != "ex3":
+            raise ValueError(f"engnn multicell frame: {frame} is for Ex3 (cooperative beamforming) only")
+        self.frame = str(frame)
         dflt = SIZES[problem]
         self.problem, self.bs_antennas = problem, int(bs_antennas)
         self.layers, self.d_edge, self.d_node, self.hidden, self.d_msg = (
@@ -113,16 +141,18 @@ class ENGNNEx2Params(ENGNNMulticellParams):
     """Ex2 parameters (untrained default: the paper's Ex2 sizes)."""
 
     def __init__(self, bs_antennas: int = 2, layers: int | None = None, d_edge: int | None = None,
-                 d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None, seed: int = 0) -> None:
-        super().__init__("ex2", bs_antennas, layers, d_edge, d_node, hidden, d_msg, seed)
+                 d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None,
+                 frame: str = "none", seed: int = 0) -> None:
+        super().__init__("ex2", bs_antennas, layers, d_edge, d_node, hidden, d_msg, frame, seed)
 
 
 class ENGNNEx3Params(ENGNNMulticellParams):
     """Ex3 parameters (untrained default: the paper's Ex3 sizes)."""
 
     def __init__(self, bs_antennas: int = 2, layers: int | None = None, d_edge: int | None = None,
-                 d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None, seed: int = 0) -> None:
-        super().__init__("ex3", bs_antennas, layers, d_edge, d_node, hidden, d_msg, seed)
+                 d_node: int | None = None, hidden: int | None = None, d_msg: int | None = None,
+                 frame: str = "none", seed: int = 0) -> None:
+        super().__init__("ex3", bs_antennas, layers, d_edge, d_node, hidden, d_msg, frame, seed)
 
 
 # =============================================================================== features, read-outs
@@ -143,10 +173,78 @@ def ex2_edge_features(H: Tensor, beams: Tensor, kind: Tensor, power: Tensor, noi
     return x[..., None] * one_hot
 
 
-def ex3_edge_features(H: Tensor, power: Tensor, noise: Tensor) -> Tensor:
+def coop_frame(h: Tensor, mask: Tensor, kind: str = "gram_schmidt") -> Tensor:
+    """Per-BS frame of ``frame: kind`` (module docstring): U_m = [u_1 .. u_N] (B, n, N, N) complex unitary.
+
+    h (B, n, I, N) complex: column h_mk of BS m's channel to UE k; mask (B, n, I) bool: UE k in range of BS m.
+    'eigen': eigenvectors of R_m = sum_k h_mk h_mk^H over the UEs in range (left singular vectors of
+    [h_m1 .. h_mI]), decreasing eigenvalue; u_i's phase
+    makes u_i^H h_mk real positive for the UE k with the largest |u_i^H h_mk| (the best-conditioned choice;
+    none: the SVD's phase; a degenerate case, as equal eigenvalues).  'gram_schmidt': the UEs in range
+    are taken in the order of decreasing ||h_mk|| and Gram-Schmidt orthonormalised (twice per
+    vector); a channel whose residual is below sqrt(eps) ||h_mk|| adds nothing.  With fewer than N vectors
+    (fewer UEs in range than antennas, or collinear channels) the frame is completed with the standard basis
+    vectors of largest residual (then no longer equivariant: a degenerate case).  U_m(Q_m h_m.) = Q_m U_m(h_m.)
+    for every unitary Q_m, and relabelling the UEs leaves U_m unchanged (except at exact ties of ||h_mk||)."""
+    B, n, I, N = h.shape
+    real = h.real.dtype
+    tol = math.sqrt(torch.finfo(real).eps)
+    key = torch.where(mask, (h.abs() ** 2).sum(-1), torch.full((), -1.0, dtype=real, device=h.device))
+    order = torch.argsort(key, dim=-1, descending=True, stable=True)
+    hs = torch.gather(h, 2, order[..., None].expand(B, n, I, N))
+    ms = torch.gather(mask, 2, order)
+    if kind == "eigen":
+        hm = torch.where(ms[..., None], hs, torch.zeros((), dtype=h.dtype, device=h.device))
+        # eigenvectors of R_m = X X^H, X = [h_m1 .. h_mI] (N, I): X's left singular vectors, decreasing (more
+        # accurate than eigh of R, whose eigenvalues span the square of the path-loss range)
+        U = torch.linalg.svd(hm.transpose(-1, -2), full_matrices=True)[0]
+        A = U.conj().transpose(-1, -2) @ hm.transpose(-1, -2)                  # u_i^H h_k (B, n, N, I)
+        mag = torch.where(ms[:, :, None, :], A.abs(), torch.full((), -1.0, dtype=real, device=h.device))
+        best = mag.argmax(-1)                                                  # (B, n, N): largest |u_i^H h_k|
+        a = torch.gather(A, -1, best[..., None])[..., 0]
+        one = torch.ones((), dtype=h.dtype, device=h.device)
+        ph = torch.where(a.abs() > 0, a / a.abs().clamp_min(torch.finfo(real).tiny).to(h.dtype), one)
+        return U * ph[..., None, :]                                            # u_i e^{j arg a_i}: u_i^H h real > 0
+    U = h.new_zeros(B, n, N, N)
+    count = torch.zeros(B, n, dtype=torch.int64, device=h.device)
+
+    def orth(w: Tensor) -> Tensor:  # w (B, n, N) minus its components on the columns of U (twice)
+        for _ in range(2):
+            w = w - (U @ (U.conj().transpose(-1, -2) @ w[..., None]))[..., 0]
+        return w
+
+    def put(U: Tensor, w: Tensor, take: Tensor) -> Tensor:  # column `count` := w / ||w|| where take
+        rn = torch.linalg.vector_norm(w, dim=-1)
+        col = nn.functional.one_hot(count.clamp(max=N - 1), N).bool() & take[..., None]   # (B, n, N)
+        u = w / rn.clamp_min(torch.finfo(real).tiny)[..., None].to(w.dtype)
+        return torch.where(col[..., None, :], u[..., :, None], U)
+
+    for j in range(I):
+        w = orth(hs[:, :, j])
+        hn = torch.linalg.vector_norm(hs[:, :, j], dim=-1)
+        take = ms[:, :, j] & (count < N) & (torch.linalg.vector_norm(w, dim=-1) > tol * hn) & (hn > 0)
+        U = put(U, w, take)
+        count = count + take.long()
+    eye = torch.eye(N, dtype=h.dtype, device=h.device)
+    for _ in range(N):
+        take = count < N
+        if not bool(take.any()):
+            break
+        res = eye - U @ (U.conj().transpose(-1, -2) @ eye)                    # (B, n, N, N): residual of e_i
+        best = torch.linalg.vector_norm(res, dim=-2).argmax(-1)                 # (B, n)
+        w = orth(torch.gather(res, -1, best[..., None, None].expand(B, n, N, 1))[..., 0])
+        U = put(U, w, take)
+        count = count + take.long()
+    return U
+
+
+def ex3_edge_features(H: Tensor, power: Tensor, noise: Tensor, U: Tensor | None = None) -> Tensor:
     """h_mk / sigma_k on a log scale (module docstring), Re/Im split (19c): H (B, n, I, 1, M) rows h^H,
-    power (B, n), noise (B, n, I) -> (B, n, I, 2 M) real."""
+    power (B, n), noise (B, n, I) -> (B, n, I, 2 M) real.  ``U`` (B, n, M, M) (``frame``): the map
+    is applied to the frame coordinates c_mk = U_m^H h_mk instead (same norm)."""
     h = H[:, :, :, 0, :].conj()
+    if U is not None:
+        h = (U.conj().transpose(-1, -2)[:, :, None] @ h[..., None])[..., 0]
     g2 = (h.abs() ** 2).sum(-1)
     mag = log_snr(g2, power[..., None], noise) / g2.sqrt().clamp_min(torch.finfo(g2.dtype).tiny)
     return as_reals(h * mag[..., None].to(h.dtype))
@@ -218,6 +316,8 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
         else:
             ev = block.edges[UL]
             v = post_edge(core, E.reshape(B, block.n, I, d_edge)).to(block.info["dtype"])     # (B, n, I, N)
+            if "U" in block.state:  # frame: v'_mk in BS m's frame -> v_mk = U_m v'_mk
+                v = (block.state["U"][:, :, None] @ v[..., None])[..., 0]
             v = per_bs_full_power(v, block.state["mask"], loc["power"])
             block.state["V"] = v[:, ev.dst_local, ev.src][..., None]                          # (B, E, M, 1)
 
@@ -242,7 +342,13 @@ def engnn_multicell_protocol(params: ENGNNMulticellParams, net: Network) -> Prot
             block.state["beams_s"] = beams_s
         else:
             filled = torch.ones(block.n, 1, dtype=torch.bool, device=dev)
-            e_in = ex3_edge_features(H, loc["power"], loc["noise"])[:, :, None]          # (B, n, 1, I, 2M)
+            Uf = None
+            if params.frame != "none":
+                ev = block.edges[UL]
+                Uf = coop_frame(H[:, :, :, 0, :].conj(), _dense(ev.mask, ev.dst_local, ev.src, block.n, I),
+                                params.frame)
+                block.state["U"] = Uf
+            e_in = ex3_edge_features(H, loc["power"], loc["noise"], Uf)[:, :, None]      # (B, n, 1, I, 2M)
         block.state["filled"] = filled
         mask = tx_mask(block).reshape(B, block.n * U, I)
         f_tx_in = loc["power"][:, :, None, None].expand(B, block.n, U, 1).reshape(B, block.n * U, 1)
@@ -343,6 +449,9 @@ class ENGNNMulticellOptions(LearnedOptions):
     d_node: int | None = Field(None, ge=1, description="node representation width")
     hidden: int | None = Field(None, ge=1, description="MLP hidden width")
     d_msg: int | None = Field(None, ge=1, description="width of the aggregated MLP outputs (and the Rx reply)")
+    frame: Literal["none", "gram_schmidt", "eigen"] | None = Field(
+        None, description="Ex3: features and read-out in each BS's own frame (module docstring); default: the "
+        "checkpoint's (untrained: none)")
 
 
 def _spec(problem: Literal["ex2", "ex3"]) -> LearnableSpec:
@@ -351,9 +460,11 @@ def _spec(problem: Literal["ex2", "ex3"]) -> LearnableSpec:
     recipe = "scenarios/train_engnn_ex2_n10.yaml" if problem == "ex2" else "scenarios/train_engnn_ex3.yaml"
 
     params = ENGNNEx2Params if problem == "ex2" else ENGNNEx3Params
+    recipes = {} if problem == "ex2" else {"ex3_plain": "scenarios/train_engnn_ex3_plain.yaml",
+                                           "ex3_k2": "scenarios/train_engnn_ex3_k2.yaml"}
     return LearnableSpec(f"engnn_{problem}", params, ENGNNMulticellOptions,
                          lambda params, net, opts: engnn_multicell_protocol(params, net), shipped[default], recipe,
-                         TRAIN_DEFAULTS, loss=loss_sum_rate, named=shipped)
+                         TRAIN_DEFAULTS, loss=loss_sum_rate, named=shipped, recipes=recipes)
 
 
 def _register(problem: Literal["ex2", "ex3"], summary: str) -> LearnableSpec:
@@ -372,4 +483,5 @@ def _register(problem: Literal["ex2", "ex3"], summary: str) -> LearnableSpec:
 MODEL_EX2 = _register("ex2", "ENGNN Ex2: power allocation over fixed ZF beams (L = 1, d_E = 32, softmax x P_b); "
                              "checkpoint shipped|shipped:ex2_n{2,5,10}|untrained|PATH")
 MODEL_EX3 = _register("ex3", "ENGNN Ex3: cooperative beamforming, every BS serves every UE (L = 2, d_E = 64, "
-                             "per-BS power scaling); checkpoint shipped|shipped:ex3|untrained|PATH")
+                             "per-BS power scaling); checkpoint shipped|shipped:ex3|shipped:ex3_k2|shipped:ex3_plain|"
+                             "untrained|PATH")

@@ -5,8 +5,10 @@
   same beams, 100 iterations), in bit/s/Hz and % of the baseline; also equal power (the baseline's round 0)
   and plain ZF (channel-inversion power, ``zf``).  Paper: ENGNN 77.30-77.52 vs PGNN 73.89-75.12 (2-5 samples).
 * :func:`ex3_generalisation` -- Ex3 (cooperative beamforming, Sec. IV-C / Fig. 13-14): the shipped ENGNN
-  (trained at M = 5 BSs, K = 2 UEs) tested at K = 2..8 (M = 5) and M = 5..8 (K = 2), against
-  ``coop_wmmse`` (200 iterations, MRT start) and ``coop_gp`` (200 iterations), % of WMMSE.
+  models (all at M = 5 BSs: 'ex3' per-BS frame trained at K = 2 then 2..8, 'ex3_k2' per-BS frame trained at
+  K = 2, 'ex3_plain' absolute coordinates trained at K = 2) tested at K = 2..8 (M = 5) and M = 5..8 (K = 2),
+  against ``coop_wmmse`` (200 iterations, MRT start) and ``coop_gp`` (200 iterations), % of WMMSE.  Only
+  'ex3_k2' and 'ex3_plain' generalise in K (trained at K = 2); all three generalise in M.
 
 Held-out layouts: seeds >= 100 (training used seed 7's streams; scenarios/train_engnn_ex*.yaml).  Each part
 returns {"rows": [...], "markdown": str, "figure": path or None}.
@@ -103,36 +105,42 @@ def ex2_table(layouts: int = 200, seed: int = 100, samples: tuple[int, ...] = (2
 
 
 def ex3_generalisation(layouts: int = 100, seed: int = 200, ues: tuple[int, ...] = (2, 4, 6, 8),
-                       bss: tuple[int, ...] = (5, 6, 7, 8), figure: Path | None = None) -> dict[str, Any]:
-    """Ex3: the shipped ENGNN (M = 5, K = 2) at K = ``ues`` (M = 5) and M = ``bss`` (K = 2) vs coop_wmmse and
-    coop_gp (module docstring)."""
-    runs = {"engnn": ("engnn_ex3", {"checkpoint": "shipped"}, 2),
-            "coop_wmmse": ("coop_wmmse", {"rounds": 200, "init": "mrt"}, 200),
-            "coop_gp": ("coop_gp", {"rounds": 200}, 200)}
+                       bss: tuple[int, ...] = (5, 6, 7, 8), figure: Path | None = None,
+                       models: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ex3: the shipped ENGNN models (``models``: {label: checkpoint}, default the three of the module
+    docstring) at K = ``ues`` (M = 5) and M = ``bss`` (K = 2) vs coop_wmmse and coop_gp."""
+    models = models or {"engnn": "shipped", "engnn_k2": "shipped:ex3_k2", "engnn_plain": "shipped:ex3_plain"}
+    runs = {label: ("engnn_ex3", {"checkpoint": ref}, 2) for label, ref in models.items()}
+    runs |= {
+        "coop_wmmse": ("coop_wmmse", {"rounds": 200, "init": "mrt"}, 200),
+        "coop_gp": ("coop_gp", {"rounds": 200}, 200)}
     rows = []
     cases = [("K", k, EX3 | {"n_ue": k}) for k in ues] + [("M", m, EX3 | {"n_bs": m}) for m in bss]
     for i, (axis, val, scn) in enumerate(cases):
         res = mean_rates(scn, runs, layouts, seed + 1000 * i, desc=f"Ex3 {axis}={val}")
         rows.append({"vary": axis, "M": scn["n_bs"], "K": scn["n_ue"], **res,
-                     "engnn_pct_of_wmmse": 100 * res["engnn"] / res["coop_wmmse"],
+                     **{f"{label}_pct_of_wmmse": 100 * res[label] / res["coop_wmmse"] for label in models},
                      "gp_pct_of_wmmse": 100 * res["coop_gp"] / res["coop_wmmse"]})
     md = [f"Ex3 generalisation, {layouts} held-out layouts per point (seeds {seed}+), N = 2, ENGNN trained at "
-          "M = 5, K = 2; bit/s/Hz.", "", "| M | K | ENGNN | WMMSE | GP | ENGNN % of WMMSE | GP % of WMMSE |",
-          "|---:|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['M']} | {r['K']} | {r['engnn']:.2f} | {r['coop_wmmse']:.2f} | {r['coop_gp']:.2f} | "
-           f"{r['engnn_pct_of_wmmse']:.1f} | {r['gp_pct_of_wmmse']:.1f} |" for r in rows]
+          f"M = 5 ({', '.join(f'{k} = {v}' for k, v in models.items())}); bit/s/Hz and % of WMMSE.", "",
+          "| M | K | " + " | ".join(models) + " | WMMSE | GP | " + " | ".join(f"{k} %" for k in models) + " | GP % |",
+          "|" + "---:|" * (2 * len(models) + 5)]
+    md += [f"| {r['M']} | {r['K']} | " + " | ".join(f"{r[k]:.2f}" for k in models) +
+           f" | {r['coop_wmmse']:.2f} | {r['coop_gp']:.2f} | " +
+           " | ".join(f"{r[f'{k}_pct_of_wmmse']:.1f}" for k in models) + f" | {r['gp_pct_of_wmmse']:.1f} |"
+           for r in rows]
 
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
         for ax, axis, key in ((axes[0], "K", "K"), (axes[1], "M", "M")):
             sel = [r for r in rows if r["vary"] == axis]
-            for label, st in (("engnn", "o-"), ("coop_wmmse", "s--"), ("coop_gp", "^:")):
+            for label, st in [*((k, "o-") for k in models), ("coop_wmmse", "s--"), ("coop_gp", "^:")]:
                 ax.plot([r[key] for r in sel], [r[label] for r in sel], st, label=label)
             ax.set_xlabel(f"{'UEs K (M = 5)' if axis == 'K' else 'BSs M (K = 2)'}")
             ax.set_ylabel("sum rate [bit/s/Hz]")
             ax.grid(alpha=0.3)
         axes[0].legend()
-        fig.suptitle("ENGNN Ex3: cooperative beamforming, trained at M = 5, K = 2")
+        fig.suptitle("ENGNN Ex3: cooperative beamforming, trained at M = 5")
         return fig
 
     return {"rows": rows, "markdown": "\n".join(md), "figure": _figure(figure, draw)}

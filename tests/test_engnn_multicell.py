@@ -306,3 +306,152 @@ def test_engnn_training_step_changes_parameters() -> None:
     opt.step()
     assert math.isfinite(float(loss.detach()))
     assert any(not torch.equal(a, b) for a, b in zip(before, learn.module.parameters()))
+
+
+# ------------------------------------------------------------------------------------------ Ex3 per-BS frame
+def haar(n: int, size: int, seed: int) -> torch.Tensor:
+    """``size`` Haar unitaries (size, n, n) complex128 (QR of a complex Gaussian, R's diagonal made positive)."""
+    g = np.random.default_rng(seed)
+    z = (g.standard_normal((size, n, n)) + 1j * g.standard_normal((size, n, n))) / math.sqrt(2)
+    q, r = np.linalg.qr(z)
+    d = np.diagonal(r, axis1=-2, axis2=-1)
+    return torch.from_numpy(q * (d / np.abs(d))[..., None, :])
+
+
+def numpy_frame(h: np.ndarray, kind: str) -> np.ndarray:
+    """Independent reference of the per-BS frame: h (I, N) channels (columns h_k as rows) of one BS, I >= N,
+    in general position -> U (N, N).  gram_schmidt: QR of the N strongest channels, R's diagonal made real
+    positive; eigen: eigenvectors of sum_k h_k h_k^H, largest eigenvalue first, u_i^H h_k > 0 for the k of the
+    largest |u_i^H h_k|."""
+    strongest = np.argsort(-np.linalg.norm(h, axis=1), kind="stable")
+    if kind == "gram_schmidt":
+        q, r = np.linalg.qr(h[strongest[: h.shape[1]]].T)
+        d = np.diagonal(r)
+        return q * (d / np.abs(d))[None, :]
+    _, u = np.linalg.eigh(h.T @ h.conj())
+    u = u[:, ::-1]
+    c = u.conj().T @ h.T                                                    # (N, I): u_i^H h_k
+    a = c[np.arange(c.shape[0]), np.abs(c).argmax(1)]
+    return u * (a / np.abs(a))[None, :]
+
+
+@pytest.mark.parametrize("kind", ["gram_schmidt", "eigen"])
+@pytest.mark.parametrize("n_ant,n_ue", [(2, 2), (2, 5), (3, 4)])
+def test_coop_frame_is_unitary_equivariant_and_qr(n_ant: int, n_ue: int, kind: str) -> None:
+    from agents.engnn_multicell import coop_frame
+
+    g = torch.Generator().manual_seed(n_ant * 10 + n_ue)
+    h = torch.randn(3, 4, n_ue, n_ant, dtype=torch.complex128, generator=g)
+    h = h * torch.rand(3, 4, n_ue, 1, generator=g, dtype=torch.float64).to(h.dtype)    # distinct norms
+    mask = torch.ones(3, 4, n_ue, dtype=torch.bool)
+    U = coop_frame(h, mask, kind)
+    eye = torch.eye(n_ant, dtype=U.dtype)
+    assert torch.allclose(U.conj().transpose(-1, -2) @ U, eye.expand_as(U), rtol=0, atol=1e-12)
+    ref = np.stack([[numpy_frame(h[b, m].numpy(), kind) for m in range(4)] for b in range(3)])
+    assert np.allclose(U.numpy(), ref, rtol=0, atol=1e-10)
+    Q = haar(n_ant, 12, 5).reshape(3, 4, n_ant, n_ant)
+    U2 = coop_frame((Q[:, :, None] @ h[..., None])[..., 0], mask, kind)
+    assert torch.allclose(U2, Q @ U, rtol=0, atol=1e-10)                   # U_m(Q_m h) = Q_m U_m(h)
+    perm = torch.randperm(n_ue, generator=g)
+    assert torch.allclose(coop_frame(h[:, :, perm], mask, kind), U, rtol=0, atol=1e-10)   # UE labels do not matter
+
+
+@pytest.mark.parametrize("kind", ["gram_schmidt", "eigen"])
+def test_coop_frame_degenerate_is_unitary(kind: str) -> None:
+    """Fewer UEs in range than antennas, collinear channels, no UE at all: still a unitary frame."""
+    from agents.engnn_multicell import coop_frame
+
+    h = torch.randn(1, 3, 3, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    h[0, 1, 1] = 2j * h[0, 1, 0]                                            # collinear with UE 0
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    mask[0, 0, 1:] = False                                                  # one UE in range
+    mask[0, 2] = False                                                      # none
+    U = coop_frame(h, mask, kind)
+    eye = torch.eye(3, dtype=U.dtype)
+    assert torch.allclose(U.conj().transpose(-1, -2) @ U, eye.expand_as(U), rtol=0, atol=1e-12)
+    u0 = h[0, 0, 0] / torch.linalg.vector_norm(h[0, 0, 0])                 # the one UE's direction first
+    assert torch.allclose(U[0, 0, :, 0], u0, rtol=0, atol=1e-12)
+
+
+def rotate_bs(ch: MulticellChannels, Q: torch.Tensor) -> MulticellChannels:
+    """h_mk -> Q_m h_mk for every UE k: rows h^H -> h^H Q_m^H; Q (B, K, M, M)."""
+    H = ch.H @ Q.conj().transpose(-1, -2)[:, None]
+    return MulticellChannels(H=H, assign=ch.assign, power_w=ch.power_w, noise_w=ch.noise_w, weights=ch.weights,
+                             inrange=ch.inrange, serve_all=ch.serve_all)
+
+
+@pytest.mark.parametrize("kind", ["gram_schmidt", "eigen"])
+@pytest.mark.parametrize("n_ant", [2, 3])
+def test_engnn_ex3_frame_exactly_invariant_to_per_bs_unitaries(n_ant: int, kind: str) -> None:
+    ch = draw(3, 13, **EX3 | {"n_ue": 3, "bs_antennas": n_ant})
+    B, I, K = 3, 3, int(ch.H.shape[2])
+    net, air = multicell_network(ch)
+    Q = haar(n_ant, B * K, 6).reshape(B, K, n_ant, n_ant)
+    ch2 = rotate_bs(ch, Q)
+    net2, air2 = multicell_network(ch2)
+    for frame in (kind, "none"):
+        opts = {"checkpoint": "untrained", "init_seed": 3, "frame": frame}
+        V = run(protocol("engnn_ex3", net, **opts), net, air)[0][2]
+        V2 = run(protocol("engnn_ex3", net2, **opts), net2, air2)[0][2]
+        assert torch.allclose(air.power(V), ch.power_w.expand(B, -1), rtol=1e-12, atol=0)
+        assert torch.allclose(air2.power(V2), ch.power_w.expand(B, -1), rtol=1e-12, atol=0)
+        r, r2 = air.evaluate(V)[0], air2.evaluate(V2)[0]
+        if frame != "none":   # v_mk -> Q_m v_mk, the rates unchanged
+            want = Q[:, None] @ V.reshape(B, I, K, n_ant, 1)
+            assert torch.allclose(V2.reshape(B, I, K, n_ant, 1), want, rtol=0, atol=1e-10)
+            assert torch.allclose(r2, r, rtol=1e-10, atol=0)
+        else:       # the absolute-coordinate model is not invariant: the test can tell
+            assert (r2 - r).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("kind", ["gram_schmidt", "eigen"])
+def test_engnn_ex3_frame_is_the_plain_model_on_frame_coordinates(kind: str) -> None:
+    """frame: true = the same weights applied to the channels in each BS's frame (numpy_frame), the
+    beamformers rotated back: v_mk = U_m v'_mk."""
+    ch = draw(2, 14, **EX3 | {"n_ue": 4})
+    net, air = multicell_network(ch)
+    B, I, K, M = 2, 4, int(ch.H.shape[2]), 2
+    h = ch.H[:, :, :, 0, :].conj().permute(0, 2, 1, 3).resolve_conj().numpy()            # (B, K, I, M) columns h_mk
+    U = torch.from_numpy(np.stack([[numpy_frame(h[b, m], kind) for m in range(K)] for b in range(B)]))
+    canon = rotate_bs(ch, U.conj().transpose(-1, -2))                      # c_mk = U_m^H h_mk
+    net_c, air_c = multicell_network(canon)
+    V = run(protocol("engnn_ex3", net, checkpoint="untrained", init_seed=4, frame=kind), net, air)[0][2]
+    Vc = run(protocol("engnn_ex3", net_c, checkpoint="untrained", init_seed=4, frame="none"), net_c, air_c)[0][2]
+    want = U[:, None] @ Vc.reshape(B, I, K, M, 1)
+    assert torch.allclose(V.reshape(B, I, K, M, 1), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["gram_schmidt", "eigen"])
+def test_engnn_ex3_frame_permutation_equivariant(kind: str) -> None:
+    ch = draw(3, 10, **EX3 | {"n_ue": 3})
+    net, air = multicell_network(ch)
+    opts = {"checkpoint": "untrained", "init_seed": 3, "frame": kind}
+    V = run(protocol("engnn_ex3", net, **opts), net, air)[0][2]
+    perm_ue, perm_bs = torch.tensor([2, 0, 1]), torch.tensor([1, 2, 0])
+    ch2 = relabel(ch, perm_ue, perm_bs)
+    net2, air2 = multicell_network(ch2)
+    V2 = run(protocol("engnn_ex3", net2, **opts), net2, air2)[0][2]
+    want = V.reshape(3, 3, 3, 2, 1)[:, perm_ue][:, :, perm_bs]
+    assert torch.allclose(V2.reshape(3, 3, 3, 2, 1), want, rtol=1e-10, atol=1e-14)
+
+
+def test_engnn_ex3_file_without_frame_loads_as_plain_and_can_be_fine_tuned_with_it(tmp_path) -> None:
+    from agents.engnn_multicell import ENGNNEx3Params
+    from dsim.learn import get_learnable
+
+    plain = ENGNNEx3Params(layers=1, d_edge=4, d_node=4, hidden=8, d_msg=4, seed=2)
+    hp = {k: v for k, v in plain.hparams.items() if k != "frame"}          # a file written before the option
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "step": 0, "model": plain.state_dict(), "hparams": hp, "meta": {}}, path)
+    ch = draw(2, 15, **EX3)
+    net, air = multicell_network(ch)
+    proto = protocol("engnn_ex3", net, checkpoint=str(path))
+    assert proto.module.frame == "none"
+    V = run(proto, net, air)[0][1]
+    V_ref = run(protocol("engnn_ex3", net, checkpoint=str(path), frame="none"), net, air)[0][1]
+    assert torch.equal(V, V_ref)
+    warm = get_learnable("engnn_ex3", {"checkpoint": str(path), "frame": "eigen"}).module
+    assert warm.frame == "eigen"
+    assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), plain.state_dict().values()))
+    with pytest.raises(ValueError, match="Ex3"):
+        algorithm("engnn_ex2").learnable({"frame": "eigen"})

@@ -40,7 +40,17 @@ def test_ex3_faster_than_wmmse_per_sample(ex3_bench: dict[str, float]) -> None:
     assert ex3_bench["speedup"] > 1.0, ex3_bench
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped Ex3 model (12 000 CPU steps) reaches 95.0 % of WMMSE on these "
-                   "layouts (seeds 100+); the paper's model trained 50 000 GPU steps")
 def test_ex3_within_3_percent_of_wmmse(ex3_bench: dict[str, float]) -> None:
+    """The shipped per-BS-frame model (scenarios/train_engnn_ex3.yaml) reaches 98.46 % of WMMSE on these
+    layouts (seeds 100+, 100 layouts): margin 1.46 points (shipped:ex3_k2 98.3 %; the absolute-coordinate
+    shipped:ex3_plain, the stage both were fine-tuned from, 95.0 %)."""
     assert ex3_bench["pct"] >= 97.0, ex3_bench
+
+
+@pytest.mark.parametrize("model,pct", [("shipped:ex3_k2", 97.0), ("shipped:ex3_plain", 94.5)])
+def test_ex3_other_shipped_models_level(model: str, pct: float) -> None:
+    """The K = 2 frame model (98.3 % on seeds 100+) and the absolute-coordinate model (95.0 %) stay at their
+    level (margins 1.3 and 0.5 points)."""
+    bench = load("benchmarks/bench_engnn_coop.py", "bench_engnn_coop")
+    res = bench.compare(layouts=100, batch=100, repeats=1, wmmse_rounds=200, seed=100, model=model)
+    assert res["pct"] >= pct, res
