@@ -200,6 +200,20 @@ def test_coop_air_rates_equal_numpy() -> None:
     assert torch.allclose(pw, (V.abs() ** 2).sum((-1, -2)).reshape(2, 2, 3).sum(1))
 
 
+def test_coop_rates_single_precision_at_high_sinr() -> None:
+    """(14) in complex64 at SINR 1e6 ... 1e10: finite and equal to the float64 closed form (the former
+    log J - log(J - |s_jj|^2) cancelled past ~1e7 and gave inf / NaN training losses)."""
+    from dsim.scenarios.multicell import coop_rates
+
+    for sinr in (1e6, 1e8, 1e10):
+        S = torch.tensor([[[math.sqrt(sinr), 1e-3], [0.5, 1.0]]], dtype=torch.complex64)  # s[j, i]
+        noise = torch.tensor([1.0, 1.0])
+        got = coop_rates(S, noise)
+        want = [math.log1p(sinr / (1e-6 + 1.0)), math.log1p(1.0 / (0.25 + 1.0))]
+        assert torch.isfinite(got).all()
+        assert got[0].tolist() == pytest.approx(want, rel=1e-6)
+
+
 @pytest.mark.parametrize("init", ["mrt", "random"])
 def test_coop_wmmse_monotone_and_within_budget(init: str) -> None:
     ch = draw(4, 7, **EX3)

@@ -709,12 +709,14 @@ def coop_effective(H: Tensor, V: Tensor) -> Tensor:
 
 
 def coop_rates(S: Tensor, noise_w: Tensor) -> Tensor:
-    """Rates (14): log(1 + |s_jj|^2 / (sum_{i != j} |s_ji|^2 + sigma_j^2)) = log J_j - log(J_j - |s_jj|^2) nat/Hz,
-    J_j = sum_i |s_ji|^2 + sigma_j^2.  S (B, I, I), noise_w (I,) W -> (B, I)."""
+    """Rates (14): log(1 + |s_jj|^2 / (sum_{i != j} |s_ji|^2 + sigma_j^2)) nat/Hz, the interference-plus-noise
+    summed without the own stream (not as J_j - |s_jj|^2, J_j = sum_i |s_ji|^2 + sigma_j^2: that difference
+    cancels in single precision once the SINR passes ~1e7 and gave an infinite training loss).
+    S (B, I, I), noise_w (I,) W -> (B, I)."""
     g = S.abs() ** 2
-    J = g.sum(-1) + noise_w.to(g.dtype)
     own = torch.diagonal(g, dim1=-2, dim2=-1)
-    return torch.log(J) - torch.log(J - own)
+    others = g.masked_fill(torch.eye(g.shape[-1], dtype=torch.bool, device=g.device), 0.0).sum(-1)
+    return torch.log1p(own / (others + noise_w.to(g.dtype)))
 
 
 def coop_power(V: Tensor, n_ue: int, n_bs: int) -> Tensor:
