@@ -74,7 +74,7 @@ FIG3 = {"family": "interference", "layout": "gaussian", "n_pairs": 50, "snr_db":
 def test_fig_3_layers_vs_wmmse_iterations(layers: int, iterations: int) -> None:
     """Fig. 3's claim: the WCGCN trained with ``layers`` layers is at least WMMSE stopped after ``iterations``
     iterations (sum rate; K = 50, 10 dB, WMMSE from full power), on held-out seeds 900+, 500 layouts.  Measured:
-    1 layer 6.7732 vs 6.7558 (+0.26 %), 2 layers 7.8401 vs 7.8328 (+0.09 %): narrow margins.  On the example's
-    seeds 400+ (200 layouts) the 1-layer model is still 0.17 % below (6.511 vs 6.522), the 2-layer one 2.9 % above."""
+    1 layer 6.7902 vs 6.7558 (+0.51 %), 2 layers 7.8401 vs 7.8328 (+0.09 %): narrow margins.  On the example's
+    seeds 400+ (200 layouts): 1 layer 6.5257 vs 6.5221 (+0.06 %), 2 layers 2.9 % above."""
     r = tables.evaluate(FIG3, f"gauss_K50_10dB_L{layers}", 500, 900, 100, wmmse_rounds=(iterations,))
     assert r[f"wcgcn@{layers}"] >= r[f"wmmse@{iterations}"]
