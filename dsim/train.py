@@ -96,6 +96,10 @@ class TrainOptions(CrossChecked):
     augment: str = Field("none", description="none | the name of one of the scenario family's augmentations "
                          "(FamilySpec.augment, e.g. a symmetry of its problem) applied to every minibatch of the "
                          "fixed training set (needs train_samples), drawn from the minibatch's seed")
+    resume_schedule: Literal["checkpoint", "config"] = Field(
+        "checkpoint", description="on --resume, the lr decay: checkpoint (exactly the saved StepLR) | config (the "
+        "saved StepLR with this file's lr_decay_every and lr_decay from the resumed step on; the lr itself "
+        "continues from the checkpoint's)")
     keep_best: bool = Field(False, description="also write best.pt: the state at the validation with the highest "
                             "validation WSR so far (early stopping by validation; checkpoint.pt stays the last)")
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
@@ -262,6 +266,8 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
         module.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if opts.resume_schedule == "config":
+            sched.step_size, sched.gamma = opts.lr_decay_every, opts.lr_decay
         start, log = int(ck["step"]), list(ck["log"])
     module.train()
     val_net, val_air = val_sample(opts.val_size, batch_seed(seed, -1))

@@ -277,7 +277,7 @@ def test_loss_choices_have_their_closed_form_gradients():
         r = rates.clone().requires_grad_(True)
         value = LOSSES[name]({1: r})
         value.backward()
-        assert float(value) == pytest.approx(-1.0, abs=1e-15)
+        assert float(value.detach()) == pytest.approx(-1.0, abs=1e-15)
         assert torch.allclose(r.grad, want.to(r.grad.dtype), rtol=0, atol=1e-15), name
 
 
@@ -292,3 +292,32 @@ def test_train_loss_option_changes_the_steps_and_rejects_unknown_names(tmp_path)
     assert any(not torch.equal(runs["model"][k], v) for k, v in runs["mean_rate"].items())
     with pytest.raises(ValidationError):
         _opts(loss="bogus")
+
+
+def test_resume_schedule_config_is_the_edited_checkpoint(tmp_path):
+    """``resume_schedule: config`` equals resuming a checkpoint whose saved StepLR was edited by hand (step_size,
+    gamma), and the lr follows lr_4 * gamma^(multiples of step_size in (4, t])."""
+    import shutil
+
+    first = get_learnable("gcn_wmmse", _opts().options)
+    train(first, sample, _opts(steps=4, lr=1e-3, lr_decay_every=100, lr_decay=0.9), tmp_path / "a", seed=2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ck["scheduler"].update(step_size=2, gamma=0.5)
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    by_option = get_learnable("gcn_wmmse", _opts().options)
+    train(by_option, sample, _opts(steps=8, lr=1e-3, lr_decay_every=2, lr_decay=0.5, resume_schedule="config"),
+          tmp_path / "a", seed=2, resume=True)
+    by_hand = get_learnable("gcn_wmmse", _opts().options)
+    train(by_hand, sample, _opts(steps=8, lr=1e-3, lr_decay_every=100, lr_decay=0.9), tmp_path / "b", seed=2,
+          resume=True)
+    for (n, a), (_, b) in zip(by_option.module.state_dict().items(), by_hand.module.state_dict().items()):
+        assert torch.equal(a, b), n
+    la = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["log"]
+    lb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["log"]
+    assert [r["lr"] for r in la] == [r["lr"] for r in lb]
+    # logged lr of step t = the lr after t scheduler steps: 1e-3 to t = 4, then halved at t = 6 and t = 8
+    assert [r["lr"] for r in la] == pytest.approx([1e-3] * 5 + [5e-4] * 2 + [2.5e-4], rel=1e-12)
+    # the default keeps the saved schedule exactly (checked by test_resume_is_exact); a bad value is refused
+    with pytest.raises(ValidationError):
+        _opts(resume_schedule="yaml")
