@@ -251,7 +251,7 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
         """0-based index of the layer (round - 1)."""
         return current_layer(block, params.layers, "icgnn") - 1
 
-    ref = getattr(params, "power_ref_nodes", 0)
+    ref = params.power_ref_nodes
 
     def send_msg(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
         p_rel = power_reading(block.state["p"] / block.local["power"][..., None], K, ref)

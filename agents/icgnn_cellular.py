@@ -128,7 +128,7 @@ def icgnn_layers(params: ICGNNCellularParams, x: Tensor) -> Tensor:
     gamma = torch.full(x.shape[:-1] + (2,), 1.0 / V, dtype=x.dtype, device=x.device)
     one = torch.ones(x.shape[:-2], dtype=x.dtype, device=x.device)
     edge = x.unsqueeze(-3).expand(*x.shape[:-2], V, V, x.shape[-1])            # [j, i] = x_i
-    ref = getattr(params, "power_ref_nodes", 0)
+    ref = params.power_ref_nodes
     for _ in range(params.layers):
         node = torch.cat([x, target_features(gamma, ref)], dim=-1)
         agg = pair_max_messages(params.msg, node, edge)
