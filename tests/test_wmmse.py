@@ -46,6 +46,33 @@ def test_wmmse_monotone_and_feasible_random_init():
         assert bool((p <= ch.power_w * (1 + 1e-9)).all())
 
 
+@pytest.mark.parametrize("ues_per_bs", [4, 2])
+def test_random_init_is_the_papers_convention(ues_per_bs):
+    """WMMSE RI's initialisation (GCN-WMMSE Sec. IV-A: entries CN(0, 1), "normalization such that the power
+    constraints are exactly met"; the authors' ``downlink_randn_bf``, comm/algorithm.py:86-126 of lsky96/gcnwmmse
+    @ c8e8f0b, for BSs with more than one UE): one common factor per BS, so every BS uses exactly P_k and the UEs'
+    shares are random.  Independent closed form: ||Z_i||_F^2 of an M x N CN(0, 1) matrix is Gamma(MN, 1), so the
+    share ||V_i||_F^2 / P_k of a BS with S UEs is Beta(MN, (S - 1) MN); KS at level 1e-3 on one UE per
+    (realization, BS) (independent samples).  Equal power per UE (share exactly 1/S) or per-UE normalisation
+    fail this."""
+    from scipy.stats import beta
+
+    B, M, N = 400, 12, 2
+    ch = base_channels(batch=B, seed=31, ues_per_bs=ues_per_bs)
+    net, air = multicell_network(ch, seed=7)
+    Vs, _ = run_local("wmmse", net, air, init="random", rounds=0)
+    V = Vs[0]                                                     # (B, I, M, N)
+    np.testing.assert_allclose(air.power(V).numpy(), np.broadcast_to(ch.power_w.numpy(), (B, 3)), rtol=1e-12)
+    share = ((V.abs() ** 2).sum(dim=(-1, -2)) / ch.power_w[ch.assign]).numpy()  # (B, I)
+    first = share[:, ::ues_per_bs].ravel()                        # UE 0 of every BS: B * 3 i.i.d. samples
+    s = np.sort(first)
+    f = beta.cdf(s, M * N, (ues_per_bs - 1) * M * N)
+    i = np.arange(1, s.size + 1)
+    ks = max((i / s.size - f).max(), (f - (i - 1) / s.size).max())
+    assert ks < np.sqrt(-np.log(1e-3 / 2) / 2) / np.sqrt(s.size), ks
+    assert first.std() > 0.03                                     # not an equal split
+
+
 def test_base_scenario_ledger_counts():
     net, air = multicell_network(base_channels(batch=2))
     _, trace = run_local("wmmse", net, air, rounds=3)
