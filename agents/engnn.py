@@ -69,6 +69,9 @@ Training (``python -m dsim train scenarios/train_engnn_ex1_*.yaml``): unsupervis
 (``train.train_samples``, Fig. 8), which the recipes augment with the interference family's exact symmetry
 (``train.augment: symmetry``: a random phase per Rx and unitary per Tx, under which the sum rate is invariant;
 :func:`dsim.scenarios.interference.apply_symmetry`).  Shipped models ``agents/models/engnn_ex1_*.pt``.
+``engnn_ex1_fresh.pt`` (issue 14, generalisation in K): the 1000-sample model fine-tuned on fresh K = 20
+minibatches, the paper's own training (Sec. IV: fresh layouts and fading for every sample), which its Fig. 5 (K 20
+-> 100) uses; scenarios/train_engnn_ex1_fresh.yaml; the default ``checkpoint: shipped`` since session 10.
 """
 
 from __future__ import annotations
@@ -92,8 +95,11 @@ Tensor = torch.Tensor
 
 DL, UL = "bs>ue", "ue>bs"
 MODELS = Path(__file__).resolve().parent / "models"
-#: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_1000
-SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}
+#: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_fresh (ex1_1000 before
+#: session 10)
+SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh")}
+#: the training YAML of each shipped model
+SHIPPED_RECIPES = {name: f"scenarios/train_engnn_{name}.yaml" for name in SHIPPED_MODELS}
 #: input feature maps (``feature_norm``): 'none' the paper's h / sigma; 'linear' / 'mean' as WCGCN's (agents/wcgcn.py)
 FEATURE_NORMS = ("none", "linear", "mean", "frame", "frame_conj")
 #: training defaults (Sec. IV): RMSProp lr 1e-4, batch 256; no lr decay
@@ -565,7 +571,7 @@ def engnn_protocol(params: ENGNNParams, net: Network) -> Protocol:
 
 # =============================================================================== options, declaration
 class ENGNNOptions(LearnedOptions):
-    """YAML options of ``name: engnn``.  checkpoint: 'shipped' (Ex1 model trained on 1000 samples),
+    """YAML options of ``name: engnn``.  checkpoint: 'shipped' (Ex1 model trained on fresh samples, ex1_fresh),
     'shipped:<name>' (one of :data:`SHIPPED_MODELS`), 'untrained' or a path; hyper-parameters default to
     the checkpoint's (untrained: ``tx_antennas`` from the scenario)."""
 
@@ -594,8 +600,9 @@ def _protocol(params: ENGNNParams, net: Network, opts: ENGNNOptions) -> Protocol
     return engnn_protocol(params, net)
 
 
-MODEL = LearnableSpec("engnn", ENGNNParams, ENGNNOptions, _protocol, SHIPPED_MODELS["ex1_1000"],
-                      "scenarios/train_engnn_ex1_1000.yaml", TRAIN_DEFAULTS, loss=loss_sum_rate, named=SHIPPED_MODELS)
+MODEL = LearnableSpec("engnn", ENGNNParams, ENGNNOptions, _protocol, SHIPPED_MODELS["ex1_fresh"],
+                      SHIPPED_RECIPES["ex1_fresh"], TRAIN_DEFAULTS, loss=loss_sum_rate, named=SHIPPED_MODELS,
+                      recipes=SHIPPED_RECIPES)
 
 
 def build(opts: ENGNNOptions, net: Network) -> Protocol:

@@ -4,7 +4,10 @@ sum rate vs signaling, ENGNN beside WCGCN (MPGNN) and WMMSE.
 * Sample efficiency (Fig. 8): ENGNN-E and WCGCN trained on the same 10 / 100 / 1000 samples
   (``agents/models/{engnn,wcgcn}_ex1_<n>.pt``, recipes ``scenarios/train_{engnn,wcgcn}_ex1_<n>.yaml``), sum
   rate at K = 20 beside WMMSE (100 iterations, full-power MRC start, full CSI).
-* Generalisation in K (Fig. 5): the models trained at K = 20 (``--n-train`` samples) tested at K = 20 ... 100
+* Generalisation in K (Fig. 5): the models trained at K = 20 (``--n-train``: 10 / 100 / 1000 samples, or
+  ``fresh``, the default: the paper's Fig. 5 model is trained on fresh minibatches, and so is
+  ``engnn_ex1_fresh.pt``, the 1000-sample model fine-tuned on fresh K = 20 minibatches; WCGCN has no such model
+  and is then its 1000-sample one) tested at K = 20 ... 100
   in the same 2 km x 2 km field; WMMSE truncated to ENGNN's rounds (its L layers, from the checkpoint: one
   round = one layer's Tx -> Rx and Rx -> Tx exchange), to WCGCN's (3) and full (100);
   % of full WMMSE for ENGNN and WCGCN.
@@ -48,19 +51,37 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "agents" / "models"
 EX1 = {"family": "interference", "layout": "engnn"}
 SAMPLES = (10, 100, 1000)
+#: training sets of the generalisation / signaling studies: a fixed set's size, or 'fresh' (fresh minibatches)
+TRAIN_SETS = (*SAMPLES, "fresh")
 #: the paper's Ex1 numbers (Sec. IV-A-4, bit/s/Hz): ENGNN and MPGNN trained on 10 and 100 samples
 PAPER_EX1 = {10: {"engnn": 83.39, "wcgcn": 68.60}, 100: {"engnn": 89.68, "wcgcn": 82.10}}
 
 
-def model(algo: str, n: int) -> dict:
-    """Options of the shipped Ex1 model of ``algo`` ('engnn' | 'wcgcn') trained on ``n`` samples."""
-    return {"checkpoint": str(MODELS / f"{algo}_ex1_{n}.pt")}
+def model_file(algo: str, n: int | str) -> Path:
+    """The shipped Ex1 model of ``algo`` ('engnn' | 'wcgcn') trained on ``n`` samples (one of :data:`TRAIN_SETS`;
+    'fresh': ENGNN's fresh-sample model, WCGCN's 1000-sample model, as it has none trained on fresh samples)."""
+    if n == "fresh" and algo == "wcgcn":
+        n = 1000
+    return MODELS / f"{algo}_ex1_{n}.pt"
 
 
-def model_rounds(algo: str, n: int) -> int:
+def model(algo: str, n: int | str) -> dict:
+    """Options of the shipped Ex1 model of ``algo`` trained on ``n`` samples (:func:`model_file`)."""
+    return {"checkpoint": str(model_file(algo, n))}
+
+
+def model_rounds(algo: str, n: int | str) -> int:
     """Protocol rounds of the shipped Ex1 model: its updating layers (ENGNN: one round = one layer's Tx -> Rx and
     Rx -> Tx exchange, ``tx_edge`` + ``rx_reply``; WCGCN: one round = one layer), read from the checkpoint."""
-    return int(load_checkpoint(MODELS / f"{algo}_ex1_{n}.pt")["hparams"]["layers"])
+    return int(load_checkpoint(model_file(algo, n))["hparams"]["layers"])
+
+
+def train_set_label(n: int | str) -> str:
+    """Markdown words for a training set of :data:`TRAIN_SETS`."""
+    if n == "fresh":
+        return ("fresh samples (ENGNN: `engnn_ex1_fresh.pt`, the 1000-sample model fine-tuned on fresh minibatches; "
+                "WCGCN: its 1000-sample model)")
+    return f"{n} samples"
 
 
 def evaluate(scn: dict, entries: dict[str, tuple[str, dict, list[int]]], layouts: int, seed: int, batch: int,
@@ -119,10 +140,11 @@ def ex1_sample_efficiency(layouts: int, seed: int, batch: int, wire: str) -> lis
     return rows
 
 
-def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wire: str, n_train: int) -> list[dict]:
-    """Models trained at K = 20 on ``n_train`` samples, tested at each K in ``pairs`` (2 km field): ENGNN
-    (L_E rounds, its layers), WCGCN (L_W = 3 rounds), WMMSE after 1, 3, L_E, L_W and 100 rounds; one row per K
-    (``wmmse_engnn`` / ``wmmse_wcgcn``: WMMSE truncated to ENGNN's / WCGCN's rounds)."""
+def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wire: str,
+                       n_train: int | str) -> list[dict]:
+    """Models trained at K = 20 on ``n_train`` samples (:data:`TRAIN_SETS`), tested at each K in ``pairs`` (2 km
+    field): ENGNN (L_E rounds, its layers), WCGCN (L_W = 3 rounds), WMMSE after 1, 3, L_E, L_W and 100 rounds; one
+    row per K (``wmmse_engnn`` / ``wmmse_wcgcn``: WMMSE truncated to ENGNN's / WCGCN's rounds)."""
     rows = []
     le, lw = model_rounds("engnn", n_train), model_rounds("wcgcn", n_train)
     for K in tqdm(pairs, desc="Ex1 generalisation"):
@@ -138,7 +160,7 @@ def ex1_generalisation(pairs: list[int], layouts: int, seed: int, batch: int, wi
     return rows
 
 
-def ex1_signaling(layouts: int, seed: int, batch: int, wire: str, n_train: int, K: int = 20) -> dict:
+def ex1_signaling(layouts: int, seed: int, batch: int, wire: str, n_train: int | str, K: int = 20) -> dict:
     """Per-realization signaling bytes per layer / round and the sum rate after every WMMSE round, K = 20."""
     entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, list(range(101))),
                "engnn": ("engnn", model("engnn", n_train), [model_rounds("engnn", n_train)]),
@@ -157,7 +179,7 @@ def ex1_signaling(layouts: int, seed: int, batch: int, wire: str, n_train: int, 
 
 
 # =============================================================================== output
-def ex1_markdown(eff: list[dict], gen: list[dict], sig: dict, n_train: int, layouts: int, wire: str) -> str:
+def ex1_markdown(eff: list[dict], gen: list[dict], sig: dict, n_train: int | str, layouts: int, wire: str) -> str:
     lines = ["## Ex1: beamforming in interference channels (K = 20 training, N = 2, 2 km x 2 km)", "",
              f"Held-out layouts: {layouts} per point (seeds >= 1000).  Sum rate [bit/s/Hz]; % of WMMSE (100 "
              "iterations, MRC start).", "", "### Sample efficiency (K = 20)", "",
@@ -168,7 +190,7 @@ def ex1_markdown(eff: list[dict], gen: list[dict], sig: dict, n_train: int, layo
         lines.append(f"| {r['samples']} | {r['engnn']:.2f} | {r['engnn_rounds']} | {r['wcgcn']:.2f} | "
                      f"{r['wmmse']:.2f} | {r['engnn_pct']:.1f} | {r['wcgcn_pct']:.1f} | {paper} |")
     le, lw = (gen[0]["engnn_rounds"], gen[0]["wcgcn_rounds"]) if gen else (1, 3)
-    lines += ["", f"### Generalisation in K (models trained at K = 20 on {n_train} samples)", "",
+    lines += ["", f"### Generalisation in K (models trained at K = 20 on {train_set_label(n_train)})", "",
               f"| K | ENGNN ({le} round{'s' * (le > 1)}) | WMMSE {le} round{'s' * (le > 1)} | WCGCN ({lw} rounds) | "
               f"WMMSE {lw} rounds | WMMSE 100 | ENGNN % | WCGCN % |", "|---|---|---|---|---|---|---|---|"]
     for r in gen:
@@ -251,7 +273,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50, help="layouts per chunk")
     ap.add_argument("--seed", type=int, default=1000, help="first held-out seed (>= 1000: never trained on)")
     ap.add_argument("--pairs", type=int, nargs="+", default=[20, 40, 60, 80, 100], help="K of the generalisation")
-    ap.add_argument("--n-train", type=int, default=100, choices=SAMPLES, help="training-set size of the models "
+    ap.add_argument("--n-train", type=lambda x: x if x == "fresh" else int(x), default="fresh", choices=TRAIN_SETS,
+                    help="training set (10 | 100 | 1000 samples | fresh) of the models "
                     "in the generalisation and signaling studies")
     ap.add_argument("--wire", default="float32", help="wire policy of the ledger")
     ap.add_argument("--out", default="runs/engnn_study")

@@ -3,8 +3,9 @@ seeds of their own (5000+: never used for training, validation or examples/engnn
 Slow: ``python -m pytest -m slow tests/test_engnn_paper.py``.  The numbers come from the example's functions
 (one implementation).  Thresholds: with 100 training samples ENGNN above WCGCN trained on the same samples and
 >= 95 % of WMMSE (100 iterations); trained at K = 20 and tested at K = 100, ENGNN >= WMMSE truncated to ENGNN's
-rounds (the shipped 100-sample model has L = 2 layers: one round = one layer's Tx -> Rx and Rx -> Tx exchange, so
-WMMSE after 2 rounds)."""
+rounds (the Ex1 models have L = 2 layers: one round = one layer's Tx -> Rx and Rx -> Tx exchange, so WMMSE after 2
+rounds), with the model trained as the paper's Fig. 5 model is, on fresh samples (``engnn_ex1_fresh.pt``); the
+100-sample model stays below there (strict xfail)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ SEED, LAYOUTS = 5000, 100
 def k20_100_samples() -> dict:
     entries = {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}, [100]),
                "engnn": ("engnn", study.model("engnn", 100), [study.model_rounds("engnn", 100)]),
+               "engnn_fresh": ("engnn", study.model("engnn", "fresh"), [study.model_rounds("engnn", "fresh")]),
                "wcgcn": ("wcgcn", study.model("wcgcn", 100), [study.model_rounds("wcgcn", 100)])}
     res = study.evaluate(study.EX1, entries, LAYOUTS, SEED, 50)
     return {"wmmse": res["wmmse"]["rate"][100], "engnn": res["engnn"]["rate"][study.model_rounds("engnn", 100)],
-            "wcgcn": res["wcgcn"]["rate"][study.model_rounds("wcgcn", 100)]}
+            "wcgcn": res["wcgcn"]["rate"][study.model_rounds("wcgcn", 100)],
+            "engnn_fresh": res["engnn_fresh"]["rate"][study.model_rounds("engnn", "fresh")]}
 
 
 def test_ex1_100_samples_engnn_above_wcgcn(k20_100_samples: dict) -> None:
@@ -55,10 +58,28 @@ def test_ex1_100_samples_engnn_95_percent_of_wmmse(k20_100_samples: dict) -> Non
     assert r["engnn"] >= 0.95 * r["wmmse"], r
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model (L = 2) reaches 166.0 vs 182.7 "
-                   "bit/s/Hz for WMMSE after 2 rounds (50 held-out layouts, seeds 5000-5001; 165.7 vs 183.6 on 100 "
-                   "layouts, seeds 1000-1003 in chunks of 25); it is above WMMSE after 1 round (160.2)")
+def test_ex1_fresh_model_level_k20(k20_100_samples: dict) -> None:
+    """The fresh-sample model (scenarios/train_engnn_ex1_fresh.yaml, the default ``shipped``) at K = 20, measured on
+    these seeds: 90.90 bit/s/Hz = 97.7 % of WMMSE-100 93.05 (seeds 1000-1001: 90.89, 97.7 %; 2000-2001: 88.04,
+    96.9 %), above the 100-sample model (88.53); tolerance 1 point of WMMSE."""
+    r = k20_100_samples
+    assert r["engnn_fresh"] >= 0.967 * r["wmmse"], r
+    assert r["engnn_fresh"] > r["engnn"], r
+
+
 def test_ex1_generalisation_k100_engnn_above_truncated_wmmse() -> None:
-    row = study.ex1_generalisation([100], 50, SEED, 25, "float32", 100)[0]
+    """Issue 14 / paper Fig. 5: trained at K = 20 (fresh samples), tested at K = 100 in the same field.  Measured on
+    these 50 layouts (seeds 5000-5001, chunks of 25): ENGNN 189.48 vs WMMSE after 2 rounds 182.70 (WMMSE-1 160.22,
+    WMMSE-3 192.76, WMMSE-100 213.73: ENGNN 88.7 %); seeds 1000-1001 (100 layouts, examples/engnn_study.py): 187.53
+    vs 181.71 (88.3 %, WCGCN's 1000-sample model 50.9 %)."""
+    row = study.ex1_generalisation([100], 50, SEED, 25, "float32", "fresh")[0]
     assert row["engnn"] >= row["wmmse_engnn"], row  # WMMSE truncated to ENGNN's rounds (its layers)
     assert 0 < row["engnn_pct"] and 0 < row["wcgcn_pct"]  # both reported (the example's table)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model (L = 2) reaches 166.0 vs 182.7 "
+                   "bit/s/Hz for WMMSE after 2 rounds (50 held-out layouts, seeds 5000-5001); it overfits its 100 "
+                   "layouts: the same recipe on 1000 samples reaches 180.9, on fresh samples 189.5 (the test above)")
+def test_ex1_generalisation_k100_100_samples_above_truncated_wmmse() -> None:
+    row = study.ex1_generalisation([100], 50, SEED, 25, "float32", 100)[0]
+    assert row["engnn"] >= row["wmmse_engnn"], row

@@ -46,7 +46,8 @@ EXPECTED = {
               "shipped:d2d_bf": "wcgcn_d2d_bf_K50_Nt2.pt", "shipped:mpgnn_code_bf": "wcgcn_mpgnn_code_bf_K50_Nt2.pt",
               **{f"shipped:gauss_K{k}_{s}dB": f"wcgcn_gauss_K{k}_{s}dB.pt" for k in (10, 30, 50) for s in (0, 10)},
               **{f"shipped:gauss_K50_10dB_L{n}": f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)}},
-    "engnn": {"shipped": "engnn_ex1_1000.pt", **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000)}},
+    "engnn": {"shipped": "engnn_ex1_fresh.pt",
+              **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh")}},
     "engnn_ex2": {"shipped": "engnn_ex2_n10.pt", **{f"shipped:ex2_n{n}": f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}},
     "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt", "shipped:ex3_k2": "engnn_ex3_k2.pt",
                   "shipped:ex3_plain": "engnn_ex3_plain.pt"},
@@ -71,6 +72,9 @@ def test_names_resolve_to_the_same_files_as_before(name):
             assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
         assert spec.locate("shipped")[1] == "scenarios/train_gcn_wmmse_L7_ft.yaml"    # the L = 7 model since s8
         assert spec.locate("shipped:L7v1")[1] == "scenarios/train_gcn_wmmse.yaml"     # the first one (stages 1-4)
+    if name == "engnn":  # every Ex1 model names its own recipe
+        for n in (10, 100, 1000, "fresh"):
+            assert spec.locate(f"shipped:ex1_{n}")[1] == f"scenarios/train_engnn_ex1_{n}.yaml"
 
 
 @pytest.mark.parametrize("scn,file", [
