@@ -248,6 +248,65 @@ def test_symmetry_augmented_pool_is_reproducible_from_the_seed() -> None:
     assert torch.equal(plain(6, 124)[1].H, air0.H)  # without augmentation the whole pool is the pool
 
 
+# ------------------------------------------------------------------------------ sub-networks (train.augment)
+@pytest.mark.parametrize("scn", SYM_SCENARIOS[:2], ids=["engnn", "d2d_N3"])
+def test_subnetwork_is_the_sub_tensor_and_silences_the_dropped_pairs(scn) -> None:
+    """`train.augment: subnetwork`: minibatch s is a function of s alone; K' lies in ceil(K/2) .. K; the kept
+    pairs (recovered by matching their direct channels against the pool's, not from the implementation's
+    draw) carry exactly the pool's channels, ranges, weights and positions (the sub-tensor, checked entry by
+    entry); and every kept pair's rate under any beamformers equals its rate in the full layout with the
+    dropped pairs' beamformers set to zero (relative 1e-10)."""
+    from dsim.learn import pool_sampler
+
+    size, K = 4, scn["n_pairs"]
+    plain = pool_sampler(scn, size, 31, "double")
+    aug, aug2 = (pool_sampler(scn, size, 31, "double", augment="subnetwork") for _ in range(2))
+    _, ch0 = generate_channels(scn, size, 31, "double")
+    fam = ch0.family
+    seen = set()
+    for s in range(12):
+        (_, air0), (net1, air1), (net2, air2) = plain(size, s), aug(size, s), aug2(size, s)
+        assert torch.equal(air1.H, air2.H) and torch.equal(net1.local["bs"]["H_rx"], net2.local["bs"]["H_rx"])
+        assert torch.equal(air0.H, ch0.H)  # the whole pool, in order
+        k = air1.H.shape[1]
+        assert (K + 1) // 2 <= k <= K
+        seen.add(k)
+        keep = []
+        for i in range(k):
+            match = [j for j in range(K) if torch.equal(air1.H[:, i, i], ch0.H[:, j, j])]
+            assert len(match) == 1
+            keep.append(match[0])
+        assert keep == sorted(set(keep))
+        for i, a in enumerate(keep):
+            for m, c in enumerate(keep):
+                assert torch.equal(air1.H[:, i, m], ch0.H[:, a, c])
+        full_sc = build_scenario(fam, ch0, None, 0)
+        gen = torch.Generator(device="cpu").manual_seed(s)
+        N = ch0.tx_antennas
+        V = torch.complex(torch.randn(size, K, N, 1, generator=gen, dtype=torch.float64),
+                          torch.randn(size, K, N, 1, generator=gen, dtype=torch.float64))
+        drop = [j for j in range(K) if j not in keep]
+        V0 = V.clone()
+        V0[:, drop] = 0
+        _, r_full = full_sc.air.evaluate(V0)
+        _, r_sub = air1.evaluate(V[:, keep])
+        assert torch.allclose(r_sub, r_full[:, keep], rtol=1e-10, atol=0)
+    assert len(seen) > 1  # K' varies with the minibatch
+    # the channels object itself: ranges, weights, positions and per-pair constants are the sub-tensors
+    from dsim.scenarios.interference import select_pairs
+
+    keep = torch.tensor([0, 2, K - 1])
+    cut = select_pairs(ch0, keep)
+    kl = keep.tolist()
+    for i, a in enumerate(kl):
+        assert torch.equal(cut.weights[:, i], ch0.weights[:, a])
+        assert torch.equal(cut.power_w[i], ch0.power_w[a]) and torch.equal(cut.noise_w[i], ch0.noise_w[a])
+        if ch0.tx_xy is not None:
+            assert torch.equal(cut.tx_xy[:, i], ch0.tx_xy[:, a]) and torch.equal(cut.rx_xy[:, i], ch0.rx_xy[:, a])
+        for m, c in enumerate(kl):
+            assert torch.equal(cut.inrange[:, i, m], ch0.inrange[:, a, c])
+
+
 def test_mpgnn_code_layout_is_the_authors_formula() -> None:
     """layout mpgnn_code: every channel entry equals the authors' beamforming-code formula computed here from the
     same random stream -- power gain 4.4e5 / (d^1.88 10^(6.3 X / 20)), one X ~ N(0, 1) per antenna (X = minus

@@ -67,6 +67,8 @@ H_rx[b, k, j] = h_jk as Rx k measured it (zero outside ``range_m``; the diagonal
 Symmetry (``train.augment: symmetry``, :func:`apply_symmetry`): the sum rate of problem (4) is invariant under
 h_jk^H -> e^{j phi_k} h_jk^H Q_j (a phase per Rx k, a unitary Q_j in U(N_t) per Tx j) with v_j -> Q_j^H v_j; a
 fixed training set is augmented with random elements of this group (the geometry is left as it is).
+Sub-networks (``train.augment: subnetwork``, :func:`subnetwork_transform`): each minibatch keeps a random
+subset of K' in ceil(K/2) .. K pairs of every layout (their channels unchanged): new graphs from the same layouts.
 
 Channel file: the multicell format (DESIGN §5, :mod:`dsim.scenarios.multicell`) with I = K, assign =
 0..K-1, N = 1, M = N_t and ``family`` = 'interference'; ``H`` (B, K, K, 1, N_t) [Rx i, Tx k] holds
@@ -361,6 +363,46 @@ def symmetry_transform(ch: InterferenceChannels, generator: torch.Generator) -> 
     return apply_symmetry(ch, phase, Q)
 
 
+def subnetwork_size(n_pairs: int, generator: torch.Generator) -> int:
+    """K' of the ``subnetwork`` augmentation: uniform on the integers ceil(K/2) .. K (K = ``n_pairs``), one
+    draw from ``generator`` (CPU)."""
+    low = (n_pairs + 1) // 2
+    return int(torch.randint(low, n_pairs + 1, (1,), generator=generator, device="cpu"))
+
+
+def select_pairs(ch: InterferenceChannels, keep: Tensor) -> InterferenceChannels:
+    """The sub-network of every realization made of the pairs ``keep`` (1-D long tensor of distinct pair
+    indices, in the order to keep): H[b, i, k] -> H[b, keep[i], keep[k]] (B, K', K', 1, N_t), the same for
+    ``inrange``; weights, power_w, noise_w and positions restricted to ``keep``.  A sub-network of a layout is a
+    layout of the same field with fewer pairs: every kept link keeps its channel, the dropped pairs are silent
+    (no signal, no interference) — problem (4) over the kept pairs."""
+    keep = keep.to(dtype=torch.long)
+
+    def sel(t: Tensor | None, dims: int = 1) -> Tensor | None:
+        if t is None:
+            return None
+        k = keep.to(t.device)
+        return t[:, k][:, :, k] if dims == 2 else t[:, k]
+
+    return replace(ch, H=sel(ch.H, 2), inrange=sel(ch.inrange, 2), weights=sel(ch.weights),
+                   power_w=ch.power_w[keep.to(ch.power_w.device)], noise_w=ch.noise_w[keep.to(ch.noise_w.device)],
+                   tx_xy=sel(ch.tx_xy), rx_xy=sel(ch.rx_xy))
+
+
+def subnetwork_transform(ch: InterferenceChannels, generator: torch.Generator) -> InterferenceChannels:
+    """The family's ``subnetwork`` augmentation (``train.augment: subnetwork``): every realization of the
+    minibatch is cut to the same random K' pairs (:func:`subnetwork_size`: K' uniform on ceil(K/2) .. K, then
+    K' of the K pair indices uniformly without replacement, sorted; both drawn from ``generator``, so a
+    minibatch is a function of its seed).  One K' and one index set per minibatch keeps the tensors batched;
+    since the pairs of a layout are exchangeable (i.i.d. placements), every realization is still a uniformly
+    random sub-network of its layout.  Unlike ``symmetry`` this makes new graphs (new interference
+    environments for every kept link) out of a fixed training set."""
+    K = ch.n_pairs
+    k_keep = subnetwork_size(K, generator)
+    keep = torch.randperm(K, generator=generator, device="cpu")[:k_keep].sort().values
+    return select_pairs(ch, keep)
+
+
 # --------------------------------------------------------------------------------------------------
 # air
 # --------------------------------------------------------------------------------------------------
@@ -534,5 +576,5 @@ register_family(FamilySpec(
            LinkClass("d2d", 1e-3, 1e6, "pair -> pair signaling (GNN node states)"),
            LinkClass("dl", 1e-3, 1e6, "Tx -> Rx signaling (ENGNN node and edge states)")),
     unit=UNIT, summary="interference channel: K Tx-Rx pairs (N_t antennas), layouts gaussian | d2d | engnn",
-    augment={"symmetry": symmetry_transform},
+    augment={"symmetry": symmetry_transform, "subnetwork": subnetwork_transform},
 ))
