@@ -49,7 +49,9 @@ Beamformer v_k = post-processing of the direct edge's state E_kk (ENGNN-E, ``rea
 state (ENGNN-N, ``readout: node``), then v_k sqrt(P) / max(||v_k||, sqrt(P)).  Paper: L = 1, d_E = 8
 (Sec. IV-A); node states d_node = 8, MLP hidden width 32 and message width d_msg = 8 are this
 implementation's defaults (the paper gives none).  The shipped 100-sample model (issue 14) has L = 2, d_E = d_msg
-= 32, hidden 64, ``feature_norm: frame_conj`` (scenarios/train_engnn_ex1_100.yaml says why).
+= 32, hidden 64, ``feature_norm: frame_conj`` (scenarios/train_engnn_ex1_100.yaml says why), trained with the
+interference family's ``subnetwork`` augmentation (session 10; ``ex1_100_sym`` is the session-8 model trained with
+``symmetry`` only).
 
 Distributed (one protocol round = one updating layer, every quantity from layer l-1; DESIGN §4).  Tx m
 holds its edges' states E_mk (it has the CSI of its channels h_mk, as WMMSE's BSs do) and f_tx,m; Rx k
@@ -97,7 +99,7 @@ DL, UL = "bs>ue", "ue>bs"
 MODELS = Path(__file__).resolve().parent / "models"
 #: shipped Ex1 checkpoints by name (``checkpoint: shipped:<name>``); ``shipped`` = ex1_fresh (ex1_1000 before
 #: session 10)
-SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh")}
+SHIPPED_MODELS = {f"ex1_{n}": MODELS / f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh", "100_sym")}
 #: the training YAML of each shipped model
 SHIPPED_RECIPES = {name: f"scenarios/train_engnn_{name}.yaml" for name in SHIPPED_MODELS}
 #: input feature maps (``feature_norm``): 'none' the paper's h / sigma; 'linear' / 'mean' as WCGCN's (agents/wcgcn.py)

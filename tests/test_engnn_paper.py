@@ -43,17 +43,18 @@ def test_ex1_100_samples_engnn_above_wcgcn(k20_100_samples: dict) -> None:
 
 def test_ex1_100_samples_shipped_level(k20_100_samples: dict) -> None:
     """The level of the shipped models (scenarios/train_{engnn,wcgcn}_ex1_100.yaml; ENGNN: L = 2, d_E = 32,
-    feature_norm frame_conj, best validation at step 1400), measured on these seeds: ENGNN 88.53, WCGCN 78.38,
-    WMMSE-100 93.05 bit/s/Hz (95.1 % / 84.2 %); tolerance 1 point of WMMSE.  (Before session 8 ENGNN, L = 1,
-    d_E = 8, measured 81.24, 87.3 %.)"""
+    feature_norm frame_conj, augment subnetwork, best validation at step 2700), measured on these seeds: ENGNN 89.22,
+    WCGCN 78.38, WMMSE-100 93.05 bit/s/Hz (95.9 % / 84.2 %); tolerance 1 point of WMMSE.  (Session 8's model,
+    augment symmetry, now ``shipped:ex1_100_sym``: 88.53, 95.1 %; before session 8, L = 1, d_E = 8: 81.24, 87.3 %.)"""
     r = k20_100_samples
-    assert r["engnn"] >= 0.941 * r["wmmse"], r
+    assert r["engnn"] >= 0.949 * r["wmmse"], r
     assert r["wcgcn"] >= 0.832 * r["wmmse"], r
 
 
 def test_ex1_100_samples_engnn_95_percent_of_wmmse(k20_100_samples: dict) -> None:
-    """Met on these seeds by a thin margin: 88.53 vs 0.95 x 93.05 = 88.39 (95.1 %); on seeds 1000-1001 88.59 vs
-    93.06 (95.2 %), on seeds 2000-2001 85.69 vs 90.86 (94.3 %, below): the model sits at ~95 %, not clearly above."""
+    """Met on these seeds: 89.22 vs 0.95 x 93.05 = 88.39 (95.9 %); on seeds 1000-1001 89.21 vs 93.06 (95.9 %), on
+    seeds 2000-2001 86.57 vs 90.86 (95.3 %): met on all three held-out sets since the subnetwork augmentation
+    (session 10; the symmetry-only model ex1_100_sym: 95.1 / 95.2 / 94.3 %)."""
     r = k20_100_samples
     assert r["engnn"] >= 0.95 * r["wmmse"], r
 
@@ -61,7 +62,7 @@ def test_ex1_100_samples_engnn_95_percent_of_wmmse(k20_100_samples: dict) -> Non
 def test_ex1_fresh_model_level_k20(k20_100_samples: dict) -> None:
     """The fresh-sample model (scenarios/train_engnn_ex1_fresh.yaml, the default ``shipped``) at K = 20, measured on
     these seeds: 90.90 bit/s/Hz = 97.7 % of WMMSE-100 93.05 (seeds 1000-1001: 90.89, 97.7 %; 2000-2001: 88.04,
-    96.9 %), above the 100-sample model (88.53); tolerance 1 point of WMMSE."""
+    96.9 %), above the 100-sample model (89.22); tolerance 1 point of WMMSE."""
     r = k20_100_samples
     assert r["engnn_fresh"] >= 0.967 * r["wmmse"], r
     assert r["engnn_fresh"] > r["engnn"], r
@@ -77,9 +78,10 @@ def test_ex1_generalisation_k100_engnn_above_truncated_wmmse() -> None:
     assert 0 < row["engnn_pct"] and 0 < row["wcgcn_pct"]  # both reported (the example's table)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model (L = 2) reaches 166.0 vs 182.7 "
+@pytest.mark.xfail(strict=True, reason="issue 14: at K = 100 the 100-sample model (L = 2) reaches 169.3 vs 182.7 "
                    "bit/s/Hz for WMMSE after 2 rounds (50 held-out layouts, seeds 5000-5001); it overfits its 100 "
-                   "layouts: the same recipe on 1000 samples reaches 180.9, on fresh samples 189.5 (the test above)")
+                   "layouts (with the subnetwork augmentation; 166.0 with symmetry only): the same recipe on 1000 "
+                   "samples reaches 180.9, on fresh samples 189.5 (the test above)")
 def test_ex1_generalisation_k100_100_samples_above_truncated_wmmse() -> None:
     row = study.ex1_generalisation([100], 50, SEED, 25, "float32", 100)[0]
     assert row["engnn"] >= row["wmmse_engnn"], row

@@ -47,7 +47,7 @@ EXPECTED = {
               **{f"shipped:gauss_K{k}_{s}dB": f"wcgcn_gauss_K{k}_{s}dB.pt" for k in (10, 30, 50) for s in (0, 10)},
               **{f"shipped:gauss_K50_10dB_L{n}": f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)}},
     "engnn": {"shipped": "engnn_ex1_fresh.pt",
-              **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh")}},
+              **{f"shipped:ex1_{n}": f"engnn_ex1_{n}.pt" for n in (10, 100, 1000, "fresh", "100_sym")}},
     "engnn_ex2": {"shipped": "engnn_ex2_n10.pt", **{f"shipped:ex2_n{n}": f"engnn_ex2_n{n}.pt" for n in (2, 5, 10)}},
     "engnn_ex3": {"shipped": "engnn_ex3.pt", "shipped:ex3": "engnn_ex3.pt", "shipped:ex3_k2": "engnn_ex3_k2.pt",
                   "shipped:ex3_plain": "engnn_ex3_plain.pt"},
