@@ -92,7 +92,7 @@ from dsim.faults import FaultModel
 from dsim.network import EdgeSet, Network
 from dsim.registry import CrossChecked, FamilySpec, LinkClass, register_family
 from dsim.scenarios.channel_file import ChannelFileError, check_array, found, read_family_file, write_npz
-from dsim.scenarios.multicell import MulticellAir
+from dsim.scenarios.multicell import MulticellAir, haar_unitary
 from dsim.units import dbm_to_w
 
 Tensor = torch.Tensor
@@ -320,16 +320,6 @@ def generate_interference(options: InterferenceScenario, batch: int, generator: 
 # --------------------------------------------------------------------------------------------------
 # symmetry (data augmentation of a fixed training set)
 # --------------------------------------------------------------------------------------------------
-def haar_unitary(batch: int, n_pairs: int, n: int, generator: torch.Generator) -> Tensor:
-    """(B, K, n, n) complex128 unitaries drawn from the Haar measure on U(n): QR of a CN(0, I) matrix, each
-    column of Q multiplied by the phase of R's diagonal entry (Mezzadri 2007), so the law is exactly Haar."""
-    z = torch.complex(torch.randn(batch, n_pairs, n, n, generator=generator, dtype=_F64, device="cpu"),
-                      torch.randn(batch, n_pairs, n, n, generator=generator, dtype=_F64, device="cpu"))
-    q, r = torch.linalg.qr(z)
-    d = r.diagonal(dim1=-2, dim2=-1)
-    return q * (d / d.abs())[..., None, :]
-
-
 def symmetry_draw(batch: int, n_pairs: int, tx_antennas: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """One element of the problem's symmetry group per realization (:func:`apply_symmetry`): Rx phases
     e^{j phi_k}, phi_k ~ U[0, 2 pi) (B, K) complex128, and Tx unitaries Q_j ~ Haar on U(N_t) (B, K, N_t, N_t);

@@ -913,6 +913,47 @@ def load_multicell(path: str | Path, dtype: torch.dtype = torch.complex128) -> M
                              bs_xy=real("bs_xy"), ue_xy=real("ue_xy"), serve_all=serve_all)
 
 
+# --------------------------------------------------------------------------------------------------
+# symmetry (data augmentation of a fixed training set)
+# --------------------------------------------------------------------------------------------------
+def haar_unitary(batch: int, n_pairs: int, n: int, generator: torch.Generator) -> Tensor:
+    """(B, K, n, n) complex128 unitaries drawn from the Haar measure on U(n): QR of a CN(0, I) matrix, each
+    column of Q multiplied by the phase of R's diagonal entry (Mezzadri 2007), so the law is exactly Haar."""
+    z = torch.complex(torch.randn(batch, n_pairs, n, n, generator=generator, dtype=torch.float64, device="cpu"),
+                      torch.randn(batch, n_pairs, n, n, generator=generator, dtype=torch.float64, device="cpu"))
+    q, r = torch.linalg.qr(z)
+    d = r.diagonal(dim1=-2, dim2=-1)
+    return q * (d / d.abs())[..., None, :]
+
+
+def apply_symmetry(ch: MulticellChannels, ue_unitary: Tensor, bs_unitary: Tensor) -> MulticellChannels:
+    """The channels rotated by a symmetry of the WSR problem: H_ik -> P_i H_ik Q_k for every UE i and BS k,
+    P_i in U(N) (a phase e^{j phi_i} for single-antenna UEs), Q_k in U(M).
+
+    Invariance: with the precoders V_i -> Q_{a(i)}^H V_i (every beam of BS k rotated by Q_k^H; with ``serve_all``
+    each per-BS beam v_ki -> Q_k^H v_ki), every received signal H_ik V_j becomes P_i H_ik V_j, so UE i's
+    signal and interference-plus-noise covariances are conjugated by the unitary P_i and its rate
+    log det(I + ...) is unchanged, as is every ||V||_F^2 (the per-BS power).  A precoder is feasible / optimal
+    for the rotated channels iff its rotation back is for the original ones.  Path losses (the norms of the
+    H_ik), positions, weights, noise and CSI ranges are untouched.  For the ``iid`` layout the rotated draw has
+    the law of a fresh one, but it poses the same problem instance (the same Grams H_k H_k^H up to the P_i).
+    ue_unitary (B, I, N, N), bs_unitary (B, K, M, M) complex (any precision; the result keeps ``ch.H``'s dtype
+    and device)."""
+    H = ch.H
+    P = ue_unitary.to(H.device, H.dtype)[:, :, None]                          # (B, I, 1, N, N)
+    Q = bs_unitary.to(H.device, H.dtype)[:, None]                              # (B, 1, K, M, M)
+    return replace(ch, H=P @ H @ Q)
+
+
+def symmetry_transform(ch: MulticellChannels, generator: torch.Generator) -> MulticellChannels:
+    """The family's ``symmetry`` augmentation (``train.augment: symmetry``): :func:`apply_symmetry` with P_i ~
+    Haar on U(N) and Q_k ~ Haar on U(M) drawn from ``generator`` (in this order), independently per
+    realization."""
+    P = haar_unitary(ch.batch, ch.n_ue, ch.ue_antennas, generator)
+    Q = haar_unitary(ch.batch, ch.n_bs, ch.bs_antennas, generator)
+    return apply_symmetry(ch, P, Q)
+
+
 register_family(FamilySpec(
     name=FAMILY, options=MulticellScenario, generate=generate_multicell, build=multicell_network,
     save=save_multicell, load=load_multicell, file_keys=REQUIRED, roles=("bs", "ue"),
@@ -920,4 +961,5 @@ register_family(FamilySpec(
            LinkClass("dl", 1e-3, 1e6, "BS -> UE downlink signaling"),
            LinkClass("bh", 1e-4, 1e9, "BS <-> BS backhaul")),
     unit=UNIT, summary="multicell MU-MIMO downlink: K BSs (M antennas) serve I UEs (N antennas)",
+    augment={"symmetry": symmetry_transform},
 ))
