@@ -242,15 +242,15 @@ def test_augment_needs_a_family_transform_and_a_fixed_set_and_keep_best_keeps_th
     from dsim.config import config_from_dict
 
     bad = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}],
-           "train": {"algorithm": "gcn_wmmse", "train_samples": 10, "augment": "symmetry"}}
+           "train": {"algorithm": "gcn_wmmse", "train_samples": 10, "augment": "subnetwork"}}
     with pytest.raises(ConfigError) as err:
         config_from_dict(bad, "t.yaml")
-    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'symmetry'; "
-                               "allowed: none"]
+    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'subnetwork'; "
+                               "allowed: none, symmetry"]
     with pytest.raises(ConfigError) as err:
         train_main(bad | {"source": "t.yaml", "train": bad["train"] | {"steps": 1, "progress": False}}, tmp_path / "x")
-    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'symmetry'; "
-                               "allowed: none"]
+    assert err.value.lines == ["t.yaml: train.augment: the 'multicell' family provides no augmentation 'subnetwork'; "
+                               "allowed: none, symmetry"]
     with pytest.raises(ValidationError, match="augments a fixed training set"):
         TrainOptions(algorithm="gcn_wmmse", augment="symmetry")
     scenario = {"family": "interference", "layout": "engnn", "n_pairs": 4}
