@@ -8,7 +8,9 @@ the family's row H_k (1 x M).
 Graph: bipartite antennas x users of one BS; features live on the edges (n, k): d_nk in R^J, input
 d_nk^(0) = [Re h_nk, Im h_nk] (J_0 = 2), output d_nk^(L) = [Re v^_nk, Im v^_nk] (J_L = 2).
 
-Model-GNN layer l (SPECS §2, eq. (12) with (15), term (c) dropped):
+Model-GNN layer l (SPECS §2, eq. (12) with (15); SPECS drops (15)'s term (c) by aggregating only d_ik over the
+antennas, P^T sum_i d_ik; this layer keeps it, P acting on the antenna sum of the whole c_ik -- a superset of
+SPECS' layer, P's Taylor rows at zero give it back; it costs compute, no signaling in the single cell):
     the J reals of d_nk are read as J/2 complex features D_f (M x K) ("complex feature pairs");
     A_f = H D_f (K x K), a_jk = h_j^H d_k           (Taylor step D <- 2D - D H D of the pseudo-inverse;
     c_nk = [d_nk, (D_f A_f)_nk for every f]          the paper's (5) writes the factors the other way round)
