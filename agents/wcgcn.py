@@ -24,6 +24,12 @@ ReLU after every layer of MLP1 and after the hidden layers of MLP2; the same wei
   (2 N_t more reals per edge); 'both': [f(h_ji), f(h_ij)], MLP1 {8 N_t, 64, 64}.  ``receiver_state``: MLP1
   also takes the receiver's state, MLP1(x_j, e_ji, x_i) (4 N_t more inputs; nothing more is sent).
   The shipped beamforming model uses edge_feature 'out' (scenarios/train_wcgcn_d2d_bf.yaml).
+  ``node_carry`` 'channel' (default): the update keeps f(h_kk), x_k <- [sigma(y_k), f(h_kk)] in every layer
+  (eq. (8): the node feature stays in the state); 'beam': the update of the authors' public code,
+  x_k <- [sigma(y_k), v_k], the new beam beside the previous one, so f(h_kk) enters layer 1 only (through the
+  first update) -- same sizes, same message.  Side by side on the layout mpgnn_code (the recipe of
+  scenarios/train_wcgcn_mpgnn_code_bf.yaml, same seeds and validation set), validation after 500 / 1000 / 1500
+  steps: 'channel' 118.51 / 121.70 / 123.05, 'beam' 95.08 / 120.64 / 122.92 bit/s/Hz (slower start, no gain).
 
 Feature map (channels span ~100 dB in the D2D layouts, so raw amplitudes cannot be fed): for a channel
 h (N_t,) seen by a receiver with noise sigma^2, snr = ||h||^2 P_max / sigma^2 and
@@ -40,8 +46,11 @@ f(h) = sqrt(P_max / sigma^2) h / s with s = sqrt(E[snr] / n), the standard devia
 (power control: the magnitude).  Both are statistics of the direct links and of the edges separately, from the
 first training minibatch, in ``scale``.  Side by side from the untrained beamforming model (the recipe of
 scenarios/train_wcgcn_d2d_bf.yaml with batch 64, same seeds), validation after 100 / 200 / 300 steps: 'mean'
-201.5 / 216.7 / 220.4, 'std' 202.8 / 215.5 / 220.5, 'linear' 191.2 (100 steps) bit/s/Hz: no gain, so the
-shipped models keep 'mean'.
+201.5 / 216.7 / 220.4, 'std' 202.8 / 215.5 / 220.5, 'linear' 191.2 (100 steps) bit/s/Hz: no gain there (P.1411
+channels span ~100 dB).  On the layout mpgnn_code (the authors' channel, ~30 dB of direct gains) 'linear' learns
+faster: the recipe of scenarios/train_wcgcn_mpgnn_code_bf.yaml (batch 16, same seeds and validation set), validation
+after 500 / 1000 / 1500 steps: 'mean' 118.51 / 121.70 / 123.05, 'linear' 120.81 / 123.47 / 124.68 bit/s/Hz
+(WMMSE 134.81): 'linear' at 1500 steps = 'mean' at ~2700.
 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
@@ -100,6 +109,9 @@ TRAIN_DEFAULTS = {"steps": 2000, "batch": 64, "lr": 1e-3, "lr_decay_every": 3125
 BF_EDGE_FEATURES = ("in", "out", "both")
 #: input normalisations (``feature_norm``, module docstring): 'mean' (default) | 'std' | 'linear'
 FEATURE_NORMS = ("mean", "std", "linear")
+#: beamforming node update (``node_carry``, module docstring): what x keeps beside the new beam, 'channel' = f(h_kk)
+#: (default, eq. (8)) | 'beam' = the previous beam (the authors' public code)
+NODE_CARRY = ("channel", "beam")
 
 
 def units(mode: str, n_t: int, edge_feature: str = "in", receiver_state: bool = False
@@ -184,7 +196,9 @@ def node_update(params: WCGCNParams, x: Tensor, m: Tensor) -> Tensor:
     if params.mode == "pc":  # sigmoid (identical on any host size); y floored at SIGMOID_FLOOR so that exp(-y)
         # cannot overflow (float32: y < -88.7 gave exp = inf, p = 0 and NaN gradients through 1/(1+inf) and sqrt(p))
         return torch.cat([x[..., :2], 1.0 / (1.0 + torch.exp(-y.clamp_min(SIGMOID_FLOOR)))], -1)
-    return torch.cat([ball(y), x[..., 2 * params.tx_antennas:]], -1)
+    # node_carry 'beam': x = [new v, previous v] (module docstring)
+    keep = x[..., :2 * params.tx_antennas] if params.node_carry == "beam" else x[..., 2 * params.tx_antennas:]
+    return torch.cat([ball(y), keep], -1)
 
 
 class WCGCNParams(LearnedModule):
@@ -192,10 +206,11 @@ class WCGCNParams(LearnedModule):
     (0 until observed: then 1 is used)."""
 
     hparam_names: ClassVar[tuple[str, ...]] = ("mode", "tx_antennas", "layers", "edge_feature", "receiver_state",
-                                               "feature_norm")
+                                               "feature_norm", "node_carry")
 
     def __init__(self, mode: str = "pc", tx_antennas: int = 1, layers: int = 3, edge_feature: str = "in",
-                 receiver_state: bool = False, feature_norm: str = "mean", seed: int = 0) -> None:
+                 receiver_state: bool = False, feature_norm: str = "mean", node_carry: str = "channel",
+                 seed: int = 0) -> None:
         super().__init__()
         if mode not in ("pc", "bf"):
             raise ValueError(f"wcgcn mode must be 'pc' or 'bf', got {mode!r}")
@@ -203,7 +218,10 @@ class WCGCNParams(LearnedModule):
             raise ValueError(f"wcgcn edge_feature must be one of {BF_EDGE_FEATURES}, got {edge_feature!r}")
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"wcgcn feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+        if node_carry not in NODE_CARRY:
+            raise ValueError(f"wcgcn node_carry must be one of {NODE_CARRY}, got {node_carry!r}")
         self.feature_norm = feature_norm
+        self.node_carry = node_carry if mode == "bf" else "channel"
         self.mode, self.tx_antennas, self.layers = mode, int(tx_antennas), int(layers)
         self.edge_feature = edge_feature if mode == "bf" else "in"  # power control: always [|h_ji|, |h_ij|]
         self.receiver_state = bool(receiver_state) and mode == "bf"
@@ -372,6 +390,9 @@ class WCGCNOptions(LearnedOptions):
         None, description="input normalisation: mean = f(h) with s the mean log-SNR (default) | std = same map, "
         "unit-variance components | linear = the authors' code: h standardised per class, no log; default: "
         "checkpoint's")
+    node_carry: Literal["channel", "beam"] | None = Field(
+        None, description="beamforming node update: x <- [v_new, f(h_kk)] (channel, eq. (8); default) | "
+        "[v_new, v_old] (beam, the authors' public code); default: checkpoint's")
     aggr: Literal["max", "sum", "mean"] = Field(
         "max", description="aggregation of eq. (7) at inference: max (the paper's, what the models were trained "
         "with) | sum | mean (a swap for robustness studies)")

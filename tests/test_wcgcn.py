@@ -29,11 +29,12 @@ def scenario(scn: dict, batch: int = 3, seed: int = 21, faults: FaultModel | Non
 BF_VARIANTS = [("in", False), ("both", True)]
 
 
-def trained_like(mode: str, n_t: int, seed: int = 3, edge_feature: str = "in", receiver_state: bool = False):
+def trained_like(mode: str, n_t: int, seed: int = 3, edge_feature: str = "in", receiver_state: bool = False,
+                 node_carry: str = "channel"):
     """An untrained module with observed feature scales (as a trained checkpoint has)."""
     from agents.wcgcn import WCGCNParams
 
-    m = WCGCNParams(mode, n_t, 3, edge_feature, receiver_state, seed=seed)
+    m = WCGCNParams(mode, n_t, 3, edge_feature, receiver_state, node_carry=node_carry, seed=seed)
     m.scale.copy_(torch.tensor([15.0, 6.0], dtype=torch.float64, device="cpu"))
     return m
 
@@ -78,13 +79,15 @@ def test_permutation_equivariance_and_power(scn, mode, n_t, edge, rs) -> None:
     assert torch.allclose(s.air.power_ratio(V[3]).max(), (p / ch.power_w[0]).max())
 
 
-@pytest.mark.parametrize("scn,mode,n_t,edge,rs", CASES, ids=CASE_IDS)
-def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t, edge, rs) -> None:
-    """Three layers computed with dense K x K feature arrays and a masked max (eq. (8)) = the protocol."""
+@pytest.mark.parametrize("scn,mode,n_t,edge,rs,carry", [c + ("channel",) for c in CASES]
+                         + [(BF, "bf", 2, "out", False, "beam")], ids=CASE_IDS + ["bf_out_carry_beam"])
+def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t, edge, rs, carry) -> None:
+    """Three layers computed with dense K x K feature arrays and a masked max (eq. (8)) = the protocol
+    (``node_carry`` 'beam': the state keeps the previous beam instead of f(h_kk), the authors' code's update)."""
     from agents.wcgcn import as_complex, as_reals, ball, channel_feature
 
     ch, s = scenario(scn)
-    params = trained_like(mode, n_t, 3, edge, rs)
+    params = trained_like(mode, n_t, 3, edge, rs, carry)
     s_own, s_edge = (float(v) for v in params.scale)
     P, nz = ch.power_w[0], ch.noise_w[0]
     c2 = P / nz
@@ -114,7 +117,7 @@ def test_layer_equals_dense_adjacency_implementation(scn, mode, n_t, edge, rs) -
             if mode == "pc":
                 x = torch.cat([x[..., :2], torch.sigmoid(y)], -1)
             else:
-                x = torch.cat([ball(y), x[..., 2 * n_t:]], -1)
+                x = torch.cat([ball(y), x[..., :2 * n_t] if carry == "beam" else x[..., 2 * n_t:]], -1)
         want = (x[..., 2] * P).sqrt() if mode == "pc" else P.sqrt() * as_complex(x[..., :2 * n_t])
         V, _ = run(params, s)
     got = V[3][..., 0] if mode == "bf" else V[3][..., 0, 0].real
@@ -266,3 +269,27 @@ def test_power_control_gradient_stays_finite_where_the_sigmoid_saturates() -> No
     y = params64.mlp2(torch.cat([x64, m64], -1))
     assert float(y.detach().min()) > SIGMOID_FLOOR
     assert torch.allclose(node_update(params64, x64, m64)[..., 2:], torch.sigmoid(y), rtol=1e-15, atol=0)
+
+
+def test_node_carry_defaults_to_the_channel_and_old_checkpoints_load_unchanged() -> None:
+    """``node_carry``: the shipped beamforming checkpoints (written before the option, no such hyper-parameter)
+    load as 'channel'; asking 'beam' of them is an option error; power control ignores it; an unknown value is
+    refused; 'beam' changes the outputs of the same weights (the state differs from layer 2 on)."""
+    from agents.wcgcn import MODEL, WCGCNOptions, WCGCNParams
+    from dsim.learn import load_checkpoint
+    from dsim.registry import OptionError
+
+    ck = load_checkpoint(MODEL.locate("shipped:mpgnn_code_bf")[0])
+    assert "node_carry" not in ck["hparams"]
+    assert MODEL.make(WCGCNOptions(checkpoint="shipped:mpgnn_code_bf")).node_carry == "channel"
+    with pytest.raises(OptionError):
+        MODEL.make(WCGCNOptions(checkpoint="shipped:mpgnn_code_bf", node_carry="beam"))
+    assert WCGCNParams("pc", 1, 3, node_carry="beam").node_carry == "channel"
+    with pytest.raises(ValueError, match="node_carry"):
+        WCGCNParams("bf", 2, 3, node_carry="memory")
+    _, s = scenario(BF)
+    a, b = trained_like("bf", 2, 3, "out"), trained_like("bf", 2, 3, "out", node_carry="beam")
+    with torch.no_grad():
+        Va, _ = run(a, s)
+        Vb, _ = run(b, s)
+    assert torch.equal(Va[1], Vb[1]) and not torch.allclose(Va[3], Vb[3])
