@@ -50,7 +50,9 @@ scenarios/train_wcgcn_d2d_bf.yaml with batch 64, same seeds), validation after 1
 channels span ~100 dB).  On the layout mpgnn_code (the authors' channel, ~30 dB of direct gains) 'linear' learns
 faster: the recipe of scenarios/train_wcgcn_mpgnn_code_bf.yaml (batch 16, same seeds and validation set), validation
 after 500 / 1000 / 1500 steps: 'mean' 118.51 / 121.70 / 123.05, 'linear' 120.81 / 123.47 / 124.68 bit/s/Hz
-(WMMSE 134.81): 'linear' at 1500 steps = 'mean' at ~2700.
+(WMMSE 134.81): 'linear' at 1500 steps = 'mean' at ~2700.  Run on (resumed, lr x 0.85 every 500 steps from
+1500) it flattened at 127.29 (step 8700) and gave T V 94.14 / 94.15 % (seeds 900+ / 200+, 500 layouts), below the
+shipped 'mean' model (127.36; 94.41 / 94.46 %): faster early, not higher, so mpgnn_code_bf keeps 'mean'.
 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
