@@ -370,6 +370,10 @@ class ModelGNNMCParams(LearnedModule):
       interference-cancelling part); ``cell``: own-cell / other-cell users j (:func:`taylor_features`).
     * ``user_gate`` -- the per-user soft selection :func:`user_gate` with learned exponents ``gamma``
       (hidden layers x 2 edge types, init 0).
+    * ``self_per_type`` -- the self weight s has its own value per edge type (``w_self[l]`` (2, p J_l, J_{l+1})),
+      as the paper's "inter-cell edges are updated similarly" reads (its own weight set); default False: one s.
+    * ``norm: graph`` -- sigma = X/||X||_F over the whole sample's edges (every BS's; SPECS §2), which costs one
+      scalar ||X_m||_F^2 per BS per hidden layer over the backhaul; default ``bs``: over each BS's edges.
 
     Why: with the paper's layer the trained policy equals coordinated RZF over all users (each BS inverting its
     channel to every user, equal weights): 62-63 % of WMMSE at (M, N, K) = (3, 8, 4), 84 % at (2, 16, 8), where
@@ -380,18 +384,24 @@ class ModelGNNMCParams(LearnedModule):
     WMMSE 19.0): sum 10.8 (the earlier helper's curve), mean 11.81, mean + self 12.45, mean + self + gate 14.34
     and rising."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "complex_weights", "aggr", "taylor_split", "user_gate")
+    hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "complex_weights", "aggr", "taylor_split", "user_gate",
+                                               "self_per_type", "norm")
 
     def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), complex_weights: bool = False, aggr: str = "sum",
-                 taylor_split: str = "none", user_gate: bool = False, seed: int = 0) -> None:
+                 taylor_split: str = "none", user_gate: bool = False, self_per_type: bool = False,
+                 norm: str = "bs", seed: int = 0) -> None:
         super().__init__()
         self.hidden = tuple(int(h) for h in hidden)
         self.complex_weights = bool(complex_weights)
         self.aggr = str(aggr)
         self.taylor_split = str(taylor_split)
         self.user_gate = bool(user_gate)
+        self.self_per_type = bool(self_per_type)
+        self.norm = str(norm)
         if self.aggr not in ("sum", "mean"):
             raise ValueError(f"model_gnn_mc: aggr must be sum or mean, got {self.aggr!r}")
+        if self.norm not in ("bs", "graph"):
+            raise ValueError(f"model_gnn_mc: norm must be bs or graph, got {self.norm!r}")
         if self.taylor_split not in ("none", "cell", "self"):
             raise ValueError(f"model_gnn_mc: taylor_split must be none, cell or self, got {self.taylor_split!r}")
         if any(h % 2 for h in self.hidden):
@@ -409,7 +419,8 @@ class ModelGNNMCParams(LearnedModule):
             u = torch.rand(*shape, generator=g, dtype=torch.float64, device="cpu")
             return nn.Parameter((2 * u - 1) / math.sqrt(parts * a))
 
-        self.w_self = nn.ParameterList(init(a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
+        self.w_self = nn.ParameterList(init(*((2,) if self.self_per_type else ()), a=a, b=b)
+                                       for a, b in zip(widths[:-1], widths[1:]))
         self.w_agg = nn.ParameterList(init(2, len(MC_TERMS), a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
         if self.user_gate:  # gamma[l, t]: the gate exponent of hidden layer l, edge type t; 0 = the paper's layer
             self.gamma = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64, device="cpu"))
@@ -428,8 +439,9 @@ class ModelGNNMCParams(LearnedModule):
         return 2 if self.taylor_split == "none" else 3
 
     def real_weights(self, ell: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(s (2 J_l, J_{l+1}), W (2, 4, 2 J_l, J_{l+1})) of layer ``ell`` as real matrices on the interleaved
-        (Re, Im) features (:func:`complex_block` of the complex weights)."""
+        """(s (p J_l, J_{l+1}), or (2, p J_l, J_{l+1}) per edge type with ``self_per_type``; W (2, 4, p J_l,
+        J_{l+1})) of layer ``ell`` as real matrices on the interleaved (Re, Im) features (:func:`complex_block` of
+        the complex weights)."""
         S, W = self.w_self[ell].to(dtype), self.w_agg[ell].to(dtype)
         return (complex_block(S), complex_block(W)) if self.complex_weights else (S, W)
 
@@ -464,7 +476,8 @@ def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, 
     reparametrisation of (12)).
 
     c (B, n_bs, M, U, F) Step-1 features [d, D A] (:func:`taylor_features`), remote (B, n_bs, U, F) the other
-    BSs' :func:`antenna_sums` summed (the ``bh`` inbox), S (F, F'), W (2, 4, F, F') (:class:`ModelGNNMCParams`),
+    BSs' :func:`antenna_sums` summed (the ``bh`` inbox), S (F, F') (or (2, F, F'): s_t per edge type t),
+    W (2, 4, F, F') (:class:`ModelGNNMCParams`),
     own (n_bs, U) bool (u served by the BS), csi (B, n_bs, U) bool (the BS has u's CSI).  Returns
     (B, n_bs, M, U, F'), zero on edges without CSI.
 
@@ -487,7 +500,10 @@ def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, 
     per_user = torch.cat([s_ant, remote], dim=-1)                              # (B, n_bs, 1, U, 2F)
     per_ant = (torch.cat([s_own, s_other], dim=-1), torch.cat([s_other, s_own], dim=-1))  # (B, n_bs, M, 1, 2F)
     agg = [per_user @ W[t, :2].flatten(0, 1) + per_ant[t] @ W[t, 2:].flatten(0, 1) for t in (0, 1)]
-    y = c @ S + ownf * agg[0] + (1 - ownf) * agg[1]
+    if S.dim() == 3:  # option self_per_type: s_t per edge type t
+        y = ownf * (c @ S[0] + agg[0]) + (1 - ownf) * (c @ S[1] + agg[1])
+    else:
+        y = c @ S + ownf * agg[0] + (1 - ownf) * agg[1]
     return y * csi.to(rdt)[:, :, None, :, None]
 
 
@@ -554,7 +570,9 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
       (U x 2 J_l reals, U x 3 J_l with ``taylor_split``; U = I N virtual users) -- the only cross-cell term of
       the update, p_r's;
     * ``update_l`` (local): :func:`mc_edge_layer`, then sigma = X/||X||_F over the BS's edges (hidden layers)
-      or the per-BS power normalisation :func:`mc_output` (last layer).
+      or the per-BS power normalisation :func:`mc_output` (last layer);
+    * with option ``norm: graph``, after each hidden layer's update: ``bh_norm_l`` (message on ``bs>bs``: the
+      BS's ||X_m||_F^2, one real) and ``norm_l`` (local: X_m / sqrt(sum over all BSs of ||X_m'||_F^2)).
 
     One round; decision V per served UE (B, S, M, N).  With one BS nothing is sent."""
     N = int(net.info["ue_antennas"])
@@ -589,7 +607,11 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
             if ell < L - 1:
                 if params.user_gate:
                     y = user_gate(y, params.gamma[ell], own, csi)
-                block.state["x"] = normalize(y)
+                if params.norm == "graph":  # sigma over the whole sample: after the bh_norm message
+                    block.state["y"] = y
+                    block.state["sq"] = y.pow(2).sum(dim=(-3, -2, -1))[..., None]          # (B, n_bs, 1)
+                else:
+                    block.state["x"] = normalize(y)
                 return
             V = mc_output(y, own, block.local["power"])                       # (B, n_bs, M, U)
             B, nb, M, _ = V.shape
@@ -598,6 +620,19 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
             block.state["V"] = V[:, sv.dst_local, sv.src]
         return run
 
+    def send_sq(block: AgentBlock, ev: EdgeView) -> dict[str, Tensor]:
+        return {"sq": ev.gather_src(block.state["sq"])}
+
+    def receive_sq(block: AgentBlock, inbox: Inbox) -> None:
+        block.state["sq_remote"] = inbox["sq"]
+
+    def graph_norm(block: AgentBlock) -> None:
+        """sigma = X/||X||_F over every BS's edges of the sample: ||X||^2 = own + the other BSs' (option norm)."""
+        y = block.state.pop("y")
+        sq = block.state.pop("sq") + block.state.pop("sq_remote", 0.0)
+        nrm = sq.clamp_min(0).sqrt().clamp_min(torch.finfo(y.dtype).tiny)
+        block.state["x"] = y / nrm[..., None, None]
+
     phases: list = []
     for ell in range(L):
         F = params.taylor_parts * params.widths[ell]
@@ -605,6 +640,10 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
                    Message(f"bh_sums_l{ell + 1}", BACKHAUL, (MsgField("sums", "real", (U, F)),), send, receive,
                            aggr="sum", silent="exclude"),
                    Local(f"update_l{ell + 1}", "bs", update(ell))]
+        if params.norm == "graph" and ell < L - 1:
+            phases += [Message(f"bh_norm_l{ell + 1}", BACKHAUL, (MsgField("sq", "real", (1,)),), send_sq,
+                               receive_sq, aggr="sum", silent="exclude"),
+                       Local(f"norm_l{ell + 1}", "bs", graph_norm)]
     meta = {"layers": L, "trainable_parameters": params.n_trainable(),
             "bh_reals_per_message": [U * params.taylor_parts * w for w in params.widths[:-1]]}
     return Protocol("model_gnn_mc", ("bs", "ue"), {"bs": init}, phases, 1, Output("bs", "V", SERVE),
@@ -625,6 +664,11 @@ class ModelGNNMCOptions(LearnedOptions):
     taylor_split: Literal["none", "cell", "self"] | None = Field(
         None, description="Step-1 Taylor sum sum_j d_nj a_jk kept whole (none, the paper's), split into own-cell "
         "and other-cell users j (cell) or into j = k and j != k (self); default the checkpoint's")
+    self_per_type: bool | None = Field(None, description="the self weight s per edge type (intra-/inter-cell) "
+                                       "instead of one shared s; default the checkpoint's")
+    norm: Literal["bs", "graph"] | None = Field(
+        None, description="hidden-layer sigma = X/||X||_F over each BS's edges (bs) or over the whole sample's "
+        "(graph, one scalar per BS over the backhaul per layer); default the checkpoint's")
 
 
 MODEL_MC = LearnableSpec("model_gnn_mc", ModelGNNMCParams, ModelGNNMCOptions,

@@ -100,6 +100,8 @@ class TrainOptions(CrossChecked):
         "checkpoint", description="on --resume, the lr decay: checkpoint (exactly the saved StepLR) | config (the "
         "saved StepLR with this file's lr_decay_every and lr_decay from the resumed step on; the lr itself "
         "continues from the checkpoint's)")
+    resume_lr: float | None = Field(None, gt=0, description="on --resume, the lr from the resumed step on (the "
+                                    "schedule then decays it as resume_schedule says); null: the checkpoint's lr")
     keep_best: bool = Field(False, description="also write best.pt: the state at the validation with the highest "
                             "validation WSR so far (early stopping by validation; checkpoint.pt stays the last)")
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
@@ -268,6 +270,9 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
         sched.load_state_dict(ck["scheduler"])
         if opts.resume_schedule == "config":
             sched.step_size, sched.gamma = opts.lr_decay_every, opts.lr_decay
+        if opts.resume_lr is not None:  # StepLR is chainable: it multiplies the group's lr in place
+            for group in opt.param_groups:
+                group["lr"] = opts.resume_lr
         start, log = int(ck["step"]), list(ck["log"])
     module.train()
     val_net, val_air = val_sample(opts.val_size, batch_seed(seed, -1))

@@ -52,7 +52,8 @@ def test_backhaul_edges_every_ordered_pair():
 def _direct(params, ch) -> np.ndarray:
     """The P2 Model-GNN on the whole graph, written from the paper's equations with explicit loops over the
     BSs m (no engine, no messages): edges (n_m, u) for every antenna n of BS m and every user u; with the
-    options aggr: mean, taylor_split: cell | self and user_gate written out per edge as well."""
+    options aggr: mean, taylor_split: cell | self, user_gate, self_per_type and norm: graph written out per edge
+    as well."""
     mean = params.aggr == "mean"
     split = params.taylor_split
     H = ch.H.numpy()[:, :, :, 0, :]                                   # (B, I, K, M): row H_ik = h^H
@@ -84,7 +85,7 @@ def _direct(params, ch) -> np.ndarray:
             c[:, m, :, :, :J] = x[:, m]
             for i, Z in enumerate(blocks):
                 c[:, m, :, :, (i + 1) * J:(i + 2) * J:2], c[:, m, :, :, (i + 1) * J + 1:(i + 2) * J:2] = Z.real, Z.imag
-        y = np.zeros(x.shape[:-1] + (ws[ell].shape[1],))
+        y = np.zeros(x.shape[:-1] + (ws[ell].shape[-1],))
         for b in range(B):
             for m in range(K):
                 for n in range(M):
@@ -97,7 +98,8 @@ def _direct(params, ch) -> np.ndarray:
                                  c[b, m, n, same].sum(0), c[b, m, n, other].sum(0)]
                         if mean:
                             terms = [v / max(cnt, 1) for v, cnt in zip(terms, (M, M * (K - 1), len(same), len(other)))]
-                        y[b, m, n, u] = c[b, m, n, u] @ ws[ell] + sum(v @ wa[ell][t, i] for i, v in enumerate(terms))
+                        s = ws[ell][t] if ws[ell].ndim == 3 else ws[ell]  # self_per_type: s_t
+                        y[b, m, n, u] = c[b, m, n, u] @ s + sum(v @ wa[ell][t, i] for i, v in enumerate(terms))
         if ell < len(ws) - 1 and params.user_gate:
             gamma = params.gamma[ell].numpy()
             for b in range(B):
@@ -107,7 +109,9 @@ def _direct(params, ch) -> np.ndarray:
                         t = 0 if assign[u] == m else 1
                         grp = [v for v in range(I) if (assign[v] == m) == (assign[u] == m)]
                         y[b, m, :, u] *= (e[u] / e[grp].mean()) ** gamma[t]
-        if ell < len(ws) - 1:
+        if ell < len(ws) - 1 and params.norm == "graph":                # sigma over the whole sample's edges
+            x = y / np.linalg.norm(y.reshape(B, -1), axis=-1)[:, None, None, None, None]
+        elif ell < len(ws) - 1:
             x = y / np.linalg.norm(y.reshape(B, K, -1), axis=-1)[:, :, None, None, None]
         else:
             for m in range(K):
@@ -120,8 +124,11 @@ def _direct(params, ch) -> np.ndarray:
 
 
 @pytest.mark.parametrize("complex_weights,variant", [
-    (True, {}), (False, {}), (False, SHIPPED_VARIANT), (True, {"aggr": "mean", "taylor_split": "cell"})],
-    ids=["complex", "real", "shipped-variant", "complex-mean-cell"])
+    (True, {}), (False, {}), (False, SHIPPED_VARIANT), (True, {"aggr": "mean", "taylor_split": "cell"}),
+    (False, SHIPPED_VARIANT | {"self_per_type": True}), (True, {"self_per_type": True}),
+    (False, SHIPPED_VARIANT | {"norm": "graph"}), (False, SHIPPED_VARIANT | {"self_per_type": True, "norm": "graph"})],
+    ids=["complex", "real", "shipped-variant", "complex-mean-cell", "self-per-type", "complex-self-per-type",
+         "graph-norm", "self-per-type-graph-norm"])
 def test_protocol_equals_direct_full_graph_and_power_exact(complex_weights, variant):
     params = _params(complex_weights=complex_weights, **variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3)
@@ -208,6 +215,40 @@ def test_user_gate_at_zero_is_the_paper_layer_and_selects_users():
     spread = [float(((V.abs() ** 2).sum((-1, -2))).std(-1).mean()) for V in (V0, Vs)]
     assert spread[1] > 1.2 * spread[0]
     torch.testing.assert_close(air.power(Vs), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
+
+
+def test_new_options_default_to_the_old_layer():
+    """self_per_type with s_intra = s_inter = the shared s, and norm: graph with one BS, give the old layer
+    exactly; a checkpoint saved without the two options (an old one) loads with their old defaults."""
+    ch = _channels(batch=2)
+    base = _params(**SHIPPED_VARIANT)
+    assert (base.self_per_type, base.norm) == (False, "bs")
+    typed = _params(**SHIPPED_VARIANT, self_per_type=True)
+    with torch.no_grad():
+        for ws, wt in zip(base.w_self, typed.w_self):
+            wt.copy_(ws.expand_as(wt))
+        for wa, wt in zip(base.w_agg, typed.w_agg):
+            wt.copy_(wa)
+    V0, _, _ = _run(base, ch)
+    V1, _, _ = _run(typed, ch)
+    torch.testing.assert_close(V1, V0, rtol=0, atol=1e-13)
+    one = _channels(batch=2, n_bs=1, ues_per_bs=3)
+    graph = _params(**SHIPPED_VARIANT, norm="graph")
+    graph.load_state_dict(base.state_dict())
+    torch.testing.assert_close(_run(graph, one)[0], _run(base, one)[0], rtol=0, atol=0)
+    hp = {k: v for k, v in base.hparams.items() if k not in ("self_per_type", "norm")}
+    old = type(base)(**hp)
+    old.load_state_dict(base.state_dict())
+    assert (old.self_per_type, old.norm) == (False, "bs")
+
+
+def test_graph_norm_sends_one_real_per_bs_pair_per_hidden_layer():
+    params = _params(hidden=(6, 4), **SHIPPED_VARIANT, norm="graph")
+    ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3)
+    _, _, ledger = _run(params, ch)
+    bh = [r for r in ledger if r.phase.startswith("bh_norm")]
+    assert [r.phase for r in bh] == ["bh_norm_l1", "bh_norm_l2"]
+    assert [r.reals for r in bh] == [2 * 3 * 2] * 2                    # B x K (K - 1) messages of one real
 
 
 def test_coordination_uses_the_backhaul():

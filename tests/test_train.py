@@ -321,3 +321,29 @@ def test_resume_schedule_config_is_the_edited_checkpoint(tmp_path):
     # the default keeps the saved schedule exactly (checked by test_resume_is_exact); a bad value is refused
     with pytest.raises(ValidationError):
         _opts(resume_schedule="yaml")
+
+
+def test_resume_lr_is_the_edited_checkpoint(tmp_path):
+    """``resume_lr`` equals resuming a checkpoint whose saved optimizer lr was edited by hand; the schedule then
+    decays it (here with resume_schedule: config)."""
+    import shutil
+
+    first = get_learnable("gcn_wmmse", _opts().options)
+    train(first, sample, _opts(steps=4, lr=1e-3, lr_decay_every=2, lr_decay=0.5), tmp_path / "a", seed=2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    for group in ck["optimizer"]["param_groups"]:
+        group["lr"] = 3e-3
+    ck["scheduler"].update(step_size=3, gamma=0.1)
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    by_option = get_learnable("gcn_wmmse", _opts().options)
+    train(by_option, sample, _opts(steps=7, lr=1e-3, lr_decay_every=3, lr_decay=0.1, resume_schedule="config",
+                                   resume_lr=3e-3), tmp_path / "a", seed=2, resume=True)
+    by_hand = get_learnable("gcn_wmmse", _opts().options)
+    train(by_hand, sample, _opts(steps=7, lr=1e-3, lr_decay_every=2, lr_decay=0.5), tmp_path / "b", seed=2,
+          resume=True)
+    for (n, a), (_, b) in zip(by_option.module.state_dict().items(), by_hand.module.state_dict().items()):
+        assert torch.equal(a, b), n
+    la = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["log"]
+    # steps 1-4: 1e-3, halved after 2; from the resume 3e-3, x0.1 at t = 6 (a multiple of 3)
+    assert [r["lr"] for r in la] == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4, 3e-3, 3e-4, 3e-4], rel=1e-12)
