@@ -15,7 +15,7 @@ the backhaul bytes per realization of each layer (ledger rows of link ``bh``).  
 joint transmission with total power P (the problem the authors' released code solves for n_marco > 1): the shipped
 single-cell Model-GNN (:data:`JOINT_T5`) on the concatenated (M K x M N) channel of the same draws
 (:func:`joint_scenario`), % of single-BS WMMSE (MRT init, total power P); :data:`AUTHORS_JT` is what the authors'
-released code's trained models reach on that problem (notes/s11-mgnnref.md).
+released code's trained models reach on that problem (docs/model_gnn_tab5_authors_code.md).
 Fig. 6 (``--fig6 2,4,8,16,24,30``): K-generalisation at N = 32, SNR 10 dB: the shipped single-cell models
 run unchanged (their weights do not depend on N, K) for each K of the list, % of WMMSE beside ZF: the T II
 models trained at (8, 4) and (32, 16), and the two trained on K drawn per minibatch, N32Kexp (the paper's
@@ -49,7 +49,8 @@ PAPER_T5 = {(2, 16, 8): (98.88, 40.65), (3, 16, 8): (97.33, 36.67), (3, 8, 4): (
 #: best shipped models at those sizes on held-out seeds 1 and 3; no model was trained at (24, 12) or (48, 24))
 JOINT_T5 = {(2, 16, 8): "N32K16", (3, 16, 8): "N64K32", (3, 8, 4): "N32K16"}
 #: the authors' released code (ModelGNN_BF_GJ_release, n_marco = M) scored against a joint WMMSE with the model's
-#: own constraint (total power P): % on their 100 test samples, 61 / 71 / 26 epochs (notes/s11-mgnnref.md)
+#: own constraint (total power P): % on their 100 test samples after 61 / 26 / 71 epochs (in this order;
+#: docs/model_gnn_tab5_authors_code.md)
 AUTHORS_JT = {(2, 16, 8): 97.52, (3, 16, 8): 92.03, (3, 8, 4): 97.73}
 MODELS = Path(__file__).resolve().parents[1] / "agents" / "models"
 

@@ -1,6 +1,7 @@
 """Model-GNN Tab. V read as joint transmission (issue 13): the single-cell Model-GNN on the concatenated channel of
 all M BSs (M N antennas, M K users, ONE total-power budget P), the problem the authors' released code solves for
-n_marco > 1 (notes/s11-mgnnref.md).  examples/model_gnn_tables.py :func:`joint_scenario`, :data:`JOINT_T5`.
+n_marco > 1 (docs/model_gnn_tab5_authors_code.md).
+examples/model_gnn_tables.py :func:`joint_scenario`, :data:`JOINT_T5`.
 
 The layout test is fast; the table test is slow (``python -m pytest -q -m slow tests/test_model_gnn_joint.py``).
 Held-out seed 1, 200 samples (training used 2024 * 1_000_003 + t); WMMSE: 100 iterations from MRT, total power P.
