@@ -294,25 +294,34 @@ def test_train_loss_option_changes_the_steps_and_rejects_unknown_names(tmp_path)
         _opts(loss="bogus")
 
 
+def _resume_by_option_and_by_hand(tmp_path, first_cfg, edit, option_cfg, hand_cfg) -> None:
+    """Train ``first_cfg`` into a/, copy it to b/, ``edit`` b/'s checkpoint by hand, resume a/ with ``option_cfg``
+    and b/ with ``hand_cfg``: the two resumed models must be bit-identical."""
+    import shutil
+
+    train(get_learnable("gcn_wmmse", _opts().options), sample, first_cfg, tmp_path / "a", seed=2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    edit(ck)
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    by_option = get_learnable("gcn_wmmse", _opts().options)
+    train(by_option, sample, option_cfg, tmp_path / "a", seed=2, resume=True)
+    by_hand = get_learnable("gcn_wmmse", _opts().options)
+    train(by_hand, sample, hand_cfg, tmp_path / "b", seed=2, resume=True)
+    for (n, a), (_, b) in zip(by_option.module.state_dict().items(), by_hand.module.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
 def test_resume_schedule_config_is_the_edited_checkpoint(tmp_path):
     """``resume_schedule: config`` equals resuming a checkpoint whose saved StepLR was edited by hand (step_size,
     gamma), and the lr follows lr_4 * gamma^(multiples of step_size in (4, t])."""
-    import shutil
+    def edit(ck: dict) -> None:
+        ck["scheduler"].update(step_size=2, gamma=0.5)
 
-    first = get_learnable("gcn_wmmse", _opts().options)
-    train(first, sample, _opts(steps=4, lr=1e-3, lr_decay_every=100, lr_decay=0.9), tmp_path / "a", seed=2)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
-    ck["scheduler"].update(step_size=2, gamma=0.5)
-    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
-    by_option = get_learnable("gcn_wmmse", _opts().options)
-    train(by_option, sample, _opts(steps=8, lr=1e-3, lr_decay_every=2, lr_decay=0.5, resume_schedule="config"),
-          tmp_path / "a", seed=2, resume=True)
-    by_hand = get_learnable("gcn_wmmse", _opts().options)
-    train(by_hand, sample, _opts(steps=8, lr=1e-3, lr_decay_every=100, lr_decay=0.9), tmp_path / "b", seed=2,
-          resume=True)
-    for (n, a), (_, b) in zip(by_option.module.state_dict().items(), by_hand.module.state_dict().items()):
-        assert torch.equal(a, b), n
+    _resume_by_option_and_by_hand(
+        tmp_path, _opts(steps=4, lr=1e-3, lr_decay_every=100, lr_decay=0.9), edit,
+        _opts(steps=8, lr=1e-3, lr_decay_every=2, lr_decay=0.5, resume_schedule="config"),
+        _opts(steps=8, lr=1e-3, lr_decay_every=100, lr_decay=0.9))
     la = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["log"]
     lb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["log"]
     assert [r["lr"] for r in la] == [r["lr"] for r in lb]
@@ -326,24 +335,15 @@ def test_resume_schedule_config_is_the_edited_checkpoint(tmp_path):
 def test_resume_lr_is_the_edited_checkpoint(tmp_path):
     """``resume_lr`` equals resuming a checkpoint whose saved optimizer lr was edited by hand; the schedule then
     decays it (here with resume_schedule: config)."""
-    import shutil
+    def edit(ck: dict) -> None:
+        for group in ck["optimizer"]["param_groups"]:
+            group["lr"] = 3e-3
+        ck["scheduler"].update(step_size=3, gamma=0.1)
 
-    first = get_learnable("gcn_wmmse", _opts().options)
-    train(first, sample, _opts(steps=4, lr=1e-3, lr_decay_every=2, lr_decay=0.5), tmp_path / "a", seed=2)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
-    for group in ck["optimizer"]["param_groups"]:
-        group["lr"] = 3e-3
-    ck["scheduler"].update(step_size=3, gamma=0.1)
-    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
-    by_option = get_learnable("gcn_wmmse", _opts().options)
-    train(by_option, sample, _opts(steps=7, lr=1e-3, lr_decay_every=3, lr_decay=0.1, resume_schedule="config",
-                                   resume_lr=3e-3), tmp_path / "a", seed=2, resume=True)
-    by_hand = get_learnable("gcn_wmmse", _opts().options)
-    train(by_hand, sample, _opts(steps=7, lr=1e-3, lr_decay_every=2, lr_decay=0.5), tmp_path / "b", seed=2,
-          resume=True)
-    for (n, a), (_, b) in zip(by_option.module.state_dict().items(), by_hand.module.state_dict().items()):
-        assert torch.equal(a, b), n
+    _resume_by_option_and_by_hand(
+        tmp_path, _opts(steps=4, lr=1e-3, lr_decay_every=2, lr_decay=0.5), edit,
+        _opts(steps=7, lr=1e-3, lr_decay_every=3, lr_decay=0.1, resume_schedule="config", resume_lr=3e-3),
+        _opts(steps=7, lr=1e-3, lr_decay_every=2, lr_decay=0.5))
     la = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["log"]
     # steps 1-4: 1e-3, halved after 2; from the resume 3e-3, x0.1 at t = 6 (a multiple of 3)
     assert [r["lr"] for r in la] == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4, 3e-3, 3e-4, 3e-4], rel=1e-12)
