@@ -60,7 +60,7 @@ from dsim.engine.host import edge_view
 from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions, current_layer
 from dsim.network import Network
 from dsim.protocol import AgentBlock, Output, Protocol
-from dsim.registry import AlgorithmSpec, register_algorithm
+from dsim.registry import AlgorithmSpec, OptionError, register_algorithm
 
 Tensor = torch.Tensor
 
@@ -139,6 +139,12 @@ def weight_filter(What: Tensor, taps: Tensor) -> Tensor:
     return 0.5 * (out + out.mH)
 
 
+def nonneg(a: Tensor) -> Tensor:
+    """|a| elementwise, the non-negative weight taps of (12), with gradient +1 at a = 0 (``abs``'s is 0, which
+    would freeze a tap that starts at 0, e.g. one added by :meth:`GCNWMMSEParams.resized`)."""
+    return torch.where(a >= 0, a, -a)
+
+
 def modrelu(x: Tensor, bias: Tensor) -> Tensor:
     """(14) modReLU(x, b) = (|x| + b) x/|x| where |x| + b > 0, else 0.  Complex x, real b (broadcast)."""
     mag = x.abs()
@@ -157,7 +163,7 @@ class GCNWMMSEParams(LearnedModule):
 
     hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "init")
     free_hparams: ClassVar[tuple[str, ...]] = ("init",)
-    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers",)
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers", "degree", "features")
 
     def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, init: str = "mrc",
                  seed: int = 0) -> None:
@@ -184,23 +190,47 @@ class GCNWMMSEParams(LearnedModule):
         self.register_buffer("bias_scale_sum", torch.zeros((), dtype=torch.float64, device=cpu))
         self.register_buffer("bias_scale_count", torch.zeros((), dtype=torch.float64, device=cpu))
 
-    def resized(self, layers: int | None = None, **other: Any) -> GCNWMMSEParams:
-        """A copy with ``layers`` = L' layers warm-started from this L-layer model: layer l' <= min(L, L')
-        has layer l''s parameters (a_W, a_V1, a_V0, b, c and, for l' >= 2, the skip matrix D); layers
-        past L repeat layer L's; the buffer b_S is kept.  (How the L = 6 and L = 8 models were started.)"""
-        if other:
-            raise ValueError(f"gcn_wmmse: only layers can be resized, not {sorted(other)}")
+    def resized(self, layers: int | None = None, degree: int | None = None,
+                features: int | None = None) -> GCNWMMSEParams:
+        """A copy with L' = ``layers``, G' = ``degree`` >= G, F' = ``features`` >= F warm-started from this model.
+
+        Layers: layer l' <= min(L, L') has layer l''s parameters (a_W, a_V1, a_V0, b, c and, for l' >= 2, the
+        skip matrix D); layers past L repeat layer L's (how the L = 6 and L = 8 models were started).
+        Degree and features grow so that the function is exactly unchanged (any L' <= L model computes the
+        source's first L' rounds bit for bit up to rounding):
+
+        * G' > G: weight filter (12) with taps a_g = 0 for g > G, so W is the same; the taps enter as |a|
+          (:func:`nonneg`, whose gradient at 0 is 1, so a zero tap still learns).
+        * F' > F: GCN layer (13) with extra feature columns f > F whose read-out c_f = 0 and bias b_f = 0, and
+          D_l[f, f'] = 0 for f > F >= f' (new features never feed the old ones' skip, Sec. III-B4); their
+          a_V1, a_V0 and D_l[:, f > F] are the untrained draws (seed 0), so the new features carry a signal and
+          c_f has a gradient (all-zero new features would be a stationary point).
+
+        The buffer b_S is kept.  G' < G or F' < F (not function-preserving) is an :class:`OptionError`.
+        """
         L = self.layers if layers is None else int(layers)
+        G = self.degree if degree is None else int(degree)
+        F = self.features if features is None else int(features)
         if L < 1:
-            raise ValueError(f"gcn_wmmse: layers={L}; allowed: >= 1")
-        new = GCNWMMSEParams(L, self.degree, self.features, self.init)
+            raise OptionError("layers", f"{L}; allowed: >= 1")
+        for key, want, have in (("degree", G, self.degree), ("features", F, self.features)):
+            if want < have:
+                raise OptionError(key, f"{want} but the checkpoint has {key}={have}; allowed: >= {have} (a larger "
+                                       f"{key} is grown from it with the same function) or leave {key} out")
+        g0, f0 = self.degree + 1, self.features
+        new = GCNWMMSEParams(L, G, F, self.init)
         src = torch.arange(L).clamp_max(self.layers - 1)                # layer l' <- layer min(l', L)
         src_d = torch.arange(max(L - 1, 0)).clamp_max(max(self.layers - 2, 0))
         with torch.no_grad():
-            for name in ("a_w", "a_v1", "a_v0", "b", "c"):
-                getattr(new, name).copy_(getattr(self, name).index_select(0, src.to(getattr(self, name).device)))
+            new.a_w.zero_()
+            new.a_w[:, :g0].copy_(self.a_w.index_select(0, src.to(self.a_w.device)))
+            for name in ("b", "c"):
+                getattr(new, name).zero_()
+            for name in ("a_v1", "a_v0", "b", "c"):
+                getattr(new, name)[:, :f0].copy_(getattr(self, name).index_select(0, src.to(self.a_w.device)))
             if L > 1 and self.layers > 1:
-                new.d.copy_(self.d.index_select(0, src_d.to(self.d.device)))
+                new.d[:, f0:, :f0] = 0.0
+                new.d[:, :f0, :f0].copy_(self.d.index_select(0, src_d.to(self.d.device)))
             elif L > 1:  # a one-layer source has no skip matrix: zero skips (plain layers)
                 new.d.zero_()
             new.bias_scale_sum.copy_(self.bias_scale_sum)
@@ -243,7 +273,7 @@ def bias_scale(net: Network) -> Tensor:
 def _hooks(params: GCNWMMSEParams) -> tuple[Callable, Callable]:
     def weight_hook(block: AgentBlock, What: Tensor, U: Tensor) -> Tensor:
         ell = current_layer(block, params.layers, "gcn_wmmse")
-        return weight_filter(What, params.a_w[ell - 1].abs())
+        return weight_filter(What, nonneg(params.a_w[ell - 1]))
 
     def v_hook(block: AgentBlock, pieces: dict[str, Tensor]) -> Tensor:
         ell = current_layer(block, params.layers, "gcn_wmmse")
@@ -298,14 +328,17 @@ class GCNWMMSEOptions(LearnedOptions):
     layers/degree/features (L, G, F of Tab. I) must match the checkpoint's when one is loaded for inference;
     in ``train.options`` (``dsim train``) ``layers`` may differ: the checkpoint's model is then warm-started
     into L layers (:meth:`GCNWMMSEParams.resized`: its first L layers, or all of them and copies of its
-    last), as the L = 6 and L = 8 models were from the L = 7 one.
+    last), as the L = 6 and L = 8 models were from the L = 7 one; a larger ``degree`` or ``features`` grows it
+    with exactly the same function (zero extra taps of (12), zero read-out of the extra features of (13)).
     """
 
     layers: int | None = Field(None, ge=1, description="L; default: the checkpoint's (7 untrained); in dsim "
                                "train's options another L warm-starts from the checkpoint (its first L layers; "
                                "extra ones copy its last)")
-    degree: int | None = Field(None, ge=1, description="G; default: the checkpoint's (2 untrained)")
-    features: int | None = Field(None, ge=1, description="F; default: the checkpoint's (4 untrained)")
+    degree: int | None = Field(None, ge=1, description="G; default: the checkpoint's (2 untrained); in dsim "
+                               "train's options a larger G grows the checkpoint (zero extra taps, same function)")
+    features: int | None = Field(None, ge=1, description="F; default: the checkpoint's (4 untrained); in dsim "
+                                 "train's options a larger F grows the checkpoint (zero read-out, same function)")
     init: Literal["mrc", "mrc_equal"] | None = Field(
         None, description="V^(0): mrc (the paper's, DESIGN §7) | mrc_equal; default: the checkpoint's (mrc untrained)")
     mu_steps: int | None = Field(8, ge=1, description="P rational sub-steps (9); null: to convergence")

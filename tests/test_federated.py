@@ -330,9 +330,9 @@ def test_default_start_is_the_shipped_model():
             assert torch.equal(module.state_dict()[k], t), k
     untrained = start_vector(cfg_of([site("a", 1)]))
     assert untrained.numel() != v.numel() or not torch.equal(untrained, v)
-    # options that do not match the start checkpoint: one line at federated.options.<key> (not layers: a start
-    # with another L is a warm start, GCNWMMSEParams.resized)
+    # options that do not match the start checkpoint: one line at federated.options.<key> (not layers, nor a
+    # larger degree or features: those are warm starts with the same function, GCNWMMSEParams.resized)
     with pytest.raises(ConfigError) as err:
-        start_vector(cfg_of([site("a", 1)], options={"degree": 3}))
-    assert err.value.lines == ["<dict>: federated.options.degree: 3 but checkpoint 'shipped' of gcn_wmmse has "
-                               "degree=2; allowed: 2 or leave degree out (the checkpoint's)"]
+        start_vector(cfg_of([site("a", 1)], options={"degree": 1}))
+    assert err.value.lines == ["<dict>: federated.options.degree: 1 but the checkpoint has degree=2; allowed: >= 2 "
+                               "(a larger degree is grown from it with the same function) or leave degree out"]

@@ -234,6 +234,54 @@ def test_truncated_model_equals_the_source_up_to_its_last_layer():
     torch.testing.assert_close(V4[-1], V7[4], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("L, deg, F", [(7, 4, 4), (7, 2, 6), (7, 3, 5), (4, 4, 4), (9, 4, 6)])
+def test_grown_degree_and_features_keep_the_function(L, deg, F):
+    """resized(degree=G' >= G, features=F' >= F): zero extra taps of (12), zero read-out c and bias b of the
+    new features of (13) and no skip from new to old features, so every round equals the source's (to 1e-12 in
+    float64, rounding only) on random channels; the new features are live (non-zero a_V1) and their read-out
+    gets a gradient (so training can use them); a smaller G or F is one OptionError line."""
+    from dsim.registry import OptionError
+
+    net, air = multicell_network(base_channels(batch=4, seed=21))
+    src = _random_params(seed=17)                                  # L = 7, G = 2, F = 4, non-zero biases
+    new = src.resized(layers=L, degree=deg, features=F)
+    assert (new.layers, new.degree, new.features) == (L, deg, F)
+    assert new.n_trainable() == L * (4 * F + deg + 1) + (L - 1) * F * F
+    assert torch.equal(new.a_w[:, 3:], torch.zeros(L, deg - 2, dtype=torch.float64))
+    assert torch.equal(new.c[:, 4:], torch.zeros(L, F - 4, dtype=torch.complex128))
+    assert torch.equal(new.d[:, 4:, :4], torch.zeros(L - 1, F - 4, 4, dtype=torch.complex128))
+    assert F == 4 or bool((new.a_v1[:, 4:].abs() > 0).all())
+    w_src, V_src, _ = _run(G.gcn_wmmse_protocol(src, net), net, air)
+    w_new, V_new, _ = _run(G.gcn_wmmse_protocol(new, net), net, air)
+    n = min(L, 7) + 1
+    torch.testing.assert_close(w_new[:n], w_src[:n], rtol=1e-12, atol=0)
+    for r in range(n):
+        torch.testing.assert_close(V_new[r], V_src[r], rtol=0, atol=1e-12 * float(V_src[r].abs().max()))
+    # the new parameters learn: loss (16) at the last layer has non-zero gradients on the added taps / read-outs
+    def last_wsr(V):
+        return air.evaluate(V)[0]
+
+    proto = G.gcn_wmmse_protocol(new, net)
+    out = []
+    LocalEngine("float64").run(proto, net, air, on_round=lambda r, V: out.append(V))
+    last_wsr(out[-1]).sum().backward()
+    if deg > 2:
+        assert bool((new.a_w.grad[:, 3:].abs() > 0).any())
+    if F > 4:
+        assert bool((new.c.grad[:, 4:].abs() > 0).all())
+    for key, kw in (("degree", {"degree": 1}), ("features", {"features": 3})):
+        with pytest.raises(OptionError, match=f"^{key}: .* allowed: >= "):
+            src.resized(**kw)
+
+
+def test_nonneg_is_abs_with_gradient_one_at_zero():
+    a = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64, requires_grad=True)
+    y = G.nonneg(a)
+    assert torch.equal(y, a.detach().abs())
+    y.sum().backward()
+    assert a.grad.tolist() == [-1.0, 1.0, 1.0]
+
+
 def test_train_options_warm_start_another_L_from_a_checkpoint(tmp_path):
     """``dsim train`` options {checkpoint: PATH, layers: L'} start from the checkpoint resized to L'; inference
     with another L than the checkpoint's stays an error."""
@@ -249,8 +297,12 @@ def test_train_options_warm_start_another_L_from_a_checkpoint(tmp_path):
         assert got.layers == L
         sd, wd = got.state_dict(), want.state_dict()
         assert sd.keys() == wd.keys() and all(torch.equal(sd[k], wd[k]) for k in sd)
+    got = G.MODEL.learnable({"checkpoint": str(path), "degree": 4, "features": 5}).module   # grown (same function)
+    want = src.resized(degree=4, features=5)
+    sd, wd = got.state_dict(), want.state_dict()
+    assert sd.keys() == wd.keys() and all(torch.equal(sd[k], wd[k]) for k in sd)
     with pytest.raises(OptionError, match="degree"):
-        G.MODEL.learnable({"checkpoint": str(path), "degree": 3})
+        G.MODEL.learnable({"checkpoint": str(path), "degree": 1})
     net, _ = multicell_network(base_channels(batch=1, seed=1))
     with pytest.raises(ValueError, match="layers"):
         G.MODEL.build(G.MODEL.options(checkpoint=str(path), layers=6), net)

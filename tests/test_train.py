@@ -119,12 +119,13 @@ def test_train_main_outputs_and_options(tmp_path):
     assert err.value.lines == ["t.yaml: train.layers_in_loss: rounds [3] outside 1..2; allowed: rounds 1 ... 2 of "
                                "gcn_wmmse"]
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
-    # (layers may differ: gcn_wmmse's L is resizable, a warm start, tests/test_gcn_wmmse.py; degree may not)
-    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "degree": 3}}
+    # (layers, and a larger degree or features, may differ: gcn_wmmse grows the checkpoint, a warm start with the
+    # same function, tests/test_gcn_wmmse.py; a smaller degree may not)
+    cfg["train"] |= {"layers_in_loss": None, "options": {"checkpoint": str(path), "degree": 1}}
     with pytest.raises(ConfigError) as err:
         train_main(cfg, tmp_path / "bad")
-    assert err.value.lines == [f"t.yaml: train.options.degree: 3 but checkpoint {str(path)!r} of gcn_wmmse has "
-                               "degree=2; allowed: 2 or leave degree out (the checkpoint's)"]
+    assert err.value.lines == ["t.yaml: train.options.degree: 1 but the checkpoint has degree=2; allowed: >= 2 (a "
+                               "larger degree is grown from it with the same function) or leave degree out"]
 
 
 def test_train_vary_draws_a_configuration_per_minibatch_and_rejects_bad_keys(tmp_path):
