@@ -161,13 +161,13 @@ CHECKPOINT_CASES = {
         "train", TRAIN | {"train": T_OPTS | {"layers_in_loss": [3]}}, [],
         lambda d: "train.layers_in_loss: rounds [3] outside 1..2; allowed: rounds 1 ... 2 of gcn_wmmse"),
     "train, options unlike the checkpoint": (
-        "train", TRAIN | {"train": T_OPTS | {"options": {"checkpoint": "shipped", "degree": 3}}}, [],
-        lambda d: "train.options.degree: 3 but checkpoint 'shipped' of gcn_wmmse has degree=2; allowed: 2 or "
-                  "leave degree out (the checkpoint's)"),
+        "train", TRAIN | {"train": T_OPTS | {"options": {"checkpoint": "shipped", "degree": 1}}}, [],
+        lambda d: "train.options.degree: 1 but the checkpoint has degree=2; allowed: >= 2 (a larger degree is "
+                  "grown from it with the same function) or leave degree out"),
     "finetune, options unlike the default start": (
-        "finetune", _ft(degree=3), [],
-        lambda d: "federated.options.degree: 3 but checkpoint 'shipped' of gcn_wmmse has degree=2; allowed: 2 or "
-                  "leave degree out (the checkpoint's)"),
+        "finetune", _ft(degree=1), [],
+        lambda d: "federated.options.degree: 1 but the checkpoint has degree=2; allowed: >= 2 (a larger degree "
+                  "is grown from it with the same function) or leave degree out"),
 }
 
 
