@@ -273,7 +273,8 @@ def test_power_control_gradient_stays_finite_where_the_sigmoid_saturates() -> No
 
 def test_node_carry_defaults_to_the_channel_and_old_checkpoints_load_unchanged() -> None:
     """``node_carry``: shipped beamforming checkpoints written before the option (no such hyper-parameter, e.g.
-    mpgnn_code_bf_v1) load as 'channel', as does the current mpgnn_code_bf (which stores it); asking 'beam' of them is an option error; power control ignores it; an unknown value is
+    mpgnn_code_bf_v1) load as 'channel', as does the current mpgnn_code_bf (which stores it); asking 'beam' of
+    them is an option error; power control ignores it; an unknown value is
     refused; 'beam' changes the outputs of the same weights (the state differs from layer 2 on)."""
     from agents.wcgcn import MODEL, WCGCNOptions, WCGCNParams
     from dsim.learn import load_checkpoint
