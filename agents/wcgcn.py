@@ -52,7 +52,8 @@ faster: the recipe of scenarios/train_wcgcn_mpgnn_code_bf.yaml (batch 16, same s
 after 500 / 1000 / 1500 steps: 'mean' 118.51 / 121.70 / 123.05, 'linear' 120.81 / 123.47 / 124.68 bit/s/Hz
 (WMMSE 134.81): 'linear' at 1500 steps = 'mean' at ~2700.  Run on (resumed, lr x 0.85 every 500 steps from
 1500) it flattened at 127.29 (step 8700) and gave T V 94.14 / 94.15 % (seeds 900+ / 200+, 500 layouts), below the
-shipped 'mean' model (127.36; 94.41 / 94.46 %): faster early, not higher, so mpgnn_code_bf keeps 'mean'.
+'mean' model of the same budget (mpgnn_code_bf_v1: 127.36; 94.41 / 94.46 %): faster early, not higher, so
+mpgnn_code_bf keeps 'mean'.
 
 Distributed (one protocol round = one layer, DESIGN §4):
   1. ``state`` (``pair`` edges, ``d2d``): node j sends its state x_j to each neighbour i -- power control
@@ -98,6 +99,7 @@ SHIPPED_MODELS = {
     "d2d_pc": MODELS / "wcgcn_d2d_pc_K50.pt",
     "d2d_bf": MODELS / "wcgcn_d2d_bf_K50_Nt2.pt",
     "mpgnn_code_bf": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2.pt",  # layout mpgnn_code (the authors' code's channel)
+    "mpgnn_code_bf_v1": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v1.pt",  # its session-9 model (15 500 steps of 16)
 }
 #: training defaults (Sec. V and the authors' recipe): Adam lr 1e-3, batch 64, lr x 0.9 every 20 epochs of
 #: 10^4 samples (~3125 steps of 64)

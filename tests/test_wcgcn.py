@@ -272,18 +272,21 @@ def test_power_control_gradient_stays_finite_where_the_sigmoid_saturates() -> No
 
 
 def test_node_carry_defaults_to_the_channel_and_old_checkpoints_load_unchanged() -> None:
-    """``node_carry``: the shipped beamforming checkpoints (written before the option, no such hyper-parameter)
-    load as 'channel'; asking 'beam' of them is an option error; power control ignores it; an unknown value is
+    """``node_carry``: shipped beamforming checkpoints written before the option (no such hyper-parameter, e.g.
+    mpgnn_code_bf_v1) load as 'channel', as does the current mpgnn_code_bf (which stores it); asking 'beam' of
+    them is an option error; power control ignores it; an unknown value is
     refused; 'beam' changes the outputs of the same weights (the state differs from layer 2 on)."""
     from agents.wcgcn import MODEL, WCGCNOptions, WCGCNParams
     from dsim.learn import load_checkpoint
     from dsim.registry import OptionError
 
-    ck = load_checkpoint(MODEL.locate("shipped:mpgnn_code_bf")[0])
+    ck = load_checkpoint(MODEL.locate("shipped:mpgnn_code_bf_v1")[0])  # written before the option
     assert "node_carry" not in ck["hparams"]
-    assert MODEL.make(WCGCNOptions(checkpoint="shipped:mpgnn_code_bf")).node_carry == "channel"
-    with pytest.raises(OptionError):
-        MODEL.make(WCGCNOptions(checkpoint="shipped:mpgnn_code_bf", node_carry="beam"))
+    assert load_checkpoint(MODEL.locate("shipped:mpgnn_code_bf")[0])["hparams"]["node_carry"] == "channel"
+    for name in ("mpgnn_code_bf_v1", "mpgnn_code_bf"):
+        assert MODEL.make(WCGCNOptions(checkpoint=f"shipped:{name}")).node_carry == "channel"
+        with pytest.raises(OptionError):
+            MODEL.make(WCGCNOptions(checkpoint=f"shipped:{name}", node_carry="beam"))
     assert WCGCNParams("pc", 1, 3, node_carry="beam").node_carry == "channel"
     with pytest.raises(ValueError, match="node_carry"):
         WCGCNParams("bf", 2, 3, node_carry="memory")
