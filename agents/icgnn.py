@@ -84,7 +84,7 @@ from dsim.learn import AdaptOptions, BatchNormOptions, LearnableSpec, LearnedMod
 from dsim.network import Network
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol, segment_reduce
 from dsim.protocol import Field as MsgField
-from dsim.registry import AlgorithmSpec, register_algorithm
+from dsim.registry import AlgorithmSpec, OptionError, register_algorithm
 
 Tensor = torch.Tensor
 
@@ -146,6 +146,7 @@ class ICGNNParams(LearnedModule):
 
     hparam_names: ClassVar[tuple[str, ...]] = ("layers", "power_ref_nodes")
     free_hparams: ClassVar[tuple[str, ...]] = ("power_ref_nodes",)
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers",)
 
     def __init__(self, layers: int = 2, power_ref_nodes: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -154,6 +155,22 @@ class ICGNNParams(LearnedModule):
             torch.manual_seed(seed)
             self.msg = nn.ModuleList(MLP(MSG_UNITS, "tanh") for _ in range(layers))
             self.upd = nn.ModuleList(MLP(UPD_UNITS, "sigmoid") for _ in range(layers))
+
+    def resized(self, layers: int | None = None) -> ICGNNParams:
+        """A copy with T' = ``layers`` GNN layers warm-started from this model (a training start, e.g. a
+        3-layer model from the shipped 2-layer one): layer t' <= min(T, T') is layer t' (M_t, U_t of eq. (2)-(3),
+        parameters and batch-norm statistics); layers past T repeat layer T's.  Not function-preserving for
+        T' > T (U_t of eq. (3) outputs the power itself, not a residual, so an extra layer re-applies layer T);
+        T' < T keeps the first T' layers, the source's first T' rounds exactly."""
+        T = self.layers if layers is None else int(layers)
+        if T < 1:
+            raise OptionError("layers", f"{T}; allowed: >= 1")
+        new = ICGNNParams(T, self.power_ref_nodes)
+        for t in range(T):
+            s = min(t, self.layers - 1)
+            new.msg[t].load_state_dict(self.msg[s].state_dict())
+            new.upd[t].load_state_dict(self.upd[s].state_dict())
+        return new
 
 
 # =============================================================================== the layer maths
@@ -290,7 +307,9 @@ class ICGNNOptions(AdaptOptions, BatchNormOptions):
     is the model trained on L = 7, N = 2, K = 5), adapt_* (:class:`dsim.learn.AdaptOptions`), bn_*
     (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's)."""
 
-    layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained)")
+    layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained); "
+                                   "inference: must match it; training: another count is warm-started from it "
+                                   "(ICGNNParams.resized)")
     power_ref_nodes: int | None = Field(None, ge=0, description="units of the power feature: 0 = p / P_t, K_0 > 0 = "
                                         "K p / (K_0 P_t), size-invariant; default: the checkpoint's (0 untrained)")
     adapt_lr: float = Field(1e-4, gt=0, description="Adam lr of the adaptation steps (1e-4: on validation "

@@ -297,3 +297,52 @@ def test_adapt_params_changes_only_the_chosen_parameters(shipped, which):
     changed = {k for k, v in shipped.state_dict().items() if not torch.equal(v, after[k])}
     want = {k for k in after if chosen(k)}
     assert want and changed == want, (which, sorted(changed ^ want))
+
+
+def _round_powers(proto, net, air):
+    out = {}
+    LocalEngine("float64").run(proto, net, air, on_round=lambda r, p: out.__setitem__(r, p))
+    return out
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4])
+def test_resized_layers_copies_and_repeats_the_last(shipped, T):
+    """resized(layers=T'): layer t <= min(T, T') is the source's layer t (parameters and batch-norm statistics),
+    layers past T repeat layer T; so the first min(T, T') rounds are the source's bit for bit, and further rounds
+    re-apply layer T (the dense graph's forward of the same layers agrees)."""
+    new = shipped.resized(layers=T)
+    assert new.layers == T and new.power_ref_nodes == shipped.power_ref_nodes
+    for t in range(T):
+        s = min(t, shipped.layers - 1)
+        for mine, theirs in ((new.msg[t], shipped.msg[s]), (new.upd[t], shipped.upd[s])):
+            a, b = mine.state_dict(), theirs.state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ch = _channels(n_aps=5, n_ues=4, seed=21)
+    net, air = cellfree_network(ch)
+    src = _round_powers(icgnn_protocol(shipped, net), net, air)
+    new.eval().requires_grad_(False)
+    got = _round_powers(icgnn_protocol(new, net), net, air)
+    assert sorted(got) == list(range(T + 1))  # round 0: equal power
+    for r in range(1, min(T, shipped.layers) + 1):
+        torch.testing.assert_close(got[r], src[r], rtol=0, atol=0)
+    if T > shipped.layers:  # the extra layers change the powers (not an identity); the dense reference agrees
+        assert not torch.allclose(got[T], got[shipped.layers])
+        torch.testing.assert_close(got[T], dense_icgnn(new, ch), rtol=1e-12, atol=1e-15)
+    with torch.no_grad():  # a copy, not a view
+        next(new.parameters()).add_(1.0)
+    assert not torch.equal(next(new.parameters()), next(shipped.parameters()))
+
+
+def test_training_options_grow_layers_inference_does_not(tmp_path, shipped):
+    """``dsim train`` options {checkpoint, layers: 3} warm-start a 3-layer model (:meth:`ICGNNParams.resized`);
+    inference with another layer count than the checkpoint's is an option error; layers 0 is refused."""
+    got = learnable({"checkpoint": "shipped", "layers": 3}).module
+    want = shipped.resized(layers=3)
+    assert got.layers == 3
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    net, _ = cellfree_network(_channels())
+    with pytest.raises(ValueError, match="layers"):
+        build(ICGNNOptions(layers=3), net)
+    with pytest.raises(ValueError, match="layers"):
+        shipped.resized(layers=0)
