@@ -305,7 +305,8 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
 class ICGNNOptions(AdaptOptions, BatchNormOptions):
     """YAML options of ``name: icgnn``: checkpoint, init_seed (:class:`dsim.learn.LearnedOptions`; 'shipped'
     is the model trained on L = 7, N = 2, K = 5), adapt_* (:class:`dsim.learn.AdaptOptions`), bn_*
-    (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's)."""
+    (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's at inference;
+    in ``dsim train``'s options another count warm-starts from it, :meth:`ICGNNParams.resized`)."""
 
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained); "
                                    "inference: must match it; training: another count is warm-started from it "
