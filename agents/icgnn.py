@@ -91,6 +91,15 @@ Tensor = torch.Tensor
 SHIPPED = Path(__file__).resolve().parent / "models" / "icgnn_general.pt"
 MSG_UNITS = (3, 32, 128, 64)
 UPD_UNITS = (66, 128, 32, 1)
+
+
+def layer_units(width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Units of the message net M_t and the update net U_t with their hidden layers ``width`` times the
+    paper's (Sec. IV-B; width 1: {3,32,128,64} and {66,128,32,1}).  The message size 64 (and so U_t's input
+    2 + 64) is kept, so the bytes on the fronthaul do not depend on the width."""
+    m = (MSG_UNITS[0], *(width * u for u in MSG_UNITS[1:-1]), MSG_UNITS[-1])
+    u = (UPD_UNITS[0], *(width * v for v in UPD_UNITS[1:-1]), UPD_UNITS[-1])
+    return m, u
 #: training defaults (Sec. V): Adam lr 1e-3 without decay (AdamW, weight decay 0), batch 100; clipping at
 #: 100 only as a safety net (norms stay < 10)
 TRAIN_DEFAULTS = {"steps": 2500, "batch": 100, "lr": 1e-3, "lr_decay_every": 1_000_000, "lr_decay": 0.1,
@@ -137,24 +146,27 @@ class MLP(nn.Module):
 
 class ICGNNParams(LearnedModule):
     """The trainable set Theta: per layer t a message net M_t {3,32,128,64} and an update net U_t
-    {66,128,32,1} (Sec. IV-B).  Initialization: PyTorch's default (Kaiming-uniform) from seed ``seed``.
+    {66,128,32,1} (Sec. IV-B); ``width`` w > 1 multiplies the hidden units ({3,32w,128w,64}, {66,128w,32w,1}:
+    beyond the paper, :func:`layer_units`).  Initialization: PyTorch's default (Kaiming-uniform) from seed
+    ``seed``.
 
     ``power_ref_nodes`` (K_0) fixes the units of the power feature the layers read (:func:`power_reading`):
     0 = p_kl / P_t (equal power = 1 / K; checkpoints written before the option existed load with 0), K_0 > 0 =
     K p_kl / (K_0 P_t) (equal power = 1 / K_0 whatever K).  It does not shape the parameters (a free
     hyper-parameter: ``power_ref_nodes`` in the options may change a checkpoint's)."""
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "power_ref_nodes")
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "power_ref_nodes", "width")
     free_hparams: ClassVar[tuple[str, ...]] = ("power_ref_nodes",)
     resizable_hparams: ClassVar[tuple[str, ...]] = ("layers",)
 
-    def __init__(self, layers: int = 2, power_ref_nodes: int = 0, seed: int = 0) -> None:
+    def __init__(self, layers: int = 2, power_ref_nodes: int = 0, width: int = 1, seed: int = 0) -> None:
         super().__init__()
-        self.layers, self.power_ref_nodes = int(layers), int(power_ref_nodes)
+        self.layers, self.power_ref_nodes, self.width = int(layers), int(power_ref_nodes), int(width)
+        msg_units, upd_units = layer_units(self.width)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.msg = nn.ModuleList(MLP(MSG_UNITS, "tanh") for _ in range(layers))
-            self.upd = nn.ModuleList(MLP(UPD_UNITS, "sigmoid") for _ in range(layers))
+            self.msg = nn.ModuleList(MLP(msg_units, "tanh") for _ in range(layers))
+            self.upd = nn.ModuleList(MLP(upd_units, "sigmoid") for _ in range(layers))
 
     def resized(self, layers: int | None = None) -> ICGNNParams:
         """A copy with T' = ``layers`` GNN layers warm-started from this model (a training start, e.g. a
@@ -165,7 +177,7 @@ class ICGNNParams(LearnedModule):
         T = self.layers if layers is None else int(layers)
         if T < 1:
             raise OptionError("layers", f"{T}; allowed: >= 1")
-        new = ICGNNParams(T, self.power_ref_nodes)
+        new = ICGNNParams(T, self.power_ref_nodes, self.width)
         for t in range(T):
             s = min(t, self.layers - 1)
             new.msg[t].load_state_dict(self.msg[s].state_dict())
@@ -311,6 +323,8 @@ class ICGNNOptions(AdaptOptions, BatchNormOptions):
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained); "
                                    "inference: must match it; training: another count is warm-started from it "
                                    "(ICGNNParams.resized)")
+    width: int | None = Field(None, ge=1, description="hidden units of M_t and U_t times the paper's (beyond the "
+                              "paper); default: the checkpoint's (1 untrained)")
     power_ref_nodes: int | None = Field(None, ge=0, description="units of the power feature: 0 = p / P_t, K_0 > 0 = "
                                         "K p / (K_0 P_t), size-invariant; default: the checkpoint's (0 untrained)")
     adapt_lr: float = Field(1e-4, gt=0, description="Adam lr of the adaptation steps (1e-4: on validation "

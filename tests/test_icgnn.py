@@ -15,6 +15,7 @@ import torch
 from agents.cellfree_alloc import build_lsf
 from agents.icgnn import MODEL, MSG_UNITS, ICGNNOptions, icgnn_protocol
 from dsim.engine.local import LocalEngine
+from dsim.registry import OptionError
 from dsim.scenarios.cellfree import CellfreeScenario, cellfree_network, generate_cellfree
 
 build, learnable = MODEL.build, MODEL.learnable
@@ -163,6 +164,31 @@ def test_checkpoint_without_power_ref_nodes_loads_with_the_old_reading(tmp_path,
     assert MODEL.load("shipped").power_ref_nodes == 5
     assert MODEL.load("agents/models/icgnn_general_v1.pt").power_ref_nodes == 0
     assert MODEL.make(MODEL.options(checkpoint="untrained", power_ref_nodes=4)).hparams["power_ref_nodes"] == 4
+
+
+def test_width_scales_the_hidden_units_only(shipped):
+    """``width`` w multiplies the hidden units of M_t and U_t ({3,32w,128w,64}, {66,128w,32w,1}): the parameter
+    count equals the closed form sum over linear layers (a b + b) plus 2 b per batch-normed hidden layer; w = 1 is
+    the paper's net and what checkpoints without the key (the shipped one) load as; a checkpoint's width is not
+    changed by options (it shapes the parameters)."""
+    def count(units):
+        return sum(a * b + b for a, b in zip(units[:-1], units[1:])) + sum(2 * b for b in units[1:-1])
+
+    for w in (1, 2, 3):
+        msg = (3, 32 * w, 128 * w, 64)
+        upd = (66, 128 * w, 32 * w, 1)
+        params = MODEL.make(MODEL.options(checkpoint="untrained", width=w, layers=2))
+        assert params.n_trainable() == 2 * (count(msg) + count(upd))
+        assert params.hparams["width"] == w
+    assert shipped.width == 1 and shipped.n_trainable() == 2 * (count((3, 32, 128, 64)) + count((66, 128, 32, 1)))
+    with pytest.raises(OptionError, match="width"):
+        MODEL.make(MODEL.options(checkpoint="shipped", width=2), resize=True)
+    # a wider model runs the same protocol (same message size on the fronthaul) and meets the power budget
+    ch = _channels(batch=2)
+    net, air = cellfree_network(ch)
+    wide = MODEL.make(MODEL.options(checkpoint="untrained", width=2)).eval().requires_grad_(False)
+    p, _ = _powers(icgnn_protocol(wide, net), net, air)
+    torch.testing.assert_close(p.sum(-1), ch.power_w.reshape(1, -1).expand_as(p.sum(-1)), rtol=0, atol=1e-9)
 
 
 def test_fronthaul_ledger_per_layer(shipped):
