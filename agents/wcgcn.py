@@ -103,6 +103,7 @@ SHIPPED_MODELS = {
     "mpgnn_code_bf_v1": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v1.pt",  # its session-9 model (15 500 steps of 16)
     "mpgnn_code_bf_v2": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v2.pt",  # its stage-3 model (session 12, step 19 900)
     "mpgnn_code_bf_v3": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v3.pt",  # its stage-4 model (session 12, step 22 100)
+    "mpgnn_code_bf_v4": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v4.pt",  # its stage-6 model (session 13, step 28 200)
 }
 #: training defaults (Sec. V and the authors' recipe): Adam lr 1e-3, batch 64, lr x 0.9 every 20 epochs of
 #: 10^4 samples (~3125 steps of 64)

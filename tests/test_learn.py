@@ -48,6 +48,7 @@ EXPECTED = {
               "shipped:mpgnn_code_bf_v1": "wcgcn_mpgnn_code_bf_K50_Nt2_v1.pt",
               "shipped:mpgnn_code_bf_v2": "wcgcn_mpgnn_code_bf_K50_Nt2_v2.pt",
               "shipped:mpgnn_code_bf_v3": "wcgcn_mpgnn_code_bf_K50_Nt2_v3.pt",
+              "shipped:mpgnn_code_bf_v4": "wcgcn_mpgnn_code_bf_K50_Nt2_v4.pt",
               **{f"shipped:gauss_K{k}_{s}dB": f"wcgcn_gauss_K{k}_{s}dB.pt" for k in (10, 30, 50) for s in (0, 10)},
               **{f"shipped:gauss_K50_10dB_L{n}": f"wcgcn_gauss_K50_10dB_L{n}.pt" for n in (1, 2)}},
     "engnn": {"shipped": "engnn_ex1_fresh.pt",
