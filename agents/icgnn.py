@@ -100,6 +100,8 @@ def layer_units(width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     m = (MSG_UNITS[0], *(width * u for u in MSG_UNITS[1:-1]), MSG_UNITS[-1])
     u = (UPD_UNITS[0], *(width * v for v in UPD_UNITS[1:-1]), UPD_UNITS[-1])
     return m, u
+
+
 #: training defaults (Sec. V): Adam lr 1e-3 without decay (AdamW, weight decay 0), batch 100; clipping at
 #: 100 only as a safety net (norms stay < 10)
 TRAIN_DEFAULTS = {"steps": 2500, "batch": 100, "lr": 1e-3, "lr_decay_every": 1_000_000, "lr_decay": 0.1,
@@ -316,9 +318,10 @@ def icgnn_protocol(params: ICGNNParams, net: Network) -> Protocol:
 # =============================================================================== options, declaration
 class ICGNNOptions(AdaptOptions, BatchNormOptions):
     """YAML options of ``name: icgnn``: checkpoint, init_seed (:class:`dsim.learn.LearnedOptions`; 'shipped'
-    is the model trained on L = 7, N = 2, K = 5), adapt_* (:class:`dsim.learn.AdaptOptions`), bn_*
-    (:class:`dsim.learn.BatchNormOptions`) and the number of layers (must match the checkpoint's at inference;
-    in ``dsim train``'s options another count warm-starts from it, :meth:`ICGNNParams.resized`)."""
+    is the model trained across configurations, scenarios/train_icgnn_general.yaml), adapt_*
+    (:class:`dsim.learn.AdaptOptions`), bn_* (:class:`dsim.learn.BatchNormOptions`), the number of layers
+    (must match the checkpoint's at inference; in ``dsim train``'s options another count warm-starts from it,
+    :meth:`ICGNNParams.resized`) and the width of the MLPs (:func:`layer_units`; must match the checkpoint's)."""
 
     layers: int | None = Field(None, ge=1, description="GNN layers; default: the checkpoint's (2 untrained); "
                                    "inference: must match it; training: another count is warm-started from it "
