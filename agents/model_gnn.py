@@ -55,7 +55,7 @@ from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions
 from dsim.network import Network
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
 from dsim.protocol import Field as MsgField
-from dsim.registry import AlgorithmSpec, register_algorithm
+from dsim.registry import AlgorithmSpec, OptionError, register_algorithm
 
 Tensor = torch.Tensor
 
@@ -386,6 +386,7 @@ class ModelGNNMCParams(LearnedModule):
 
     hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "complex_weights", "aggr", "taylor_split", "user_gate",
                                                "self_per_type", "norm")
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("hidden",)
 
     def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), complex_weights: bool = False, aggr: str = "sum",
                  taylor_split: str = "none", user_gate: bool = False, self_per_type: bool = False,
@@ -424,6 +425,52 @@ class ModelGNNMCParams(LearnedModule):
         self.w_agg = nn.ParameterList(init(2, len(MC_TERMS), a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
         if self.user_gate:  # gamma[l, t]: the gate exponent of hidden layer l, edge type t; 0 = the paper's layer
             self.gamma = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64, device="cpu"))
+
+    def resized(self, hidden: tuple[int, ...] | None = None) -> ModelGNNMCParams:
+        """A deeper copy with the same precoders (a training start, e.g. six hidden layers from a shipped
+        five-layer model; "net2deeper"): ``hidden`` is this model's widths with extra entries, each equal to the
+        hidden width before it (an inserted layer maps J -> J; never first, as the input features are not
+        normalised).  The old widths are matched from the left, so an inserted layer goes after the last old layer
+        of its width ([32, 32, 8] -> [32, 32, 32, 8]: after the second).  Old layers keep their weights (and gate
+        exponents); an inserted layer is the identity: s = [I; 0] on c = [d, D A] (it passes d, its input x,
+        through), every aggregation weight 0 and gamma 0, so y = x and sigma(y) = x / ||x|| = x (x was normalised
+        by the layer before).  The precoders equal the source's up to the rounding of that norm.  Removing layers
+        or changing a width is an OptionError."""
+        new_hidden = self.hidden if hidden is None else tuple(int(h) for h in hidden)
+        src, pos = [], 0                    # src[j]: old hidden layer copied into new hidden layer j (None: new)
+        for j, w in enumerate(new_hidden):
+            if pos < len(self.hidden) and self.hidden[pos] == w:
+                src.append(pos)
+                pos += 1
+            elif j > 0 and w == new_hidden[j - 1]:
+                src.append(None)
+            else:
+                break
+        if pos < len(self.hidden) or len(src) < len(new_hidden):
+            raise OptionError("hidden", f"{list(new_hidden)} cannot grow from the checkpoint's {list(self.hidden)}; "
+                                        "allowed: the checkpoint's widths with extra entries, each equal to the "
+                                        "hidden width before it (inserted identity layers)")
+        hp = self.hparams | {"hidden": new_hidden}
+        new = ModelGNNMCParams(**hp)
+        src.append(self.layers - 1)                                               # the output layer
+        with torch.no_grad():
+            for ell, s in enumerate(src):
+                if s is not None:
+                    new.w_self[ell].copy_(self.w_self[s])
+                    new.w_agg[ell].copy_(self.w_agg[s])
+                    if self.user_gate and ell < len(new_hidden):
+                        new.gamma[ell].copy_(self.gamma[s])
+                    continue
+                ws = new.w_self[ell]
+                ws.zero_()
+                new.w_agg[ell].zero_()
+                if self.user_gate:
+                    new.gamma[ell].zero_()
+                if self.complex_weights:            # (.., p J/2, J/2, 2): w_r = I on the pairs of d, w_i = 0
+                    ws[..., : ws.shape[-3] // self.taylor_parts, :, 0] = torch.eye(ws.shape[-2], dtype=ws.dtype)
+                else:                               # (.., p J, J): I on the rows of d
+                    ws[..., : ws.shape[-2] // self.taylor_parts, :] = torch.eye(ws.shape[-1], dtype=ws.dtype)
+        return new
 
     @property
     def layers(self) -> int:

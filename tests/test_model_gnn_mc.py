@@ -279,3 +279,65 @@ def test_local_equals_ray_with_backhaul_ledger(ray_session):
     assert torch.equal(a, b)
     assert [r.as_dict() for r in la] == [r.as_dict() for r in lb]
     assert any(r.link == "bh" and r.messages > 0 for r in lb)
+
+
+@pytest.mark.parametrize("complex_weights,variant", [
+    (False, SHIPPED_VARIANT), (True, {}), (False, SHIPPED_VARIANT | {"self_per_type": True, "norm": "graph"}),
+    (True, {"self_per_type": True, "user_gate": True})],
+    ids=["shipped-variant", "complex", "self-per-type-graph-norm", "complex-self-per-type-gate"])
+def test_resized_inserts_identity_layers(complex_weights, variant):
+    """resized(hidden=...) inserts identity layers (net2deeper): the deeper model's precoders equal the source's
+    (to the rounding of sigma's norm), its old layers are the source's weights, the inserted ones are s = [I; 0],
+    W = 0, gamma = 0; a copy, not a view; and the deeper model differs once the inserted layer's weights move."""
+    src = _params(hidden=(6, 4), complex_weights=complex_weights, **variant)
+    ch = _channels(batch=2)
+    V0, air, _ = _run(src, ch)
+    for hidden, inserted in [((6, 6, 4), [1]), ((6, 6, 6, 4, 4), [1, 2, 4])]:
+        new = src.resized(hidden=hidden).eval().requires_grad_(False)
+        assert new.hidden == hidden and new.layers == len(hidden) + 1
+        V1, _, _ = _run(new, ch)
+        torch.testing.assert_close(V1, V0, rtol=0, atol=1e-14)
+        old = [ell for ell in range(new.layers) if ell not in inserted]
+        for ell, s in zip(old, range(src.layers)):
+            assert torch.equal(new.w_self[ell], src.w_self[s]) and torch.equal(new.w_agg[ell], src.w_agg[s])
+            if src.user_gate and s < len(src.hidden):
+                assert torch.equal(new.gamma[ell], src.gamma[s])
+        for ell in inserted:
+            S = complex_block(new.w_self[ell]) if complex_weights else new.w_self[ell]
+            J = new.widths[ell]
+            eye = torch.zeros_like(S)
+            eye[..., :J, :] = torch.eye(J, dtype=S.dtype)
+            assert torch.equal(S, eye) and not bool(new.w_agg[ell].any())
+            if src.user_gate:
+                assert not bool(new.gamma[ell].any())
+    with torch.no_grad():
+        new.w_agg[1].add_(0.05)
+    assert not torch.equal(new.w_agg[1], src.w_agg[1])
+    assert (_run(new, ch)[0] - V0).abs().max() > 1e-3
+    torch.testing.assert_close(air.power(_run(new, ch)[0]), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
+
+
+def test_resized_refuses_what_is_not_an_inserted_identity():
+    """Removing a layer, changing or reordering widths, or inserting before the first hidden layer (whose input,
+    the raw channel, is not normalised) is an OptionError at the key ``hidden``."""
+    src = _params(hidden=(6, 4), **SHIPPED_VARIANT)
+    for bad in [(6,), (4, 6), (6, 4, 6), (6, 8, 4), (2, 6, 4), (6, 6)]:
+        with pytest.raises(ValueError, match="hidden: .*cannot grow"):
+            src.resized(hidden=bad)
+
+
+def test_training_options_grow_hidden_layers_inference_does_not(tmp_path):
+    """``dsim train`` options {checkpoint, hidden: deeper} warm-start the deeper model (:meth:`resized`) with the
+    checkpoint's other hyper-parameters; inference with other widths than the checkpoint's is an option error."""
+    from dsim.learn import Learnable, save_checkpoint
+    src = _params(hidden=(6, 4), **SHIPPED_VARIANT)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, Learnable(MODEL_MC, src, MODEL_MC.options(checkpoint="untrained")), 0, {})
+    got = MODEL_MC.learnable({"checkpoint": str(path), "hidden": [6, 6, 4]}).module
+    want = src.resized(hidden=(6, 6, 4))
+    assert got.hparams == want.hparams
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    net, _ = multicell_network(_channels(batch=1))
+    with pytest.raises(ValueError, match="hidden"):
+        MODEL_MC.build(MODEL_MC.options(checkpoint=str(path), hidden=[6, 6, 4]), net)
