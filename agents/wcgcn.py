@@ -99,6 +99,7 @@ SHIPPED_MODELS = {
     "d2d_pc": MODELS / "wcgcn_d2d_pc_K50.pt",
     "d2d_bf": MODELS / "wcgcn_d2d_bf_K50_Nt2.pt",
     "d2d_bf_v1": MODELS / "wcgcn_d2d_bf_K50_Nt2_v1.pt",  # its session-8 model (2000 x 16 + 3600 x 64 steps)
+    "d2d_bf_v2": MODELS / "wcgcn_d2d_bf_K50_Nt2_v2.pt",  # its stage-3 model (session 13, + 6000 x 64 steps)
     "mpgnn_code_bf": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2.pt",  # layout mpgnn_code (the authors' code's channel)
     "mpgnn_code_bf_v1": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v1.pt",  # its session-9 model (15 500 steps of 16)
     "mpgnn_code_bf_v2": MODELS / "wcgcn_mpgnn_code_bf_K50_Nt2_v2.pt",  # its stage-3 model (session 12, step 19 900)

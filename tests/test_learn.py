@@ -44,6 +44,7 @@ def test_every_shipped_reference_is_a_committed_model(name):
 EXPECTED = {
     "wcgcn": {"shipped": "wcgcn_d2d_pc_K50.pt", "shipped:d2d_pc": "wcgcn_d2d_pc_K50.pt",
               "shipped:d2d_bf": "wcgcn_d2d_bf_K50_Nt2.pt", "shipped:d2d_bf_v1": "wcgcn_d2d_bf_K50_Nt2_v1.pt",
+              "shipped:d2d_bf_v2": "wcgcn_d2d_bf_K50_Nt2_v2.pt",
               "shipped:mpgnn_code_bf": "wcgcn_mpgnn_code_bf_K50_Nt2.pt",
               "shipped:mpgnn_code_bf_v1": "wcgcn_mpgnn_code_bf_K50_Nt2_v1.pt",
               "shipped:mpgnn_code_bf_v2": "wcgcn_mpgnn_code_bf_K50_Nt2_v2.pt",
