@@ -299,7 +299,9 @@ class ModelGNNOptions(LearnedOptions):
     'shipped:N32Kexp' = N = 32 trained on K ~ Exp(mean 4) rounded, >= 2 (Fig. 6's law, SPECS §2); or a path such as
     agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and aggregation (must match the checkpoint's)."""
 
-    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
+    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's; "
+                                           "in training, the checkpoint's widths with extra entries grow it by "
+                                           "identity layers (ModelGNNMCParams.resized)")
     aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
                                                 "means (the authors' code; trains without the initial plateau at "
                                                 "large N); default the checkpoint's (untrained: sum)")
@@ -699,9 +701,12 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
 
 class ModelGNNMCOptions(LearnedOptions):
     """YAML options of ``name: model_gnn_mc``: checkpoint ('shipped' = M = 3, N = 8, K = 4 at 10 dB; or a path
-    such as agents/models/model_gnn_mc_M2N16K8.pt), init_seed, hidden widths (must match the checkpoint's)."""
+    such as agents/models/model_gnn_mc_M2N16K8.pt), init_seed, hidden widths (must match the checkpoint's, except
+    in training, where a deeper list warm-starts from it: :meth:`ModelGNNMCParams.resized`)."""
 
-    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
+    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's; "
+                                           "in training, the checkpoint's widths with extra entries grow it by "
+                                           "identity layers (ModelGNNMCParams.resized)")
     complex_weights: bool | None = Field(None, description="complex-linear weights on the (Re, Im) pairs (True) or "
                                          "the paper's unconstrained real weights; default the checkpoint's")
     user_gate: bool | None = Field(None, description="per-user soft selection (y_u (e_u / e_bar)^gamma, learned "
