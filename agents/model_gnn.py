@@ -299,9 +299,7 @@ class ModelGNNOptions(LearnedOptions):
     'shipped:N32Kexp' = N = 32 trained on K ~ Exp(mean 4) rounded, >= 2 (Fig. 6's law, SPECS §2); or a path such as
     agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and aggregation (must match the checkpoint's)."""
 
-    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's; "
-                                           "in training, the checkpoint's widths with extra entries grow it by "
-                                           "identity layers (ModelGNNMCParams.resized)")
+    hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
     aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
                                                 "means (the authors' code; trains without the initial plateau at "
                                                 "large N); default the checkpoint's (untrained: sum)")
