@@ -311,11 +311,13 @@ def test_resized_inserts_identity_layers(complex_weights, variant):
             if src.user_gate:
                 assert not bool(new.gamma[ell].any())
     with torch.no_grad():
+        new.w_agg[1].add_(0.05)                                        # an inserted layer moves
+    V2 = _run(new, ch)[0]
+    assert (V2 - V0).abs().max() > 1e-3
+    torch.testing.assert_close(air.power(V2), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
+    with torch.no_grad():
         new.w_self[0].add_(1.0)                                        # a copy: the source does not move
-        new.w_agg[1].add_(0.05)
     assert torch.equal(src.w_self[0], _params(hidden=(6, 4), complex_weights=complex_weights, **variant).w_self[0])
-    assert (_run(new, ch)[0] - V0).abs().max() > 1e-3
-    torch.testing.assert_close(air.power(_run(new, ch)[0]), ch.power_w.expand(2, 3), rtol=1e-13, atol=0)
 
 
 def test_resized_refuses_what_is_not_an_inserted_identity():
