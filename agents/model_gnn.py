@@ -51,6 +51,7 @@ from pydantic import Field
 from torch import nn
 
 from agents.wmmse import SERVE, edge_channels
+from dsim.jit import compilable
 from dsim.learn import LearnableSpec, LearnedModule, LearnedOptions
 from dsim.network import Network
 from dsim.protocol import AgentBlock, EdgeView, Inbox, Local, Message, Output, Protocol
@@ -135,6 +136,7 @@ def complex_rows(G: Tensor) -> Tensor:
     return torch.cat([torch.cat([G.real, -G.imag], -1), torch.cat([G.imag, G.real], -1)], -2)
 
 
+@compilable
 def taylor_blocks(Gc: Tensor, X: Tensor, group: Tensor | None = None, own_gain: bool = False) -> list[Tensor]:
     """The Taylor half of c = [d, D A] (Step 1, Sec. III-C) in the feature-major layout: X (..., J, M, K) real
     features, Gc (..., 2K, 2M) = :func:`complex_rows` of the channel rows G (..., K, M) (G_k = h_k^H) -> a list
@@ -169,6 +171,7 @@ def taylor_blocks(Gc: Tensor, X: Tensor, group: Tensor | None = None, own_gain: 
     return [DA_in, DA - DA_in]
 
 
+@compilable
 def taylor_features(G: Tensor, x: Tensor, group: Tensor | None = None, own_gain: bool = False) -> Tensor:
     """c = [d, D A] of Step 1 (Sec. III-C) in the edge-major layout: x (..., M, K, J) real edge features (pairs
     (Re, Im) of J/2 complex features), G (..., K, M) complex channel rows (G_k = h_k^H) -> (..., M, K, 2J):
@@ -184,6 +187,7 @@ def taylor_features(G: Tensor, x: Tensor, group: Tensor | None = None, own_gain:
     return torch.cat([x, *(b.movedim(-3, -1) for b in blocks)], dim=-1)
 
 
+@compilable
 def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tensor | None,
                mean: bool = False) -> Tensor:
     """S^T c_nk + P^T sum_i c_ik + Q^T sum_j c_nj (12)/(7) before the activation, feature-major; with ``mean``
@@ -212,6 +216,7 @@ def edge_layer(blocks: list[Tensor], S: Tensor, P: Tensor, Q: Tensor, mask: Tens
     return y if mask is None else y * mask
 
 
+@compilable
 def normalize(y: Tensor) -> Tensor:
     """sigma(X) = X / ||X||_F over a sample's edges and features: y (..., J, M, K) (or any order of the last
     three axes)."""
@@ -510,6 +515,7 @@ def antenna_sums(c: Tensor) -> Tensor:
     return c.sum(-3)
 
 
+@compilable
 def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, csi: Tensor,
                   mean_over: tuple[int, int] | None = None) -> Tensor:
     """The P2 update of Sec. III-E before the activation, for the edges (n_m, u) of BS m's antennas:
@@ -558,6 +564,7 @@ def mc_edge_layer(c: Tensor, remote: Tensor, S: Tensor, W: Tensor, own: Tensor, 
 GATE_EXPONENT_CAP = 50.0
 
 
+@compilable
 def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
     """Option ``user_gate`` (not in the paper): a per-user soft selection between the update and the activation,
 

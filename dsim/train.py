@@ -45,6 +45,7 @@ from pydantic import ConfigDict, Field
 
 from dsim.devices import resolve_device
 from dsim.evaluate import evaluate_rounds
+from dsim.jit import compile_unavailable, compiling
 from dsim.learn import (
     Learnable,
     Sampler,
@@ -107,6 +108,9 @@ class TrainOptions(CrossChecked):
     seed: int | None = Field(None, description="training-data seed; default: the config's seed")
     checkpoint_every: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    compile: bool = Field(False, description="run the model's compilable per-layer functions through "
+                          "torch.compile (dsim.jit; needs a C++ compiler on the CPU, Triton on CUDA): faster "
+                          "steps after a one-off compilation, results equal to eager up to float rounding")
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where the module, the minibatches and the evaluation live (auto: cuda when "
         "available); minibatches are drawn on the CPU, checkpoints saved on the CPU")
@@ -283,47 +287,48 @@ def train(learn: Learnable, sample: Sampler, opts: TrainOptions, out_dir: Path, 
         bar = tqdm(total=opts.steps, initial=start, desc=f"train {opts.algorithm}", unit="step")
     step = done = start
     try:
-        for step in range(start + 1, opts.steps + 1):
-            t0 = time.perf_counter()
-            _train_mode(module, opts.freeze_norm)
-            net, air = sample(opts.batch, batch_seed(seed, step))
-            opt.zero_grad(set_to_none=True)
-            try:
-                loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss, opts.loss)
-                loss.backward()
-            except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
-                save(step - 1)
-                msg = (f"linear-algebra failure (non-finite values?) at training step {step}: {exc}; "
-                       f"last good state (step {step - 1}) saved to {ck_path}")
-                raise TrainingDiverged(msg) from exc
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            gnorm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip))
-            lval = float(loss.detach())
-            finite = math.isfinite(lval) and math.isfinite(gnorm) and all(bool(torch.isfinite(g).all())
-                                                                          for g in grads)
-            if not finite:
-                save(step - 1)
-                raise TrainingDiverged(f"non-finite loss/gradient at training step {step} (loss {lval}, grad "
-                                       f"norm {gnorm}); last good state (step {step - 1}) saved to {ck_path}")
-            opt.step()
-            sched.step()
-            mean_wsr = torch.stack([w.detach() for w in wsr.values()]).mean()
-            row = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": -float(mean_wsr),
-                   "train_wsr": float(wsr[max(wsr)].detach().mean()), "grad_norm": gnorm}
-            if step % opts.val_every == 0 or step == opts.steps:
-                learn.calibrate(sample, seed)
-                row["val_wsr"] = validate(learn, val_net, val_air)
-                if opts.keep_best and row["val_wsr"] > best_val(log):
-                    save_checkpoint(out_dir / "best.pt", learn, step, meta)
-            row["step_s"] = time.perf_counter() - t0
-            log.append(row)
-            done = step
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(wsr=f"{row['train_wsr']:.2f}", val=f"{row.get('val_wsr', float('nan')):.2f}")
-            if step % opts.checkpoint_every == 0 or step == opts.steps:
-                save(step)
-                _write_log(out_dir / "train_log.csv", log)
+        with compiling(opts.compile):  # train.compile: dsim.jit
+            for step in range(start + 1, opts.steps + 1):
+                t0 = time.perf_counter()
+                _train_mode(module, opts.freeze_norm)
+                net, air = sample(opts.batch, batch_seed(seed, step))
+                opt.zero_grad(set_to_none=True)
+                try:
+                    loss, wsr = forward_loss(learn, net, air, opts.layers_in_loss, opts.loss)
+                    loss.backward()
+                except torch.linalg.LinAlgError as exc:  # NaN/inf reached a decomposition
+                    save(step - 1)
+                    msg = (f"linear-algebra failure (non-finite values?) at training step {step}: {exc}; "
+                           f"last good state (step {step - 1}) saved to {ck_path}")
+                    raise TrainingDiverged(msg) from exc
+                grads = [p.grad for p in module.parameters() if p.grad is not None]
+                gnorm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip))
+                lval = float(loss.detach())
+                finite = math.isfinite(lval) and math.isfinite(gnorm) and all(bool(torch.isfinite(g).all())
+                                                                              for g in grads)
+                if not finite:
+                    save(step - 1)
+                    raise TrainingDiverged(f"non-finite loss/gradient at training step {step} (loss {lval}, grad "
+                                           f"norm {gnorm}); last good state (step {step - 1}) saved to {ck_path}")
+                opt.step()
+                sched.step()
+                mean_wsr = torch.stack([w.detach() for w in wsr.values()]).mean()
+                row = {"step": step, "lr": opt.param_groups[0]["lr"], "loss": -float(mean_wsr),
+                       "train_wsr": float(wsr[max(wsr)].detach().mean()), "grad_norm": gnorm}
+                if step % opts.val_every == 0 or step == opts.steps:
+                    learn.calibrate(sample, seed)
+                    row["val_wsr"] = validate(learn, val_net, val_air)
+                    if opts.keep_best and row["val_wsr"] > best_val(log):
+                        save_checkpoint(out_dir / "best.pt", learn, step, meta)
+                row["step_s"] = time.perf_counter() - t0
+                log.append(row)
+                done = step
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(wsr=f"{row['train_wsr']:.2f}", val=f"{row.get('val_wsr', float('nan')):.2f}")
+                if step % opts.checkpoint_every == 0 or step == opts.steps:
+                    save(step)
+                    _write_log(out_dir / "train_log.csv", log)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the last finished step, then stop
         save(done)
         raise
@@ -366,6 +371,10 @@ def train_main(cfg: Any, out_dir: Path, resume: bool = False) -> Path:
         cross = opts.cross_errors()
         if cross:
             raise OptionError(f"train.{cross[0][0]}", cross[0][1])
+        if opts.compile:
+            why = compile_unavailable(resolve_device(opts.device))
+            if why:
+                raise OptionError("train.compile", f"torch.compile does not work here ({why}); allowed: false")
         try:
             learn = get_learnable(opts.algorithm, opts.options)
         except OptionError as exc:
