@@ -3,7 +3,9 @@
 Each algorithm runs as its dsim protocol on the local engine (one BS, i.i.d. CN(0, 1) channels, SNR 10 dB) over
 ``--samples`` realizations at once; wall time / samples, best of ``--repeat``, on ``--threads`` CPU threads (the
 paper, Tab. II CPU column at 10 dB: Model-GNN 0.21 s, WMMSE 93.05 s for its 100 test samples).
-Also the sum rate relative to WMMSE, so speed is read beside quality.
+Also the sum rate relative to WMMSE, so speed is read beside quality.  ``model_gnn (compiled)`` is the same
+protocol with its layer functions through torch.compile (``dsim.jit``, as ``train.compile``); its compilation is a
+warm-up run, not timed (skipped where torch.compile cannot run).
 
     python benchmarks/bench_model_gnn.py --samples 100 --threads 1
 """
@@ -18,6 +20,7 @@ import torch
 
 from dsim import registry
 from dsim.engine.local import LocalEngine
+from dsim.jit import compile_unavailable, compiling
 from dsim.scenarios.build import build_scenario, generate_channels
 
 SHIPPED = Path(__file__).resolve().parents[1] / "agents" / "models" / "model_gnn_N64K32.pt"
@@ -37,20 +40,23 @@ def main() -> None:
     family, ch = generate_channels(scn, args.samples, args.seed, "double")
     s = build_scenario(family, ch, None, args.seed)
     ck = str(SHIPPED) if SHIPPED.exists() else "untrained"
-    algos = {"model_gnn": ("model_gnn", {"checkpoint": ck}), "zf": ("zf", {}),
-             "wmmse": ("wmmse", {"init": "mrc", "rounds": args.wmmse})}
+    algos = {"model_gnn": ("model_gnn", {"checkpoint": ck}, False), "zf": ("zf", {}, False),
+             "wmmse": ("wmmse", {"init": "mrc", "rounds": args.wmmse}, False)}
+    if compile_unavailable() is None:
+        algos["model_gnn (compiled)"] = ("model_gnn", {"checkpoint": ck}, True)
     rows = {}
-    for label, (name, opts) in algos.items():
+    for label, (name, opts, jit) in algos.items():
         spec = registry.algorithm(name)
         proto = spec.build(spec.options(**opts), s.net)
         best, V = float("inf"), None
-        for _ in range(args.repeat if name != "wmmse" else 1):
+        for i in range((args.repeat if name != "wmmse" else 1) + int(jit)):
             dec = {}
             t0 = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), compiling(jit):
                 LocalEngine("float64").run(proto, s.net, s.air, on_round=lambda r, d, dec=dec: dec.__setitem__(r, d),
                                            rounds=proto.rounds)
-            best = min(best, time.perf_counter() - t0)
+            if not (jit and i == 0):  # the compiled protocol's first run compiles it
+                best = min(best, time.perf_counter() - t0)
             V = dec[proto.rounds]
         rows[label] = (best / args.samples, float(s.air.evaluate(V)[0].mean()))
     ref = rows["wmmse"][1]
