@@ -29,6 +29,7 @@ algorithm runs as a dsim protocol on the local engine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -70,11 +71,15 @@ def joint_scenario(M: int, N: int, K: int, snr_db: float = 10.0) -> dict:
     return iid(M * N, M * K, snr_db)
 
 
-def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed: int) -> dict[str, float]:
+def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed: int,
+              decisions: dict[str, torch.Tensor] | None = None, channels: object | None = None) -> dict[str, float]:
     """Mean sum rate (nat/Hz) of every algorithm {label: (name, options)} on ``samples`` draws of ``scn``; also
     ``label + '_s'`` (wall time, s) and ``label + '_bh'`` ({phase: backhaul bytes per realization} of the
-    ledger's rows on link class ``bh``)."""
+    ledger's rows on link class ``bh``).  ``decisions``: filled with {label: precoders (B, S, M, N)};
+    ``channels``: these channels instead of the draws (the same family)."""
     family, ch = generate_channels(scn, samples, seed, "double")
+    if channels is not None:
+        ch = channels
     s = build_scenario(family, ch, None, seed)
     out = {}
     for label, (name, opts) in algos.items():
@@ -90,7 +95,51 @@ def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed:
         assert float(s.air.power_ratio(V).max()) <= 1 + 1e-9, label
         out[label] = float(s.air.evaluate(V)[0].mean())
         out[label + "_s"] = time.perf_counter() - t0
+        if decisions is not None:
+            decisions[label] = V
     return out
+
+
+#: a user counts as served when its precoder carries more than this share of its BS's power
+SERVED_SHARE = 0.02
+
+
+def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None
+                  ) -> list[dict]:
+    """Where the shipped multi-cell Model-GNN loses against WMMSE (P2): in WHICH users it serves, or in HOW it
+    precodes them.  Per (M, N, K): users served per cell (precoder energy above :data:`SERVED_SHARE` of the BS's
+    power) by WMMSE and by the model, the share of WMMSE's served users the model leaves off, and WMMSE run on
+    the model's served users only (the other users' channels zeroed: they get nothing and are not nulled towards;
+    evaluated on the full channel, where those users then have rate 0) -- the rate that the model's choice of
+    users allows, WMMSE-optimised.  The model's % below that is precoding; that's % below 100 is selection.
+    The same with WMMSE's own served users is the control (close to 100 %)."""
+    rows = []
+    for (M, N, K) in PAPER_T5:
+        ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
+        if (only and (M, N, K) not in only) or not ck.exists():
+            continue
+        scn = iid(N, K, M=M)
+        wm = ("wmmse", {"init": "mrc", "rounds": wmmse_iters})
+        dec: dict[str, torch.Tensor] = {}
+        r = sum_rates(scn, {"wmmse": wm, "model": ("model_gnn_mc", {"checkpoint": str(ck)})}, samples, seed, dec)
+        _, ch = generate_channels(scn, samples, seed, "double")
+        served = {}
+        for label, V in dec.items():
+            energy = V.abs().pow(2).sum((-2, -1)).reshape(samples, M, K)
+            served[label] = energy / energy.sum(-1, keepdim=True) > SERVED_SHARE          # (B, M, K)
+        row = {"M": M, "N": N, "K": K, "wmmse_nat": r["wmmse"], "model": 100 * r["model"] / r["wmmse"],
+               "served_wmmse": float(served["wmmse"].sum(-1).float().mean()),
+               "served_model": float(served["model"].sum(-1).float().mean()),
+               "model_off_where_wmmse_on": 100 * float((served["wmmse"] & ~served["model"]).sum()
+                                                       / served["wmmse"].sum())}
+        for label in ("model", "wmmse"):
+            keep = served[label].reshape(samples, M * K)[:, :, None, None, None].to(ch.H.dtype)
+            sub = dataclasses.replace(ch, H=ch.H * keep)
+            row[f"wmmse_on_{label}_users"] = 100 * sum_rates(scn, {"wmmse": wm}, samples, seed,
+                                                             channels=sub)["wmmse"] / r["wmmse"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def coordinated_rzf(scn: dict, samples: int, seed: int, keep: int | None = None) -> float:
@@ -316,6 +365,8 @@ def main() -> None:
     ap.add_argument("--t3", default="", help="also train on 100 samples (T III) at these sizes, e.g. 8x4,32x16")
     ap.add_argument("--t5", default="", help="also T V (multi-cell coordinated beamforming) at these (M, N, K), "
                     "e.g. 2x16x8,3x16x8,3x8x4 or 'all'")
+    ap.add_argument("--t5-gap", action="store_true", help="with --t5: also where the multi-cell model loses "
+                    "(which users it serves vs how it precodes them, selection_gap)")
     ap.add_argument("--fig6", default="", help="also Fig. 6 at N = 32 for these K, e.g. 2,4,8,16,24,30")
     ap.add_argument("--fig6-ck", default="", help="Fig. 6: more checkpoints, label=path[,label=path]")
     ap.add_argument("--skip-t2", action="store_true", help="no T II")
@@ -352,6 +403,17 @@ def main() -> None:
             print(f"| ({r['M']}, {r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | "
                   f"{r.get('model_gnn_mc', float('nan')):.2f} | {r['joint_model_gnn']:.2f} "
                   f"(({r['M'] * r['N']}, {r['M'] * r['K']}), {r['joint_model']}) | {r['authors_code_joint']:.2f} |")
+    if args.t5 and args.t5_gap:
+        res["t5_gap"] = selection_gap(args.samples, args.seed, args.wmmse, only)
+        print(f"\nT V, where the gap is (held-out seed {args.seed}, {args.samples} samples; served: > "
+              f"{100 * SERVED_SHARE:.0f} % of the BS's power): % of WMMSE")
+        print("| (M, N, K) | users served per cell, WMMSE / model | WMMSE-served users the model leaves off | "
+              "model | WMMSE on the model's users | WMMSE on its own users |")
+        print("|---|---|---|---|---|---|")
+        for r in res["t5_gap"]:
+            print(f"| ({r['M']}, {r['N']}, {r['K']}) | {r['served_wmmse']:.2f} / {r['served_model']:.2f} | "
+                  f"{r['model_off_where_wmmse_on']:.0f} % | {r['model']:.2f} | {r['wmmse_on_model_users']:.2f} | "
+                  f"{r['wmmse_on_wmmse_users']:.2f} |")
     if args.fig6:
         res["fig6"] = fig6([int(k) for k in args.fig6.split(",")], args.samples, args.seed, args.wmmse,
                            extra=dict(kv.split("=", 1) for kv in args.fig6_ck.split(",") if kv))
