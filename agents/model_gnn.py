@@ -390,12 +390,12 @@ class ModelGNNMCParams(LearnedModule):
     and rising."""
 
     hparam_names: ClassVar[tuple[str, ...]] = ("hidden", "complex_weights", "aggr", "taylor_split", "user_gate",
-                                               "self_per_type", "norm")
-    resizable_hparams: ClassVar[tuple[str, ...]] = ("hidden",)
+                                               "self_per_type", "norm", "gate_floor")
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("hidden", "gate_floor")
 
     def __init__(self, hidden: tuple[int, ...] = (32, 32, 8), complex_weights: bool = False, aggr: str = "sum",
                  taylor_split: str = "none", user_gate: bool = False, self_per_type: bool = False,
-                 norm: str = "bs", seed: int = 0) -> None:
+                 norm: str = "bs", gate_floor: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.hidden = tuple(int(h) for h in hidden)
         self.complex_weights = bool(complex_weights)
@@ -404,6 +404,9 @@ class ModelGNNMCParams(LearnedModule):
         self.user_gate = bool(user_gate)
         self.self_per_type = bool(self_per_type)
         self.norm = str(norm)
+        self.gate_floor = bool(gate_floor)
+        if self.gate_floor and not self.user_gate:
+            raise ValueError("model_gnn_mc: gate_floor needs user_gate: true")
         if self.aggr not in ("sum", "mean"):
             raise ValueError(f"model_gnn_mc: aggr must be sum or mean, got {self.aggr!r}")
         if self.norm not in ("bs", "graph"):
@@ -430,8 +433,10 @@ class ModelGNNMCParams(LearnedModule):
         self.w_agg = nn.ParameterList(init(2, len(MC_TERMS), a=a, b=b) for a, b in zip(widths[:-1], widths[1:]))
         if self.user_gate:  # gamma[l, t]: the gate exponent of hidden layer l, edge type t; 0 = the paper's layer
             self.gamma = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64, device="cpu"))
+        if self.gate_floor:  # beta[l, t]: the gate's additive term (user_gate); 0 = the plain gate
+            self.beta = nn.Parameter(torch.zeros(len(self.hidden), 2, dtype=torch.float64, device="cpu"))
 
-    def resized(self, hidden: tuple[int, ...] | None = None) -> ModelGNNMCParams:
+    def resized(self, hidden: tuple[int, ...] | None = None, gate_floor: bool | None = None) -> ModelGNNMCParams:
         """A deeper copy with the same precoders (a training start, e.g. six hidden layers from a shipped
         five-layer model; "net2deeper"): ``hidden`` is this model's widths with extra entries, each equal to the
         hidden width before it (an inserted layer maps J -> J; never first, as the input features are not
@@ -440,7 +445,8 @@ class ModelGNNMCParams(LearnedModule):
         exponents); an inserted layer is the identity: s = [I; 0] on c = [d, D A] (it passes d, its input x,
         through), every aggregation weight 0 and gamma 0, so y = x and sigma(y) = x / ||x|| = x (x was normalised
         by the layer before).  The precoders equal the source's up to the rounding of that norm.  Removing layers
-        or changing a width is an OptionError."""
+        or changing a width is an OptionError.  ``gate_floor`` switched on adds the gate's beta = 0 (the same
+        precoders); switching it off is an OptionError."""
         new_hidden = self.hidden if hidden is None else tuple(int(h) for h in hidden)
         src, pos = [], 0                    # src[j]: old hidden layer copied into new hidden layer j (None: new)
         for j, w in enumerate(new_hidden):
@@ -455,8 +461,15 @@ class ModelGNNMCParams(LearnedModule):
             raise OptionError("hidden", f"{list(new_hidden)} cannot grow from the checkpoint's {list(self.hidden)}; "
                                         "allowed: the checkpoint's widths with extra entries, each equal to the "
                                         "hidden width before it (inserted identity layers)")
-        hp = self.hparams | {"hidden": new_hidden}
-        new = ModelGNNMCParams(**hp)
+        floor = self.gate_floor if gate_floor is None else bool(gate_floor)
+        if self.gate_floor and not floor:
+            raise OptionError("gate_floor", "false but the checkpoint has gate_floor=true; allowed: true or leave "
+                                            "gate_floor out")
+        hp = self.hparams | {"hidden": new_hidden, "gate_floor": floor}
+        try:
+            new = ModelGNNMCParams(**hp)
+        except ValueError as exc:
+            raise OptionError("gate_floor", str(exc)) from None
         src.append(self.layers - 1)                                               # the output layer
         with torch.no_grad():
             for ell, s in enumerate(src):
@@ -465,12 +478,16 @@ class ModelGNNMCParams(LearnedModule):
                     new.w_agg[ell].copy_(self.w_agg[s])
                     if self.user_gate and ell < len(new_hidden):
                         new.gamma[ell].copy_(self.gamma[s])
+                    if self.gate_floor and ell < len(new_hidden):
+                        new.beta[ell].copy_(self.beta[s])
                     continue
                 ws = new.w_self[ell]
                 ws.zero_()
                 new.w_agg[ell].zero_()
                 if self.user_gate:
                     new.gamma[ell].zero_()
+                if floor:
+                    new.beta[ell].zero_()
                 if self.complex_weights:            # (.., p J/2, J/2, 2): w_r = I on the pairs of d, w_i = 0
                     ws[..., : ws.shape[-3] // self.taylor_parts, :, 0] = torch.eye(ws.shape[-2], dtype=ws.dtype)
                 else:                               # (.., p J, J): I on the rows of d
@@ -565,7 +582,7 @@ GATE_EXPONENT_CAP = 50.0
 
 
 @compilable
-def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
+def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor, beta: Tensor | None = None) -> Tensor:
     """Option ``user_gate`` (not in the paper): a per-user soft selection between the update and the activation,
 
         y_{n u} <- y_{n u} (e_u / e_bar_t)^gamma_t,  e_u = mean_{n, f} y_{n u f}^2 (the user's energy at BS m),
@@ -575,7 +592,12 @@ def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
     group's mean grow, those below shrink, so repeated layers can switch users off (the WMMSE optimum of P2
     serves about half of them, see scenarios/train_model_gnn_mc_M3N8K4.yaml) and the Taylor terms of the next
     layer stop spending degrees of freedom on nulling towards them.  Permutation equivariant and invariant to a
-    common phase; needs no message.  y (B, n_bs, M, U, F), own (n_bs, U), csi (B, n_bs, U)."""
+    common phase; needs no message.  y (B, n_bs, M, U, F), own (n_bs, U), csi (B, n_bs, U).
+
+    ``beta`` (2,) (option ``gate_floor``, init 0: the gate above): y_{n u} <- y_{n u} max((e_u / e_bar_t)^gamma_t +
+    beta_t, 0).  The power law is scale-free (only the ratios between users survive sigma = X/||X||), so after
+    many layers it keeps the users above their group's mean energy; beta > 0 is a floor that lets users below
+    the mean through, beta < 0 a hard cut."""
     rdt = y.dtype
     tiny = torch.finfo(rdt).tiny
     e = y.pow(2).mean(dim=(-3, -1))                                           # (B, n_bs, U)
@@ -589,7 +611,10 @@ def user_gate(y: Tensor, gamma: Tensor, own: Tensor, csi: Tensor) -> Tensor:
         # capped so that a user with no energy (e = 0: no CSI, lost message) under gamma < 0 gives a finite
         # gain (0 * inf would be NaN); the shipped models' precoders are bit-identical with and without the cap
         # (50 iid samples each at (M, N, K) = (3, 8, 4) and (2, 16, 8))
-        g = g + grp[t] * torch.exp(expo.clamp_max(GATE_EXPONENT_CAP))
+        gain = torch.exp(expo.clamp_max(GATE_EXPONENT_CAP))
+        if beta is not None:
+            gain = (gain + beta[t].to(rdt)).clamp_min(0)
+        g = g + grp[t] * gain
     return y * g[:, :, None, :, None]
 
 
@@ -660,7 +685,7 @@ def model_gnn_mc_protocol(params: ModelGNNMCParams, net: Network) -> Protocol:
                               mean_over)
             if ell < L - 1:
                 if params.user_gate:
-                    y = user_gate(y, params.gamma[ell], own, csi)
+                    y = user_gate(y, params.gamma[ell], own, csi, params.beta[ell] if params.gate_floor else None)
                 if params.norm == "graph":  # sigma over the whole sample: after the bh_norm message
                     block.state["y"] = y
                     block.state["sq"] = y.pow(2).sum(dim=(-3, -2, -1))[..., None]          # (B, n_bs, 1)
@@ -726,6 +751,9 @@ class ModelGNNMCOptions(LearnedOptions):
     norm: Literal["bs", "graph"] | None = Field(
         None, description="hidden-layer sigma = X/||X||_F over each BS's edges (bs) or over the whole sample's "
         "(graph, one scalar per BS over the backhaul per layer); default the checkpoint's")
+    gate_floor: bool | None = Field(None, description="user_gate with a learned additive term beta per layer and "
+                                    "edge type, max((e_u / e_bar)^gamma + beta, 0) (init 0; in training switched on "
+                                    "at a checkpoint without it, the same precoders); default the checkpoint's")
 
 
 MODEL_MC = LearnableSpec("model_gnn_mc", ModelGNNMCParams, ModelGNNMCOptions,

@@ -31,6 +31,9 @@ def _params(hidden=(6, 4), seed=3, complex_weights=False, **variant):
     if getattr(m, "user_gate", False):
         with torch.no_grad():                                          # untrained gamma = 0: give it a value
             m.gamma.copy_(torch.tensor([[0.7, -0.4], [-0.3, 1.1]], dtype=torch.float64))
+    if getattr(m, "gate_floor", False):
+        with torch.no_grad():                                          # untrained beta = 0: a floor and a cut
+            m.beta.copy_(torch.tensor([[0.3, -0.6], [-0.2, 0.5]], dtype=torch.float64))
     return m.eval().requires_grad_(False)
 
 
@@ -108,7 +111,10 @@ def _direct(params, ch) -> np.ndarray:
                     for u in range(I):
                         t = 0 if assign[u] == m else 1
                         grp = [v for v in range(I) if (assign[v] == m) == (assign[u] == m)]
-                        y[b, m, :, u] *= (e[u] / e[grp].mean()) ** gamma[t]
+                        gain = (e[u] / e[grp].mean()) ** gamma[t]
+                        if params.gate_floor:                  # max(gain + beta_t, 0)
+                            gain = max(gain + float(params.beta[ell, t]), 0.0)
+                        y[b, m, :, u] *= gain
         if ell < len(ws) - 1 and params.norm == "graph":                # sigma over the whole sample's edges
             x = y / np.linalg.norm(y.reshape(B, -1), axis=-1)[:, None, None, None, None]
         elif ell < len(ws) - 1:
@@ -126,9 +132,10 @@ def _direct(params, ch) -> np.ndarray:
 @pytest.mark.parametrize("complex_weights,variant", [
     (True, {}), (False, {}), (False, SHIPPED_VARIANT), (True, {"aggr": "mean", "taylor_split": "cell"}),
     (False, SHIPPED_VARIANT | {"self_per_type": True}), (True, {"self_per_type": True}),
-    (False, SHIPPED_VARIANT | {"norm": "graph"}), (False, SHIPPED_VARIANT | {"self_per_type": True, "norm": "graph"})],
+    (False, SHIPPED_VARIANT | {"norm": "graph"}), (False, SHIPPED_VARIANT | {"self_per_type": True, "norm": "graph"}),
+    (False, SHIPPED_VARIANT | {"gate_floor": True})],
     ids=["complex", "real", "shipped-variant", "complex-mean-cell", "self-per-type", "complex-self-per-type",
-         "graph-norm", "self-per-type-graph-norm"])
+         "graph-norm", "self-per-type-graph-norm", "gate-floor"])
 def test_protocol_equals_direct_full_graph_and_power_exact(complex_weights, variant):
     params = _params(complex_weights=complex_weights, **variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=2, bs_antennas=3)
@@ -163,7 +170,8 @@ def _relabelled(ch, bs, ue_in_cell, ant):
     return replace(ch, H=H), order
 
 
-@pytest.mark.parametrize("variant", [{}, SHIPPED_VARIANT], ids=["paper", "shipped-variant"])
+@pytest.mark.parametrize("variant", [{}, SHIPPED_VARIANT, SHIPPED_VARIANT | {"gate_floor": True}],
+                         ids=["paper", "shipped-variant", "gate-floor"])
 def test_permutation_equivariance(variant):
     params = _params(**variant)
     ch = _channels(batch=2, n_bs=3, ues_per_bs=3, bs_antennas=4)
@@ -344,3 +352,24 @@ def test_training_options_grow_hidden_layers_inference_does_not(tmp_path):
     net, _ = multicell_network(_channels(batch=1))
     with pytest.raises(ValueError, match="hidden"):
         MODEL_MC.build(MODEL_MC.options(checkpoint=str(path), hidden=[6, 6, 4]), net)
+
+
+def test_gate_floor_switched_on_keeps_the_precoders_and_refuses_the_reverse():
+    """gate_floor at a checkpoint without it (training's warm start, resized(gate_floor=True)): beta = 0, the
+    same precoders bit for bit, old parameters copied; growing with it keeps beta; switching it off, or on
+    without user_gate, is an OptionError at gate_floor."""
+    src = _params(hidden=(6, 4), **SHIPPED_VARIANT)
+    ch = _channels(batch=2)
+    V0 = _run(src, ch)[0]
+    new = src.resized(gate_floor=True).eval().requires_grad_(False)
+    assert new.gate_floor and new.beta.shape == (2, 2) and not bool(new.beta.any())
+    assert torch.equal(_run(new, ch)[0], V0) and torch.equal(new.gamma, src.gamma)
+    with torch.no_grad():
+        new.beta.copy_(torch.tensor([[0.3, -0.6], [-0.2, 0.5]], dtype=torch.float64))
+    deeper = new.resized(hidden=(6, 6, 4))
+    assert torch.equal(deeper.beta[0], new.beta[0]) and torch.equal(deeper.beta[2], new.beta[1])
+    assert not bool(deeper.beta[1].any())
+    with pytest.raises(ValueError, match="gate_floor: false but the checkpoint has gate_floor=true"):
+        new.resized(gate_floor=False)
+    with pytest.raises(ValueError, match="gate_floor: model_gnn_mc: gate_floor needs user_gate"):
+        _params(hidden=(6, 4)).resized(gate_floor=True)
