@@ -76,10 +76,9 @@ def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed:
     """Mean sum rate (nat/Hz) of every algorithm {label: (name, options)} on ``samples`` draws of ``scn``; also
     ``label + '_s'`` (wall time, s) and ``label + '_bh'`` ({phase: backhaul bytes per realization} of the
     ledger's rows on link class ``bh``).  ``decisions``: filled with {label: precoders (B, S, M, N)};
-    ``channels``: these channels instead of the draws (the same family)."""
-    family, ch = generate_channels(scn, samples, seed, "double")
-    if channels is not None:
-        ch = channels
+    ``channels``: these channels (of ``scn``'s family) instead of drawing them."""
+    family, ch = ((scn["family"], channels) if channels is not None
+                  else generate_channels(scn, samples, seed, "double"))
     s = build_scenario(family, ch, None, seed)
     out = {}
     for label, (name, opts) in algos.items():
@@ -111,8 +110,9 @@ def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[in
     power) by WMMSE and by the model, the share of WMMSE's served users the model leaves off, and WMMSE run on
     the model's served users only (the other users' channels zeroed: they get nothing and are not nulled towards;
     evaluated on the full channel, where those users then have rate 0) -- the rate that the model's choice of
-    users allows, WMMSE-optimised.  The model's % below that is precoding; that's % below 100 is selection.
-    The same with WMMSE's own served users is the control (close to 100 %)."""
+    users allows, WMMSE-optimised.  The model's distance below that rate is its precoding; that rate's distance
+    below 100 % is its selection.  The same with WMMSE's own served users is the control (close to 100 %).
+    One draw per (M, N, K), shared by every run."""
     rows = []
     for (M, N, K) in PAPER_T5:
         ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
@@ -120,9 +120,10 @@ def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[in
             continue
         scn = iid(N, K, M=M)
         wm = ("wmmse", {"init": "mrc", "rounds": wmmse_iters})
-        dec: dict[str, torch.Tensor] = {}
-        r = sum_rates(scn, {"wmmse": wm, "model": ("model_gnn_mc", {"checkpoint": str(ck)})}, samples, seed, dec)
         _, ch = generate_channels(scn, samples, seed, "double")
+        dec: dict[str, torch.Tensor] = {}
+        r = sum_rates(scn, {"wmmse": wm, "model": ("model_gnn_mc", {"checkpoint": str(ck)})}, samples, seed, dec,
+                      channels=ch)
         served = {}
         for label, V in dec.items():
             energy = V.abs().pow(2).sum((-2, -1)).reshape(samples, M, K)
