@@ -250,6 +250,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path | str, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, written atomically (a ``.tmp`` file, then a rename): a reader, or a
+    run interrupted while writing, sees the previous complete file or the new one, never half of one.  Scripts
+    that build results row by row call it after every row, so an interrupted run keeps what it computed."""
+    _write_atomic(Path(path), json.dumps(jsonable(obj, finite=False), indent=1))
+
+
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dsim import registry  # noqa: E402
 from dsim.config import config_from_dict  # noqa: E402
 from dsim.evaluate import evaluate_rounds  # noqa: E402
+from dsim.results import write_json  # noqa: E402
 from dsim.scenarios.build import scenario_from_config  # noqa: E402
 
 ROWS = ([("III", 7, 2, k) for k in range(3, 8)] + [("IV", n, 2, 3) for n in range(6, 11)]
@@ -58,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(1)
     variants = {"none": {}} | {v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in a.variants}
     rows = []
-    for r in a.rows:
+    for r in tqdm(a.rows, desc="rows", unit="row"):
         table, n_aps, n_ant, n_ues = ROWS[r]
         seed = a.seed if a.seed is not None else a.seed_base + r
         t0 = time.perf_counter()
@@ -73,11 +75,11 @@ def main() -> None:
         row |= {k: 100 * final_mean("icgnn", v, scn.net, scn.air) / w for k, v in variants.items()}
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(f"{table:>13} L={n_aps:2d} N={n_ant} K={n_ues}  WMMSE-ADMM {w:6.3f}  "
-              + "  ".join(f"{k} {row[k]:.2f} %" for k in variants), flush=True)
+        if a.out:  # rewritten after every row: an interrupted run keeps the rows it finished
+            write_json(Path(a.out), {"topologies": a.topologies, "variants": variants, "rows": rows})
+        tqdm.write(f"{table:>13} L={n_aps:2d} N={n_ant} K={n_ues}  WMMSE-ADMM {w:6.3f}  "
+                   + "  ".join(f"{k} {row[k]:.2f} %" for k in variants))
     print("min over rows: " + "  ".join(f"{k} {min(x[k] for x in rows):.2f} %" for k in variants))
-    if a.out:
-        Path(a.out).write_text(json.dumps({"topologies": a.topologies, "variants": variants, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

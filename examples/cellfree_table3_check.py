@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from tqdm import tqdm
 
 from agents.cellfree_alloc import WmmseAdmmOptions
 from agents.cellfree_power import equal_power, lsf_power, wmmse_admm_init, wmmse_admm_step
@@ -66,17 +67,17 @@ def main() -> None:
     print(f"L=7, N=2, csi={args.csi}, {args.topologies} topologies x {args.realizations} draws, "
           "sum-SE [bit/s/Hz] "
           "(ours / paper Tab. III, deviation)")
-    for k in args.users:
+    for k in tqdm(args.users, desc="K", unit="row"):
         t0 = time.perf_counter()
         w, e, lsf, info = run(k, args.topologies, args.realizations, args.seed, args.outer, args.csi)
         pw, pe, pl = PAPER.get(k, (float("nan"),) * 3)
-        print(f"K={k}: WMMSE-ADMM {w:.2f} / {pw:.2f} ({100 * (w / pw - 1):+.1f}%)  "
-              f"Equal {e:.2f} / {pe:.2f} ({100 * (e / pe - 1):+.1f}%)  "
-              f"LSF {lsf:.2f} / {pl:.2f} ({100 * (lsf / pl - 1):+.1f}%)  "
-              f"[{time.perf_counter() - t0:.0f} s; max power excess {info['max_power_excess_w']:.1e} W; "
-              f"min outer step {info['min_step']:.1e}; max inner ADMM iterations {info['max_inner']}; "
-              f"LSF>=Equal in {100 * info['lsf_ge_equal']:.0f}%, "
-              f"WMMSE>=LSF in {100 * info['wmmse_ge_lsf']:.0f}% of topologies]", flush=True)
+        tqdm.write(f"K={k}: WMMSE-ADMM {w:.2f} / {pw:.2f} ({100 * (w / pw - 1):+.1f}%)  "
+                   f"Equal {e:.2f} / {pe:.2f} ({100 * (e / pe - 1):+.1f}%)  "
+                   f"LSF {lsf:.2f} / {pl:.2f} ({100 * (lsf / pl - 1):+.1f}%)  "
+                   f"[{time.perf_counter() - t0:.0f} s; max power excess {info['max_power_excess_w']:.1e} W; "
+                   f"min outer step {info['min_step']:.1e}; max inner ADMM iterations {info['max_inner']}; "
+                   f"LSF>=Equal in {100 * info['lsf_ge_equal']:.0f}%, "
+                   f"WMMSE>=LSF in {100 * info['wmmse_ge_lsf']:.0f}% of topologies]")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -98,30 +99,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     _, ch = generate_channels({"family": "multicell"}, a.batch, a.seed, "double")  # Tab. II base
-    ri = np.stack([run("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s) for s in range(a.inits)])
+    ri = np.stack([run("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s)
+                   for s in tqdm(range(a.inits), desc="WMMSE RI", unit="init")])
     mrc = run("wmmse", {"init": "mrc", "rounds": a.rounds}, ch)
     ri_mean = ri.mean(axis=(0, 2))                      # (R+1,) mean over inits and realizations
     best = ri[:, -1].max(axis=0).mean()                 # best of the inits per realization, at 100 rounds
     bpr = bytes_per_round(LocalEngine(a.wire).run(*setup("wmmse", {"rounds": 1}, ch)).ledger, a.batch)
 
-    rows, curves = [], {}
-    for ck in a.checkpoints.split(","):
-        opts = {"checkpoint": ck, "mu_steps": a.mu_steps}
-        gcn = run("gcn_wmmse", opts, ch)
-        L = gcn.shape[0] - 1
-        target = gcn[-1].mean()
-        hit = np.nonzero(ri_mean >= target)[0]
-        needed = int(hit[0]) if hit.size else None
-        t_gcn = timed("gcn_wmmse", opts, ch)
-        t_ri = timed("wmmse", {"init": "random", "rounds": needed}, ch) if needed else float("nan")
-        curves[L] = gcn.mean(axis=1)
-        rows.append((L, ck, target, needed, 1e3 * t_gcn / a.batch, 1e3 * t_ri / a.batch))
-
-    # ---- table
+    # ---- table (rewritten after every checkpoint's row: an interrupted run keeps the rows it finished)
     def paper(L: int, i: int, fmt: str) -> str:
         return format(PAPER[L][i], fmt) if L in PAPER else "-"
 
-    lines = [
+    table_head = [
         f"# GCN-WMMSE vs WMMSE, base scenario (Tab. II), {a.batch} held-out realizations (seed {a.seed}), "
         f"WMMSE RI over {a.inits} inits; nat/Hz; ours (paper)",
         "",
@@ -143,16 +132,31 @@ def main() -> None:
         f"| signaling GCN / RI [bytes, wire {a.wire}] |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for L, ck, target, needed, ms_gcn, ms_ri in rows:
-        p_ri = f"{100 * PAPER[L][1] / PAPER_RI_REL:.1f}" if L in PAPER else "-"
-        lines.append(
-            f"| {L} | {ck} | {target:.2f} ({paper(L, 0, '.2f')}) | {100 * target / ri_mean[-1]:.1f} ({p_ri}) "
+
+    def table(rows: list[tuple]) -> list[str]:
+        return table_head + [
+            f"| {L} | {ck} | {target:.2f} ({paper(L, 0, '.2f')}) | {100 * target / ri_mean[-1]:.1f} "
+            f"({f'{100 * PAPER[L][1] / PAPER_RI_REL:.1f}' if L in PAPER else '-'}) "
             f"| {100 * target / best:.2f} ({paper(L, 1, '.2f')}) | {100 * target / ri_mean[L]:.1f} "
             f"| {needed if needed else f'> {a.rounds}'} ({paper(L, 2, 'd')}) | {ms_gcn:.3f} ({paper(L, 3, '.2f')}) "
             f"| {ms_ri:.3f} ({paper(L, 4, '.2f')}) | {L * bpr:.0f} / "
-            f"{(needed * bpr) if needed else float('nan'):.0f} |")
-    (out / "gcn_wmmse_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            f"{(needed * bpr) if needed else float('nan'):.0f} |"
+            for L, ck, target, needed, ms_gcn, ms_ri in rows]
+
+    rows, curves = [], {}
+    for ck in tqdm(a.checkpoints.split(","), desc="GCN-WMMSE", unit="model"):
+        opts = {"checkpoint": ck, "mu_steps": a.mu_steps}
+        gcn = run("gcn_wmmse", opts, ch)
+        L = gcn.shape[0] - 1
+        target = gcn[-1].mean()
+        hit = np.nonzero(ri_mean >= target)[0]
+        needed = int(hit[0]) if hit.size else None
+        t_gcn = timed("gcn_wmmse", opts, ch)
+        t_ri = timed("wmmse", {"init": "random", "rounds": needed}, ch) if needed else float("nan")
+        curves[L] = gcn.mean(axis=1)
+        rows.append((L, ck, target, needed, 1e3 * t_gcn / a.batch, 1e3 * t_ri / a.batch))
+        (out / "gcn_wmmse_table.md").write_text("\n".join(table(rows)) + "\n")
+    print("\n".join(table(rows)))
 
     # ---- per-round CSV
     Ls = sorted(curves)

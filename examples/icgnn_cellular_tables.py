@@ -17,13 +17,18 @@ L-ICGNN with T = N_t CG steps (= exact).  Sum SE in bit/s/Hz.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from examples.model_gnn_tables import sum_rates
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repo root
+
+from dsim.results import write_json  # noqa: E402
+from examples.model_gnn_tables import report, sum_rates  # noqa: E402
 
 #: T I: K -> (WMMSE bit/s/Hz, ICGNN %, L-ICGNN %), N_r = 2
 PAPER_T1 = {3: (8.48, 95.6, 98.1), 4: (10.57, 99.5, 99.6), 5: (12.38, 101.4, 100.2), 6: (14.07, 101.7, 100.3),
@@ -62,7 +67,7 @@ def point(K: int, Nr: int, samples: int, seed: int, wmmse_iters: int, scenario: 
     for a in algos:
         if a != "wmmse":
             row[a] = 100 * r[a] / r["wmmse"]
-    print(json.dumps(row), flush=True)
+    report(row)
     return row
 
 
@@ -102,8 +107,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = {"scenario": args.scenario, "icgnn": args.icgnn, "licgnn": args.licgnn}
-    t1 = [point(K, 2, args.samples, args.seed, args.wmmse, **kw) for K in PAPER_T1]
-    t2 = [point(3, Nr, args.samples, args.seed, args.wmmse, **kw) for Nr in PAPER_T2]
+    res: dict[str, list[dict]] = {"t1": [], "t2": []}
+    rows = [("t1", K, 2) for K in PAPER_T1] + [("t2", 3, Nr) for Nr in PAPER_T2]
+    for key, K, Nr in tqdm(rows, desc="T I, T II", unit="row"):
+        res[key].append(point(K, Nr, args.samples, args.seed, args.wmmse, **kw))
+        write_json(out / "tables.json", res)  # every finished row kept at once
+    t1, t2 = res["t1"], res["t2"]
     plot(t1, "K", PAPER_T1, out / "table1.png", "users K (N_r = 2)")
     plot(t2, "Nr", PAPER_T2, out / "table2.png", "receive antennas N_r (K = 3)")
     for title, rows, key, paper, mrt in (("T I (N_r = 2)", t1, "K", PAPER_T1, PAPER_MRT_T1),
@@ -119,7 +128,7 @@ def main() -> None:
             print(f"| {r[key]} | {p[0]:.2f} | {r['wmmse_bit']:.2f} | {p[1]:.1f} | {ours:.1f} | {p[2]:.1f} | "
                   f"{r.get('licgnn', math.nan):.1f} | {r.get('licgnn_T16', math.nan):.1f} | "
                   f"{r['mrt']:.1f} | {mrt[r[key]]:.2f} | {r['mrt_bit']:.2f} |")
-    (out / "tables.json").write_text(json.dumps({"t1": t1, "t2": t2}, indent=1))
+    print(f"wrote {out / 'tables.json'}, {out / 'table1.png'}, {out / 'table2.png'}")
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from dsim import registry
 from dsim.engine.local import LocalEngine
+from dsim.results import write_json
 from dsim.scenarios.build import build_scenario, generate_channels
 
 #: Tab. II at SNR 10 dB: (N, K) -> (Model-GNN, Vanilla-GNN) % of WMMSE
@@ -54,6 +57,15 @@ JOINT_T5 = {(2, 16, 8): "N32K16", (3, 16, 8): "N64K32", (3, 8, 4): "N32K16"}
 #: docs/model_gnn_tab5_authors_code.md)
 AUTHORS_JT = {(2, 16, 8): 97.52, (3, 16, 8): 92.03, (3, 8, 4): 97.73}
 MODELS = Path(__file__).resolve().parents[1] / "agents" / "models"
+#: called with every finished row of a table (:func:`main`: appended to the results and the JSON rewritten)
+OnRow = Callable[[dict], None]
+
+
+def report(row: dict, on_row: OnRow | None = None) -> None:
+    """Print ``row`` as a JSON line (above any progress bar) and hand it to ``on_row``."""
+    tqdm.write(json.dumps(row))
+    if on_row is not None:
+        on_row(row)
 
 
 def iid(N: int, K: int, snr_db: float = 10.0, M: int = 1) -> dict:
@@ -103,8 +115,8 @@ def sum_rates(scn: dict, algos: dict[str, tuple[str, dict]], samples: int, seed:
 SERVED_SHARE = 0.02
 
 
-def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None
-                  ) -> list[dict]:
+def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None,
+                  on_row: OnRow | None = None) -> list[dict]:
     """Where the shipped multi-cell Model-GNN loses against WMMSE (P2): in WHICH users it serves, or in HOW it
     precodes them.  Per (M, N, K): users served per cell (precoder energy above :data:`SERVED_SHARE` of the BS's
     power) by WMMSE and by the model, the share of WMMSE's served users the model leaves off, and WMMSE run on
@@ -114,10 +126,10 @@ def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[in
     below 100 % is its selection.  The same with WMMSE's own served users is the control (close to 100 %).
     One draw per (M, N, K), shared by every run."""
     rows = []
-    for (M, N, K) in PAPER_T5:
+    sizes = [(M, N, K) for (M, N, K) in PAPER_T5
+             if (not only or (M, N, K) in only) and (MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt").exists()]
+    for (M, N, K) in tqdm(sizes, desc="T V gap", unit="size"):
         ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
-        if (only and (M, N, K) not in only) or not ck.exists():
-            continue
         scn = iid(N, K, M=M)
         wm = ("wmmse", {"init": "mrc", "rounds": wmmse_iters})
         _, ch = generate_channels(scn, samples, seed, "double")
@@ -139,7 +151,7 @@ def selection_gap(samples: int, seed: int, wmmse_iters: int, only: list[tuple[in
             row[f"wmmse_on_{label}_users"] = 100 * sum_rates(scn, {"wmmse": wm}, samples, seed,
                                                              channels=sub)["wmmse"] / r["wmmse"]
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row, on_row)
     return rows
 
 
@@ -177,9 +189,9 @@ def coordinated_rzf(scn: dict, samples: int, seed: int, keep: int | None = None)
     return float(s.air.evaluate(V)[0].mean())
 
 
-def table2(samples: int, seed: int, wmmse_iters: int) -> list[dict]:
+def table2(samples: int, seed: int, wmmse_iters: int, on_row: OnRow | None = None) -> list[dict]:
     rows = []
-    for (N, K), (p_model, p_van) in PAPER_T2.items():
+    for (N, K), (p_model, p_van) in tqdm(PAPER_T2.items(), desc="T II", unit="size"):
         algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {}), "rzf": ("rzf", {}),
                  "mrt": ("mrc", {})}
         ck = MODELS / f"model_gnn_N{N}K{K}.pt"
@@ -194,11 +206,12 @@ def table2(samples: int, seed: int, wmmse_iters: int) -> list[dict]:
             row[a] = 100 * r[a] / r["wmmse"]
             row[a + "_s_per_sample"] = r[a + "_s"] / samples
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row, on_row)
     return rows
 
 
-def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: int, out: Path) -> list[dict]:
+def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: int, out: Path,
+           on_row: OnRow | None = None) -> list[dict]:
     """Model-GNN trained on 100 samples at ``sizes`` (T III: (8, 4) and (32, 16) reach >= 95 % of WMMSE).
 
     Recipe: batch 100 = the whole set, lr 0.01 x0.2 every 400 steps, clip 5; aggregations as means (option
@@ -212,7 +225,7 @@ def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: i
     from dsim.train import TrainOptions, train
 
     rows = []
-    for N, K in sizes:
+    for N, K in tqdm(sizes, desc="T III", unit="size"):
         steps = 600 if N * K <= 32 else 1400
         aggr = "sum" if N * K <= 32 else "mean"
         scn = iid(N, K)
@@ -237,16 +250,17 @@ def table3(sizes: list[tuple[int, int]], samples: int, seed: int, wmmse_iters: i
                "best_val_nat": best[0], "train_s": wall, "model_gnn": 100 * r["model_gnn"] / r["wmmse"],
                "paper": ">= 95"}
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row, on_row)
     return rows
 
 
-def table5(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None) -> list[dict]:
+def table5(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int, int]] | None = None,
+           on_row: OnRow | None = None) -> list[dict]:
     """T V: % of WMMSE (per-BS power, MRT init) of the shipped multi-cell Model-GNNs, and their backhaul."""
     rows = []
-    for (M, N, K), (p_model, p_van) in PAPER_T5.items():
-        if only and (M, N, K) not in only:
-            continue
+    sizes = [s for s in PAPER_T5 if not only or s in only]
+    for (M, N, K) in tqdm(sizes, desc="T V", unit="size"):
+        p_model, p_van = PAPER_T5[(M, N, K)]
         algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {}), "mrt": ("mrc", {})}
         ck = MODELS / f"model_gnn_mc_M{M}N{N}K{K}.pt"
         if ck.exists():
@@ -267,16 +281,16 @@ def table5(samples: int, seed: int, wmmse_iters: int, only: list[tuple[int, int,
         row |= {"joint_model": jt, "joint_wmmse_nat": rj["wmmse"],
                 "joint_model_gnn": 100 * rj["model_gnn"] / rj["wmmse"], "authors_code_joint": AUTHORS_JT[(M, N, K)]}
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row, on_row)
     return rows
 
 
 def fig6(ks: list[int], samples: int, seed: int, wmmse_iters: int, N: int = 32,
-         extra: dict[str, str] | None = None) -> list[dict]:
+         extra: dict[str, str] | None = None, on_row: OnRow | None = None) -> list[dict]:
     """Fig. 6: % of WMMSE of the shipped single-cell Model-GNNs at N antennas for every K in ``ks`` (held-out
     seed ``seed + K``); ``extra``: more Model-GNN checkpoints {label: path}."""
     rows = []
-    for K in ks:
+    for K in tqdm(ks, desc="Fig. 6", unit="K"):
         algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {})}
         for label, path in (extra or {}).items():
             algos[label] = ("model_gnn", {"checkpoint": path})
@@ -287,7 +301,7 @@ def fig6(ks: list[int], samples: int, seed: int, wmmse_iters: int, N: int = 32,
         r = sum_rates(iid(N, K), algos, samples, seed + K)
         row = {"N": N, "K": K, "wmmse_nat": r["wmmse"]} | {a: 100 * r[a] / r["wmmse"] for a in algos}
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row, on_row)
     return rows
 
 
@@ -377,12 +391,21 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {}
+    json_path = out / ("tables_t3_t5.json" if args.skip_t2 else "tables.json")
+
+    def rows_of(key: str) -> OnRow:
+        """Every finished row is kept at once: appended to ``res[key]`` and the JSON rewritten."""
+        def add(row: dict) -> None:
+            res.setdefault(key, []).append(row)
+            write_json(json_path, res)
+        return add
+
     if args.t3:
         sizes = [tuple(int(v) for v in nk.split("x")) for nk in args.t3.split(",")]
-        res["t3"] = table3(sizes, args.samples, args.seed, args.wmmse, out)
+        res["t3"] = table3(sizes, args.samples, args.seed, args.wmmse, out, rows_of("t3"))
     if args.t5:
         only = None if args.t5 == "all" else [tuple(int(v) for v in mnk.split("x")) for mnk in args.t5.split(",")]
-        res["t5"] = table5(args.samples, args.seed, args.wmmse, only)
+        res["t5"] = table5(args.samples, args.seed, args.wmmse, only, rows_of("t5"))
         plot5(res["t5"], out / "table5.png")
         print(f"\nT V, SNR 10 dB: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
         print("| (M, N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | per-cell ZF | per-cell MRT | "
@@ -405,7 +428,7 @@ def main() -> None:
                   f"{r.get('model_gnn_mc', float('nan')):.2f} | {r['joint_model_gnn']:.2f} "
                   f"(({r['M'] * r['N']}, {r['M'] * r['K']}), {r['joint_model']}) | {r['authors_code_joint']:.2f} |")
     if args.t5 and args.t5_gap:
-        res["t5_gap"] = selection_gap(args.samples, args.seed, args.wmmse, only)
+        res["t5_gap"] = selection_gap(args.samples, args.seed, args.wmmse, only, rows_of("t5_gap"))
         print(f"\nT V, where the gap is (held-out seed {args.seed}, {args.samples} samples; served: > "
               f"{100 * SERVED_SHARE:.0f} % of the BS's power): % of WMMSE")
         print("| (M, N, K) | users served per cell, WMMSE / model | WMMSE-served users the model leaves off | "
@@ -417,12 +440,13 @@ def main() -> None:
                   f"{r['wmmse_on_wmmse_users']:.2f} |")
     if args.fig6:
         res["fig6"] = fig6([int(k) for k in args.fig6.split(",")], args.samples, args.seed, args.wmmse,
-                           extra=dict(kv.split("=", 1) for kv in args.fig6_ck.split(",") if kv))
+                           extra=dict(kv.split("=", 1) for kv in args.fig6_ck.split(",") if kv), on_row=rows_of("fig6"))
         plot6(res["fig6"], out / "fig6.png")
     if args.skip_t2:
-        (out / "tables_t3_t5.json").write_text(json.dumps(res, indent=1))
+        write_json(json_path, res)
+        print(f"wrote {json_path}")
         return
-    res["t2"] = table2(args.samples, args.seed, args.wmmse)
+    res["t2"] = table2(args.samples, args.seed, args.wmmse, rows_of("t2"))
     plot(res["t2"], out / "table2.png")
     print(f"\nT II, SNR 10 dB: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
     print("| (N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | Vanilla dsim | ZF | RZF | MRT |")
@@ -431,7 +455,8 @@ def main() -> None:
         print(f"| ({r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | {r.get('model_gnn', float('nan')):.2f} | "
               f"{r['paper_vanilla_gnn']:.2f} | {r.get('vanilla_gnn', float('nan')):.2f} | {r['zf']:.2f} | "
               f"{r['rzf']:.2f} | {r['mrt']:.2f} |")
-    (out / "tables.json").write_text(json.dumps(res, indent=1))
+    write_json(json_path, res)
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

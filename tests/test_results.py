@@ -12,7 +12,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from dsim.results import AlgorithmResult, RunWriter, load_metrics
+from dsim.results import AlgorithmResult, RunWriter, load_metrics, write_json
 
 CONFIG = {
     "seed": 7,
@@ -223,3 +223,26 @@ def test_no_per_user_no_cdf(tmp_path):
     assert {p.name for p in writer.plots()} == {"wsr_vs_round.png", "wsr_vs_bytes.png", "wsr_vs_time.png",
                                                "final_wsr.png"}
     assert not (writer.out_dir / "plots" / "per_user_cdf.png").exists()
+
+
+def test_write_json_atomic(tmp_path, monkeypatch):
+    """write_json: the object as JSON (tuples as lists, numpy / torch values plain, NaN kept), no .tmp left
+    behind; a write that fails half-way leaves the previous file whole."""
+    import torch
+
+    path = tmp_path / "rows.json"
+    write_json(path, {"t5": [{"M": np.int64(3), "x": np.float64(94.5), "v": torch.tensor([1.0, 2.0]),
+                              "nan": float("nan"), "size": (3, 8, 4)}]})
+    got = json.loads(path.read_text())
+    assert got["t5"][0]["M"] == 3 and got["t5"][0]["x"] == 94.5 and got["t5"][0]["v"] == [1.0, 2.0]
+    assert math.isnan(got["t5"][0]["nan"]) and got["t5"][0]["size"] == [3, 8, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]
+    before = path.read_text()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", fail)
+    with pytest.raises(OSError):
+        write_json(path, {"t5": []})
+    assert path.read_text() == before
