@@ -79,6 +79,7 @@ def main() -> None:
             write_json(Path(a.out), {"topologies": a.topologies, "variants": variants, "rows": rows})
         tqdm.write(f"{table:>13} L={n_aps:2d} N={n_ant} K={n_ues}  WMMSE-ADMM {w:6.3f}  "
                    + "  ".join(f"{k} {row[k]:.2f} %" for k in variants))
+        sys.stdout.flush()
     print("min over rows: " + "  ".join(f"{k} {min(x[k] for x in rows):.2f} %" for k in variants))
 
 

@@ -11,6 +11,7 @@ AP-local L-MMSE precoding and statistics, CPU combination and power allocation.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -78,6 +79,7 @@ def main() -> None:
                    f"min outer step {info['min_step']:.1e}; max inner ADMM iterations {info['max_inner']}; "
                    f"LSF>=Equal in {100 * info['lsf_ge_equal']:.0f}%, "
                    f"WMMSE>=LSF in {100 * info['wmmse_ge_lsf']:.0f}% of topologies]")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,7 @@ OnRow = Callable[[dict], None]
 def report(row: dict, on_row: OnRow | None = None) -> None:
     """Print ``row`` as a JSON line (above any progress bar) and hand it to ``on_row``."""
     tqdm.write(json.dumps(row))
+    sys.stdout.flush()  # a log file sees each row as it finishes
     if on_row is not None:
         on_row(row)
 
