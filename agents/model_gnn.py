@@ -300,9 +300,10 @@ def gnn_protocol(name: str, params: EdgeGNNParams, net: Network) -> Protocol:
 
 class ModelGNNOptions(LearnedOptions):
     """YAML options of ``name: model_gnn``: checkpoint ('shipped' = N = 32, K = 16 at 10 dB; 'shipped:N{N}K{K}' for
-    each of :data:`SHIPPED_SIZES`; 'shipped:N32Kvar' = N = 32 trained on K ~ U{2..12} (Fig. 6);
-    'shipped:N32Kexp' = N = 32 trained on K ~ Exp(mean 4) rounded, >= 2 (Fig. 6's law, SPECS §2); or a path such as
-    agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and aggregation (must match the checkpoint's)."""
+    each of :data:`SHIPPED_SIZES` at 10 dB, 'shipped:N{N}K{K}_snr0' / '_snr20' at 0 / 20 dB; 'shipped:N32Kvar' =
+    N = 32 trained on K ~ U{2..12} (Fig. 6); 'shipped:N32Kexp' = N = 32 trained on K ~ Exp(mean 4) rounded, >= 2
+    (Fig. 6's law, SPECS §2); or a path such as agents/models/model_gnn_N8K4.pt), init_seed, hidden widths and
+    aggregation (must match the checkpoint's)."""
 
     hidden: tuple[int, ...] | None = Field(None, description="hidden widths J_1..J_{L-1}; default the checkpoint's")
     aggr: Literal["sum", "mean"] | None = Field(None, description="the aggregations of (12): the paper's sums or "
@@ -319,19 +320,20 @@ def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:
     return -torch.stack([w.mean() for w in wsr.values()]).mean()
 
 
-#: the packaged single-cell Model-GNN models (Tab. II, SNR 10 dB, 1000 training samples), ``checkpoint:
-#: shipped:N{N}K{K}``; each recipe scenarios/train_model_gnn_N{N}K{K}.yaml says how it was produced.  Also
+#: the packaged single-cell Model-GNN models (Tab. II, 1000 training samples): ``checkpoint: shipped:N{N}K{K}``
+#: at SNR 10 dB and ``shipped:N{N}K{K}_snr{S}`` at S = 0 and 20 dB (:data:`SHIPPED_SNRS`, each trained at its
+#: own SNR); each recipe scenarios/train_model_gnn_N{N}K{K}[_snr{S}].yaml says how it was produced.  Also
 #: ``shipped:N32Kvar`` / ``shipped:N32Kexp``: N = 32 trained on K drawn per minibatch, uniform on 2..12 / the
 #: paper's Exp(mean 4) (Fig. 6, scenarios/train_model_gnn_N32Kvar.yaml / _N32Kexp.yaml)
 SHIPPED_SIZES = ((8, 4), (32, 16), (64, 16), (64, 32))
+SHIPPED_SNRS = (0, 20)
+_SHIPPED = ([f"N{n}K{k}" for n, k in SHIPPED_SIZES]
+            + [f"N{n}K{k}_snr{s}" for n, k in SHIPPED_SIZES for s in SHIPPED_SNRS] + ["N32Kvar", "N32Kexp"])
 MODEL = LearnableSpec("model_gnn", ModelGNNParams, ModelGNNOptions,
                       lambda params, net, opts: gnn_protocol("model_gnn", params, net),
                       MODELS / "model_gnn_N32K16.pt", "scenarios/train_model_gnn_N32K16.yaml", TRAIN_DEFAULTS,
-                      loss=sum_rate_loss,
-                      named={f"N{n}K{k}": MODELS / f"model_gnn_N{n}K{k}.pt" for n, k in SHIPPED_SIZES}
-                      | {f"N32K{d}": MODELS / f"model_gnn_N32K{d}.pt" for d in ("var", "exp")},
-                      recipes={f"N{n}K{k}": f"scenarios/train_model_gnn_N{n}K{k}.yaml" for n, k in SHIPPED_SIZES}
-                      | {f"N32K{d}": f"scenarios/train_model_gnn_N32K{d}.yaml" for d in ("var", "exp")})
+                      loss=sum_rate_loss, named={tag: MODELS / f"model_gnn_{tag}.pt" for tag in _SHIPPED},
+                      recipes={tag: f"scenarios/train_model_gnn_{tag}.yaml" for tag in _SHIPPED})
 VANILLA = LearnableSpec("vanilla_gnn", VanillaGNNParams, VanillaGNNOptions,
                         lambda params, net, opts: gnn_protocol("vanilla_gnn", params, net),
                         MODELS / "vanilla_gnn_N8K4.pt", "scenarios/train_vanilla_gnn_N8K4.yaml", TRAIN_DEFAULTS,

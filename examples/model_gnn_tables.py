@@ -1,7 +1,9 @@
-"""Model-GNN paper tables on held-out samples: T II (SNR 10 dB), T III (100 training samples), T V, Fig. 6.
+"""Model-GNN paper tables on held-out samples: T II (SNR 0, 10, 20 dB), T III (100 training samples), T V, Fig. 6.
 
-T II: the shipped models ``agents/models/model_gnn_N{N}K{K}.pt`` (scenarios/train_model_gnn_N{N}K{K}.yaml) and
-the Vanilla-GNN ``vanilla_gnn_N8K4.pt`` on ``--samples`` fresh i.i.d. CN(0, 1) channels (seed ``--seed``, never
+T II, all twelve cells (``--t2-snr``, default 0,10,20): the shipped models ``agents/models/model_gnn_N{N}K{K}.pt``
+at 10 dB and ``model_gnn_N{N}K{K}_snr{0,20}.pt`` at 0 and 20 dB, each trained at its own SNR
+(scenarios/train_model_gnn_N{N}K{K}[_snr{S}].yaml, :func:`t2_checkpoint`), and the Vanilla-GNN ``vanilla_gnn_N8K4.pt``
+(10 dB) on ``--samples`` fresh i.i.d. CN(0, 1) channels (seed ``--seed``, never
 a training or validation seed: those are 2024 * 1_000_003 + t), beside WMMSE (MRT initialisation, ``--wmmse``
 iterations, sum-power constraint), ZF, RZF and MRT.  SE ratio = mean sum rate / mean WMMSE sum rate (%).
 T III (``--t3``): Model-GNN trained on a fixed set of 100 samples (train.train_samples = 100) at (8, 4) and
@@ -22,8 +24,8 @@ models trained at (8, 4) and (32, 16), and the two trained on K drawn per miniba
 K ~ Exp(mean 4), rounded, >= 2) and N32Kvar (K ~ U{2..12}).  Every
 algorithm runs as a dsim protocol on the local engine.
 
-    python examples/model_gnn_tables.py --samples 200 [--t3 8x4,32x16] [--t5 all] [--fig6 2,8,16,30] [--skip-t2]
-        [--out runs/model_gnn_tables]
+    python examples/model_gnn_tables.py --samples 200 [--t2-snr 0,10,20] [--t3 8x4,32x16] [--t5 all]
+        [--fig6 2,8,16,30] [--skip-t2] [--out runs/model_gnn_tables]
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ from dsim.engine.local import LocalEngine
 from dsim.results import write_json
 from dsim.scenarios.build import build_scenario, generate_channels
 
-#: Tab. II at SNR 10 dB: (N, K) -> (Model-GNN, Vanilla-GNN) % of WMMSE
-PAPER_T2 = {(8, 4): (97.74, 67.7), (32, 16): (99.03, 42.74), (64, 16): (99.65, 42.05), (64, 32): (99.41, 37.45)}
+#: Tab. II, all twelve cells: (SNR dB, N, K) -> (Model-GNN, Vanilla-GNN) % of WMMSE
+PAPER_T2 = {(0, 8, 4): (97.76, 90.42), (0, 32, 16): (99.01, 81.63), (0, 64, 16): (99.74, 69.71),
+            (0, 64, 32): (99.42, 68.37),
+            (10, 8, 4): (97.74, 67.7), (10, 32, 16): (99.03, 42.74), (10, 64, 16): (99.65, 42.05),
+            (10, 64, 32): (99.41, 37.45),
+            (20, 8, 4): (97.49, 38.81), (20, 32, 16): (98.35, 24.23), (20, 64, 16): (99.75, 28.16),
+            (20, 64, 32): (98.94, 25.32)}
 #: Tab. V (coordinated beamforming, SNR 10 dB, 1000 training samples): (M, N, K) -> (Model-GNN, Vanilla-GNN) %
 PAPER_T5 = {(2, 16, 8): (98.88, 40.65), (3, 16, 8): (97.33, 36.67), (3, 8, 4): (96.39, 35.7)}
 #: T V read as joint transmission (every BS serves every user, ONE total-power budget P over all M N antennas):
@@ -191,19 +198,28 @@ def coordinated_rzf(scn: dict, samples: int, seed: int, keep: int | None = None)
     return float(s.air.evaluate(V)[0].mean())
 
 
-def table2(samples: int, seed: int, wmmse_iters: int, on_row: OnRow | None = None) -> list[dict]:
+def t2_checkpoint(snr_db: int, N: int, K: int, kind: str = "model_gnn") -> Path:
+    """The shipped T II model of a cell: ``{kind}_N{N}K{K}.pt`` at 10 dB, ``{kind}_N{N}K{K}_snr{snr}.pt`` at the
+    other SNRs (each trained at its own SNR, scenarios/train_model_gnn_N{N}K{K}[_snr{snr}].yaml)."""
+    return MODELS / (f"{kind}_N{N}K{K}.pt" if snr_db == 10 else f"{kind}_N{N}K{K}_snr{snr_db}.pt")
+
+
+def table2(samples: int, seed: int, wmmse_iters: int, on_row: OnRow | None = None,
+           snrs: tuple[int, ...] = (0, 10, 20)) -> list[dict]:
+    """T II: % of WMMSE of the shipped single-cell models, every (SNR, N, K) cell of ``snrs`` (one draw per
+    (N, K) and seed, the SNR only sets the noise)."""
     rows = []
-    for (N, K), (p_model, p_van) in tqdm(PAPER_T2.items(), desc="T II", unit="size"):
+    cells = [c for c in PAPER_T2 if c[0] in snrs]
+    for (snr, N, K) in tqdm(cells, desc="T II", unit="cell"):
+        p_model, p_van = PAPER_T2[(snr, N, K)]
         algos = {"wmmse": ("wmmse", {"init": "mrc", "rounds": wmmse_iters}), "zf": ("zf", {}), "rzf": ("rzf", {}),
                  "mrt": ("mrc", {})}
-        ck = MODELS / f"model_gnn_N{N}K{K}.pt"
-        if ck.exists():
-            algos["model_gnn"] = ("model_gnn", {"checkpoint": str(ck)})
-        van = MODELS / f"vanilla_gnn_N{N}K{K}.pt"
-        if van.exists():
-            algos["vanilla_gnn"] = ("vanilla_gnn", {"checkpoint": str(van)})
-        r = sum_rates(iid(N, K), algos, samples, seed)
-        row = {"N": N, "K": K, "paper_model_gnn": p_model, "paper_vanilla_gnn": p_van, "wmmse_nat": r["wmmse"]}
+        for kind in ("model_gnn", "vanilla_gnn"):
+            if t2_checkpoint(snr, N, K, kind).exists():
+                algos[kind] = (kind, {"checkpoint": str(t2_checkpoint(snr, N, K, kind))})
+        r = sum_rates(iid(N, K, snr), algos, samples, seed)
+        row = {"snr_db": snr, "N": N, "K": K, "paper_model_gnn": p_model, "paper_vanilla_gnn": p_van,
+               "wmmse_nat": r["wmmse"]}
         for a in algos:
             row[a] = 100 * r[a] / r["wmmse"]
             row[a + "_s_per_sample"] = r[a + "_s"] / samples
@@ -357,16 +373,16 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(rows)), 3.8))
     x = range(len(rows))
     w = 0.2
     for i, (key, lab) in enumerate((("paper_model_gnn", "Model-GNN (paper)"), ("model_gnn", "Model-GNN (dsim)"),
                                     ("zf", "ZF (dsim)"), ("vanilla_gnn", "Vanilla-GNN (dsim)"))):
         ax.bar([j + (i - 1.5) * w for j in x], [r.get(key, 0) for r in rows], w, label=lab)
-    ax.set_xticks(list(x), [f"({r['N']}, {r['K']})" for r in rows])
+    ax.set_xticks(list(x), [f"({r['N']}, {r['K']})\n{r['snr_db']} dB" for r in rows], fontsize=8)
     ax.set_ylabel("% of WMMSE sum rate")
     ax.set_ylim(40, 102)
-    ax.set_title("Model-GNN Tab. II, SNR 10 dB, held-out samples")
+    ax.set_title("Model-GNN Tab. II, held-out samples (each cell's model trained at its SNR)")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -387,6 +403,7 @@ def main() -> None:
     ap.add_argument("--fig6", default="", help="also Fig. 6 at N = 32 for these K, e.g. 2,4,8,16,24,30")
     ap.add_argument("--fig6-ck", default="", help="Fig. 6: more checkpoints, label=path[,label=path]")
     ap.add_argument("--skip-t2", action="store_true", help="no T II")
+    ap.add_argument("--t2-snr", default="0,10,20", help="T II at these SNRs [dB] (the paper's: 0, 10, 20)")
     ap.add_argument("--out", default="runs/model_gnn_tables")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -448,13 +465,15 @@ def main() -> None:
         write_json(json_path, res)
         print(f"wrote {json_path}")
         return
-    res["t2"] = table2(args.samples, args.seed, args.wmmse, rows_of("t2"))
+    res["t2"] = table2(args.samples, args.seed, args.wmmse, rows_of("t2"),
+                       tuple(int(v) for v in args.t2_snr.split(",")))
     plot(res["t2"], out / "table2.png")
-    print(f"\nT II, SNR 10 dB: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
-    print("| (N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | Vanilla dsim | ZF | RZF | MRT |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\nT II: % of WMMSE (held-out seed {args.seed}, {args.samples} samples)")
+    print("| SNR dB | (N, K) | Model-GNN paper | Model-GNN dsim | Vanilla paper | Vanilla dsim | ZF | RZF | MRT |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in res["t2"]:
-        print(f"| ({r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | {r.get('model_gnn', float('nan')):.2f} | "
+        print(f"| {r['snr_db']} | ({r['N']}, {r['K']}) | {r['paper_model_gnn']:.2f} | "
+              f"{r.get('model_gnn', float('nan')):.2f} | "
               f"{r['paper_vanilla_gnn']:.2f} | {r.get('vanilla_gnn', float('nan')):.2f} | {r['zf']:.2f} | "
               f"{r['rzf']:.2f} | {r['mrt']:.2f} |")
     write_json(json_path, res)

@@ -62,6 +62,8 @@ EXPECTED = {
                   "shipped:L7v1": "gcn_wmmse_L7_v1.pt"},
     "model_gnn": {"shipped": "model_gnn_N32K16.pt",
                   **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
+                  **{f"shipped:N{n}K{k}_snr{s}": f"model_gnn_N{n}K{k}_snr{s}.pt"
+                     for n, k in ((8, 4), (32, 16), (64, 16), (64, 32)) for s in (0, 20)},
                   "shipped:N32Kvar": "model_gnn_N32Kvar.pt", "shipped:N32Kexp": "model_gnn_N32Kexp.pt"},
 }
 
@@ -78,6 +80,9 @@ def test_names_resolve_to_the_same_files_as_before(name):
             assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
         assert spec.locate("shipped")[1] == "scenarios/train_gcn_wmmse_L7_ft.yaml"    # the L = 7 model since s8
         assert spec.locate("shipped:L7v1")[1] == "scenarios/train_gcn_wmmse.yaml"     # the first one (stages 1-4)
+    if name == "model_gnn":  # every T II cell names its own recipe
+        assert spec.locate("shipped:N64K16_snr20")[1] == "scenarios/train_model_gnn_N64K16_snr20.yaml"
+        assert spec.locate("shipped:N8K4")[1] == "scenarios/train_model_gnn_N8K4.yaml"
     if name == "engnn":  # every Ex1 model names its own recipe
         for n in (10, 100, 1000, "fresh"):
             assert spec.locate(f"shipped:ex1_{n}")[1] == f"scenarios/train_engnn_ex1_{n}.yaml"
