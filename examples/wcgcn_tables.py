@@ -1,12 +1,15 @@
-"""MPGNN paper Tab. I, II, III, V, VI and Fig. 3 with the shipped WCGCN models, our numbers beside the paper's.
+"""MPGNN paper Tab. I-VII and Fig. 3 with the shipped WCGCN models, our numbers beside the paper's.
 
 Every entry is the (weighted) sum rate of a method over that of WMMSE (100 iterations, full CSI, full-power
 maximum-ratio initialisation), both averaged over the same held-out layouts, in % (the paper's
 normalisation).  Held-out seeds: layouts are drawn with seeds >= 100 (training used seed 7's minibatch
-stream; see scenarios/train_wcgcn_*.yaml).  Also the strongest-links baseline.
+stream; see scenarios/train_wcgcn_*.yaml).  Also the strongest-links baseline.  T III / T VI: the K = 50
+models at larger K with the K = 50 density (field 1000 sqrt(K / 50) m); T IV / T VII: the same models at
+K = 100..500 in the fixed 1000 m field (denser: more interference per pair).
 
     OMP_NUM_THREADS=1 python examples/wcgcn_tables.py [--layouts 500] [--small-layouts 200] [--fig3-layouts 200]
-        [--k1000-layouts 3] [--out runs/wcgcn_tables]     (--quick: 100 layouts, 2 at K = 1000)
+        [--k1000-layouts 3] [--fixed-layouts 20] [--out runs/wcgcn_tables]     (--quick: 100 layouts, 2 at
+        K = 1000, 5 per T IV / T VII entry)
 
 Writes ``tables.md`` (markdown tables), ``tables.json`` and ``fig3_layers_vs_wmmse.png`` to ``--out``.
 """
@@ -23,6 +26,7 @@ from tqdm import tqdm
 
 from dsim import registry
 from dsim.evaluate import evaluate_rounds
+from dsim.results import write_json
 from dsim.scenarios.build import build_scenario, generate_channels
 
 GAUSS = "interference"
@@ -32,6 +36,8 @@ PAPER = {
     "T II (10,50)": 97.5, "T V (2,65)": 97.1,
     "T III (10,50)": {200: 98.3, 400: 98.9, 600: 98.8, 800: 98.9, 1000: 98.9},
     "T VI (2,65)": {200: 97.3, 400: 97.3, 600: 97.2, 800: 97.2, 1000: 97.2},
+    "T IV (10,50)": {100: 97.6, 200: 97.0, 300: 95.9, 400: 95.6, 500: 95.3},
+    "T VII (2,65)": {100: 97.0, 200: 95.8, 300: 94.5, 400: 92.5, 500: 91.4},
 }
 D2D_PC = {"family": GAUSS, "layout": "d2d", "d_min_m": 10.0, "d_max_m": 50.0, "weights": "uniform", "range_m": 500.0}
 D2D_BF = {"family": GAUSS, "layout": "d2d", "tx_antennas": 2, "d_min_m": 2.0, "d_max_m": 65.0, "weights": "fixed",
@@ -95,14 +101,18 @@ def main() -> None:
     ap.add_argument("--fig3-layouts", type=int, default=200, help="held-out layouts of Fig. 3")
     ap.add_argument("--k1000-layouts", type=int, default=3, help="held-out layouts per K >= 200 entry")
     ap.add_argument("--large-k", type=int, nargs="*", default=[1000], help="K of T III / T VI (paper: 200..1000)")
+    ap.add_argument("--fixed-layouts", type=int, default=20, help="held-out layouts per T IV / T VII entry")
+    ap.add_argument("--fixed-k", type=int, nargs="*", default=[100, 200, 300, 400, 500],
+                    help="K of T IV / T VII (fixed 1000 m field; the paper's 100..500)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--skip", nargs="*", default=[], help="tables to skip: T1 T2 T3 T5 T6 T5c T6c F3 (T5c / T6c: "
-                    "T V / T VI on the layout mpgnn_code, the authors' code's channel)")
+    ap.add_argument("--skip", nargs="*", default=[], help="tables to skip: T1 T2 T3 T4 T5 T6 T7 T5c T6c T7c F3 "
+                    "(T5c / T6c / T7c: T V / T VI / T VII on the layout mpgnn_code, the authors' code's channel)")
     ap.add_argument("--out", default="runs/wcgcn_tables")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.quick:
         args.layouts, args.small_layouts, args.fig3_layouts, args.k1000_layouts = 100, 100, 100, 2
+        args.fixed_layouts = 5
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "baselines.json"
@@ -110,9 +120,18 @@ def main() -> None:
         BASELINE_CACHE.update(json.loads(cache.read_text()))
     results: dict = {"layouts_K50": args.layouts, "layouts_K10_K30": args.small_layouts,
                      "fig3_layouts": args.fig3_layouts, "k1000_layouts": args.k1000_layouts,
-                     "seeds": "100 (T I), 200 (T II, V), 300 (K = 1000), 400 (Fig. 3) + chunk index"}
+                     "fixed_field_layouts": args.fixed_layouts,
+                     "seeds": "100 (T I), 200 (T II, V), 300 (K = 1000), 400 (Fig. 3), 500 (T IV, VII) + chunk index"}
     lines = ["# WCGCN vs the MPGNN paper (% of WMMSE, 100 iterations, full CSI)", ""]
     t0 = time.perf_counter()
+
+    def save() -> None:
+        """tables.md / tables.json / baselines.json as far as computed (after every entry: an interrupted run
+        keeps what it finished, and a re-run reuses the baselines)."""
+        write_json(cache, BASELINE_CACHE)
+        (out / "tables.md").write_text("\n".join(lines) + "\n")
+        write_json(out / "tables.json", results)
+
     if "T1" not in args.skip:
         lines += ["## T I: Gaussian IC, power control", "", "| K, SNR | paper WCGCN | ours WCGCN | ours strongest |",
                   "|---|---|---|---|"]
@@ -124,6 +143,7 @@ def main() -> None:
                 results[f"T I K{K} {snr}dB"] = r
                 lines.append(f"| {K}, {snr} dB | {PAPER['T I'][(K, snr)]:.1f} | {pct(r, 'wcgcn@3'):.1f} | "
                              f"{pct(r, 'strongest'):.1f} |")
+                save()
         lines.append("")
     for tag, name, scn, model, paper in (("T2", "T II (10,50)", D2D_PC, "d2d_pc", 97.5),
                                          ("T5", "T V (2,65)", D2D_BF, "d2d_bf", 97.1),
@@ -136,18 +156,25 @@ def main() -> None:
                   f"| WCGCN | {paper:.1f} | {pct(r, 'wcgcn@3'):.1f} |",
                   f"| strongest | | {pct(r, 'strongest'):.1f} |",
                   f"| WMMSE WSR (bit/s/Hz) | | {r['wmmse@100']:.2f} |", ""]
-    for tag, name, scn, model in (("T3", "T III (10,50)", D2D_PC, "d2d_pc"), ("T6", "T VI (2,65)", D2D_BF, "d2d_bf"),
-                                  ("T6c", "T VI (2,65) authors' channel", D2D_BF_CODE, "mpgnn_code_bf")):
+        save()
+    dense, fixed = "same density (field 1000 sqrt(K/50) m)", "fixed 1000 m field"
+    big, small = (args.large_k, args.k1000_layouts, 300, 1, dense), (args.fixed_k, args.fixed_layouts, 500, 10, fixed)
+    for tag, name, scn, model, (ks, n, seed, batch, where) in (
+            ("T3", "T III (10,50)", D2D_PC, "d2d_pc", big), ("T6", "T VI (2,65)", D2D_BF, "d2d_bf", big),
+            ("T6c", "T VI (2,65) authors' channel", D2D_BF_CODE, "mpgnn_code_bf", big),
+            ("T4", "T IV (10,50)", D2D_PC, "d2d_pc", small), ("T7", "T VII (2,65)", D2D_BF, "d2d_bf", small),
+            ("T7c", "T VII (2,65) authors' channel", D2D_BF_CODE, "mpgnn_code_bf", small)):
         if tag in args.skip:
             continue
-        lines += [f"## {name}: same density (field 1000 sqrt(K/50) m), trained on K = 50", "",
+        lines += [f"## {name}: {where}, trained on K = 50", "",
                   "| K | paper | ours | strongest | layouts |", "|---|---|---|---|---|"]
-        for K in args.large_k:
-            r = evaluate(scn | {"n_pairs": K}, model, args.k1000_layouts, 300, 1, desc=f"{name} K{K}")
+        field = {"field_m": 1000.0} if where == fixed else {}
+        for K in tqdm(ks, desc=name, unit="K"):
+            r = evaluate(scn | field | {"n_pairs": K}, model, n, seed, min(batch, n), desc=f"{name} K{K}")
             results[f"{name} K{K}"] = r
             paper_k = PAPER[name.split(" authors")[0]].get(K, float("nan"))
-            lines.append(f"| {K} | {paper_k:.1f} | {pct(r, 'wcgcn@3'):.1f} | "
-                         f"{pct(r, 'strongest'):.1f} | {args.k1000_layouts} |")
+            lines.append(f"| {K} | {paper_k:.1f} | {pct(r, 'wcgcn@3'):.1f} | {pct(r, 'strongest'):.1f} | {n} |")
+            save()
         lines.append("")
     if "F3" not in args.skip:
         scn = {"family": GAUSS, "layout": "gaussian", "n_pairs": 50, "snr_db": 10.0}
@@ -181,10 +208,8 @@ def main() -> None:
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "fig3_layers_vs_wmmse.png", dpi=120)
-    cache.write_text(json.dumps(BASELINE_CACHE))
     lines.append(f"Wall time {time.perf_counter() - t0:.0f} s, 1 thread.")
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
-    (out / "tables.json").write_text(json.dumps(results, indent=1))
+    save()
     print("\n".join(lines))
 
 
