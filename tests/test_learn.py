@@ -64,6 +64,7 @@ EXPECTED = {
                   **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
                   **{f"shipped:N{n}K{k}_snr{s}": f"model_gnn_N{n}K{k}_snr{s}.pt"
                      for n, k in ((8, 4), (32, 16), (64, 16), (64, 32)) for s in (0, 20)},
+                  "shipped:N32K16_spectral": "model_gnn_N32K16_spectral.pt",
                   "shipped:N32Kvar": "model_gnn_N32Kvar.pt", "shipped:N32Kexp": "model_gnn_N32Kexp.pt"},
 }
 

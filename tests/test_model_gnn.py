@@ -188,3 +188,45 @@ def test_mean_aggregation_is_rescaled_sum():
         want = gnn_precoders(summ, G, mask, power)[:, cell]
         got = gnn_precoders(mean, G, mask, power)[:, cell]
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_spectral_taylor_scale_against_numpy_svd_and_equivariant():
+    """taylor_scale: spectral (agents/model_gnn.py spectral_scaled): (i) the Taylor channel equals
+    G (sqrt(M) + sqrt(K)) / sigma_max(G) with sigma_max from numpy's SVD, and the same for c G with any c > 0 (the
+    Taylor operator no longer carries the channel's scale); (ii) the model with it differs from the paper's layer
+    with the same weights; (iii) permutation equivariance (users, antennas) and the power constraint still hold."""
+    from agents.model_gnn import spectral_scaled
+
+    rng = np.random.default_rng(5)
+    K, M = 3, 5
+    G = rng.normal(size=(2, 1, K, M)) + 1j * rng.normal(size=(2, 1, K, M))
+    want = G * ((np.sqrt(M) + np.sqrt(K)) / np.linalg.svd(G, compute_uv=False)[..., 0])[..., None, None]
+    mask = torch.ones(1, K, dtype=torch.bool)
+    for c in (1.0, 0.01, 250.0):
+        got = spectral_scaled(torch.as_tensor(c * G), mask).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+    m = MODEL.learnable({"checkpoint": "untrained", "hidden": (8, 6), "init_seed": 3,
+                         "taylor_scale": "spectral"}).module.eval().requires_grad_(False)
+    paper = _params(MODEL, (8, 6))
+    Gt, power = torch.as_tensor(G), torch.ones(2, 1, dtype=torch.float64)
+    assert not torch.allclose(gnn_precoders(m, Gt, mask, power), gnn_precoders(paper, Gt, mask, power), atol=1e-6)
+
+    ch = _channels(batch=3, ues_per_bs=4, bs_antennas=6)
+    net, air = multicell_network(ch)
+    V = _decide(gnn_protocol("model_gnn", m, net), net, air)
+    torch.testing.assert_close(air.power(V), ch.power_w.expand(3, 1), rtol=1e-13, atol=0)
+    ue, ant = torch.tensor([2, 0, 3, 1]), torch.tensor([5, 1, 0, 4, 2, 3])
+    net_p, air_p = multicell_network(replace(ch, H=ch.H[:, ue][..., ant]))
+    torch.testing.assert_close(_decide(gnn_protocol("model_gnn", m, net_p), net_p, air_p), V[:, ue][:, :, ant],
+                               rtol=0, atol=1e-12)
+
+
+def test_taylor_scale_is_model_gnn_only_and_checked_against_the_checkpoint():
+    with pytest.raises(ValueError, match="taylor_scale"):
+        VANILLA.learnable({"checkpoint": "untrained", "taylor_scale": "spectral"})
+    from dsim.learn import OptionError
+
+    with pytest.raises(OptionError, match="taylor_scale"):
+        MODEL.learnable({"checkpoint": "shipped:N32K16", "taylor_scale": "spectral"})
+    assert MODEL.learnable({"checkpoint": "shipped:N32K16_spectral"}).module.taylor_scale == "spectral"

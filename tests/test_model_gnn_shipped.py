@@ -174,3 +174,25 @@ def test_model_gnn_mc_table5(M, N, K):
     r = _table5_rates(M, N, K)
     ratio = 100 * r["gnn"] / r["wmmse"]
     assert abs(ratio - tables.PAPER_T5[(M, N, K)][0]) <= 2.0, ratio
+
+
+def test_model_gnn_spectral_taylor_scale_removes_the_failure_draw():
+    """(32, 16) at 10 dB, held-out seed 1, 200 samples: the paper's layer (shipped:N32K16) gets 27.6 % of WMMSE on
+    sample 11, the draw with the most concentrated spectrum of the 200 (README, rare failures).  The same recipe
+    with taylor_scale: spectral (shipped:N32K16_spectral, agents/model_gnn.py spectral_scaled) gets 97.8 % there
+    and 99.24 % over the 200 samples (paper's layer 98.90; on 1000 samples of seed 5: 0 failures below 80 %
+    against 1, 99.23 against 99.22 %)."""
+    from dsim.scenarios.build import build_scenario, generate_channels
+
+    scn = {"family": "multicell", "layout": "iid", "n_bs": 1, "ues_per_bs": 16, "bs_antennas": 32, "ue_antennas": 1,
+           "snr_db": 10.0}
+    fam, ch = generate_channels(scn, 200, 1, "double")
+    dec: dict = {}
+    mean_rates(scn, {"wmmse": ("wmmse", {"init": "mrc", "rounds": 100}),
+                     "paper": ("model_gnn", {"checkpoint": "shipped:N32K16"}),
+                     "spectral": ("model_gnn", {"checkpoint": "shipped:N32K16_spectral"})}, 200, 1, dec, channels=ch)
+    air = build_scenario(fam, ch, None, 1).air
+    w, p, s = (air.evaluate(dec[k])[0] for k in ("wmmse", "paper", "spectral"))
+    assert float(p[11] / w[11]) < 0.5 and float(s[11] / w[11]) > 0.95, (p[11] / w[11], s[11] / w[11])
+    assert float((p / w).min()) < 0.5 <= 0.95 < float((s / w).min())
+    assert abs(100 * float(s.mean() / w.mean()) - 99.03) <= 1.0 and float(s.mean()) > float(p.mean())
