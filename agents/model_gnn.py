@@ -344,7 +344,10 @@ class ModelGNNOptions(LearnedOptions):
 
 
 class VanillaGNNOptions(ModelGNNOptions):
-    """YAML options of ``name: vanilla_gnn`` (as model_gnn; 'shipped' = N = 8, K = 4 at 10 dB)."""
+    """YAML options of ``name: vanilla_gnn`` (as model_gnn; 'shipped' = N = 8, K = 4 at 10 dB; no Taylor terms, so
+    no taylor_scale but none)."""
+
+    taylor_scale: Literal["none"] | None = Field(None, description="none only (the Vanilla-GNN has no Taylor terms)")
 
 
 def sum_rate_loss(wsr: dict[int, Tensor]) -> Tensor:

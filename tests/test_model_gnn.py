@@ -225,6 +225,8 @@ def test_spectral_taylor_scale_against_numpy_svd_and_equivariant():
 def test_taylor_scale_is_model_gnn_only_and_checked_against_the_checkpoint():
     with pytest.raises(ValueError, match="taylor_scale"):
         VANILLA.learnable({"checkpoint": "untrained", "taylor_scale": "spectral"})
+    with pytest.raises(ValueError, match="taylor_scale"):
+        VANILLA.module(taylor_scale="spectral")
     from dsim.learn import OptionError
 
     with pytest.raises(OptionError, match="taylor_scale"):
