@@ -41,7 +41,8 @@ def test_model_gnn_table2_10db(N, K, paper):
 
 
 #: T II at 0 and 20 dB (each cell's model trained at its SNR, shipped:N{N}K{K}_snr{S}): (SNR, N, K) -> measured %
-#: on held-out seed 1 (seed 3 beside it in the recipes); the paper's values are tables.PAPER_T2
+#: on held-out seed 1 (seed 3 beside it in the recipes), for the record; the tests assert the paper's values
+#: (tables.PAPER_T2), not these
 T2_OTHER_SNRS = {(0, 8, 4): 96.77, (0, 32, 16): 99.04, (0, 64, 16): 99.76, (0, 64, 32): 99.54,
                  (20, 8, 4): 98.89, (20, 32, 16): 99.31, (20, 64, 16): 99.87, (20, 64, 32): 99.52}
 
@@ -51,13 +52,12 @@ def test_model_gnn_table2_0_and_20db(snr):
     """T II's other eight cells (examples/model_gnn_tables.py table2 --t2-snr 0,20) on held-out seed 1, 200 samples:
     no worse than the paper's SE ratio minus the issue's 1 point, and above MRT.  One cell is ABOVE the +-1 band,
     (8, 4) at 20 dB: 98.89 % against the paper's 97.49 (seed 3: 98.56), so the paper bounds the ratio from below
-    only; the measured values (:data:`T2_OTHER_SNRS`) are asserted to 0.05 point, on the same draws."""
+    only.  (8, 4) at 0 dB is at the band's edge (96.77 against 96.76)."""
     rows = tables.table2(200, 1, 100, snrs=(snr,))
     assert {(r["N"], r["K"]) for r in rows} == {(n, k) for s, n, k in T2_OTHER_SNRS if s == snr}
     for row in rows:
         key = (snr, row["N"], row["K"])
         assert row["model_gnn"] >= tables.PAPER_T2[key][0] - 1.0, row
-        assert abs(row["model_gnn"] - T2_OTHER_SNRS[key]) <= 0.05, row
         assert row["model_gnn"] > row["mrt"], row
 
 

@@ -239,10 +239,13 @@ def test_write_json_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]
     before = path.read_text()
 
-    def fail(*args, **kwargs):
+    real_write_text = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):  # the disk fills up half-way through the write
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", fail)
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
     with pytest.raises(OSError):
-        write_json(path, {"t5": []})
-    assert path.read_text() == before
+        write_json(path, {"t5": [{"M": 2, "x": 97.0}]})
+    assert path.read_text() == before  # a direct (non-atomic) write would have left half a file here
