@@ -8,6 +8,7 @@ V~ (5), the eigendecomposition, phi (7) and the mu sub-steps (9) are WMMSE's own
       W = a_0 I + sum_{g=1}^G a_g W^^g / (tr(W^)/N)^(g-1),   W^ = (3b).
 * BS (V-hook), downlink GCN layer (13) with F complex features, per served UE i and stream d:
       P~_id = (R_k + mu_k I)^dagger v~_id a_V1^T + v~_id a_V0^T                    (M x F)
+      (the second term, "diagonal loading", is hyper-parameter ``diag_loading``; false = Tab. VI's ablation)
       P_id  = P~_id + P_id^(l-1) D_l   (skip connection, Sec. III-B4; l >= 2)
       v^_id = modReLU(P_id, sqrt(P_k/|I_k|)/b_S 1 b_l^T) c_l                      (13), (14)
   then the power projection (15) V_i = sqrt(P_k) V^_i / sqrt(max(sum_{I_k} ||V^_j||_F^2, P_k)).
@@ -18,20 +19,25 @@ V~ (5), the eigendecomposition, phi (7) and the mu sub-steps (9) are WMMSE's own
   P_k/|I_k| instead (``agents.wmmse.mrc_equal_init``, models trained before the convention was fixed).
 
 Trainable parameters (complex ones counted once, as the paper does): L(4F + G + 1) + (L-1)F^2
-(229 for L=7, G=2, F=4).  b_S is a buffer: the running mean of sqrt(P_k/|I_k|) over the training
-scenarios (updated by :meth:`GCNWMMSEParams.observe`).  Rates in nat/Hz, powers in W.
+(229 for L=7, G=2, F=4); L(3F + G + 1) + (L-1)F^2 without diagonal loading (201).  b_S is a buffer: the
+running mean of sqrt(P_k/|I_k|) over the training scenarios (updated by :meth:`GCNWMMSEParams.observe`).
+Rates in nat/Hz, powers in W.
 
 Learned-protocol machinery (options checkpoint shipped|untrained|PATH, checkpoints, training with the
 loss (16) and the Tab. I defaults :data:`TRAIN_DEFAULTS`) is :mod:`dsim.learn`'s, declared by :data:`MODEL`.
 The first PT model (pivot-trained on the Tab. II base scenario), ``agents/models/gcn_wmmse_L7_v1.pt``
 (``checkpoint: shipped:L7v1``), is produced by ``python -m dsim train scenarios/train_gcn_wmmse.yaml`` and its
 later stages (see that file's header); ``agents/models/gcn_wmmse_L7_dt.pt`` (DT, Sec. IV-B.5: that PT model
-fine-tuned on random scenario configurations, ``checkpoint: shipped-dt``) by
-``scenarios/train_gcn_wmmse_dt.yaml``.  ``agents/models/gcn_wmmse_L6.pt`` and ``gcn_wmmse_L8.pt`` (``checkpoint:
-shipped:L6`` / ``shipped:L8``, Tab. VIII's other rows) are that PT model warm-started into L = 6 / 8 layers
-(:meth:`GCNWMMSEParams.resized`) and fine-tuned: ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``.  The
-shipped L = 7 PT model ``agents/models/gcn_wmmse_L7.pt`` (``checkpoint: shipped``) is the L = 8 model cut back
-to its first 7 layers and fine-tuned: ``scenarios/train_gcn_wmmse_L7_ft*.yaml``.
+fine-tuned on random scenario configurations, ``checkpoint: shipped-dt``) by ``scenarios/train_gcn_wmmse_dt.yaml``.
+The shipped L = 7 PT model ``agents/models/gcn_wmmse_L7.pt`` (``checkpoint: shipped``) has no diagonal loading
+(Tab. VI's ablation) and is trained from scratch with Tab. I's schedule: ``scenarios/train_gcn_wmmse_L7_nodl.yaml``;
+``agents/models/gcn_wmmse_L6.pt`` and ``gcn_wmmse_L8.pt`` (``checkpoint: shipped:L6`` / ``shipped:L8``, Tab. VIII's
+other rows) are it warm-started into L = 6 / 8 layers (:meth:`GCNWMMSEParams.resized`) and fine-tuned:
+``scenarios/train_gcn_wmmse_L6_nodl.yaml`` / ``_L8_nodl.yaml``.  The models with diagonal loading shipped before
+them: ``gcn_wmmse_L6_dl.pt`` / ``gcn_wmmse_L8_dl.pt`` (``shipped:L6dl`` / ``shipped:L8dl``: the first PT model
+warm-started into 6 / 8 layers and fine-tuned, ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``) and
+``gcn_wmmse_L7_dl.pt`` (``shipped:L7dl``: ``shipped:L8dl`` cut back to its first 7 layers and fine-tuned,
+``scenarios/train_gcn_wmmse_L7_ft*.yaml``).
 """
 
 from __future__ import annotations
@@ -67,15 +73,24 @@ Tensor = torch.Tensor
 SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
 #: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped:dt``
 SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
-#: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``
+#: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``: the
+#: shipped L = 7 model (no diagonal loading) warm-started into 6 / 8 layers and fine-tuned
 SHIPPED_L6 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6.pt"
 SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
+#: the L = 6 / 8 models with diagonal loading shipped before them (from shipped:L7v1), ``checkpoint: shipped:L6dl`` /
+#: ``shipped:L8dl``
+SHIPPED_L6DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6_dl.pt"
+SHIPPED_L8DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8_dl.pt"
 #: the first shipped PT model with L = 7 (stages 1-4, scenarios/train_gcn_wmmse*.yaml), ``checkpoint: shipped:L7v1``:
 #: what the DT, L = 6 and L = 8 models were fine-tuned from (the L = 7 model ``shipped`` is now the L = 8 one cut
 #: back to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft.yaml)
 SHIPPED_L7V1 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_v1.pt"
+#: the L = 7 PT model with diagonal loading that was ``shipped`` before the one without it (the L = 8 model cut back
+#: to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft*.yaml), ``checkpoint: shipped:L7dl``
+SHIPPED_L7DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dl.pt"
 #: shipped checkpoints other than 'shipped' (the PT model): ``checkpoint: shipped:<name>``
-SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8, "L7v1": SHIPPED_L7V1}
+SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8, "L7v1": SHIPPED_L7V1, "L7dl": SHIPPED_L7DL,
+                  "L6dl": SHIPPED_L6DL, "L8dl": SHIPPED_L8DL}
 #: the DT model's first name, kept: ``checkpoint: shipped-dt`` is ``shipped:dt``
 SHIPPED_ALIASES = {"shipped-dt": "dt"}
 #: training defaults of the paper's Tab. I (10 000 steps, lr 0.01 divided by 10 every 2 500, AdamW)
@@ -156,21 +171,22 @@ class GCNWMMSEParams(LearnedModule):
     """Trainable set Gamma of an L-layer GCN-WMMSE (Sec. III-B5) plus the buffer b_S (Sec. III-C).
 
     a_W (L, G+1) real (used as |a_W|, non-negative), a_V1, a_V0, c (L, F) complex, b (L, F) real,
-    D (L-1, F, F) complex (skip connections of layers 2..L).  Initialization as the paper / its code:
-    complex taps CN(0, 1/(F+1)), D ~ CN(0, 1/(2F)), biases 0, weight taps 1/(G+1).  Untrained defaults:
-    L = 7, G = 2, F = 4 (Tab. I).
+    D (L-1, F, F) complex (skip connections of layers 2..L); a_V0 is None when ``diag_loading`` is False.
+    Initialization as the paper / its code: complex taps CN(0, 1/(F+1)), D ~ CN(0, 1/(2F)), biases 0, weight
+    taps 1/(G+1).  Untrained defaults: L = 7, G = 2, F = 4 (Tab. I), with diagonal loading.
     """
 
-    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "init")
+    hparam_names: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "init", "diag_loading")
     free_hparams: ClassVar[tuple[str, ...]] = ("init",)
-    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers", "degree", "features")
+    resizable_hparams: ClassVar[tuple[str, ...]] = ("layers", "degree", "features", "diag_loading")
 
     def __init__(self, layers: int = 7, degree: int = 2, features: int = 4, init: str = "mrc",
-                 seed: int = 0) -> None:
+                 diag_loading: bool = True, seed: int = 0) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"gcn_wmmse: init={init!r}; allowed: {', '.join(INITS)}")
         self.layers, self.degree, self.features, self.init = layers, degree, features, init
+        self.diag_loading = bool(diag_loading)
         g = torch.Generator(device="cpu")
         g.manual_seed(seed)
         L, G, F = layers, degree, features
@@ -183,16 +199,21 @@ class GCNWMMSEParams(LearnedModule):
 
         self.a_w = nn.Parameter(torch.full((L, G + 1), 1.0 / (G + 1), dtype=torch.float64, device=cpu))
         self.a_v1 = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
-        self.a_v0 = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
+        a_v0 = cn(L, F, var=1.0 / (F + 1))  # drawn either way: the other draws match the loaded model's
+        if self.diag_loading:
+            self.a_v0 = nn.Parameter(a_v0)
+        else:  # Tab. VI's "w/o diagonal loading": no v~ a_V0^T term in (13)
+            self.register_parameter("a_v0", None)
         self.b = nn.Parameter(torch.zeros(L, F, dtype=torch.float64, device=cpu))
         self.c = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
         self.d = nn.Parameter(cn(max(L - 1, 0), F, F, var=1.0 / (2 * F)))
         self.register_buffer("bias_scale_sum", torch.zeros((), dtype=torch.float64, device=cpu))
         self.register_buffer("bias_scale_count", torch.zeros((), dtype=torch.float64, device=cpu))
 
-    def resized(self, layers: int | None = None, degree: int | None = None,
-                features: int | None = None) -> GCNWMMSEParams:
-        """A copy with L' = ``layers``, G' = ``degree`` >= G, F' = ``features`` >= F warm-started from this model.
+    def resized(self, layers: int | None = None, degree: int | None = None, features: int | None = None,
+                diag_loading: bool | None = None) -> GCNWMMSEParams:
+        """A copy with L' = ``layers``, G' = ``degree`` >= G, F' = ``features`` >= F and diagonal loading on / off
+        warm-started from this model.
 
         Layers: layer l' <= min(L, L') has layer l''s parameters (a_W, a_V1, a_V0, b, c and, for l' >= 2, the
         skip matrix D); layers past L repeat layer L's (how the L = 6 and L = 8 models were started).
@@ -206,6 +227,10 @@ class GCNWMMSEParams(LearnedModule):
           a_V1, a_V0 and D_l[:, f > F] are the untrained draws (seed 0), so the new features carry a signal and
           c_f has a gradient (all-zero new features would be a stationary point).
 
+        * ``diag_loading`` False on a model that has it: the term v~ a_V0^T of (13) is dropped and every other
+          parameter kept (a warm start that changes the function: Tab. VI's ablation, how the shipped L = 7 model
+          was made); True on one without it: the term comes back with a_V0 = 0 (same function).
+
         The buffer b_S is kept.  G' < G or F' < F (not function-preserving) is an :class:`OptionError`.
         """
         L = self.layers if layers is None else int(layers)
@@ -218,7 +243,8 @@ class GCNWMMSEParams(LearnedModule):
                 raise OptionError(key, f"{want} but the checkpoint has {key}={have}; allowed: >= {have} (a larger "
                                        f"{key} is grown from it with the same function) or leave {key} out")
         g0, f0 = self.degree + 1, self.features
-        new = GCNWMMSEParams(L, G, F, self.init)
+        dl = self.diag_loading if diag_loading is None else bool(diag_loading)
+        new = GCNWMMSEParams(L, G, F, self.init, dl)
         src = torch.arange(L).clamp_max(self.layers - 1)                # layer l' <- layer min(l', L)
         src_d = torch.arange(max(L - 1, 0)).clamp_max(max(self.layers - 2, 0))
         with torch.no_grad():
@@ -226,8 +252,11 @@ class GCNWMMSEParams(LearnedModule):
             new.a_w[:, :g0].copy_(self.a_w.index_select(0, src.to(self.a_w.device)))
             for name in ("b", "c"):
                 getattr(new, name).zero_()
+            if new.a_v0 is not None and self.a_v0 is None:
+                new.a_v0.zero_()
             for name in ("a_v1", "a_v0", "b", "c"):
-                getattr(new, name)[:, :f0].copy_(getattr(self, name).index_select(0, src.to(self.a_w.device)))
+                if getattr(new, name) is not None and getattr(self, name) is not None:
+                    getattr(new, name)[:, :f0].copy_(getattr(self, name).index_select(0, src.to(self.a_w.device)))
             if L > 1 and self.layers > 1:
                 new.d[:, f0:, :f0] = 0.0
                 new.d[:, :f0, :f0].copy_(self.d.index_select(0, src_d.to(self.d.device)))
@@ -256,7 +285,8 @@ class GCNWMMSEParams(LearnedModule):
             self.a_w.zero_()
             self.a_w[:, 1] = 1.0
             for p in (self.a_v1, self.a_v0, self.c, self.d):
-                p.zero_()
+                if p is not None:
+                    p.zero_()
             self.a_v1[:, 0] = 1.0
             self.c[:, 0] = 1.0
             self.b.zero_()
@@ -284,8 +314,9 @@ def _hooks(params: GCNWMMSEParams) -> tuple[Callable, Callable]:
         mu_s = mu.index_select(1, sv.dst_local)
         Vt = pieces["Vt"]                                              # (B, S, M, N)
         X = v_step(pieces["D_s"], pieces["proj"], pieces["lam_s"], mu_s)  # (R + mu I)^dagger V~
-        a1, a0 = params.a_v1[ell - 1].to(cdt), params.a_v0[ell - 1].to(cdt)
-        P = X.unsqueeze(-1) * a1 + Vt.unsqueeze(-1) * a0               # (B, S, M, N, F)
+        P = X.unsqueeze(-1) * params.a_v1[ell - 1].to(cdt)            # (B, S, M, N, F)
+        if params.a_v0 is not None:                                     # diagonal loading
+            P = P + Vt.unsqueeze(-1) * params.a_v0[ell - 1].to(cdt)
         if ell > 1:
             P = P + block.state["P"] @ params.d[ell - 2].to(cdt)
         block.state["P"] = P
@@ -341,6 +372,9 @@ class GCNWMMSEOptions(LearnedOptions):
                                  "train's options a larger F grows the checkpoint (zero read-out, same function)")
     init: Literal["mrc", "mrc_equal"] | None = Field(
         None, description="V^(0): mrc (the paper's, DESIGN §7) | mrc_equal; default: the checkpoint's (mrc untrained)")
+    diag_loading: bool | None = Field(
+        None, description="the diagonal-loading term v~ a_V0^T of (13) (Tab. VI); default: the checkpoint's (true "
+                          "untrained); in dsim train's options false drops it from a checkpoint that has it")
     mu_steps: int | None = Field(8, ge=1, description="P rational sub-steps (9); null: to convergence")
     mu0: float = Field(1e-12, ge=0.0, description="mu^(l,0)")
 
@@ -350,14 +384,20 @@ def _protocol(params: GCNWMMSEParams, net: Network, opts: GCNWMMSEOptions) -> Pr
 
 
 MODEL = LearnableSpec("gcn_wmmse", GCNWMMSEParams, GCNWMMSEOptions, _protocol, SHIPPED,
-                      "scenarios/train_gcn_wmmse_L7_ft.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS,
+                      "scenarios/train_gcn_wmmse_L7_nodl.yaml", TRAIN_DEFAULTS, named=SHIPPED_MODELS,
                       aliases=SHIPPED_ALIASES,
-                      recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml", "L6": "scenarios/train_gcn_wmmse_L6.yaml",
-                               "L8": "scenarios/train_gcn_wmmse_L8.yaml", "L7v1": "scenarios/train_gcn_wmmse.yaml"})
+                      recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml",
+                               "L6": "scenarios/train_gcn_wmmse_L6_nodl.yaml",
+                               "L8": "scenarios/train_gcn_wmmse_L8_nodl.yaml",
+                               "L7v1": "scenarios/train_gcn_wmmse.yaml",
+                               "L7dl": "scenarios/train_gcn_wmmse_L7_ft.yaml",
+                               "L6dl": "scenarios/train_gcn_wmmse_L6.yaml",
+                               "L8dl": "scenarios/train_gcn_wmmse_L8.yaml"})
 
 register_algorithm(AlgorithmSpec("gcn_wmmse", ("multicell",), GCNWMMSEOptions, MODEL.build,
                                  "GCN-WMMSE unrolled WMMSE, eq. (12)-(18); checkpoint shipped (PT, L = 7)|shipped:L6|"
-                                 "shipped:L8 (PT, L = 6 / 8)|shipped:L7v1 (the first PT L = 7)|shipped:dt = shipped-dt "
-                                 "(DT, Sec. IV-B.5)|untrained|PATH",
+                                 "shipped:L8 (PT, L = 6 / 8)|shipped:L7v1 (the first PT L = 7)|shipped:L6dl|"
+                                 "shipped:L7dl|shipped:L8dl (PT, L = 6 / 7 / 8 with diagonal loading)|shipped:dt = "
+                                 "shipped-dt (DT, Sec. IV-B.5)|untrained|PATH",
                                  learnable=MODEL.learnable,
                                  check=MODEL.check))

@@ -143,7 +143,7 @@ def main() -> None:
             f"{(needed * bpr) if needed else float('nan'):.0f} |"
             for L, ck, target, needed, ms_gcn, ms_ri in rows]
 
-    rows, curves = [], {}
+    rows, curves = [], []                               # curves: (L, checkpoint, mean WSR per round)
     for ck in tqdm(a.checkpoints.split(","), desc="GCN-WMMSE", unit="model"):
         opts = {"checkpoint": ck, "mu_steps": a.mu_steps}
         gcn = run("gcn_wmmse", opts, ch)
@@ -153,16 +153,16 @@ def main() -> None:
         needed = int(hit[0]) if hit.size else None
         t_gcn = timed("gcn_wmmse", opts, ch)
         t_ri = timed("wmmse", {"init": "random", "rounds": needed}, ch) if needed else float("nan")
-        curves[L] = gcn.mean(axis=1)
+        curves.append((L, ck, gcn.mean(axis=1)))
         rows.append((L, ck, target, needed, 1e3 * t_gcn / a.batch, 1e3 * t_ri / a.batch))
         (out / "gcn_wmmse_table.md").write_text("\n".join(table(rows)) + "\n")
     print("\n".join(table(rows)))
 
-    # ---- per-round CSV
-    Ls = sorted(curves)
-    write_csv(out / "gcn_wmmse_rounds.csv",
-              ("round", "cum_bytes", *(f"gcn_wmmse_L{L}" for L in Ls), "wmmse_ri", "wmmse_mrc"),
-              ((r, round(r * bpr), *(curves[L][r] if r <= L else "" for L in Ls), ri_mean[r], mrc[r].mean())
+    # ---- per-round CSV (column gcn_wmmse_L<L>, with the checkpoint appended when two models have the same L)
+    n_of = {L: sum(c[0] == L for c in curves) for L, _, _ in curves}
+    names = [f"gcn_wmmse_L{L}" + (f"_{ck}" if n_of[L] > 1 else "") for L, ck, _ in curves]
+    write_csv(out / "gcn_wmmse_rounds.csv", ("round", "cum_bytes", *names, "wmmse_ri", "wmmse_mrc"),
+              ((r, round(r * bpr), *(c[r] if r <= L else "" for L, _, c in curves), ri_mean[r], mrc[r].mean())
                for r in range(a.rounds + 1)))
 
     # ---- plot
@@ -177,8 +177,8 @@ def main() -> None:
     for ax, x, xl in panels:
         ax.plot(x, ri_mean, label=f"WMMSE RI (mean of {a.inits} inits)")
         ax.plot(x, mrc.mean(axis=1), label="WMMSE MRC")
-        for L in Ls:
-            ax.plot(x[: L + 1], curves[L], "o-", ms=3, label=f"GCN-WMMSE (L = {L})")
+        for L, ck, c in curves:
+            ax.plot(x[: L + 1], c, "o-", ms=3, label=f"GCN-WMMSE (L = {L}, {ck})")
         ax.axhline(best, color="0.5", ls=":", label=f"WMMSE best of {a.inits}")
         for _, _, _, needed, _, _ in rows:
             if needed:

@@ -461,7 +461,8 @@ def test_learned_checkpoint_is_checked_at_validation(tmp_path, monkeypatch):
     or a path with no file is one line naming the file, the key and the allowed values (AlgorithmSpec.check);
     a packaged name, 'untrained' and an existing file validate."""
     monkeypatch.chdir(tmp_path)
-    allowed = "allowed: shipped, shipped:dt, shipped:L6, shipped:L8, shipped:L7v1, shipped-dt, untrained or a path"
+    allowed = ("allowed: shipped, shipped:dt, shipped:L6, shipped:L8, shipped:L7v1, shipped:L7dl, shipped:L6dl, "
+               "shipped:L8dl, shipped-dt, untrained or a path")
     base = {"scenario": {"family": "multicell"}, "algorithms": [{"name": "mrc"}]}
     bad = base | {"algorithms": [{"name": "mrc"}, {"name": "gcn_wmmse", "checkpoint": "shipped:nope"},
                                  {"name": "gcn_wmmse", "label": "b", "checkpoint": "gone.pt"}],

@@ -308,8 +308,8 @@ def test_start_vector_resolves_named_checkpoints_as_inference_does():
     with pytest.raises(ConfigError) as err:
         cfg_of([site("a", 1)], options={"checkpoint": "shipped:nope"})
     assert err.value.lines == ["<dict>: federated.options.checkpoint: 'shipped:nope' is not allowed; allowed: "
-                               "shipped, shipped:dt, shipped:L6, shipped:L8, shipped:L7v1, shipped-dt, untrained or a "
-                               "path"]
+                               "shipped, shipped:dt, shipped:L6, shipped:L8, shipped:L7v1, shipped:L7dl, shipped:L6dl, "
+                               "shipped:L8dl, shipped-dt, untrained or a path"]
 
 
 def test_default_start_is_the_shipped_model():

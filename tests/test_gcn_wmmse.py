@@ -85,6 +85,8 @@ def test_parameter_count(L, Gd, F):
     p = G.GCNWMMSEParams(L, Gd, F)
     assert p.n_trainable() == L * (4 * F + Gd + 1) + (L - 1) * F**2
     assert G.GCNWMMSEParams().n_trainable() == 229  # the paper's count (Sec. IV-A5)
+    # without diagonal loading (Tab. VI): no a_V0, L F parameters fewer
+    assert G.GCNWMMSEParams(L, Gd, F, diag_loading=False).n_trainable() == L * (3 * F + Gd + 1) + (L - 1) * F**2
 
 
 def test_weight_filter_acts_on_eigenvalues():
@@ -192,7 +194,7 @@ def test_registry_options_and_shipped_model():
     # the shipped file is committed: its absence is a failure, not a skip
     assert G.SHIPPED.is_file(), f"shipped checkpoint {G.SHIPPED} missing"
     shipped = G.MODEL.load("shipped")
-    assert shipped.n_trainable() == 229 and shipped.layers == 7
+    assert shipped.n_trainable() == 201 and shipped.layers == 7 and not shipped.diag_loading  # Tab. VI w/o loading
     assert abs(float(shipped.b_s) - 0.5) < 1e-12  # trained on the base scenario: sqrt(1 W / 4)
     with pytest.raises(ValueError, match="layers"):
         spec.build(spec.options(layers=5), net)
@@ -274,6 +276,56 @@ def test_grown_degree_and_features_keep_the_function(L, deg, F):
             src.resized(**kw)
 
 
+def test_without_diagonal_loading_is_the_model_with_a_v0_zero():
+    """diag_loading=False (Tab. VI's ablation) drops v~ a_V0^T from (13): the same rounds as the diagonally loaded
+    model with a_V0 set to 0 (a second way to compute it), every other parameter kept by ``resized``; turning it
+    back on (a_V0 = 0) keeps the function exactly; an untrained draw matches the loaded model's other draws."""
+    net, air = multicell_network(base_channels(batch=3, seed=31))
+    src = _random_params(seed=19)
+    off = src.resized(diag_loading=False)
+    assert off.a_v0 is None and "a_v0" not in off.state_dict() and not off.diag_loading
+    assert off.n_trainable() == src.n_trainable() - 7 * 4
+    for name in ("a_w", "a_v1", "b", "c", "d", "bias_scale_sum", "bias_scale_count"):
+        assert torch.equal(getattr(off, name), getattr(src, name)), name
+    zeroed = src.resized()
+    with torch.no_grad():
+        zeroed.a_v0.zero_()
+    w_off, V_off, _ = _run(G.gcn_wmmse_protocol(off, net), net, air)
+    w_zero, V_zero, _ = _run(G.gcn_wmmse_protocol(zeroed, net), net, air)
+    w_src, _, _ = _run(G.gcn_wmmse_protocol(src, net), net, air)
+    torch.testing.assert_close(w_off, w_zero, rtol=1e-12, atol=0)
+    torch.testing.assert_close(V_off[-1], V_zero[-1], rtol=0, atol=1e-12 * float(V_zero[-1].abs().max()))
+    assert float((w_off[-1] - w_src[-1]).abs().max()) > 1e-3        # the term matters for this draw
+    on = off.resized(diag_loading=True)
+    assert on.diag_loading and torch.equal(on.a_v0, torch.zeros(7, 4, dtype=torch.complex128))
+    w_on, _, _ = _run(G.gcn_wmmse_protocol(on, net), net, air)
+    torch.testing.assert_close(w_on, w_off, rtol=1e-12, atol=0)
+    fresh_on, fresh_off = G.GCNWMMSEParams(seed=5), G.GCNWMMSEParams(seed=5, diag_loading=False)
+    for name, t in fresh_off.state_dict().items():
+        assert torch.equal(t, fresh_on.state_dict()[name]), name
+
+
+def test_diag_loading_option_warm_starts_and_is_checked_at_inference(tmp_path):
+    """``train.options`` diag_loading false drops the term from a checkpoint that has it (resized); inference
+    with a diag_loading other than the checkpoint's is one OptionError line."""
+    from dsim.learn import Learnable, save_checkpoint
+    from dsim.registry import OptionError
+
+    src = _random_params(seed=23)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, Learnable(G.MODEL, src, G.MODEL.options(checkpoint="untrained")), 0, {})
+    got = G.MODEL.learnable({"checkpoint": str(path), "diag_loading": False}).module
+    want = src.resized(diag_loading=False)
+    sd, wd = got.state_dict(), want.state_dict()
+    assert sd.keys() == wd.keys() and all(torch.equal(sd[k], wd[k]) for k in sd)
+    path2 = tmp_path / "off.pt"
+    save_checkpoint(path2, Learnable(G.MODEL, got, G.MODEL.options(checkpoint="untrained")), 0, {})
+    assert G.MODEL.load(str(path2)).hparams["diag_loading"] is False
+    net, _ = multicell_network(base_channels(batch=1, seed=1))
+    with pytest.raises(OptionError, match="^diag_loading: True but checkpoint .* allowed: False"):
+        G.MODEL.build(G.MODEL.options(checkpoint=str(path2), diag_loading=True), net)
+
+
 def test_nonneg_is_abs_with_gradient_one_at_zero():
     a = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64, requires_grad=True)
     y = G.nonneg(a)
@@ -309,19 +361,22 @@ def test_train_options_warm_start_another_L_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("L", [6, 8])
-def test_shipped_L6_L8_models(L):
-    """Tab. VIII's other rows: ``checkpoint: shipped:L<L>`` is committed (absence fails) and has L layers."""
+@pytest.mark.parametrize("dl", [False, True])
+def test_shipped_L6_L8_models(L, dl):
+    """Tab. VIII's other rows: ``checkpoint: shipped:L<L>`` (no diagonal loading) and ``shipped:L<L>dl`` (with it)
+    are committed (absence fails) and have L layers."""
     from dsim.registry import algorithm
 
-    path = G.SHIPPED_MODELS[f"L{L}"]
+    name = f"L{L}dl" if dl else f"L{L}"
+    path = G.SHIPPED_MODELS[name]
     assert path.is_file(), f"shipped checkpoint {path} missing"
-    m = G.MODEL.load(f"shipped:L{L}")
-    assert (m.layers, m.degree, m.features, m.init) == (L, 2, 4, "mrc")
-    assert m.n_trainable() == L * 19 + (L - 1) * 16
+    m = G.MODEL.load(f"shipped:{name}")
+    assert (m.layers, m.degree, m.features, m.init, m.diag_loading) == (L, 2, 4, "mrc", dl)
+    assert m.n_trainable() == L * (19 if dl else 15) + (L - 1) * 16
     assert abs(float(m.b_s) - 0.5) < 1e-12  # the L = 7 model's b_S, kept by the warm start
     net, _ = multicell_network(base_channels(batch=1, seed=2))
     spec = algorithm("gcn_wmmse")
-    assert spec.build(spec.options(checkpoint=f"shipped:L{L}"), net).rounds == L
+    assert spec.build(spec.options(checkpoint=f"shipped:{name}"), net).rounds == L
 
 
 def _recipe(name: str) -> dict:
@@ -331,34 +386,51 @@ def _recipe(name: str) -> dict:
 
 
 def test_shipped_L7_lineage_matches_the_recipes():
-    """``shipped`` (L = 7) is the L = 8 model cut to 7 layers and fine-tuned in three stages
-    (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the L = 6, L = 8
-    and DT recipes start from.  The checkpoints' own training records (meta) equal the recipes' settings."""
+    """``shipped`` (L = 7) has no diagonal loading and is trained from scratch (scenarios/train_gcn_wmmse_L7_nodl.yaml);
+    ``shipped:L7dl``, the L = 7 model shipped before it, is the L = 8 model cut to 7 layers and fine-tuned in three
+    stages (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the L = 6,
+    L = 8 and DT recipes start from.  The checkpoints' own training records (meta) equal the recipes' settings."""
     from dsim.learn import load_checkpoint
 
-    assert G.SHIPPED_L7V1.is_file(), f"shipped checkpoint {G.SHIPPED_L7V1} missing"
-    v1, new = G.MODEL.load("shipped:L7v1"), G.MODEL.load("shipped")
-    assert v1.hparams == new.hparams and v1.n_trainable() == new.n_trainable() == 229
-    assert abs(float(v1.b_s) - 0.5) < 1e-12 and abs(float(new.b_s) - 0.5) < 1e-12
-    assert not torch.equal(v1.a_v1, new.a_v1)
+    for path in (G.SHIPPED_L7V1, G.SHIPPED_L7DL):
+        assert path.is_file(), f"shipped checkpoint {path} missing"
+    v1, dl, new = G.MODEL.load("shipped:L7v1"), G.MODEL.load("shipped:L7dl"), G.MODEL.load("shipped")
+    assert v1.hparams == dl.hparams and v1.n_trainable() == dl.n_trainable() == 229 and dl.diag_loading
+    assert new.hparams == dl.hparams | {"diag_loading": False} and new.n_trainable() == 201
+    for m in (v1, dl, new):
+        assert abs(float(m.b_s) - 0.5) < 1e-12
+    assert not torch.equal(v1.a_v1, dl.a_v1) and not torch.equal(dl.a_v1, new.a_v1)
+    # the shipped model: the no-loading recipe from scratch, its settings in the checkpoint's record
+    meta, nodl = load_checkpoint(G.SHIPPED)["meta"], _recipe("train_gcn_wmmse_L7_nodl.yaml")
+    assert nodl["train"]["options"]["checkpoint"] == "untrained" and nodl["train"]["options"]["diag_loading"] is False
+    assert meta["seed"] == nodl["seed"] and load_checkpoint(G.SHIPPED)["step"] == nodl["train"]["steps"]
+    for key in ("steps", "lr", "lr_decay_every", "lr_decay", "batch", "weight_decay", "clip", "layers_in_loss"):
+        assert meta["train_options"][key] == nodl["train"][key], key
+    assert meta["train_options"]["options"] == nodl["train"]["options"]
+    # shipped:L6 / L8: the shipped model warm-started into 6 / 8 layers (options diag_loading: the checkpoint's)
+    for L in (6, 8):
+        rec, ck = _recipe(f"train_gcn_wmmse_L{L}_nodl.yaml"), load_checkpoint(G.SHIPPED_MODELS[f"L{L}"])
+        want = {"checkpoint": "shipped", "layers": L}
+        assert rec["train"]["options"] == ck["meta"]["train_options"]["options"] == want
+        assert ck["meta"]["seed"] == rec["seed"] and ck["step"] == rec["train"]["steps"]
     # the first L = 7 model is stage 4 of scenarios/train_gcn_wmmse*.yaml
     meta = load_checkpoint(G.SHIPPED_L7V1)["meta"]
     stage4 = _recipe("train_gcn_wmmse_stage4.yaml")
     assert meta["seed"] == stage4["seed"] and meta["train_options"]["steps"] == stage4["train"]["steps"]
-    # the L = 6 / 8 and DT recipes start from it, by name or by file
+    # the L = 6 / 8 models with diagonal loading and the DT recipe start from it, by name or by file
     for L in (6, 8):
         assert _recipe(f"train_gcn_wmmse_L{L}.yaml")["train"]["options"] == {"checkpoint": "shipped:L7v1",
                                                                             "layers": L, "init": "mrc"}
     dt_start = _recipe("train_gcn_wmmse_dt.yaml")["train"]["options"]["checkpoint"]
     assert (Path(__file__).parents[1] / dt_start).resolve() == G.SHIPPED_L7V1
-    # the shipped L = 7 model: stage 1 starts from shipped:L8 cut to 7 layers, each stage from the previous one's
-    # checkpoint, and the shipped file records the last stage's settings
+    # shipped:L7dl: stage 1 starts from shipped:L8 cut to 7 layers, each stage from the previous one's checkpoint,
+    # and the file records the last stage's settings
     stages = [_recipe(f"train_gcn_wmmse_L7_ft{s}.yaml") for s in ("", "2", "3")]
-    assert stages[0]["train"]["options"] == {"checkpoint": "shipped:L8", "layers": 7, "init": "mrc"}
+    assert stages[0]["train"]["options"] == {"checkpoint": "shipped:L8dl", "layers": 7, "init": "mrc"}
     for prev, nxt in zip(stages, stages[1:]):
         assert nxt["train"]["options"]["checkpoint"] == f"{prev['output']}/checkpoint.pt"
     assert len({s["seed"] for s in stages}) == 3
-    ck = load_checkpoint(G.SHIPPED)
+    ck = load_checkpoint(G.SHIPPED_L7DL)
     last = stages[-1]["train"]
     assert ck["meta"]["seed"] == stages[-1]["seed"] and ck["step"] == last["steps"]
     for key in ("steps", "batch", "lr", "lr_decay_every", "lr_decay", "weight_decay", "clip", "layers_in_loss"):

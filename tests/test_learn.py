@@ -59,7 +59,8 @@ EXPECTED = {
                   "shipped:ex3_plain": "engnn_ex3_plain.pt"},
     "gcn_wmmse": {"shipped": "gcn_wmmse_L7.pt", "shipped:dt": "gcn_wmmse_L7_dt.pt", "shipped-dt": "gcn_wmmse_L7_dt.pt",
                   "shipped:L6": "gcn_wmmse_L6.pt", "shipped:L8": "gcn_wmmse_L8.pt",
-                  "shipped:L7v1": "gcn_wmmse_L7_v1.pt"},
+                  "shipped:L7v1": "gcn_wmmse_L7_v1.pt", "shipped:L7dl": "gcn_wmmse_L7_dl.pt",
+                  "shipped:L6dl": "gcn_wmmse_L6_dl.pt", "shipped:L8dl": "gcn_wmmse_L8_dl.pt"},
     "model_gnn": {"shipped": "model_gnn_N32K16.pt",
                   **{f"shipped:N{n}K{k}": f"model_gnn_N{n}K{k}.pt" for n, k in ((8, 4), (32, 16), (64, 16), (64, 32))},
                   **{f"shipped:N{n}K{k}_snr{s}": f"model_gnn_N{n}K{k}_snr{s}.pt"
@@ -78,8 +79,10 @@ def test_names_resolve_to_the_same_files_as_before(name):
     if name == "gcn_wmmse":  # the DT model has its own recipe
         assert spec.locate("shipped-dt")[1] == spec.locate("shipped:dt")[1] == "scenarios/train_gcn_wmmse_dt.yaml"
         for n in (6, 8):
-            assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
-        assert spec.locate("shipped")[1] == "scenarios/train_gcn_wmmse_L7_ft.yaml"    # the L = 7 model since s8
+            assert spec.locate(f"shipped:L{n}")[1] == f"scenarios/train_gcn_wmmse_L{n}_nodl.yaml"
+            assert spec.locate(f"shipped:L{n}dl")[1] == f"scenarios/train_gcn_wmmse_L{n}.yaml"
+        assert spec.locate("shipped")[1] == "scenarios/train_gcn_wmmse_L7_nodl.yaml"  # without diagonal loading
+        assert spec.locate("shipped:L7dl")[1] == "scenarios/train_gcn_wmmse_L7_ft.yaml"  # the L = 7 model of s8-21
         assert spec.locate("shipped:L7v1")[1] == "scenarios/train_gcn_wmmse.yaml"     # the first one (stages 1-4)
     if name == "model_gnn":  # every T II cell names its own recipe
         assert spec.locate("shipped:N64K16_snr20")[1] == "scenarios/train_model_gnn_N64K16_snr20.yaml"
@@ -132,7 +135,7 @@ def test_missing_named_file_names_its_recipe(tmp_path):
                           recipes={"dt": "scenarios/train_gcn_wmmse_dt.yaml"})
     with pytest.raises(FileNotFoundError, match="train_gcn_wmmse_dt.yaml"):
         moved.read("shipped-dt")
-    with pytest.raises(FileNotFoundError, match=r"train_gcn_wmmse_L7_ft\.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"train_gcn_wmmse_L7_nodl\.yaml"):
         moved.read("shipped")
 
 

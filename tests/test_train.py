@@ -102,7 +102,7 @@ def test_train_main_outputs_and_options(tmp_path):
     rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and [r["val_wsr"] for r in rows[:2]] == ["", ""]
     ck = torch.load(path, weights_only=True)
-    assert ck["hparams"] == {"layers": 2, "degree": 2, "features": 4, "init": "mrc"}
+    assert ck["hparams"] == {"layers": 2, "degree": 2, "features": 4, "init": "mrc", "diag_loading": True}
     # the log is the checkpoint's (floats written exactly) ...
     for row, logged in zip(rows, ck["log"]):
         for key in ("lr", "loss", "train_wsr", "grad_norm"):
