@@ -82,8 +82,7 @@ SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
 SHIPPED_L6DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6_dl.pt"
 SHIPPED_L8DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8_dl.pt"
 #: the first shipped PT model with L = 7 (stages 1-4, scenarios/train_gcn_wmmse*.yaml), ``checkpoint: shipped:L7v1``:
-#: what the DT, L = 6 and L = 8 models were fine-tuned from (the L = 7 model ``shipped`` is now the L = 8 one cut
-#: back to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft.yaml)
+#: what the DT model and the L = 6 / 8 models with diagonal loading were fine-tuned from
 SHIPPED_L7V1 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_v1.pt"
 #: the L = 7 PT model with diagonal loading that was ``shipped`` before the one without it (the L = 8 model cut back
 #: to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft*.yaml), ``checkpoint: shipped:L7dl``
@@ -199,7 +198,7 @@ class GCNWMMSEParams(LearnedModule):
 
         self.a_w = nn.Parameter(torch.full((L, G + 1), 1.0 / (G + 1), dtype=torch.float64, device=cpu))
         self.a_v1 = nn.Parameter(cn(L, F, var=1.0 / (F + 1)))
-        a_v0 = cn(L, F, var=1.0 / (F + 1))  # drawn either way: the other draws match the loaded model's
+        a_v0 = cn(L, F, var=1.0 / (F + 1))  # drawn either way: the other draws do not depend on diag_loading
         if self.diag_loading:
             self.a_v0 = nn.Parameter(a_v0)
         else:  # Tab. VI's "w/o diagonal loading": no v~ a_V0^T term in (13)
@@ -228,8 +227,8 @@ class GCNWMMSEParams(LearnedModule):
           c_f has a gradient (all-zero new features would be a stationary point).
 
         * ``diag_loading`` False on a model that has it: the term v~ a_V0^T of (13) is dropped and every other
-          parameter kept (a warm start that changes the function: Tab. VI's ablation, how the shipped L = 7 model
-          was made); True on one without it: the term comes back with a_V0 = 0 (same function).
+          parameter kept (a warm start that changes the function: Tab. VI's ablation on a trained model); True on
+          one without it: the term comes back with a_V0 = 0 (same function).
 
         The buffer b_S is kept.  G' < G or F' < F (not function-preserving) is an :class:`OptionError`.
         """

@@ -388,8 +388,9 @@ def _recipe(name: str) -> dict:
 def test_shipped_L7_lineage_matches_the_recipes():
     """``shipped`` (L = 7) has no diagonal loading and is trained from scratch (scenarios/train_gcn_wmmse_L7_nodl.yaml);
     ``shipped:L7dl``, the L = 7 model shipped before it, is the L = 8 model cut to 7 layers and fine-tuned in three
-    stages (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the L = 6,
-    L = 8 and DT recipes start from.  The checkpoints' own training records (meta) equal the recipes' settings."""
+    stages (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the DT recipe
+    and the L = 6 / 8 recipes with diagonal loading start from; ``shipped:L6`` / ``shipped:L8`` start from
+    ``shipped``.  The checkpoints' own training records (meta) equal the recipes' settings."""
     from dsim.learn import load_checkpoint
 
     for path in (G.SHIPPED_L7V1, G.SHIPPED_L7DL):
@@ -423,7 +424,7 @@ def test_shipped_L7_lineage_matches_the_recipes():
                                                                             "layers": L, "init": "mrc"}
     dt_start = _recipe("train_gcn_wmmse_dt.yaml")["train"]["options"]["checkpoint"]
     assert (Path(__file__).parents[1] / dt_start).resolve() == G.SHIPPED_L7V1
-    # shipped:L7dl: stage 1 starts from shipped:L8 cut to 7 layers, each stage from the previous one's checkpoint,
+    # shipped:L7dl: stage 1 starts from shipped:L8dl cut to 7 layers, each stage from the previous one's checkpoint,
     # and the file records the last stage's settings
     stages = [_recipe(f"train_gcn_wmmse_L7_ft{s}.yaml") for s in ("", "2", "3")]
     assert stages[0]["train"]["options"] == {"checkpoint": "shipped:L8dl", "layers": 7, "init": "mrc"}
