@@ -31,13 +31,13 @@ later stages (see that file's header); ``agents/models/gcn_wmmse_L7_dt.pt`` (DT,
 fine-tuned on random scenario configurations, ``checkpoint: shipped-dt``) by ``scenarios/train_gcn_wmmse_dt.yaml``.
 The shipped L = 7 PT model ``agents/models/gcn_wmmse_L7.pt`` (``checkpoint: shipped``) has no diagonal loading
 (Tab. VI's ablation) and is trained from scratch with Tab. I's schedule: ``scenarios/train_gcn_wmmse_L7_nodl.yaml``;
-``agents/models/gcn_wmmse_L6.pt`` and ``gcn_wmmse_L8.pt`` (``checkpoint: shipped:L6`` / ``shipped:L8``, Tab. VIII's
-other rows) are it warm-started into L = 6 / 8 layers (:meth:`GCNWMMSEParams.resized`) and fine-tuned:
-``scenarios/train_gcn_wmmse_L6_nodl.yaml`` / ``_L8_nodl.yaml``.  The models with diagonal loading shipped before
-them: ``gcn_wmmse_L6_dl.pt`` / ``gcn_wmmse_L8_dl.pt`` (``shipped:L6dl`` / ``shipped:L8dl``: the first PT model
-warm-started into 6 / 8 layers and fine-tuned, ``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``) and
-``gcn_wmmse_L7_dl.pt`` (``shipped:L7dl``: ``shipped:L8dl`` cut back to its first 7 layers and fine-tuned,
-``scenarios/train_gcn_wmmse_L7_ft*.yaml``).
+``agents/models/gcn_wmmse_L6.pt`` (``checkpoint: shipped:L6``, Tab. VIII's row L = 6) is trained the same way with
+L = 6 (``scenarios/train_gcn_wmmse_L6_nodl.yaml``); ``gcn_wmmse_L8.pt`` (``shipped:L8``) is ``shipped`` warm-started
+into 8 layers (:meth:`GCNWMMSEParams.resized`) and fine-tuned (``scenarios/train_gcn_wmmse_L8_nodl.yaml``).
+The models with diagonal loading shipped before them: ``gcn_wmmse_L6_dl.pt`` / ``gcn_wmmse_L8_dl.pt``
+(``shipped:L6dl`` / ``shipped:L8dl``: the first PT model warm-started into 6 / 8 layers and fine-tuned,
+``scenarios/train_gcn_wmmse_L6.yaml`` / ``_L8.yaml``) and ``gcn_wmmse_L7_dl.pt`` (``shipped:L7dl``: ``shipped:L8dl``
+cut back to its first 7 layers and fine-tuned, ``scenarios/train_gcn_wmmse_L7_ft*.yaml``).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ Tensor = torch.Tensor
 SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
 #: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped:dt``
 SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
-#: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``: the
-#: shipped L = 7 model (no diagonal loading) warm-started into 6 / 8 layers and fine-tuned
+#: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``, no
+#: diagonal loading: L = 6 trained from scratch, L = 8 the shipped L = 7 model warm-started into 8 layers
 SHIPPED_L6 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6.pt"
 SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
 #: the L = 6 / 8 models with diagonal loading shipped before them (from shipped:L7v1), ``checkpoint: shipped:L6dl`` /

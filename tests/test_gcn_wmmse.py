@@ -389,8 +389,9 @@ def test_shipped_L7_lineage_matches_the_recipes():
     """``shipped`` (L = 7) has no diagonal loading and is trained from scratch (scenarios/train_gcn_wmmse_L7_nodl.yaml);
     ``shipped:L7dl``, the L = 7 model shipped before it, is the L = 8 model cut to 7 layers and fine-tuned in three
     stages (scenarios/train_gcn_wmmse_L7_ft*.yaml); ``shipped:L7v1``, the first L = 7 model, is what the DT recipe
-    and the L = 6 / 8 recipes with diagonal loading start from; ``shipped:L6`` / ``shipped:L8`` start from
-    ``shipped``.  The checkpoints' own training records (meta) equal the recipes' settings."""
+    and the L = 6 / 8 recipes with diagonal loading start from; ``shipped:L6`` is trained from scratch as ``shipped``,
+    ``shipped:L8`` starts from ``shipped``.  The checkpoints' own training records (meta) equal the recipes'
+    settings."""
     from dsim.learn import load_checkpoint
 
     for path in (G.SHIPPED_L7V1, G.SHIPPED_L7DL):
@@ -408,12 +409,13 @@ def test_shipped_L7_lineage_matches_the_recipes():
     for key in ("steps", "lr", "lr_decay_every", "lr_decay", "batch", "weight_decay", "clip", "layers_in_loss"):
         assert meta["train_options"][key] == nodl["train"][key], key
     assert meta["train_options"]["options"] == nodl["train"]["options"]
-    # shipped:L6 / L8: the shipped model warm-started into 6 / 8 layers (options diag_loading: the checkpoint's)
-    for L in (6, 8):
+    # shipped:L6 from scratch as shipped with L = 6; shipped:L8 the shipped model warm-started into 8 layers
+    starts = {6: nodl["train"]["options"] | {"layers": 6, "init_seed": 7}, 8: {"checkpoint": "shipped", "layers": 8}}
+    for L, want in starts.items():
         rec, ck = _recipe(f"train_gcn_wmmse_L{L}_nodl.yaml"), load_checkpoint(G.SHIPPED_MODELS[f"L{L}"])
-        want = {"checkpoint": "shipped", "layers": L}
         assert rec["train"]["options"] == ck["meta"]["train_options"]["options"] == want
         assert ck["meta"]["seed"] == rec["seed"] and ck["step"] == rec["train"]["steps"]
+        assert ck["meta"]["train_options"]["layers_in_loss"] == rec["train"]["layers_in_loss"] == [L]
     # the first L = 7 model is stage 4 of scenarios/train_gcn_wmmse*.yaml
     meta = load_checkpoint(G.SHIPPED_L7V1)["meta"]
     stage4 = _recipe("train_gcn_wmmse_stage4.yaml")
