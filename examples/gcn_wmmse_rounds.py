@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def main() -> None:
     print("\n".join(table(rows)))
 
     # ---- per-round CSV (column gcn_wmmse_L<L>, with the checkpoint appended when two models have the same L)
-    n_of = {L: sum(c[0] == L for c in curves) for L, _, _ in curves}
+    n_of = Counter(L for L, _, _ in curves)
     names = [f"gcn_wmmse_L{L}" + (f"_{ck}" if n_of[L] > 1 else "") for L, ck, _ in curves]
     write_csv(out / "gcn_wmmse_rounds.csv", ("round", "cum_bytes", *names, "wmmse_ri", "wmmse_mrc"),
               ((r, round(r * bpr), *(c[r] if r <= L else "" for L, _, c in curves), ri_mean[r], mrc[r].mean())
