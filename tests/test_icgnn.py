@@ -372,3 +372,45 @@ def test_training_options_grow_layers_inference_does_not(tmp_path, shipped):
         build(ICGNNOptions(layers=3), net)
     with pytest.raises(ValueError, match="layers"):
         shipped.resized(layers=0)
+
+
+@pytest.mark.parametrize("norm", ["frozen", "batch"])
+def test_adaptation_keeps_minibatches_only_for_recalibration(shipped, monkeypatch, norm):
+    """:func:`dsim.learn.adapt` draws each minibatch once.  With frozen statistics no minibatch outlives its step
+    (at each draw, at most the previous step's is still referenced); with batch statistics all of them are kept,
+    because the batch-norm recalibration reuses them, and it draws nothing more (draws = steps)."""
+    import gc
+    import weakref
+
+    import dsim.learn as learn_mod
+    from dsim.config import config_from_dict
+    from dsim.scenarios.build import scenario_from_config
+
+    real = learn_mod.scenario_sampler
+    refs: list[weakref.ref] = []
+    alive_at_draw: list[int] = []
+
+    def spying_sampler(*args, **kwargs):
+        draw = real(*args, **kwargs)
+
+        def sample(batch, seed):
+            gc.collect()
+            alive_at_draw.append(sum(r() is not None for r in refs))
+            out = draw(batch, seed)
+            refs.append(weakref.ref(out[0]))
+            return out
+        return sample
+
+    monkeypatch.setattr(learn_mod, "scenario_sampler", spying_sampler)
+    cfg = config_from_dict({"seed": 79, "precision": "double", "batch": 4,
+                            "scenario": {"family": "cellfree", "n_aps": 4, "ap_antennas": 2, "n_ues": 3,
+                                         "realizations": 10},
+                            "algorithms": [{"name": "icgnn"}], "engine": {"kind": "local"}})
+    net = scenario_from_config(cfg).net
+    steps = 5
+    build(ICGNNOptions(adapt_steps=steps, adapt_batch=2, adapt_norm=norm), net)
+    assert len(alive_at_draw) == steps
+    if norm == "frozen":
+        assert max(alive_at_draw) <= 1, alive_at_draw
+    else:
+        assert alive_at_draw == list(range(steps)), alive_at_draw
