@@ -70,23 +70,25 @@ from dsim.registry import AlgorithmSpec, OptionError, register_algorithm
 
 Tensor = torch.Tensor
 
-SHIPPED = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7.pt"
+#: the folder of the shipped checkpoints
+MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED = MODELS / "gcn_wmmse_L7.pt"
 #: the DT model (Sec. IV-B.5: trained on random scenario configurations), ``checkpoint: shipped:dt``
-SHIPPED_DT = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dt.pt"
+SHIPPED_DT = MODELS / "gcn_wmmse_L7_dt.pt"
 #: PT models with L = 6 and L = 8 layers (Tab. VIII's other rows), ``checkpoint: shipped:L6`` / ``shipped:L8``, no
 #: diagonal loading: L = 6 trained from scratch, L = 8 the shipped L = 7 model warm-started into 8 layers
-SHIPPED_L6 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6.pt"
-SHIPPED_L8 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8.pt"
+SHIPPED_L6 = MODELS / "gcn_wmmse_L6.pt"
+SHIPPED_L8 = MODELS / "gcn_wmmse_L8.pt"
 #: the L = 6 / 8 models with diagonal loading shipped before them (from shipped:L7v1), ``checkpoint: shipped:L6dl`` /
 #: ``shipped:L8dl``
-SHIPPED_L6DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L6_dl.pt"
-SHIPPED_L8DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L8_dl.pt"
+SHIPPED_L6DL = MODELS / "gcn_wmmse_L6_dl.pt"
+SHIPPED_L8DL = MODELS / "gcn_wmmse_L8_dl.pt"
 #: the first shipped PT model with L = 7 (stages 1-4, scenarios/train_gcn_wmmse*.yaml), ``checkpoint: shipped:L7v1``:
 #: what the DT model and the L = 6 / 8 models with diagonal loading were fine-tuned from
-SHIPPED_L7V1 = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_v1.pt"
+SHIPPED_L7V1 = MODELS / "gcn_wmmse_L7_v1.pt"
 #: the L = 7 PT model with diagonal loading that was ``shipped`` before the one without it (the L = 8 model cut back
 #: to 7 layers and fine-tuned, scenarios/train_gcn_wmmse_L7_ft*.yaml), ``checkpoint: shipped:L7dl``
-SHIPPED_L7DL = Path(__file__).resolve().parent / "models" / "gcn_wmmse_L7_dl.pt"
+SHIPPED_L7DL = MODELS / "gcn_wmmse_L7_dl.pt"
 #: shipped checkpoints other than 'shipped' (the PT model): ``checkpoint: shipped:<name>``
 SHIPPED_MODELS = {"dt": SHIPPED_DT, "L6": SHIPPED_L6, "L8": SHIPPED_L8, "L7v1": SHIPPED_L7V1, "L7dl": SHIPPED_L7DL,
                   "L6dl": SHIPPED_L6DL, "L8dl": SHIPPED_L8DL}
