@@ -13,11 +13,18 @@ On held-out Tab. II realizations (seed different from training and validation):
   WMMSE50 / 95.20 %, RI's % of WMMSE50; Tab. VIII rounds and ms on its AMD R7 2700X).
 Both send exactly the same messages per round, so cumulative bytes = rounds x bytes per round.
 
+The rounds statistic moves with the realizations drawn: ``--subset N`` (with ``--batch`` well above N) also
+reports, per model, its spread over ``--subset-draws`` random subsets of N of the held-out realizations
+(drawn without replacement, seed 0): mean, standard deviation, 5 / 50 / 95 % percentiles and the share of
+subsets below 8 L rounds -- how often a held-out set of N realizations would show fewer rounds than the
+whole set does.
+
 Writes ``<out>/gcn_wmmse_rounds.csv`` (WSR per round), ``<out>/gcn_wmmse_table.md`` and
 ``<out>/gcn_wmmse_rounds.png`` (WSR vs rounds and vs cumulative bytes).  Rates in nat/Hz.
 
     python examples/gcn_wmmse_rounds.py [--batch 200] [--seed 20240917] [--inits 50]
                                         [--checkpoints shipped:L6,shipped,shipped:L8] [--out runs/gcn_wmmse_rounds]
+                                        [--subset 200]
 """
 
 from __future__ import annotations
@@ -75,6 +82,29 @@ PAPER_RI_REL = 95.20
 PAPER_RI_WSR = PAPER[7][0] / PAPER[7][1] * PAPER_RI_REL
 
 
+def rounds_to_match(ri: np.ndarray, target: np.ndarray) -> int | None:
+    """First round at which WMMSE RI's mean WSR over the realizations reaches the mean of ``target``.
+
+    ``ri`` (R+1, B): WSR per round and realization, already averaged over the inits; ``target`` (B,): the
+    model's WSR per realization.  None if RI never reaches it within R rounds."""
+    hit = np.nonzero(ri.mean(axis=1) >= target.mean())[0]
+    return int(hit[0]) if hit.size else None
+
+
+def subset_rounds(ri: np.ndarray, target: np.ndarray, size: int, draws: int, seed: int = 0) -> np.ndarray:
+    """:func:`rounds_to_match` on ``draws`` random subsets of ``size`` realizations (without replacement);
+    R+1 where RI never matches."""
+    if not 0 < size <= target.shape[0]:
+        raise SystemExit(f"--subset {size}: allowed 1..{target.shape[0]} (the --batch realizations)")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        idx = rng.choice(target.shape[0], size, replace=False)
+        n = rounds_to_match(ri[:, idx], target[idx])
+        out.append(ri.shape[0] if n is None else n)
+    return np.array(out)
+
+
 def bytes_per_round(ledger, batch: int) -> float:
     rows = [r for r in ledger if r.round == 1]
     return sum(r.bytes for r in rows) / batch
@@ -94,6 +124,9 @@ def main() -> None:
     ap.add_argument("--wire", default="float32", help="wire policy for the bytes (numbers use float64)")
     ap.add_argument("--out", default="runs/gcn_wmmse_rounds")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--subset", type=int, default=0, help="also the spread of the rounds statistic over random "
+                    "subsets of this many realizations (0: off)")
+    ap.add_argument("--subset-draws", type=int, default=2000)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -103,7 +136,8 @@ def main() -> None:
     ri = np.stack([run("wmmse", {"init": "random", "rounds": a.rounds}, ch, seed=s)
                    for s in tqdm(range(a.inits), desc="WMMSE RI", unit="init")])
     mrc = run("wmmse", {"init": "mrc", "rounds": a.rounds}, ch)
-    ri_mean = ri.mean(axis=(0, 2))                      # (R+1,) mean over inits and realizations
+    ri_real = ri.mean(axis=0)                           # (R+1, B) mean over inits
+    ri_mean = ri_real.mean(axis=1)                      # (R+1,) and over realizations
     best = ri[:, -1].max(axis=0).mean()                 # best of the inits per realization, at 100 rounds
     bpr = bytes_per_round(LocalEngine(a.wire).run(*setup("wmmse", {"rounds": 1}, ch)).ledger, a.batch)
 
@@ -144,20 +178,28 @@ def main() -> None:
             f"{(needed * bpr) if needed else float('nan'):.0f} |"
             for L, ck, target, needed, ms_gcn, ms_ri in rows]
 
-    rows, curves = [], []                               # curves: (L, checkpoint, mean WSR per round)
+    rows, curves, spread = [], [], []                   # curves: (L, checkpoint, mean WSR per round)
+
+    def spread_lines() -> list[str]:
+        return ["", f"Rounds RI needs to match, over {a.subset_draws} random subsets of {a.subset} of these "
+                f"realizations: mean / sd / 5, 50, 95 % / share below 8 L", ""] + [
+            f"* L = {L} ({ck}): {v.mean():.1f} / {v.std():.1f} / {np.percentile(v, 5):.0f}, "
+            f"{np.percentile(v, 50):.0f}, {np.percentile(v, 95):.0f} / {np.mean(v < 8 * L):.3f}"
+            for L, ck, v in spread] if spread else []
     for ck in tqdm(a.checkpoints.split(","), desc="GCN-WMMSE", unit="model"):
         opts = {"checkpoint": ck, "mu_steps": a.mu_steps}
         gcn = run("gcn_wmmse", opts, ch)
         L = gcn.shape[0] - 1
         target = gcn[-1].mean()
-        hit = np.nonzero(ri_mean >= target)[0]
-        needed = int(hit[0]) if hit.size else None
+        needed = rounds_to_match(ri_real, gcn[-1])
+        if a.subset:
+            spread.append((L, ck, subset_rounds(ri_real, gcn[-1], a.subset, a.subset_draws)))
         t_gcn = timed("gcn_wmmse", opts, ch)
         t_ri = timed("wmmse", {"init": "random", "rounds": needed}, ch) if needed else float("nan")
         curves.append((L, ck, gcn.mean(axis=1)))
         rows.append((L, ck, target, needed, 1e3 * t_gcn / a.batch, 1e3 * t_ri / a.batch))
-        (out / "gcn_wmmse_table.md").write_text("\n".join(table(rows)) + "\n")
-    print("\n".join(table(rows)))
+        (out / "gcn_wmmse_table.md").write_text("\n".join(table(rows) + spread_lines()) + "\n")
+    print("\n".join(table(rows) + spread_lines()))
 
     # ---- per-round CSV (column gcn_wmmse_L<L>, with the checkpoint appended when two models have the same L)
     n_of = Counter(L for L, _, _ in curves)
