@@ -16,8 +16,8 @@ Both send exactly the same messages per round, so cumulative bytes = rounds x by
 The rounds statistic moves with the realizations drawn: ``--subset N`` (with ``--batch`` well above N) also
 reports, per model, its spread over ``--subset-draws`` random subsets of N of the held-out realizations
 (drawn without replacement, seed 0): mean, standard deviation, 5 / 50 / 95 % percentiles and the share of
-subsets below 8 L rounds -- how often a held-out set of N realizations would show fewer rounds than the
-whole set does.
+subsets below 8 L rounds (eight WMMSE rounds per GCN-WMMSE layer) -- how often a held-out set of N
+realizations would show fewer rounds than the whole set does.
 
 Writes ``<out>/gcn_wmmse_rounds.csv`` (WSR per round), ``<out>/gcn_wmmse_table.md`` and
 ``<out>/gcn_wmmse_rounds.png`` (WSR vs rounds and vs cumulative bytes).  Rates in nat/Hz.
@@ -95,7 +95,7 @@ def subset_rounds(ri: np.ndarray, target: np.ndarray, size: int, draws: int, see
     """:func:`rounds_to_match` on ``draws`` random subsets of ``size`` realizations (without replacement);
     R+1 where RI never matches."""
     if not 0 < size <= target.shape[0]:
-        raise SystemExit(f"--subset {size}: allowed 1..{target.shape[0]} (the --batch realizations)")
+        raise ValueError(f"subset size {size}: allowed 1..{target.shape[0]} (the realizations)")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
@@ -126,8 +126,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--subset", type=int, default=0, help="also the spread of the rounds statistic over random "
                     "subsets of this many realizations (0: off)")
-    ap.add_argument("--subset-draws", type=int, default=2000)
+    ap.add_argument("--subset-draws", type=int, default=2000, help="random subsets for --subset")
     a = ap.parse_args()
+    if a.subset and not 0 < a.subset <= a.batch:
+        ap.error(f"--subset {a.subset}: allowed 0 (off) or 1..{a.batch} (--batch)")
+    if a.subset_draws < 1:
+        ap.error(f"--subset-draws {a.subset_draws}: allowed >= 1")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ spread over subsets of the held-out realizations, against brute-force counting."
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,5 +55,18 @@ def test_subset_rounds():
     assert got.tolist() == want
     assert len(set(want)) > 1                                       # the statistic does move between subsets
     assert (ex.subset_rounds(ri, target + 1e6, 10, 5) == ri.shape[0]).all()   # never matched: R + 1
-    with pytest.raises(SystemExit, match="--subset 26"):
+    with pytest.raises(ValueError, match="subset size 26"):
         ex.subset_rounds(ri, target, 26, 5)
+
+
+def test_bad_subset_is_one_line_and_exit_2(capsys):
+    argv = sys.argv
+    try:
+        for args in (["--batch", "10", "--subset", "11"], ["--subset", "5", "--subset-draws", "0"]):
+            sys.argv = ["gcn_wmmse_rounds.py", *args]
+            with pytest.raises(SystemExit) as e:
+                ex.main()                                            # refused before any channel is drawn
+            assert e.value.code == 2
+            assert "--subset" in capsys.readouterr().err
+    finally:
+        sys.argv = argv
